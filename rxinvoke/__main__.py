@@ -1,0 +1,7 @@
+"""``python -m rxinvoke``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""Accumulator: folds one provider stream into the assistant message it describes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ProviderStreamError
+from .events import (
+    ChatFinished,
+    ChatStreamEvent,
+    ChatTextDelta,
+    ChatToolCallArgumentsDelta,
+    ChatToolCallCompleted,
+    ChatToolCallStarted,
+)
+from .messages import FinishReason, Message, TokenUsage, ToolCall
+
+__all__ = ("Accumulator",)
+
+
+@dataclass
+class _PartialCall:
+    name: str
+    arguments: list[str] = field(default_factory=list)
+    done: ToolCall | None = None
+
+
+class Accumulator:
+    """Text, tool calls (by id, in first-seen order), finish reason and usage of one response."""
+
+    def __init__(self, provider: str, model: str) -> None:
+        self._provider = provider
+        self._model = model
+        self._text: list[str] = []
+        self._calls: dict[str, _PartialCall] = {}
+        self.finish_reason: FinishReason | None = None
+        self.usage: TokenUsage | None = None
+
+    def add(self, event: ChatStreamEvent) -> None:
+        """Fold one chat event in; events after ``chat_finished`` are a stream error."""
+        if self.finish_reason is not None:
+            raise ProviderStreamError(
+                self._provider, self._model, f"{event.type} received after chat_finished"
+            )
+        if isinstance(event, ChatTextDelta):
+            self._text.append(event.delta)
+        elif isinstance(event, ChatToolCallStarted):
+            self._calls.setdefault(event.id, _PartialCall(event.name))
+        elif isinstance(event, ChatToolCallArgumentsDelta):
+            partial = self._calls.get(event.id)
+            if partial is None:
+                raise ProviderStreamError(
+                    self._provider, self._model, f"arguments for unknown tool call {event.id!r}"
+                )
+            partial.arguments.append(event.delta)
+        elif isinstance(event, ChatToolCallCompleted):
+            partial = self._calls.setdefault(event.call.id, _PartialCall(event.call.name))
+            partial.done = event.call
+        elif isinstance(event, ChatFinished):
+            self.finish_reason = event.finish_reason
+            self.usage = event.usage
+
+    @property
+    def text(self) -> str:
+        """The text so far."""
+        return "".join(self._text)
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """Tool calls, completed ones as the provider stated them, others from their deltas."""
+        return tuple(
+            p.done or ToolCall(id=cid, name=p.name, arguments="".join(p.arguments))
+            for cid, p in self._calls.items()
+        )
+
+    def pending_calls(self) -> tuple[ToolCall, ...]:
+        """Calls started but never completed by the provider."""
+        return tuple(c for c in self.tool_calls if self._calls[c.id].done is None)
+
+    def message(self, run_id: str) -> Message:
+        """The complete assistant message; a stream without ``chat_finished`` is an error."""
+        if self.finish_reason is None:
+            raise ProviderStreamError(
+                self._provider, self._model, "stream ended without chat_finished"
+            )
+        return Message(role="assistant", content=self.text, tool_calls=self.tool_calls, run_id=run_id)

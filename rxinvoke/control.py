@@ -1,0 +1,136 @@
+"""Control (cancel, timeout, concurrency) and SessionContext.
+
+A Control is enforced, not stored. On an ``emit``: ``cancel()`` stops the run at its next await
+point (provider stream and running tools are cancelled, ``run_cancelled`` is published);
+``set_timeout(t)`` is a whole-run deadline ending the run with ``run_failed`` ("timed out");
+``set_concurrency_limit(n)`` bounds the tools executing at once. On an ``on`` subscription:
+``cancel()`` disposes the subscription (``take_until``), the timeout bounds each handler call and
+the concurrency limit bounds the handler calls in flight.
+
+Copies made with :meth:`Control.copy` share one state: cancelling any copy cancels all of them.
+``cancel()`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict
+from reactivex import Observable
+from reactivex.disposable import Disposable
+from reactivex.subject import AsyncSubject
+
+__all__ = ("Control", "SessionContext")
+
+
+class SessionContext(BaseModel):
+    """Which session and run an event (or an emit being built) belongs to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    session_id: uuid.UUID | None = None
+    run_id: str | None = None
+
+
+class _ControlState:
+    def __init__(self, timeout: float | None, concurrency_limit: int | None) -> None:
+        self.lock = threading.Lock()
+        self.is_cancelled = False
+        self.timeout = timeout
+        self.concurrency_limit = concurrency_limit
+        self.listeners: list[Callable[[], None]] = []
+        self.cancelled: AsyncSubject[None] = AsyncSubject()
+
+
+class Control:
+    """Cancellation, deadline and concurrency limit for one emit or one subscription."""
+
+    def __init__(
+        self, *, timeout: float | None = None, concurrency_limit: int | None = None
+    ) -> None:
+        _check_timeout(timeout)
+        _check_limit(concurrency_limit)
+        self._state = _ControlState(timeout, concurrency_limit)
+
+    def copy(self) -> Control:
+        """Another handle on the same state."""
+        twin = Control.__new__(Control)
+        twin._state = self._state
+        return twin
+
+    def cancel(self) -> None:
+        """Cancel: idempotent, thread-safe; listeners run once, on the calling thread."""
+        state = self._state
+        with state.lock:
+            if state.is_cancelled:
+                return
+            state.is_cancelled = True
+            listeners, state.listeners = state.listeners, []
+        for listener in listeners:
+            listener()
+        state.cancelled.on_next(None)
+        state.cancelled.on_completed()
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once ``cancel()`` was called on this control or any copy."""
+        return self._state.is_cancelled
+
+    @property
+    def cancelled(self) -> Observable[None]:
+        """Emits once when cancelled (immediately for late subscribers); for ``take_until``."""
+        return self._state.cancelled
+
+    def set_timeout(self, timeout: float | None) -> None:
+        """Seconds allowed: the whole run for an emit, each handler call for a subscription."""
+        _check_timeout(timeout)
+        self._state.timeout = timeout
+
+    @property
+    def timeout(self) -> float | None:
+        """The deadline in seconds, or None."""
+        return self._state.timeout
+
+    def set_concurrency_limit(self, limit: int | None) -> None:
+        """Tools at once (emit) or handler calls in flight (subscription); None for the default."""
+        _check_limit(limit)
+        self._state.concurrency_limit = limit
+
+    @property
+    def concurrency_limit(self) -> int | None:
+        """The limit, or None for the default (policy for an emit, 1 for a subscription)."""
+        return self._state.concurrency_limit
+
+    def add_cancel_listener(self, listener: Callable[[], None]) -> Disposable:
+        """Call ``listener`` on cancel (at once if already cancelled); dispose to remove it."""
+        state = self._state
+        with state.lock:
+            if not state.is_cancelled:
+                state.listeners.append(listener)
+                return Disposable(lambda: _discard(state, listener))
+        listener()
+        return Disposable()
+
+    def __repr__(self) -> str:
+        return (
+            f"Control(is_cancelled={self.is_cancelled}, timeout={self.timeout}, "
+            f"concurrency_limit={self.concurrency_limit})"
+        )
+
+
+def _discard(state: _ControlState, listener: Callable[[], None]) -> None:
+    with state.lock:
+        if listener in state.listeners:
+            state.listeners.remove(listener)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"concurrency limit must be an integer >= 1 or None, got {limit!r}")

@@ -1,0 +1,214 @@
+"""The whole rxinvoke exception tree.
+
+```
+RxInvokeError                         base; .message, structured attributes, picklable
+├── UserError                         wrong use of the API (bad handler, bad configuration)
+├── InvocationError                   what emit() raises; .kind, .run_id
+│   ├── InvalidRequest(ValueError)    empty input, unknown provider/model (before any event)
+│   ├── InvocationCancelled           Control.cancel() honoured
+│   └── InvocationFailed              the run ended with run_failed; .cause
+│       └── InvocationTimedOut(TimeoutError)   the run deadline expired
+├── ProviderError                     .provider, .model
+│   ├── ProviderHTTPError             .status_code, .body, .retry_after
+│   ├── ProviderConnectionError       connect/read failures
+│   └── ProviderStreamError           malformed stream, stream ended without a finish
+├── ToolError                         .tool_name, .call_id (becomes data in tool_execution_finished)
+│   ├── UnknownTool
+│   ├── ToolArgumentsError            arguments are not JSON or fail the tool's schema
+│   ├── ToolExecutionError            the tool raised
+│   └── ToolTimeout(TimeoutError)
+├── StoreError
+└── SubscriberError                   a handler raised or timed out; surfaced on `errors`
+    └── SubscriberOverflow            a subscription's buffer overflowed
+```
+
+Run failures are published as events (``run_failed``), never as ``on_error`` on the runtime
+subject: an errored reactivex Subject is dead for every subscriber. Foreign exceptions are
+translated once, at the boundary where they occur, with ``raise X(...) from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+__all__ = (
+    "InvalidRequest",
+    "InvocationCancelled",
+    "InvocationError",
+    "InvocationErrorKind",
+    "InvocationFailed",
+    "InvocationTimedOut",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderHTTPError",
+    "ProviderStreamError",
+    "RxInvokeError",
+    "StoreError",
+    "SubscriberError",
+    "SubscriberOverflow",
+    "ToolArgumentsError",
+    "ToolError",
+    "ToolExecutionError",
+    "ToolTimeout",
+    "UnknownTool",
+    "UserError",
+)
+
+InvocationErrorKind = Literal["cancelled", "invalid_request", "runtime", "timeout"]
+
+
+class RxInvokeError(Exception):
+    """Base class of every error rxinvoke raises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _state(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors do not survive the default pickling; rebuild from state.
+        return (_rebuild, (type(self), self._state()))
+
+
+def _rebuild(cls: type[RxInvokeError], state: dict[str, Any]) -> RxInvokeError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+class UserError(RxInvokeError):
+    """A usage mistake by the application developer: a bad handler, tool or configuration."""
+
+
+class InvocationError(RxInvokeError):
+    """Raised by ``RuntimeInvocation.emit`` and ``AgentRuntime.run`` when a run does not complete."""
+
+    kind: InvocationErrorKind = "runtime"
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class InvalidRequest(InvocationError, ValueError):
+    """The request is invalid; raised before any event is published."""
+
+    kind: InvocationErrorKind = "invalid_request"
+
+
+class InvocationCancelled(InvocationError):
+    """The run was cancelled through its ``Control`` (before or during the run)."""
+
+    kind: InvocationErrorKind = "cancelled"
+
+
+class InvocationFailed(InvocationError):
+    """The run ended with ``run_failed``; ``cause`` is the underlying error, if any."""
+
+    def __init__(
+        self, message: str, *, run_id: str | None = None, cause: BaseException | None = None
+    ) -> None:
+        super().__init__(message, run_id=run_id)
+        self.cause = cause
+
+
+class InvocationTimedOut(InvocationFailed, TimeoutError):
+    """The run's deadline (``Control.set_timeout``) expired; the run ended with ``run_failed``."""
+
+    kind: InvocationErrorKind = "timeout"
+
+
+class ProviderError(RxInvokeError):
+    """A chat provider failed to produce a complete response."""
+
+    def __init__(self, provider: str, model: str, message: str) -> None:
+        super().__init__(f"{provider}/{model}: {message}")
+        self.provider = provider
+        self.model = model
+
+
+class ProviderHTTPError(ProviderError):
+    """The provider answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        status_code: int,
+        body: str,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(provider, model, f"HTTP {status_code}: {body[:200]}")
+        self.status_code = status_code
+        self.body = body
+        self.retry_after = retry_after
+
+
+class ProviderConnectionError(ProviderError):
+    """The provider could not be reached, or the connection broke."""
+
+
+class ProviderStreamError(ProviderError):
+    """The provider's stream was malformed or ended without a finish."""
+
+
+class ToolError(RxInvokeError):
+    """A tool call could not be executed successfully."""
+
+    def __init__(self, tool_name: str, call_id: str, message: str) -> None:
+        super().__init__(message)
+        self.tool_name = tool_name
+        self.call_id = call_id
+
+
+class UnknownTool(ToolError):
+    """The model asked for a tool that is not registered."""
+
+
+class ToolArgumentsError(ToolError):
+    """The tool-call arguments are not valid JSON or do not match the tool's schema."""
+
+
+class ToolExecutionError(ToolError):
+    """The tool raised an exception."""
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    """The tool did not finish within its timeout."""
+
+
+class StoreError(RxInvokeError):
+    """The store could not load or persist data."""
+
+
+class SubscriberError(RxInvokeError):
+    """A subscriber (handler or observer) failed; reported on ``errors``, never raised into a run."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subscription: str,
+        event: Any | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.subscription = subscription
+        self.event = event
+        self.cause = cause
+
+
+class SubscriberOverflow(SubscriberError):
+    """A subscription's bounded buffer overflowed; ``dropped`` events were not delivered."""
+
+    def __init__(
+        self, message: str, *, subscription: str, dropped: int, event: Any | None = None
+    ) -> None:
+        super().__init__(message, subscription=subscription, event=event)
+        self.dropped = dropped

@@ -1,0 +1,432 @@
+"""The event contract: every step of a run is one frozen, JSON-round-trippable event.
+
+Each event class has a ``type`` literal (the snake_case of its name) used as the JSON
+discriminator and as the value of its :class:`EventKind`. Agent events describe what the
+runtime did; chat events are what a provider stream yields, republished by the runtime with
+the ``run_id`` they belong to.
+
+Ordering, per run: ``run_started`` first; exactly one terminal event (``run_completed``,
+``run_failed`` or ``run_cancelled``) last; for each tool call ``tool_call_started`` <
+``tool_call_completed`` < ``tool_execution_started`` < ``tool_execution_finished`` <
+``tool_message_committed``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .messages import FinishReason, TokenUsage, ToolCall, utcnow
+
+__all__ = (
+    "AGENT_EVENT",
+    "CHAT_STREAM_EVENT",
+    "INVOCATION_EVENT",
+    "AgentEvent",
+    "AssistantMessageCommitted",
+    "ChatFinished",
+    "ChatStarted",
+    "ChatStreamEvent",
+    "ChatTextDelta",
+    "ChatToolCallArgumentsDelta",
+    "ChatToolCallCompleted",
+    "ChatToolCallStarted",
+    "CompactionCircuitOpened",
+    "ContextBuilt",
+    "DoomLoopDetected",
+    "EventBase",
+    "EventKind",
+    "InvocationEvent",
+    "ModelStarted",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunStarted",
+    "TextDelta",
+    "ToolCallCompleted",
+    "ToolCallDelta",
+    "ToolCallStarted",
+    "ToolExecutionFinished",
+    "ToolExecutionStarted",
+    "ToolFailure",
+    "ToolMessageCommitted",
+    "ToolResult",
+    "ToolSuccess",
+    "UsageRecorded",
+)
+
+
+class EventBase(BaseModel):
+    """Fields and behaviour every event shares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str | None = None
+    """The run the event belongs to (chat events carry it once republished by the runtime)."""
+    timestamp: datetime = Field(default_factory=utcnow)
+    """When the event was created, UTC."""
+
+    terminal: ClassVar[bool] = False
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for ``run_completed``, ``run_failed`` and ``run_cancelled``."""
+        return self.terminal
+
+    def as_agent(self) -> AgentEvent | None:
+        """This event as an agent event: itself, the agent event a chat event maps to, or None."""
+        return None
+
+
+class _AgentEventBase(EventBase):
+    run_id: str
+
+    def as_agent(self) -> AgentEvent | None:
+        return self  # type: ignore[return-value]
+
+
+# --- agent events ---------------------------------------------------------------------------
+
+
+class RunStarted(_AgentEventBase):
+    """A run began."""
+
+    type: Literal["run_started"] = "run_started"
+    session_id: str
+    provider: str
+    model: str
+
+
+class ContextBuilt(_AgentEventBase):
+    """The context for the first model call was built from the session history."""
+
+    type: Literal["context_built"] = "context_built"
+    message_count: int
+
+
+class ModelStarted(_AgentEventBase):
+    """A model call (one iteration of the loop) began."""
+
+    type: Literal["model_started"] = "model_started"
+    provider: str
+    model: str
+    iteration: int
+
+
+class TextDelta(_AgentEventBase):
+    """A fragment of assistant text, in stream order."""
+
+    type: Literal["text_delta"] = "text_delta"
+    delta: str
+
+
+class ToolCallStarted(_AgentEventBase):
+    """The model began a tool call."""
+
+    type: Literal["tool_call_started"] = "tool_call_started"
+    call_id: str
+    tool_name: str
+
+
+class ToolCallDelta(_AgentEventBase):
+    """A fragment of a tool call's JSON arguments."""
+
+    type: Literal["tool_call_delta"] = "tool_call_delta"
+    call_id: str
+    delta: str
+
+
+class ToolCallCompleted(_AgentEventBase):
+    """The model finished a tool call; ``call.arguments`` is the whole JSON text."""
+
+    type: Literal["tool_call_completed"] = "tool_call_completed"
+    call: ToolCall
+
+
+class ToolExecutionStarted(_AgentEventBase):
+    """The runtime began executing a tool call."""
+
+    type: Literal["tool_execution_started"] = "tool_execution_started"
+    call_id: str
+    tool_name: str
+
+
+class ToolSuccess(BaseModel):
+    """A tool's output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    status: Literal["success"] = "success"
+    output: str
+
+
+class ToolFailure(BaseModel):
+    """Why a tool call failed; ``error_type`` names the ToolError class."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    status: Literal["failure"] = "failure"
+    error: str
+    error_type: str = "ToolError"
+
+
+ToolResult = Annotated[Union[ToolSuccess, ToolFailure], Field(discriminator="status")]
+"""The outcome of a tool execution."""
+
+
+class ToolExecutionFinished(_AgentEventBase):
+    """A tool call finished, successfully or not."""
+
+    type: Literal["tool_execution_finished"] = "tool_execution_finished"
+    call_id: str
+    tool_name: str
+    result: ToolResult
+    duration_ms: float
+
+    @property
+    def is_success(self) -> bool:
+        """True when the tool returned normally."""
+        return isinstance(self.result, ToolSuccess)
+
+
+class AssistantMessageCommitted(_AgentEventBase):
+    """The assistant message of a model call was committed to the session history."""
+
+    type: Literal["assistant_message_committed"] = "assistant_message_committed"
+    message_id: str
+
+
+class ToolMessageCommitted(_AgentEventBase):
+    """A tool result message was committed to the session history."""
+
+    type: Literal["tool_message_committed"] = "tool_message_committed"
+    message_id: str
+    call_id: str
+
+
+class UsageRecorded(_AgentEventBase):
+    """Token usage of one model call."""
+
+    type: Literal["usage_recorded"] = "usage_recorded"
+    usage: TokenUsage
+
+
+class RunCompleted(_AgentEventBase):
+    """The run ended normally (terminal)."""
+
+    terminal: ClassVar[bool] = True
+    type: Literal["run_completed"] = "run_completed"
+    finish_reason: FinishReason
+    iterations: int
+
+
+class RunFailed(_AgentEventBase):
+    """The run failed (terminal)."""
+
+    terminal: ClassVar[bool] = True
+    type: Literal["run_failed"] = "run_failed"
+    error: str
+
+
+class RunCancelled(_AgentEventBase):
+    """The run was cancelled (terminal)."""
+
+    terminal: ClassVar[bool] = True
+    type: Literal["run_cancelled"] = "run_cancelled"
+
+
+class DoomLoopDetected(_AgentEventBase):
+    """The model kept repeating itself; the run stops with ``finish_reason=doom_loop``."""
+
+    type: Literal["doom_loop_detected"] = "doom_loop_detected"
+    description: str
+
+
+class CompactionCircuitOpened(_AgentEventBase):
+    """Context compaction failed too many times in a row and is switched off for the run."""
+
+    type: Literal["compaction_circuit_opened"] = "compaction_circuit_opened"
+    consecutive_failures: int
+
+
+# --- chat stream events ---------------------------------------------------------------------
+
+
+class ChatStarted(EventBase):
+    """A provider began streaming a response."""
+
+    type: Literal["chat_started"] = "chat_started"
+    provider: str
+    model: str
+
+
+class ChatTextDelta(EventBase):
+    """A fragment of response text."""
+
+    type: Literal["chat_text_delta"] = "chat_text_delta"
+    delta: str
+
+    def as_agent(self) -> AgentEvent | None:
+        return TextDelta(run_id=self.run_id or "", timestamp=self.timestamp, delta=self.delta)
+
+
+class ChatToolCallStarted(EventBase):
+    """The response began a tool call."""
+
+    type: Literal["chat_tool_call_started"] = "chat_tool_call_started"
+    id: str
+    name: str
+
+    def as_agent(self) -> AgentEvent | None:
+        return ToolCallStarted(
+            run_id=self.run_id or "", timestamp=self.timestamp, call_id=self.id, tool_name=self.name
+        )
+
+
+class ChatToolCallArgumentsDelta(EventBase):
+    """A fragment of a tool call's JSON arguments."""
+
+    type: Literal["chat_tool_call_arguments_delta"] = "chat_tool_call_arguments_delta"
+    id: str
+    delta: str
+
+    def as_agent(self) -> AgentEvent | None:
+        return ToolCallDelta(
+            run_id=self.run_id or "", timestamp=self.timestamp, call_id=self.id, delta=self.delta
+        )
+
+
+class ChatToolCallCompleted(EventBase):
+    """A tool call of the response is complete."""
+
+    type: Literal["chat_tool_call_completed"] = "chat_tool_call_completed"
+    call: ToolCall
+
+    def as_agent(self) -> AgentEvent | None:
+        return ToolCallCompleted(run_id=self.run_id or "", timestamp=self.timestamp, call=self.call)
+
+
+class ChatFinished(EventBase):
+    """The response ended; ``usage`` is None when the provider did not report it."""
+
+    type: Literal["chat_finished"] = "chat_finished"
+    finish_reason: FinishReason
+    usage: TokenUsage | None = None
+
+
+AgentEvent = Annotated[
+    Union[
+        RunStarted,
+        ContextBuilt,
+        ModelStarted,
+        TextDelta,
+        ToolCallStarted,
+        ToolCallDelta,
+        ToolCallCompleted,
+        ToolExecutionStarted,
+        ToolExecutionFinished,
+        AssistantMessageCommitted,
+        ToolMessageCommitted,
+        UsageRecorded,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+        DoomLoopDetected,
+        CompactionCircuitOpened,
+    ],
+    Field(discriminator="type"),
+]
+"""Any event the runtime itself produces."""
+
+ChatStreamEvent = Annotated[
+    Union[
+        ChatStarted,
+        ChatTextDelta,
+        ChatToolCallStarted,
+        ChatToolCallArgumentsDelta,
+        ChatToolCallCompleted,
+        ChatFinished,
+    ],
+    Field(discriminator="type"),
+]
+"""Any event a provider stream yields."""
+
+InvocationEvent = Annotated[
+    Union[
+        RunStarted,
+        ContextBuilt,
+        ModelStarted,
+        TextDelta,
+        ToolCallStarted,
+        ToolCallDelta,
+        ToolCallCompleted,
+        ToolExecutionStarted,
+        ToolExecutionFinished,
+        AssistantMessageCommitted,
+        ToolMessageCommitted,
+        UsageRecorded,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+        DoomLoopDetected,
+        CompactionCircuitOpened,
+        ChatStarted,
+        ChatTextDelta,
+        ChatToolCallStarted,
+        ChatToolCallArgumentsDelta,
+        ChatToolCallCompleted,
+        ChatFinished,
+    ],
+    Field(discriminator="type"),
+]
+"""Any event published on the runtime's subject."""
+
+AGENT_EVENT: TypeAdapter[AgentEvent] = TypeAdapter(AgentEvent)
+CHAT_STREAM_EVENT: TypeAdapter[ChatStreamEvent] = TypeAdapter(ChatStreamEvent)
+INVOCATION_EVENT: TypeAdapter[InvocationEvent] = TypeAdapter(InvocationEvent)
+"""Validates and serialises any event: ``INVOCATION_EVENT.validate_json(text)``."""
+
+
+class EventKind(str, enum.Enum):
+    """One member per event type (value = the ``type`` field) plus ``ANY``."""
+
+    ANY = "any"
+    RUN_STARTED = "run_started"
+    CONTEXT_BUILT = "context_built"
+    MODEL_STARTED = "model_started"
+    TEXT_DELTA = "text_delta"
+    TOOL_CALL_STARTED = "tool_call_started"
+    TOOL_CALL_DELTA = "tool_call_delta"
+    TOOL_CALL_COMPLETED = "tool_call_completed"
+    TOOL_EXECUTION_STARTED = "tool_execution_started"
+    TOOL_EXECUTION_FINISHED = "tool_execution_finished"
+    ASSISTANT_MESSAGE_COMMITTED = "assistant_message_committed"
+    TOOL_MESSAGE_COMMITTED = "tool_message_committed"
+    USAGE_RECORDED = "usage_recorded"
+    RUN_COMPLETED = "run_completed"
+    RUN_FAILED = "run_failed"
+    RUN_CANCELLED = "run_cancelled"
+    DOOM_LOOP_DETECTED = "doom_loop_detected"
+    COMPACTION_CIRCUIT_OPENED = "compaction_circuit_opened"
+    CHAT_STARTED = "chat_started"
+    CHAT_TEXT_DELTA = "chat_text_delta"
+    CHAT_TOOL_CALL_STARTED = "chat_tool_call_started"
+    CHAT_TOOL_CALL_ARGUMENTS_DELTA = "chat_tool_call_arguments_delta"
+    CHAT_TOOL_CALL_COMPLETED = "chat_tool_call_completed"
+    CHAT_FINISHED = "chat_finished"
+
+    @classmethod
+    def parse(cls, kind: EventKind | str) -> EventKind:
+        """``kind`` as a member; an unknown string raises ValueError naming the valid kinds."""
+        if isinstance(kind, EventKind):
+            return kind
+        try:
+            return cls(kind)
+        except ValueError:
+            valid = ", ".join(member.value for member in cls)
+            raise ValueError(f"unknown event kind {kind!r}; valid kinds: {valid}") from None
+
+    def matches(self, event: EventBase) -> bool:
+        """True when ``event`` is of this kind (``ANY`` matches every event)."""
+        return self is EventKind.ANY or getattr(event, "type", None) == self.value

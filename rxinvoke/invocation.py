@@ -1,0 +1,249 @@
+"""RuntimeInvocation: ``emit`` runs, ``on(kind, handler)`` subscribes, ``observe``/``stream`` compose.
+
+``on(kind, handler)`` is the chain ``filter(kind) → take_until(control.cancelled) →
+observe on the asyncio loop``: the filter is the bus's kind index, the loop hand-off is a
+:class:`~rxinvoke.bus.HandlerSink` that drains a bounded buffer in one loop callback per burst.
+Handlers of one subscription run in event order (at most ``control.concurrency_limit`` in
+flight, default 1), each bounded by ``control.timeout``. A handler that raises or times out
+is reported on :attr:`RuntimeInvocation.errors` and never affects the run or other subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Optional, Union
+
+import pydantic
+import reactivex
+from reactivex import Observable, abc
+from reactivex import operators as ops
+from reactivex.disposable import Disposable
+
+from .bus import HandlerSink, Overflow, SubscriptionStats
+from .control import Control, SessionContext
+from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UserError
+from .events import EventKind, InvocationEvent
+from .messages import new_id
+from .request import EmitRequest, RunOutput
+from .runtime import AgentRuntime
+
+__all__ = ("Build", "Handler", "InvocationHandle", "RuntimeInvocation")
+
+Build = Callable[[SessionContext, Control], Union[EmitRequest, Awaitable[EmitRequest]]]
+"""``build(ctx, control)`` returns (or resolves to) the EmitRequest to run."""
+
+Handler = Callable[[InvocationEvent, SessionContext, Control], Optional[Awaitable[Any]]]
+"""``handler(event, ctx, control)``; sync or async."""
+
+_ids = itertools.count(1)
+
+
+class InvocationHandle(abc.DisposableBase):
+    """One ``on`` subscription: a reactivex disposable and a context manager."""
+
+    def __init__(self, sink: HandlerSink, control: Control) -> None:
+        self._sink = sink
+        self.control = control
+        """The subscription's control (cancel it to end the subscription)."""
+
+    @property
+    def name(self) -> str:
+        """A label naming the subscription in error reports."""
+        return self._sink.name
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the subscription delivers no more events."""
+        return self._sink.is_closed
+
+    @property
+    def stats(self) -> SubscriptionStats:
+        """Delivered, dropped, failed, in-flight and queued counts."""
+        return self._sink.stats
+
+    def dispose(self) -> None:
+        """Stop delivery at once; handler calls already running finish."""
+        self._sink.close(cancel_running=False)
+
+    def abort(self) -> None:
+        """Stop delivery at once and cancel handler calls that are running."""
+        self._sink.close(cancel_running=True)
+
+    async def wait_idle(self) -> None:
+        """Wait until every event published so far has been handled."""
+        await asyncio.sleep(0)
+        await self._sink.wait_idle()
+
+    def __enter__(self) -> InvocationHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.dispose()
+
+    def __repr__(self) -> str:
+        return f"InvocationHandle({self.name!r}, finished={self.is_finished}, stats={self.stats})"
+
+
+class RuntimeInvocation:
+    """The invocation facade over an :class:`~rxinvoke.runtime.AgentRuntime`."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    @property
+    def errors(self) -> Observable[SubscriberError]:
+        """Failures of handlers and observers (with the subscription and event)."""
+        return self.runtime.errors
+
+    async def emit(self, build: Build, control: Control | None = None) -> RunOutput:
+        """Build a request with ``build(ctx, control)`` and run it to its end.
+
+        Raises:
+            InvalidRequest: the build failed validation, or the request is invalid
+                (unknown provider/model, empty input); no event was published.
+            InvocationCancelled: ``control`` was cancelled before or during the run.
+            InvocationTimedOut: the control's timeout expired during the run.
+            InvocationFailed: the run failed (``run_id`` and ``cause`` set).
+        """
+        control = control or Control()
+        context = SessionContext(session_id=uuid.uuid4(), run_id=new_id())
+        if control.is_cancelled:
+            raise InvocationCancelled("cancelled before the run started")
+        request = await self._build(build, context, control)
+        if control.is_cancelled:
+            raise InvocationCancelled("cancelled before the run started")
+        run_request = request.into_run_request().model_copy(
+            update={
+                "run_id": context.run_id,
+                "session_id": request.session_id or context.session_id,
+            }
+        )
+        return await self.runtime.run(run_request, control)
+
+    async def on(
+        self,
+        kind: EventKind | str,
+        handler: Handler,
+        control: Control | None = None,
+        *,
+        buffer: int = 10_000,
+        overflow: Overflow = "drop_oldest",
+    ) -> InvocationHandle:
+        """Call ``handler(event, ctx, control)`` for every event of ``kind`` until disposed.
+
+        Args:
+            kind: an :class:`EventKind` or its string value (``"text_delta"``); ``ANY`` for all.
+            handler: sync or async; its exceptions and timeouts go to :attr:`errors`.
+            control: cancel it to end the subscription; its timeout bounds each handler call,
+                its concurrency limit the calls in flight (default 1: strictly in order).
+            buffer: events queued for this subscription at most.
+            overflow: ``"drop_oldest"`` (counted and reported) or ``"error"`` (the
+                subscription ends with a SubscriberOverflow report).
+        """
+        member = EventKind.parse(kind)
+        if not callable(handler):
+            raise UserError(f"handler must be callable, got {handler!r}")
+        control = control or Control()
+        runtime = self.runtime
+        name = f"on({member.value})#{next(_ids)}"
+
+        def call(event: InvocationEvent, context: SessionContext) -> Optional[Awaitable[Any]]:
+            return handler(event, context, control)
+
+        sink = HandlerSink(
+            name=name,
+            call=call,
+            control=control,
+            loop=asyncio.get_running_loop(),
+            report=runtime.bus.report,
+            buffer=buffer,
+            overflow=overflow,
+        )
+        context_for = runtime.context_for
+        sink.upstream = (
+            runtime.bus.observe(member)
+            .pipe(ops.take_until(control.cancelled))
+            .subscribe(
+                on_next=lambda event: sink.push(event, context_for(event.run_id)),
+                on_completed=lambda: sink.close(cancel_running=False),
+            )
+        )
+        return InvocationHandle(sink, control)
+
+    def observe(self, kind: EventKind | str = EventKind.ANY) -> Observable[InvocationEvent]:
+        """The hot Observable of events of ``kind``, to compose with ``pipe(...)``."""
+        return self.runtime.bus.observe(kind)
+
+    def stream(
+        self, request: EmitRequest, control: Control | None = None
+    ) -> Observable[InvocationEvent]:
+        """A cold Observable of one run's events: subscribing starts the run.
+
+        It completes after the run's terminal event; an invalid request arrives as
+        ``on_error(InvalidRequest)``. Disposing the subscription early cancels the run.
+        """
+
+        def subscribe(
+            observer: abc.ObserverBase[InvocationEvent],
+            scheduler: Optional[abc.SchedulerBase] = None,
+        ) -> abc.DisposableBase:
+            run_control = control.copy() if control is not None else Control()
+            run_id = new_id()
+            run_request = request.into_run_request().model_copy(update={"run_id": run_id})
+            try:
+                self.runtime.validate(run_request)
+            except InvalidRequest as exc:
+                observer.on_error(exc)
+                return Disposable()
+            subscription = (
+                self.runtime.bus.observe(EventKind.ANY)
+                .pipe(
+                    ops.filter(lambda event: event.run_id == run_id),
+                    ops.take_while(lambda event: not event.is_terminal, inclusive=True),
+                )
+                .subscribe(observer)
+            )
+            task = asyncio.get_running_loop().create_task(
+                self.runtime.run(run_request, run_control)
+            )
+            task.add_done_callback(_consume_result)
+
+            def dispose() -> None:
+                subscription.dispose()
+                if not task.done():
+                    run_control.cancel()
+
+            return Disposable(dispose)
+
+        return reactivex.create(subscribe)
+
+    async def _build(
+        self, build: Build, context: SessionContext, control: Control
+    ) -> EmitRequest:
+        try:
+            built = build(context, control)
+            request = await built if inspect.isawaitable(built) else built
+        except pydantic.ValidationError as exc:
+            raise InvalidRequest(f"invalid emit request: {exc}") from exc
+        if not isinstance(request, EmitRequest):
+            raise InvalidRequest(
+                f"build must return an EmitRequest, got {type(request).__name__}"
+            )
+        return request
+
+
+def _consume_result(task: asyncio.Future[Any]) -> None:
+    # The outcome is already published as the terminal event; retrieve it so asyncio does
+    # not log "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,160 @@
+"""Value types shared by requests, providers, tools and stores. All frozen."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+__all__ = (
+    "ChatRequest",
+    "FinishReason",
+    "Message",
+    "ModelName",
+    "ProviderId",
+    "Role",
+    "TokenUsage",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
+)
+
+ProviderId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+"""The id a provider is registered under (non-empty, stripped)."""
+
+ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+"""A model name as the provider knows it (non-empty, stripped)."""
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (never the scheduler clock)."""
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    """A fresh random identifier."""
+    return str(uuid.uuid4())
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FinishReason(str, enum.Enum):
+    """Why a model turn or a whole run ended."""
+
+    STOP = "stop"
+    TOOL_CALLS = "tool_calls"
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    DOOM_LOOP = "doom_loop"
+    MAX_ITERATIONS = "max_iterations"
+
+
+class TokenUsage(_Frozen):
+    """Token counts of one model call, or a sum of several (``a + b``)."""
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    total_tokens: int = Field(default=0, ge=0)
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        if not isinstance(other, TokenUsage):
+            return NotImplemented
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+
+class ToolCall(_Frozen):
+    """A tool call requested by the model; ``arguments`` is the raw JSON text it produced."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class ToolChoice(_Frozen):
+    """How the model may use tools: ``auto``, ``none``, ``required`` or one named tool.
+
+    Strings ``"auto"``, ``"none"`` and ``"required"`` are accepted wherever a ToolChoice is.
+    """
+
+    mode: Literal["auto", "none", "required", "tool"] = "auto"
+    name: str | None = None
+    """The tool the model must call, when ``mode == "tool"``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"mode": value}
+        return value
+
+    @model_validator(mode="after")
+    def _check_name(self) -> ToolChoice:
+        if (self.mode == "tool") != bool(self.name):
+            raise ValueError("a tool name is required exactly when mode is 'tool'")
+        return self
+
+    @classmethod
+    def auto(cls) -> ToolChoice:
+        """The model decides whether to call tools."""
+        return cls(mode="auto")
+
+    @classmethod
+    def none(cls) -> ToolChoice:
+        """The model must not call tools."""
+        return cls(mode="none")
+
+    @classmethod
+    def required(cls) -> ToolChoice:
+        """The model must call at least one tool."""
+        return cls(mode="required")
+
+    @classmethod
+    def tool(cls, name: str) -> ToolChoice:
+        """The model must call the tool ``name``."""
+        return cls(mode="tool", name=name)
+
+
+class Message(_Frozen):
+    """One message of a session's history."""
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Tool calls an assistant message requested."""
+    tool_call_id: str | None = None
+    """For a tool message: the call it answers."""
+    id: str = Field(default_factory=new_id)
+    run_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ToolSpec(_Frozen):
+    """What a provider is told about a tool: its name, description and JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ChatRequest(_Frozen):
+    """One model call: the context, the tools on offer and the tool choice."""
+
+    provider: ProviderId
+    model: ModelName
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = Field(default_factory=ToolChoice.auto)
+    run_id: str | None = None

@@ -1,0 +1,80 @@
+"""What a caller asks for (EmitRequest, RunRequest) and what a run returns (RunOutput)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .messages import FinishReason, ModelName, ProviderId, TokenUsage, ToolChoice
+
+__all__ = ("EmitRequest", "RunOutput", "RunRequest")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunRequest(_Frozen):
+    """Everything the runtime needs to start a run."""
+
+    provider: ProviderId
+    model: ModelName
+    input: str
+    """The user message that starts the run."""
+    session_id: uuid.UUID | None = None
+    """The session to continue; a new session when None."""
+    run_id: str | None = None
+    """A caller-chosen run id; generated when None."""
+    client_request_id: str | None = None
+    tool_choice: ToolChoice = Field(default_factory=ToolChoice.auto)
+    metadata: dict[str, Any] | None = None
+    system_prompt: str | None = None
+    """A system message placed before the history of a new session."""
+
+
+class EmitRequest(_Frozen):
+    """The request an ``emit`` build callback returns; fluent ``with_*`` copies refine it."""
+
+    provider: ProviderId
+    model: ModelName
+    input: str
+    session_id: uuid.UUID | None = None
+    client_request_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def with_session_id(self, session_id: uuid.UUID | str) -> EmitRequest:
+        """A copy that continues the session ``session_id``."""
+        return self.model_copy(update={"session_id": uuid.UUID(str(session_id))})
+
+    def with_client_request_id(self, client_request_id: str) -> EmitRequest:
+        """A copy tagged with the caller's idempotency key."""
+        return self.model_copy(update={"client_request_id": client_request_id})
+
+    def with_metadata(self, metadata: dict[str, Any]) -> EmitRequest:
+        """A copy carrying caller metadata (kept with the run, never sent to the model)."""
+        return self.model_copy(update={"metadata": dict(metadata)})
+
+    def into_run_request(self) -> RunRequest:
+        """The RunRequest for this emit: tool choice auto, run id assigned by the runtime."""
+        return RunRequest(
+            provider=self.provider,
+            model=self.model,
+            input=self.input,
+            session_id=self.session_id,
+            client_request_id=self.client_request_id,
+            metadata=self.metadata,
+        )
+
+
+class RunOutput(_Frozen):
+    """The result of a completed run."""
+
+    run_id: str
+    session_id: uuid.UUID
+    iterations: int
+    finish_reason: FinishReason
+    total_usage: TokenUsage
+    output_text: str
+    """The text of the last assistant message."""

@@ -1,0 +1,400 @@
+"""AgentRuntime: the agent loop, publishing every step on the runtime's hot subject.
+
+One run: ``run_started`` → (wait for the session) → load history, commit the user message →
+``context_built`` → per iteration ``model_started``, the provider stream (chat events
+republished with the run id, ``text_delta``/``tool_call_*`` derived from them), the assistant
+message committed, ``usage_recorded``, tool calls executed and their messages committed →
+until the model stops or ``max_iterations`` → exactly one terminal event.
+
+Cancellation policy: the run executes in its own task. ``Control.cancel()`` and the control's
+deadline cancel that task; the run publishes ``run_cancelled`` (or ``run_failed`` "timed out")
+and ``run`` raises :class:`~rxinvoke.errors.InvocationCancelled` (or
+:class:`~rxinvoke.errors.InvocationTimedOut`). If the caller's own task is cancelled, the run
+is cancelled too, publishes ``run_cancelled`` and ``asyncio.CancelledError`` propagates.
+Failures are published as ``run_failed`` events, never as ``on_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from reactivex import Observable
+
+from .accumulate import Accumulator
+from .bus import EventBus
+from .control import Control, SessionContext
+from .errors import (
+    InvalidRequest,
+    InvocationCancelled,
+    InvocationError,
+    InvocationFailed,
+    InvocationTimedOut,
+    ProviderError,
+    SubscriberError,
+)
+from .events import (
+    AssistantMessageCommitted,
+    ContextBuilt,
+    DoomLoopDetected,
+    EventKind,
+    InvocationEvent,
+    ModelStarted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    ToolCallCompleted,
+    ToolFailure,
+    ToolMessageCommitted,
+    UsageRecorded,
+)
+from .execute import ToolExecutor
+from .messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall, new_id
+from .policy import RuntimePolicy
+from .provider import ChatProvider, ProviderRegistry
+from .request import RunOutput, RunRequest
+from .store import MemoryStore, Store
+from .tools import Tool, ToolRegistry
+
+__all__ = ("AgentRuntime",)
+
+_Reason = Literal["cancelled", "timeout"]
+
+
+class _RunState:
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: _Reason | None = None
+
+
+class _SessionGate:
+    """One active run per session; later runs wait their turn, in arrival order."""
+
+    def __init__(self) -> None:
+        self._locks: dict[uuid.UUID, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, session_id: uuid.UUID) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(session_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[session_id]
+
+
+class AgentRuntime:
+    """Runs agent loops over registered providers and tools; owns the event bus.
+
+    Args:
+        providers: chat providers, looked up by ``RunRequest.provider``.
+        tools: :class:`~rxinvoke.tools.Tool` objects or plain typed functions.
+        policy: limits enforced on every run.
+        store: where session history lives (default: a new :class:`MemoryStore`).
+    """
+
+    def __init__(
+        self,
+        providers: Iterable[ChatProvider] = (),
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        policy: RuntimePolicy | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.providers = ProviderRegistry(providers)
+        self.tools = ToolRegistry(tools)
+        self.policy = policy or RuntimePolicy()
+        self.store: Store = store if store is not None else MemoryStore()
+        self.bus = EventBus()
+        self._executor = ToolExecutor(self.tools, self.policy, self.bus.publish)
+        self._gate = _SessionGate()
+        self._contexts: dict[str, SessionContext] = {}
+
+    @property
+    def events(self) -> Observable[InvocationEvent]:
+        """The hot stream of every event of every run."""
+        return self.bus.observe(EventKind.ANY)
+
+    @property
+    def errors(self) -> Observable[SubscriberError]:
+        """Subscriber failures (raising handlers, overflows); never run failures."""
+        return self.bus.errors
+
+    def context_for(self, run_id: str | None) -> SessionContext:
+        """The session and run of an active run's event (empty context for unknown runs)."""
+        if run_id is not None:
+            context = self._contexts.get(run_id)
+            if context is not None:
+                return context
+        return SessionContext(run_id=run_id)
+
+    def validate(self, request: RunRequest) -> ChatProvider:
+        """The request's provider; InvalidRequest for an unknown provider/model or empty input."""
+        provider = self.providers.get(request.provider)
+        if provider is None:
+            known = ", ".join(self.providers.ids) or "none"
+            raise InvalidRequest(f"unknown provider {request.provider!r}; registered: {known}")
+        models = tuple(provider.models)
+        if models and request.model not in models:
+            raise InvalidRequest(
+                f"unknown model {request.model!r} for provider {request.provider!r}; "
+                f"available: {', '.join(models)}"
+            )
+        if not request.input.strip():
+            raise InvalidRequest("input must not be empty")
+        if request.tool_choice.mode == "tool" and self.tools.get(request.tool_choice.name or "") is None:
+            raise InvalidRequest(f"tool_choice names unknown tool {request.tool_choice.name!r}")
+        if request.run_id is not None and request.run_id in self._contexts:
+            raise InvalidRequest(f"run id {request.run_id!r} is already running")
+        return provider
+
+    async def run(self, request: RunRequest, control: Control | None = None) -> RunOutput:
+        """Run ``request`` to its end and return its output.
+
+        Raises:
+            InvalidRequest: before any event is published.
+            InvocationCancelled: ``control`` was cancelled (before or during the run).
+            InvocationTimedOut: the control's deadline expired.
+            InvocationFailed: the run failed; ``cause`` holds the underlying error.
+        """
+        control = control or Control()
+        provider = self.validate(request)
+        if control.is_cancelled:
+            raise InvocationCancelled("cancelled before the run started", run_id=request.run_id)
+        run_id = request.run_id or new_id()
+        session_id = request.session_id or uuid.uuid4()
+        self._contexts[run_id] = SessionContext(session_id=session_id, run_id=run_id)
+        loop = asyncio.get_running_loop()
+        state = _RunState()
+        task = loop.create_task(self._drive(request, provider, run_id, session_id, control, state))
+        loop_thread = threading.get_ident()
+
+        def stop(reason: _Reason) -> None:
+            if state.reason is None and not task.done():
+                state.reason = reason
+                if threading.get_ident() == loop_thread:
+                    task.cancel()
+                else:
+                    loop.call_soon_threadsafe(task.cancel)
+
+        listener = control.add_cancel_listener(lambda: stop("cancelled"))
+        timer = (
+            loop.call_later(control.timeout, stop, "timeout") if control.timeout is not None else None
+        )
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if state.reason == "timeout":
+                raise InvocationTimedOut(
+                    f"run {run_id} timed out after {control.timeout:g}s", run_id=run_id
+                ) from None
+            if state.reason == "cancelled":
+                raise InvocationCancelled(f"run {run_id} was cancelled", run_id=run_id) from None
+            raise
+        finally:
+            listener.dispose()
+            if timer is not None:
+                timer.cancel()
+            del self._contexts[run_id]
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _drive(
+        self,
+        request: RunRequest,
+        provider: ChatProvider,
+        run_id: str,
+        session_id: uuid.UUID,
+        control: Control,
+        state: _RunState,
+    ) -> RunOutput:
+        publish = self.bus.publish
+        publish(
+            RunStarted(
+                run_id=run_id,
+                session_id=str(session_id),
+                provider=request.provider,
+                model=request.model,
+            )
+        )
+        try:
+            async with self._gate.hold(session_id):
+                output = await self._loop(request, provider, run_id, session_id, control)
+        except asyncio.CancelledError:
+            if state.reason == "timeout":
+                publish(RunFailed(run_id=run_id, error=f"timed out after {control.timeout:g}s"))
+            else:
+                publish(RunCancelled(run_id=run_id))
+            raise
+        except InvocationError as exc:
+            publish(RunFailed(run_id=run_id, error=exc.message))
+            raise
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            if not isinstance(exc, ProviderError):
+                message = f"{type(exc).__name__}: {message}"
+            publish(RunFailed(run_id=run_id, error=message))
+            raise InvocationFailed(message, run_id=run_id, cause=exc) from exc
+        publish(
+            RunCompleted(
+                run_id=run_id, finish_reason=output.finish_reason, iterations=output.iterations
+            )
+        )
+        return output
+
+    async def _loop(
+        self,
+        request: RunRequest,
+        provider: ChatProvider,
+        run_id: str,
+        session_id: uuid.UUID,
+        control: Control,
+    ) -> RunOutput:
+        publish = self.bus.publish
+        policy = self.policy
+        history = await self.store.load_history(session_id)
+        opening: list[Message] = []
+        if not history and request.system_prompt:
+            opening.append(Message(role="system", content=request.system_prompt, run_id=run_id))
+        opening.append(Message(role="user", content=request.input, run_id=run_id))
+        await self.store.append_messages(session_id, opening)
+        messages = [*history, *opening]
+        publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
+
+        specs = self.tools.specs()
+        total = TokenUsage()
+        signatures: list[tuple[tuple[str, str], ...]] = []
+        text = ""
+        for iteration in range(1, policy.max_iterations + 1):
+            publish(
+                ModelStarted(
+                    run_id=run_id, provider=request.provider, model=request.model, iteration=iteration
+                )
+            )
+            chat = ChatRequest(
+                provider=request.provider,
+                model=request.model,
+                messages=tuple(messages),
+                tools=specs,
+                tool_choice=request.tool_choice,
+                run_id=run_id,
+            )
+            accumulated = await self._call_model(provider, chat, run_id)
+            assistant = accumulated.message(run_id)
+            await self.store.append_messages(session_id, [assistant])
+            messages.append(assistant)
+            publish(AssistantMessageCommitted(run_id=run_id, message_id=assistant.id))
+            usage = accumulated.usage or TokenUsage()
+            total = total + usage
+            publish(UsageRecorded(run_id=run_id, usage=usage))
+            text = assistant.content
+
+            def output(reason: FinishReason, iterations: int = iteration) -> RunOutput:
+                return RunOutput(
+                    run_id=run_id,
+                    session_id=session_id,
+                    iterations=iterations,
+                    finish_reason=reason,
+                    total_usage=total,
+                    output_text=text,
+                )
+
+            calls = assistant.tool_calls
+            if not calls:
+                return output(accumulated.finish_reason or FinishReason.STOP)
+            await self._run_tools(calls, run_id, session_id, control, messages)
+            signatures.append(tuple((c.name, c.arguments) for c in calls))
+            repeats = policy.doom_loop_threshold
+            if len(signatures) >= repeats and len(set(signatures[-repeats:])) == 1:
+                names = ", ".join(c.name for c in calls)
+                publish(
+                    DoomLoopDetected(
+                        run_id=run_id,
+                        description=(
+                            f"the same tool call(s) ({names}) with the same arguments were "
+                            f"requested {repeats} times in a row"
+                        ),
+                    )
+                )
+                return output(FinishReason.DOOM_LOOP)
+        return output(FinishReason.MAX_ITERATIONS, policy.max_iterations)
+
+    async def _call_model(self, provider: ChatProvider, chat: ChatRequest, run_id: str) -> Accumulator:
+        accumulator = Accumulator(chat.provider, chat.model)
+        timeout = self.policy.provider_timeout
+        try:
+            if timeout is None:
+                await self._stream(provider, chat, run_id, accumulator)
+            else:
+                await asyncio.wait_for(self._stream(provider, chat, run_id, accumulator), timeout)
+        except asyncio.TimeoutError as exc:
+            raise ProviderError(
+                chat.provider, chat.model, f"no complete response within {timeout:g}s"
+            ) from exc
+        return accumulator
+
+    async def _stream(
+        self, provider: ChatProvider, chat: ChatRequest, run_id: str, accumulator: Accumulator
+    ) -> None:
+        publish = self.bus.publish
+        stream = provider.stream(chat)
+        try:
+            async for raw in stream:
+                event = raw.model_copy(update={"run_id": run_id})
+                accumulator.add(event)
+                publish(event)
+                derived = event.as_agent()
+                if derived is not None:
+                    publish(derived)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        for call in accumulator.pending_calls():
+            publish(ToolCallCompleted(run_id=run_id, call=call))
+
+    async def _run_tools(
+        self,
+        calls: tuple[ToolCall, ...],
+        run_id: str,
+        session_id: uuid.UUID,
+        control: Control,
+        messages: list[Message],
+    ) -> None:
+        limit = self.policy.max_tool_concurrency
+        if control.concurrency_limit is not None:
+            limit = min(limit, control.concurrency_limit)
+        results = await self._executor.execute(calls, run_id=run_id, limit=limit)
+        replies = [
+            Message(
+                role="tool",
+                content=(
+                    f"Error: {result.error}" if isinstance(result, ToolFailure) else result.output
+                ),
+                tool_call_id=call.id,
+                run_id=run_id,
+            )
+            for call, result in zip(calls, results)
+        ]
+        await self.store.append_messages(session_id, replies)
+        messages.extend(replies)
+        for reply in replies:
+            self.bus.publish(
+                ToolMessageCommitted(
+                    run_id=run_id, message_id=reply.id, call_id=reply.tool_call_id or ""
+                )
+            )
+        if not self.policy.continue_on_tool_failure:
+            for call, result in zip(calls, results):
+                if isinstance(result, ToolFailure):
+                    raise InvocationFailed(
+                        f"tool {call.name!r} failed: {result.error}", run_id=run_id
+                    )

@@ -1,0 +1,208 @@
+"""``@tool``: a typed Python function becomes a tool the model can call.
+
+The JSON schema comes from the function's signature (pydantic); the model's JSON arguments are
+parsed and validated against it before the function runs. Async functions are awaited; plain
+functions run inline on the event loop (cheap, ~1 µs) unless declared ``@tool(thread=True)``, in
+which case they run in a worker thread and can be timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import typing
+from collections.abc import Iterable
+from typing import Any, Awaitable, Callable, TypeVar, overload
+
+import pydantic
+import pydantic_core
+
+from .errors import ToolArgumentsError, UserError
+from .messages import ToolSpec
+
+__all__ = ("Tool", "ToolRegistry", "tool")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class Tool:
+    """A callable tool: name, description, argument model and the function itself."""
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+        thread: bool = False,
+    ) -> None:
+        if not callable(function):
+            raise UserError(f"a tool must be callable, got {function!r}")
+        self.function = function
+        self.name = name or function.__name__
+        doc = inspect.getdoc(function) or ""
+        self.description = description if description is not None else doc.split("\n\n")[0]
+        self.timeout = timeout
+        self.thread = thread
+        self.is_async = inspect.iscoroutinefunction(function)
+        self.arguments_model = _arguments_model(function, self.name)
+        schema = self.arguments_model.model_json_schema()
+        schema.pop("title", None)
+        for prop in schema.get("properties", {}).values():
+            prop.pop("title", None)
+        self.parameters: dict[str, Any] = schema
+
+    @property
+    def spec(self) -> ToolSpec:
+        """What a provider is told about this tool."""
+        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
+
+    def parse_arguments(self, arguments: str, *, call_id: str = "") -> dict[str, Any]:
+        """Validate the model's JSON ``arguments``; raise ToolArgumentsError with a clear message."""
+        text = arguments.strip() or "{}"
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ToolArgumentsError(
+                self.name, call_id, f"arguments for tool {self.name!r} are not valid JSON: {exc}"
+            ) from exc
+        if not isinstance(raw, dict):
+            raise ToolArgumentsError(
+                self.name, call_id, f"arguments for tool {self.name!r} must be a JSON object"
+            )
+        try:
+            model = self.arguments_model.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+                for err in exc.errors(include_url=False)
+            )
+            raise ToolArgumentsError(
+                self.name, call_id, f"invalid arguments for tool {self.name!r}: {problems}"
+            ) from exc
+        return {field: getattr(model, field) for field in type(model).model_fields}
+
+    async def invoke(self, arguments: dict[str, Any]) -> str:
+        """Run the function with validated arguments; the result rendered as text."""
+        if self.is_async:
+            result = await self.function(**arguments)
+        elif self.thread:
+            result = await asyncio.to_thread(self.function, **arguments)
+        else:
+            result = self.function(**arguments)
+            if inspect.isawaitable(result):
+                result = await typing.cast(Awaitable[Any], result)
+        return render_output(result)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Tool(name={self.name!r})"
+
+
+def render_output(result: Any) -> str:
+    """A tool result as the text the model sees (strings as they are, the rest as JSON)."""
+    if isinstance(result, str):
+        return result
+    return pydantic_core.to_json(result).decode()
+
+
+def _arguments_model(function: Callable[..., Any], name: str) -> type[pydantic.BaseModel]:
+    signature = inspect.signature(function)
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception as exc:  # unresolved forward references
+        raise UserError(f"cannot resolve the type hints of tool {name!r}: {exc}") from exc
+    fields: dict[str, Any] = {}
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise UserError(f"tool {name!r}: *args/**kwargs parameters are not supported")
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, default)
+    model_name = "".join(part.capitalize() for part in name.split("_")) + "Arguments"
+    return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
+        model_name, __config__=pydantic.ConfigDict(extra="forbid"), **fields
+    )
+
+
+@overload
+def tool(function: _F, /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    thread: bool = False,
+) -> Callable[[_F], Tool]: ...
+
+
+def tool(
+    function: _F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    thread: bool = False,
+) -> Tool | Callable[[_F], Tool]:
+    """Turn a typed function into a :class:`Tool`; usable as ``@tool`` or ``@tool(...)``.
+
+    Args:
+        name: the tool name the model sees (default: the function name).
+        description: default: the first paragraph of the docstring.
+        timeout: seconds, overriding ``RuntimePolicy.tool_timeout`` for this tool.
+        thread: run a plain function in a worker thread instead of inline.
+
+    Example:
+        >>> @tool
+        ... def add(a: int, b: int) -> int:
+        ...     '''Add two integers.'''
+        ...     return a + b
+        >>> add.spec.parameters["required"]
+        ['a', 'b']
+    """
+
+    def wrap(fn: _F) -> Tool:
+        return Tool(fn, name=name, description=description, timeout=timeout, thread=thread)
+
+    return wrap(function) if function is not None else wrap
+
+
+class ToolRegistry:
+    """Tools by name."""
+
+    def __init__(self, tools: Iterable[Tool | Callable[..., Any]] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for item in tools:
+            self.add(item)
+
+    def add(self, item: Tool | Callable[..., Any]) -> Tool:
+        """Register a Tool (or a plain function, wrapped with ``tool``)."""
+        registered = item if isinstance(item, Tool) else Tool(item)
+        if registered.name in self._tools:
+            raise UserError(f"a tool named {registered.name!r} is already registered")
+        self._tools[registered.name] = registered
+        return registered
+
+    def get(self, name: str) -> Tool | None:
+        """The tool called ``name``, or None."""
+        return self._tools.get(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Registered tool names, in registration order."""
+        return tuple(self._tools)
+
+    def specs(self) -> tuple[ToolSpec, ...]:
+        """Specs of every registered tool, for a ChatRequest."""
+        return tuple(t.spec for t in self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
