@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import reactivex
 from reactivex import Observable, abc
@@ -66,7 +66,7 @@ class EventBus:
 
         def subscribe(
             observer: abc.ObserverBase[InvocationEvent],
-            scheduler: Optional[abc.SchedulerBase] = None,
+            scheduler: abc.SchedulerBase | None = None,
         ) -> abc.DisposableBase:
             def on_next(event: InvocationEvent) -> None:
                 try:
@@ -100,8 +100,9 @@ class EventBus:
 
     def complete(self) -> None:
         """Complete every subject (the runtime is closing)."""
-        for subject in [*self._by_type.values(), self._all, self._errors]:
+        for subject in [*self._by_type.values(), self._all]:
             subject.on_completed()
+        self._errors.on_completed()
 
     def _subject_for(self, event_type: str) -> Subject[InvocationEvent]:
         subject = self._by_type.get(event_type)
@@ -127,7 +128,7 @@ class SubscriptionStats:
     """Events waiting in the buffer."""
 
 
-HandlerCall = Callable[[InvocationEvent, SessionContext], Optional[Awaitable[Any]]]
+HandlerCall = Callable[[InvocationEvent, SessionContext], Awaitable[Any] | None]
 
 
 class HandlerSink:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -171,7 +171,7 @@ class ToolFailure(BaseModel):
     error_type: str = "ToolError"
 
 
-ToolResult = Annotated[Union[ToolSuccess, ToolFailure], Field(discriminator="status")]
+ToolResult = Annotated[ToolSuccess | ToolFailure, Field(discriminator="status")]
 """The outcome of a tool execution."""
 
 
@@ -316,68 +316,19 @@ class ChatFinished(EventBase):
 
 
 AgentEvent = Annotated[
-    Union[
-        RunStarted,
-        ContextBuilt,
-        ModelStarted,
-        TextDelta,
-        ToolCallStarted,
-        ToolCallDelta,
-        ToolCallCompleted,
-        ToolExecutionStarted,
-        ToolExecutionFinished,
-        AssistantMessageCommitted,
-        ToolMessageCommitted,
-        UsageRecorded,
-        RunCompleted,
-        RunFailed,
-        RunCancelled,
-        DoomLoopDetected,
-        CompactionCircuitOpened,
-    ],
+    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | CompactionCircuitOpened,
     Field(discriminator="type"),
 ]
 """Any event the runtime itself produces."""
 
 ChatStreamEvent = Annotated[
-    Union[
-        ChatStarted,
-        ChatTextDelta,
-        ChatToolCallStarted,
-        ChatToolCallArgumentsDelta,
-        ChatToolCallCompleted,
-        ChatFinished,
-    ],
+    ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
     Field(discriminator="type"),
 ]
 """Any event a provider stream yields."""
 
 InvocationEvent = Annotated[
-    Union[
-        RunStarted,
-        ContextBuilt,
-        ModelStarted,
-        TextDelta,
-        ToolCallStarted,
-        ToolCallDelta,
-        ToolCallCompleted,
-        ToolExecutionStarted,
-        ToolExecutionFinished,
-        AssistantMessageCommitted,
-        ToolMessageCommitted,
-        UsageRecorded,
-        RunCompleted,
-        RunFailed,
-        RunCancelled,
-        DoomLoopDetected,
-        CompactionCircuitOpened,
-        ChatStarted,
-        ChatTextDelta,
-        ChatToolCallStarted,
-        ChatToolCallArgumentsDelta,
-        ChatToolCallCompleted,
-        ChatFinished,
-    ],
+    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
     Field(discriminator="type"),
 ]
 """Any event published on the runtime's subject."""

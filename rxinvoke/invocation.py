@@ -16,7 +16,7 @@ import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Optional, Union
+from typing import Any
 
 import pydantic
 import reactivex
@@ -29,15 +29,16 @@ from .control import Control, SessionContext
 from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UserError
 from .events import EventKind, InvocationEvent
 from .messages import new_id
+from .operators import for_run, until_terminal
 from .request import EmitRequest, RunOutput
 from .runtime import AgentRuntime
 
 __all__ = ("Build", "Handler", "InvocationHandle", "RuntimeInvocation")
 
-Build = Callable[[SessionContext, Control], Union[EmitRequest, Awaitable[EmitRequest]]]
+Build = Callable[[SessionContext, Control], EmitRequest | Awaitable[EmitRequest]]
 """``build(ctx, control)`` returns (or resolves to) the EmitRequest to run."""
 
-Handler = Callable[[InvocationEvent, SessionContext, Control], Optional[Awaitable[Any]]]
+Handler = Callable[[InvocationEvent, SessionContext, Control], Awaitable[Any] | None]
 """``handler(event, ctx, control)``; sync or async."""
 
 _ids = itertools.count(1)
@@ -157,7 +158,7 @@ class RuntimeInvocation:
         runtime = self.runtime
         name = f"on({member.value})#{next(_ids)}"
 
-        def call(event: InvocationEvent, context: SessionContext) -> Optional[Awaitable[Any]]:
+        def call(event: InvocationEvent, context: SessionContext) -> Awaitable[Any] | None:
             return handler(event, context, control)
 
         sink = HandlerSink(
@@ -195,7 +196,7 @@ class RuntimeInvocation:
 
         def subscribe(
             observer: abc.ObserverBase[InvocationEvent],
-            scheduler: Optional[abc.SchedulerBase] = None,
+            scheduler: abc.SchedulerBase | None = None,
         ) -> abc.DisposableBase:
             run_control = control.copy() if control is not None else Control()
             run_id = new_id()
@@ -207,10 +208,7 @@ class RuntimeInvocation:
                 return Disposable()
             subscription = (
                 self.runtime.bus.observe(EventKind.ANY)
-                .pipe(
-                    ops.filter(lambda event: event.run_id == run_id),
-                    ops.take_while(lambda event: not event.is_terminal, inclusive=True),
-                )
+                .pipe(for_run(run_id), until_terminal())
                 .subscribe(observer)
             )
             task = asyncio.get_running_loop().create_task(

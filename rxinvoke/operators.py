@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Optional, TypeVar, Union
+from typing import TypeVar
 
 from reactivex import Observable, abc
 from reactivex import operators as ops
@@ -58,17 +58,20 @@ def until_terminal() -> EventOperator:
 def text_of() -> Callable[[Observable[InvocationEvent]], Observable[str]]:
     """The text fragments (``text_delta``) as strings."""
 
+    def delta(event: InvocationEvent) -> str:
+        return event.delta if isinstance(event, TextDelta) else ""
+
+    def is_text(event: InvocationEvent) -> bool:
+        return isinstance(event, TextDelta)
+
     def _text(source: Observable[InvocationEvent]) -> Observable[str]:
-        return source.pipe(
-            ops.filter(lambda event: isinstance(event, TextDelta)),
-            ops.map(lambda event: event.delta),  # type: ignore[union-attr]
-        )
+        return source.pipe(ops.filter(is_text), ops.map(delta))
 
     return _text
 
 
 def coalesce_text(
-    quiet: float, scheduler: Optional[abc.SchedulerBase] = None
+    quiet: float, scheduler: abc.SchedulerBase | None = None
 ) -> Callable[[Observable[InvocationEvent]], Observable[str]]:
     """Join text deltas into chunks, each flushed after ``quiet`` seconds without a new delta.
 
@@ -81,12 +84,16 @@ def coalesce_text(
     """
 
     def _coalesce(source: Observable[InvocationEvent]) -> Observable[str]:
-        deltas = source.pipe(text_of(), ops.share())
-        return deltas.pipe(
-            ops.buffer_when(lambda: deltas.pipe(ops.debounce(quiet, scheduler=scheduler))),
-            ops.filter(bool),
-            ops.map("".join),
-        )
+        deltas: Observable[str] = source.pipe(text_of(), ops.share())
+
+        def closing() -> Observable[str]:
+            return deltas.pipe(ops.debounce(quiet, scheduler=scheduler))
+
+        def joined(chunk: list[str]) -> str:
+            return "".join(chunk)
+
+        chunks: Observable[list[str]] = deltas.pipe(ops.buffer_when(closing))
+        return chunks.pipe(ops.filter(bool), ops.map(joined))
 
     return _coalesce
 
@@ -99,9 +106,9 @@ async def to_async_iterator(observable: Observable[_T]) -> AsyncIterator[_T]:
     """
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
-    queue: asyncio.Queue[tuple[int, Union[_T, Exception, None]]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, _T | Exception | None]] = asyncio.Queue()
 
-    def put(item: tuple[int, Union[_T, Exception, None]]) -> None:
+    def put(item: tuple[int, _T | Exception | None]) -> None:
         if threading.get_ident() == loop_thread:
             queue.put_nowait(item)
         else:
@@ -109,7 +116,7 @@ async def to_async_iterator(observable: Observable[_T]) -> AsyncIterator[_T]:
 
     subscription = observable.subscribe(
         on_next=lambda value: put((0, value)),
-        on_error=lambda error: put((1, error)),  # type: ignore[arg-type]
+        on_error=lambda error: put((1, error)),
         on_completed=lambda: put((2, None)),
     )
     try:

@@ -27,7 +27,7 @@ from .messages import ChatRequest, FinishReason, TokenUsage, ToolCall, new_id
 
 __all__ = ("ScriptedProvider", "TurnItem")
 
-TurnItem = Union[ChatStreamEvent, asyncio.Event, BaseException]
+TurnItem = Union[ChatStreamEvent, asyncio.Event, BaseException]  # noqa: UP007 (runtime alias)
 """One step of a scripted turn."""
 
 Turn = Sequence[TurnItem]

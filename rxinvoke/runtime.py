@@ -273,6 +273,8 @@ class AgentRuntime:
         total = TokenUsage()
         signatures: list[tuple[tuple[str, str], ...]] = []
         text = ""
+        finish = FinishReason.MAX_ITERATIONS
+        iteration = 0
         for iteration in range(1, policy.max_iterations + 1):
             publish(
                 ModelStarted(
@@ -297,19 +299,10 @@ class AgentRuntime:
             publish(UsageRecorded(run_id=run_id, usage=usage))
             text = assistant.content
 
-            def output(reason: FinishReason, iterations: int = iteration) -> RunOutput:
-                return RunOutput(
-                    run_id=run_id,
-                    session_id=session_id,
-                    iterations=iterations,
-                    finish_reason=reason,
-                    total_usage=total,
-                    output_text=text,
-                )
-
             calls = assistant.tool_calls
             if not calls:
-                return output(accumulated.finish_reason or FinishReason.STOP)
+                finish = accumulated.finish_reason or FinishReason.STOP
+                break
             await self._run_tools(calls, run_id, session_id, control, messages)
             signatures.append(tuple((c.name, c.arguments) for c in calls))
             repeats = policy.doom_loop_threshold
@@ -324,8 +317,16 @@ class AgentRuntime:
                         ),
                     )
                 )
-                return output(FinishReason.DOOM_LOOP)
-        return output(FinishReason.MAX_ITERATIONS, policy.max_iterations)
+                finish = FinishReason.DOOM_LOOP
+                break
+        return RunOutput(
+            run_id=run_id,
+            session_id=session_id,
+            iterations=iteration,
+            finish_reason=finish,
+            total_usage=total,
+            output_text=text,
+        )
 
     async def _call_model(self, provider: ChatProvider, chat: ChatRequest, run_id: str) -> Accumulator:
         accumulator = Accumulator(chat.provider, chat.model)
@@ -382,7 +383,7 @@ class AgentRuntime:
                 tool_call_id=call.id,
                 run_id=run_id,
             )
-            for call, result in zip(calls, results)
+            for call, result in zip(calls, results, strict=True)
         ]
         await self.store.append_messages(session_id, replies)
         messages.extend(replies)
@@ -393,7 +394,7 @@ class AgentRuntime:
                 )
             )
         if not self.policy.continue_on_tool_failure:
-            for call, result in zip(calls, results):
+            for call, result in zip(calls, results, strict=True):
                 if isinstance(result, ToolFailure):
                     raise InvocationFailed(
                         f"tool {call.name!r} failed: {result.error}", run_id=run_id

@@ -12,8 +12,8 @@ import asyncio
 import inspect
 import json
 import typing
-from collections.abc import Iterable
-from typing import Any, Awaitable, Callable, TypeVar, overload
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
 
 import pydantic
 import pydantic_core
@@ -93,7 +93,7 @@ class Tool:
         else:
             result = self.function(**arguments)
             if inspect.isawaitable(result):
-                result = await typing.cast(Awaitable[Any], result)
+                result = await result
         return render_output(result)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -124,9 +124,11 @@ def _arguments_model(function: Callable[..., Any], name: str) -> type[pydantic.B
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
     model_name = "".join(part.capitalize() for part in name.split("_")) + "Arguments"
-    return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
-        model_name, __config__=pydantic.ConfigDict(extra="forbid"), **fields
+    config = pydantic.ConfigDict(extra="forbid")
+    model: type[pydantic.BaseModel] = pydantic.create_model(
+        model_name, __config__=config, **fields
     )
+    return model
 
 
 @overload
