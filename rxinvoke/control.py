@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
-from reactivex import Observable
+from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 from reactivex.subject import AsyncSubject
 
@@ -35,17 +35,21 @@ class SessionContext(BaseModel):
 
 
 class _ControlState:
+    __slots__ = ("concurrency_limit", "is_cancelled", "listeners", "lock", "subject", "timeout")
+
     def __init__(self, timeout: float | None, concurrency_limit: int | None) -> None:
         self.lock = threading.Lock()
         self.is_cancelled = False
         self.timeout = timeout
         self.concurrency_limit = concurrency_limit
         self.listeners: list[Callable[[], None]] = []
-        self.cancelled: AsyncSubject[None] = AsyncSubject()
+        self.subject: AsyncSubject[None] | None = None  # made on first use of `cancelled`
 
 
 class Control:
     """Cancellation, deadline and concurrency limit for one emit or one subscription."""
+
+    __slots__ = ("_state",)
 
     def __init__(
         self, *, timeout: float | None = None, concurrency_limit: int | None = None
@@ -70,8 +74,10 @@ class Control:
             listeners, state.listeners = state.listeners, []
         for listener in listeners:
             listener()
-        state.cancelled.on_next(None)
-        state.cancelled.on_completed()
+        subject = state.subject
+        if subject is not None:
+            subject.on_next(None)
+            subject.on_completed()
 
     @property
     def is_cancelled(self) -> bool:
@@ -81,7 +87,14 @@ class Control:
     @property
     def cancelled(self) -> Observable[None]:
         """Emits once when cancelled (immediately for late subscribers); for ``take_until``."""
-        return self._state.cancelled
+        state = self._state
+        with state.lock:
+            if state.subject is None:
+                state.subject = AsyncSubject()
+                if state.is_cancelled:
+                    state.subject.on_next(None)
+                    state.subject.on_completed()
+            return state.subject
 
     def set_timeout(self, timeout: float | None) -> None:
         """Seconds allowed: the whole run for an emit, each handler call for a subscription."""
@@ -103,13 +116,13 @@ class Control:
         """The limit, or None for the default (policy for an emit, 1 for a subscription)."""
         return self._state.concurrency_limit
 
-    def add_cancel_listener(self, listener: Callable[[], None]) -> Disposable:
+    def add_cancel_listener(self, listener: Callable[[], None]) -> abc.DisposableBase:
         """Call ``listener`` on cancel (at once if already cancelled); dispose to remove it."""
         state = self._state
         with state.lock:
             if not state.is_cancelled:
                 state.listeners.append(listener)
-                return Disposable(lambda: _discard(state, listener))
+                return _Listener(state, listener)
         listener()
         return Disposable()
 
@@ -120,14 +133,25 @@ class Control:
         )
 
 
-def _discard(state: _ControlState, listener: Callable[[], None]) -> None:
-    with state.lock:
-        if listener in state.listeners:
-            state.listeners.remove(listener)
+class _Listener(abc.DisposableBase):
+    """Removes a cancel listener (a lean disposable: no lock, no closure)."""
+
+    __slots__ = ("_listener", "_state")
+
+    def __init__(self, state: _ControlState, listener: Callable[[], None]) -> None:
+        self._state, self._listener = state, listener
+
+    def dispose(self) -> None:
+        state = self._state
+        with state.lock:
+            if self._listener in state.listeners:
+                state.listeners.remove(self._listener)
 
 
 def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and not timeout > 0:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
 
 

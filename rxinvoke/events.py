@@ -77,7 +77,11 @@ class EventBase(BaseModel):
         return self.terminal
 
     def as_agent(self) -> AgentEvent | None:
-        """This event as an agent event: itself, the agent event a chat event maps to, or None."""
+        """This event as an agent event: itself, or the agent event a chat event maps to.
+
+        None for ``chat_started``/``chat_finished`` and for chat events without a ``run_id``
+        (not yet republished by a runtime).
+        """
         return None
 
 
@@ -268,7 +272,9 @@ class ChatTextDelta(EventBase):
     delta: str
 
     def as_agent(self) -> AgentEvent | None:
-        return TextDelta(run_id=self.run_id or "", timestamp=self.timestamp, delta=self.delta)
+        if self.run_id is None:
+            return None
+        return TextDelta(run_id=self.run_id, timestamp=self.timestamp, delta=self.delta)
 
 
 class ChatToolCallStarted(EventBase):
@@ -279,8 +285,10 @@ class ChatToolCallStarted(EventBase):
     name: str
 
     def as_agent(self) -> AgentEvent | None:
+        if self.run_id is None:
+            return None
         return ToolCallStarted(
-            run_id=self.run_id or "", timestamp=self.timestamp, call_id=self.id, tool_name=self.name
+            run_id=self.run_id, timestamp=self.timestamp, call_id=self.id, tool_name=self.name
         )
 
 
@@ -292,8 +300,10 @@ class ChatToolCallArgumentsDelta(EventBase):
     delta: str
 
     def as_agent(self) -> AgentEvent | None:
+        if self.run_id is None:
+            return None
         return ToolCallDelta(
-            run_id=self.run_id or "", timestamp=self.timestamp, call_id=self.id, delta=self.delta
+            run_id=self.run_id, timestamp=self.timestamp, call_id=self.id, delta=self.delta
         )
 
 
@@ -304,7 +314,9 @@ class ChatToolCallCompleted(EventBase):
     call: ToolCall
 
     def as_agent(self) -> AgentEvent | None:
-        return ToolCallCompleted(run_id=self.run_id or "", timestamp=self.timestamp, call=self.call)
+        if self.run_id is None:
+            return None
+        return ToolCallCompleted(run_id=self.run_id, timestamp=self.timestamp, call=self.call)
 
 
 class ChatFinished(EventBase):

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
+from ._compat import wait_with_timeout
 from .errors import ToolError, ToolExecutionError, ToolTimeout, UnknownTool
 from .events import (
     InvocationEvent,
@@ -82,19 +83,28 @@ class ToolExecutor:
             )
         arguments = tool.parse_arguments(call.arguments, call_id=call.id)
         timeout = tool.timeout if tool.timeout is not None else self._policy.tool_timeout
-        try:
-            if timeout is None:
+
+        async def invoke() -> str:
+            # The tool's own exceptions (a TimeoutError of its own included) are translated
+            # here, inside the deadline, so only the deadline itself becomes a ToolTimeout.
+            try:
                 return await tool.invoke(arguments)
-            return await asyncio.wait_for(tool.invoke(arguments), timeout)
+            except ToolError:
+                raise
+            except Exception as exc:
+                raise ToolExecutionError(
+                    call.name, call.id, f"tool {call.name!r} raised {type(exc).__name__}: {exc}"
+                ) from exc
+
+        if timeout is None:
+            return await invoke()
+        try:
+            return await wait_with_timeout(invoke(), timeout)
+        except ToolError:
+            raise
         except asyncio.TimeoutError as exc:  # not builtin TimeoutError on 3.10
             raise ToolTimeout(
                 call.name, call.id, f"tool {call.name!r} timed out after {timeout:g}s"
-            ) from exc
-        except ToolError:
-            raise
-        except Exception as exc:
-            raise ToolExecutionError(
-                call.name, call.id, f"tool {call.name!r} raised {type(exc).__name__}: {exc}"
             ) from exc
 
     def _truncate(self, output: str) -> str:

@@ -1,8 +1,9 @@
 """RuntimeInvocation: ``emit`` runs, ``on(kind, handler)`` subscribes, ``observe``/``stream`` compose.
 
-``on(kind, handler)`` is the chain ``filter(kind) → take_until(control.cancelled) →
-observe on the asyncio loop``: the filter is the bus's kind index, the loop hand-off is a
-:class:`~rxinvoke.bus.HandlerSink` that drains a bounded buffer in one loop callback per burst.
+``on(kind, handler)`` has the semantics of the chain ``filter(kind) →
+take_until(control.cancelled) → observe_on(asyncio loop)``, built lean: the filter is the bus's
+kind index, take_until is a cancel listener on the control, and the loop hand-off is a
+:class:`~rxinvoke.bus.HandlerSink` that drains a bounded buffer with one loop hand-off per burst.
 Handlers of one subscription run in event order (at most ``control.concurrency_limit`` in
 flight, default 1), each bounded by ``control.timeout``. A handler that raises or times out
 is reported on :attr:`RuntimeInvocation.errors` and never affects the run or other subscribers.
@@ -21,7 +22,6 @@ from typing import Any
 import pydantic
 import reactivex
 from reactivex import Observable, abc
-from reactivex import operators as ops
 from reactivex.disposable import Disposable
 
 from .bus import HandlerSink, Overflow, SubscriptionStats
@@ -46,6 +46,8 @@ _ids = itertools.count(1)
 
 class InvocationHandle(abc.DisposableBase):
     """One ``on`` subscription: a reactivex disposable and a context manager."""
+
+    __slots__ = ("_sink", "control")
 
     def __init__(self, sink: HandlerSink, control: Control) -> None:
         self._sink = sink
@@ -139,6 +141,7 @@ class RuntimeInvocation:
         *,
         buffer: int = 10_000,
         overflow: Overflow = "drop_oldest",
+        scheduler: abc.SchedulerBase | None = None,
     ) -> InvocationHandle:
         """Call ``handler(event, ctx, control)`` for every event of ``kind`` until disposed.
 
@@ -150,6 +153,8 @@ class RuntimeInvocation:
             buffer: events queued for this subscription at most.
             overflow: ``"drop_oldest"`` (counted and reported) or ``"error"`` (the
                 subscription ends with a SubscriberOverflow report).
+            scheduler: the clock of handler timeouts (default: the asyncio loop); pass a
+                ``reactivex.testing.TestScheduler`` to test timeouts in virtual time.
         """
         member = EventKind.parse(kind)
         if not callable(handler):
@@ -158,27 +163,17 @@ class RuntimeInvocation:
         runtime = self.runtime
         name = f"on({member.value})#{next(_ids)}"
 
-        def call(event: InvocationEvent, context: SessionContext) -> Awaitable[Any] | None:
-            return handler(event, context, control)
-
         sink = HandlerSink(
             name=name,
-            call=call,
+            call=handler,
             control=control,
             loop=asyncio.get_running_loop(),
             report=runtime.bus.report,
             buffer=buffer,
             overflow=overflow,
+            scheduler=scheduler,
         )
-        context_for = runtime.context_for
-        sink.upstream = (
-            runtime.bus.observe(member)
-            .pipe(ops.take_until(control.cancelled))
-            .subscribe(
-                on_next=lambda event: sink.push(event, context_for(event.run_id)),
-                on_completed=lambda: sink.close(cancel_running=False),
-            )
-        )
+        sink.connect(runtime.bus, member)
         return InvocationHandle(sink, control)
 
     def observe(self, kind: EventKind | str = EventKind.ANY) -> Observable[InvocationEvent]:
@@ -206,10 +201,17 @@ class RuntimeInvocation:
             except InvalidRequest as exc:
                 observer.on_error(exc)
                 return Disposable()
+            ended = False  # the terminal event was delivered: completing must not cancel
+
+            def on_completed() -> None:
+                nonlocal ended
+                ended = True
+                observer.on_completed()
+
             subscription = (
                 self.runtime.bus.observe(EventKind.ANY)
                 .pipe(for_run(run_id), until_terminal())
-                .subscribe(observer)
+                .subscribe(observer.on_next, observer.on_error, on_completed)
             )
             task = asyncio.get_running_loop().create_task(
                 self.runtime.run(run_request, run_control)
@@ -218,7 +220,7 @@ class RuntimeInvocation:
 
             def dispose() -> None:
                 subscription.dispose()
-                if not task.done():
+                if not ended and not task.done():
                     run_control.cancel()
 
             return Disposable(dispose)

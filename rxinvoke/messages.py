@@ -90,7 +90,7 @@ class ToolChoice(_Frozen):
     """
 
     mode: Literal["auto", "none", "required", "tool"] = "auto"
-    name: str | None = None
+    name: Annotated[str, StringConstraints(strip_whitespace=True)] | None = None
     """The tool the model must call, when ``mode == "tool"``."""
 
     @model_validator(mode="before")

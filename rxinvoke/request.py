@@ -46,15 +46,19 @@ class EmitRequest(_Frozen):
 
     def with_session_id(self, session_id: uuid.UUID | str) -> EmitRequest:
         """A copy that continues the session ``session_id``."""
-        return self.model_copy(update={"session_id": uuid.UUID(str(session_id))})
+        return self._replace(session_id=session_id)
 
     def with_client_request_id(self, client_request_id: str) -> EmitRequest:
         """A copy tagged with the caller's idempotency key."""
-        return self.model_copy(update={"client_request_id": client_request_id})
+        return self._replace(client_request_id=client_request_id)
 
     def with_metadata(self, metadata: dict[str, Any]) -> EmitRequest:
         """A copy carrying caller metadata (kept with the run, never sent to the model)."""
-        return self.model_copy(update={"metadata": dict(metadata)})
+        return self._replace(metadata=dict(metadata))
+
+    def _replace(self, **update: Any) -> EmitRequest:
+        # a validated copy (model_copy(update=...) would skip validation)
+        return EmitRequest.model_validate({**self.__dict__, **update})
 
     def into_run_request(self) -> RunRequest:
         """The RunRequest for this emit: tool choice auto, run id assigned by the runtime."""

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from reactivex import Observable
 
+from ._compat import wait_with_timeout
 from .accumulate import Accumulator
 from .bus import EventBus
 from .control import Control, SessionContext
@@ -113,10 +114,11 @@ class AgentRuntime:
         self.tools = ToolRegistry(tools)
         self.policy = policy or RuntimePolicy()
         self.store: Store = store if store is not None else MemoryStore()
-        self.bus = EventBus()
+        self._contexts: dict[str, SessionContext] = {}
+        self._stray_context = SessionContext()
+        self.bus = EventBus(context_for=self.context_for)
         self._executor = ToolExecutor(self.tools, self.policy, self.bus.publish)
         self._gate = _SessionGate()
-        self._contexts: dict[str, SessionContext] = {}
 
     @property
     def events(self) -> Observable[InvocationEvent]:
@@ -134,7 +136,12 @@ class AgentRuntime:
             context = self._contexts.get(run_id)
             if context is not None:
                 return context
-        return SessionContext(run_id=run_id)
+        stray = self._stray_context  # events published for runs this runtime does not run
+        if stray.run_id != run_id:
+            stray = self._stray_context = SessionContext.model_construct(
+                session_id=None, run_id=run_id
+            )
+        return stray
 
     def validate(self, request: RunRequest) -> ChatProvider:
         """The request's provider; InvalidRequest for an unknown provider/model or empty input."""
@@ -180,10 +187,14 @@ class AgentRuntime:
         def stop(reason: _Reason) -> None:
             if state.reason is None and not task.done():
                 state.reason = reason
-                if threading.get_ident() == loop_thread:
-                    task.cancel()
-                else:
+                if threading.get_ident() != loop_thread:
                     loop.call_soon_threadsafe(task.cancel)
+                elif asyncio.current_task(loop) is task:
+                    # From inside the run (an observer): land at its next await; a run that
+                    # completes first returns its output, consistent with its run_completed.
+                    loop.call_soon(task.cancel)
+                else:
+                    task.cancel()
 
         listener = control.add_cancel_listener(lambda: stop("cancelled"))
         timer = (
@@ -335,7 +346,8 @@ class AgentRuntime:
             if timeout is None:
                 await self._stream(provider, chat, run_id, accumulator)
             else:
-                await asyncio.wait_for(self._stream(provider, chat, run_id, accumulator), timeout)
+                # not asyncio.wait_for: on 3.11 it swallows a cancel that races completion
+                await wait_with_timeout(self._stream(provider, chat, run_id, accumulator), timeout)
         except asyncio.TimeoutError as exc:
             raise ProviderError(
                 chat.provider, chat.model, f"no complete response within {timeout:g}s"
@@ -359,6 +371,8 @@ class AgentRuntime:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+        if accumulator.finish_reason is None:
+            return  # a broken stream: announce no call as complete (message() raises)
         for call in accumulator.pending_calls():
             publish(ToolCallCompleted(run_id=run_id, call=call))
 

@@ -13,7 +13,7 @@ import inspect
 import json
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+from typing import Annotated, Any, TypeVar, overload
 
 import pydantic
 import pydantic_core
@@ -82,7 +82,10 @@ class Tool:
             raise ToolArgumentsError(
                 self.name, call_id, f"invalid arguments for tool {self.name!r}: {problems}"
             ) from exc
-        return {field: getattr(model, field) for field in type(model).model_fields}
+        return {
+            info.alias or field: getattr(model, field)
+            for field, info in type(model).model_fields.items()
+        }
 
     async def invoke(self, arguments: dict[str, Any]) -> str:
         """Run the function with validated arguments; the result rendered as text."""
@@ -113,16 +116,23 @@ def render_output(result: Any) -> str:
 def _arguments_model(function: Callable[..., Any], name: str) -> type[pydantic.BaseModel]:
     signature = inspect.signature(function)
     try:
-        hints = typing.get_type_hints(function)
+        hints = typing.get_type_hints(function, include_extras=True)
     except Exception as exc:  # unresolved forward references
         raise UserError(f"cannot resolve the type hints of tool {name!r}: {exc}") from exc
     fields: dict[str, Any] = {}
     for param in signature.parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise UserError(f"tool {name!r}: *args/**kwargs parameters are not supported")
+        if param.kind is param.POSITIONAL_ONLY:  # invoke() passes arguments by keyword
+            raise UserError(f"tool {name!r}: positional-only parameters are not supported")
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
-        fields[param.name] = (annotation, default)
+        # Neutral field names, the parameter name as alias: parameters called like BaseModel
+        # attributes (``json``, ``schema``) or starting with ``_`` work like any other.
+        fields[f"arg{len(fields)}"] = (
+            Annotated[annotation, pydantic.Field(alias=param.name)],
+            default,
+        )
     model_name = "".join(part.capitalize() for part in name.split("_")) + "Arguments"
     config = pydantic.ConfigDict(extra="forbid")
     model: type[pydantic.BaseModel] = pydantic.create_model(

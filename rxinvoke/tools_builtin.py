@@ -22,6 +22,7 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
+_MAX_POW_BITS = 100_000
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
     ast.UAdd: operator.pos,
     ast.USub: operator.neg,
@@ -39,6 +40,16 @@ def _evaluate(node: ast.AST) -> float | int:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > 1000:
             raise ValueError("exponent too large")
+        # Nested powers ((9**999)**999)**999 pass the exponent check but would take minutes
+        # and gigabytes inline on the event loop: bound the size of an integer result.
+        if (
+            isinstance(node.op, ast.Pow)
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and right > 0
+            and abs(left).bit_length() * right > _MAX_POW_BITS
+        ):
+            raise ValueError("result too large")
         return _BINARY[type(node.op)](left, right)  # type: ignore[no-any-return]
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate(node.operand))  # type: ignore[no-any-return]

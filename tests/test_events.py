@@ -1,0 +1,533 @@
+"""The event contract (DESIGN.md section 2) and the value types events and requests are made of."""
+
+from __future__ import annotations
+
+import re
+import typing
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rxinvoke import (
+    AGENT_EVENT,
+    CHAT_STREAM_EVENT,
+    INVOCATION_EVENT,
+    AgentEvent,
+    AssistantMessageCommitted,
+    ChatFinished,
+    ChatRequest,
+    ChatStarted,
+    ChatStreamEvent,
+    ChatTextDelta,
+    ChatToolCallArgumentsDelta,
+    ChatToolCallCompleted,
+    ChatToolCallStarted,
+    CompactionCircuitOpened,
+    ContextBuilt,
+    DoomLoopDetected,
+    EmitRequest,
+    EventBase,
+    EventKind,
+    FinishReason,
+    InvocationEvent,
+    Message,
+    ModelStarted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    TextDelta,
+    TokenUsage,
+    ToolCall,
+    ToolCallCompleted,
+    ToolCallDelta,
+    ToolCallStarted,
+    ToolChoice,
+    ToolExecutionFinished,
+    ToolExecutionStarted,
+    ToolFailure,
+    ToolMessageCommitted,
+    ToolSuccess,
+    UsageRecorded,
+)
+
+RUN = "run-7f3a"
+SESSION = "4a6b7c1e-8a8e-4c38-9a52-2a7d6f1e0b11"
+WHEN = datetime(2025, 3, 14, 15, 9, 26, 535897, tzinfo=timezone.utc)
+CALL = ToolCall(id="call_1", name="calculate", arguments='{"expression": "2 + 3"}')
+USAGE = TokenUsage(input_tokens=42, output_tokens=7, total_tokens=49)
+
+AGENT_EXAMPLES: tuple[EventBase, ...] = (
+    RunStarted(
+        run_id=RUN, timestamp=WHEN, session_id=SESSION, provider="offline", model="offline"
+    ),
+    ContextBuilt(run_id=RUN, timestamp=WHEN, message_count=3),
+    ModelStarted(run_id=RUN, timestamp=WHEN, provider="offline", model="offline", iteration=1),
+    TextDelta(run_id=RUN, timestamp=WHEN, delta="2 + 3 = "),
+    ToolCallStarted(run_id=RUN, timestamp=WHEN, call_id="call_1", tool_name="calculate"),
+    ToolCallDelta(run_id=RUN, timestamp=WHEN, call_id="call_1", delta='{"expression": '),
+    ToolCallCompleted(run_id=RUN, timestamp=WHEN, call=CALL),
+    ToolExecutionStarted(run_id=RUN, timestamp=WHEN, call_id="call_1", tool_name="calculate"),
+    ToolExecutionFinished(
+        run_id=RUN,
+        timestamp=WHEN,
+        call_id="call_1",
+        tool_name="calculate",
+        result=ToolSuccess(output="5"),
+        duration_ms=0.25,
+    ),
+    AssistantMessageCommitted(run_id=RUN, timestamp=WHEN, message_id="msg_1"),
+    ToolMessageCommitted(run_id=RUN, timestamp=WHEN, message_id="msg_2", call_id="call_1"),
+    UsageRecorded(run_id=RUN, timestamp=WHEN, usage=USAGE),
+    RunCompleted(run_id=RUN, timestamp=WHEN, finish_reason=FinishReason.STOP, iterations=2),
+    RunFailed(run_id=RUN, timestamp=WHEN, error="offline/offline: HTTP 503: overloaded"),
+    RunCancelled(run_id=RUN, timestamp=WHEN),
+    DoomLoopDetected(
+        run_id=RUN, timestamp=WHEN, description="calculate called 3 times with the same arguments"
+    ),
+    CompactionCircuitOpened(run_id=RUN, timestamp=WHEN, consecutive_failures=3),
+)
+
+CHAT_EXAMPLES: tuple[EventBase, ...] = (
+    ChatStarted(run_id=RUN, timestamp=WHEN, provider="offline", model="offline"),
+    ChatTextDelta(run_id=RUN, timestamp=WHEN, delta="Hello"),
+    ChatToolCallStarted(run_id=RUN, timestamp=WHEN, id="call_1", name="calculate"),
+    ChatToolCallArgumentsDelta(run_id=RUN, timestamp=WHEN, id="call_1", delta='"2 + 3"}'),
+    ChatToolCallCompleted(run_id=RUN, timestamp=WHEN, call=CALL),
+    ChatFinished(
+        run_id=RUN, timestamp=WHEN, finish_reason=FinishReason.TOOL_CALLS, usage=USAGE
+    ),
+)
+
+ALL_EXAMPLES = AGENT_EXAMPLES + CHAT_EXAMPLES
+TERMINAL_TYPES = {"run_completed", "run_failed", "run_cancelled"}
+
+
+def _union_members(annotated: object) -> set[type]:
+    (union, *_metadata) = typing.get_args(annotated)
+    return set(typing.get_args(union))
+
+
+def _type_value(cls: type) -> str:
+    default = cls.model_fields["type"].default  # type: ignore[attr-defined]
+    assert isinstance(default, str)
+    return default
+
+
+def _ids(events: tuple[EventBase, ...]) -> list[str]:
+    return [type(event).__name__ for event in events]
+
+
+# --- the unions, the kinds and the examples agree ---------------------------------------------
+
+
+def test_examples_cover_every_event_type() -> None:
+    assert {type(e) for e in AGENT_EXAMPLES} == _union_members(AgentEvent)
+    assert {type(e) for e in CHAT_EXAMPLES} == _union_members(ChatStreamEvent)
+    assert len(AGENT_EXAMPLES) == 17
+    assert len(CHAT_EXAMPLES) == 6
+
+
+def test_invocation_event_is_agent_plus_chat_events() -> None:
+    invocation = _union_members(InvocationEvent)
+    assert invocation == _union_members(AgentEvent) | _union_members(ChatStreamEvent)
+    assert not _union_members(AgentEvent) & _union_members(ChatStreamEvent)
+
+
+def test_every_event_type_has_exactly_one_kind_and_every_kind_an_event() -> None:
+    types = [_type_value(cls) for cls in _union_members(InvocationEvent)]
+    assert len(types) == len(set(types)), "two event classes share a `type` value"
+    kinds = {member.value for member in EventKind if member is not EventKind.ANY}
+    assert set(types) == kinds
+
+
+@pytest.mark.parametrize("cls", sorted(_union_members(InvocationEvent), key=lambda c: c.__name__))
+def test_type_literal_is_snake_case_of_class_name(cls: type) -> None:
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+    assert _type_value(cls) == snake
+    assert EventKind[snake.upper()].value == snake
+
+
+# --- JSON round trip --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", ALL_EXAMPLES, ids=_ids(ALL_EXAMPLES))
+def test_round_trips_through_invocation_event_json(event: EventBase) -> None:
+    text = INVOCATION_EVENT.dump_json(event)  # type: ignore[arg-type]
+    back = INVOCATION_EVENT.validate_json(text)
+    assert back == event
+    assert type(back) is type(event)
+    assert INVOCATION_EVENT.dump_json(back) == text
+
+
+@pytest.mark.parametrize("event", AGENT_EXAMPLES, ids=_ids(AGENT_EXAMPLES))
+def test_agent_events_round_trip_through_agent_event_json(event: EventBase) -> None:
+    back = AGENT_EVENT.validate_json(AGENT_EVENT.dump_json(event))  # type: ignore[arg-type]
+    assert back == event
+    assert type(back) is type(event)
+
+
+@pytest.mark.parametrize("event", CHAT_EXAMPLES, ids=_ids(CHAT_EXAMPLES))
+def test_chat_events_round_trip_through_chat_stream_event_json(event: EventBase) -> None:
+    text = CHAT_STREAM_EVENT.dump_json(event)  # type: ignore[arg-type]
+    back = CHAT_STREAM_EVENT.validate_json(text)
+    assert back == event
+    assert type(back) is type(event)
+
+
+@pytest.mark.parametrize("event", CHAT_EXAMPLES, ids=_ids(CHAT_EXAMPLES))
+def test_agent_adapter_rejects_chat_events(event: EventBase) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        AGENT_EVENT.validate_json(INVOCATION_EVENT.dump_json(event))  # type: ignore[arg-type]
+
+
+def test_json_uses_type_as_discriminator() -> None:
+    data = INVOCATION_EVENT.dump_python(AGENT_EXAMPLES[3], mode="json")
+    assert data["type"] == "text_delta"
+    data["type"] = "chat_text_delta"
+    assert isinstance(INVOCATION_EVENT.validate_python(data), ChatTextDelta)
+    data["type"] = "no_such_event"
+    with pytest.raises(pydantic.ValidationError):
+        INVOCATION_EVENT.validate_python(data)
+
+
+def test_tool_failure_round_trips_and_is_not_success() -> None:
+    event = ToolExecutionFinished(
+        run_id=RUN,
+        call_id="call_9",
+        tool_name="calculate",
+        result=ToolFailure(error="tool 'calculate' raised ValueError", error_type="ToolError"),
+        duration_ms=1.5,
+    )
+    back = INVOCATION_EVENT.validate_json(INVOCATION_EVENT.dump_json(event))
+    assert back == event
+    assert isinstance(back, ToolExecutionFinished)
+    assert isinstance(back.result, ToolFailure)
+    assert back.is_success is False
+    assert isinstance(AGENT_EXAMPLES[8], ToolExecutionFinished)
+    assert AGENT_EXAMPLES[8].is_success is True
+
+
+def test_chat_finished_without_usage_round_trips() -> None:
+    event = ChatFinished(finish_reason=FinishReason.LENGTH)
+    assert event.usage is None
+    assert event.run_id is None
+    assert CHAT_STREAM_EVENT.validate_json(CHAT_STREAM_EVENT.dump_json(event)) == event
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(delta=st.text(), run_id=st.text(min_size=1))
+def test_text_delta_round_trips_any_text(delta: str, run_id: str) -> None:
+    event = TextDelta(run_id=run_id, delta=delta)
+    back = INVOCATION_EVENT.validate_json(INVOCATION_EVENT.dump_json(event))
+    assert back == event
+    assert isinstance(back, TextDelta)
+    assert back.delta == delta
+
+
+# --- EventKind --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(EventKind), ids=[k.value for k in EventKind])
+@pytest.mark.parametrize("event", ALL_EXAMPLES, ids=_ids(ALL_EXAMPLES))
+def test_kind_matches_iff_same_type_or_any(kind: EventKind, event: EventBase) -> None:
+    expected = kind is EventKind.ANY or kind.value == event.type  # type: ignore[attr-defined]
+    assert kind.matches(event) is expected
+
+
+@pytest.mark.parametrize("kind", list(EventKind), ids=[k.value for k in EventKind])
+def test_parse_accepts_members_and_their_string_values(kind: EventKind) -> None:
+    assert EventKind.parse(kind) is kind
+    assert EventKind.parse(kind.value) is kind
+
+
+def test_parse_unknown_kind_names_the_valid_kinds() -> None:
+    with pytest.raises(ValueError, match="unknown event kind 'text_deltas'") as info:
+        EventKind.parse("text_deltas")
+    message = str(info.value)
+    for member in EventKind:
+        assert member.value in message
+
+
+def test_parse_is_case_sensitive() -> None:
+    with pytest.raises(ValueError):
+        EventKind.parse("TEXT_DELTA")
+
+
+# --- immutability and strictness --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", ALL_EXAMPLES, ids=_ids(ALL_EXAMPLES))
+def test_events_are_frozen(event: EventBase) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        event.run_id = "other"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        event.timestamp = WHEN + timedelta(seconds=1)  # type: ignore[misc]
+    assert event.run_id == RUN
+    assert hash(event) == hash(event.model_copy())
+
+
+@pytest.mark.parametrize("event", ALL_EXAMPLES, ids=_ids(ALL_EXAMPLES))
+def test_events_reject_extra_fields(event: EventBase) -> None:
+    data = event.model_dump()
+    data["unexpected"] = 1
+    with pytest.raises(pydantic.ValidationError, match="unexpected"):
+        type(event)(**data)
+    with pytest.raises(pydantic.ValidationError, match="unexpected"):
+        INVOCATION_EVENT.validate_python(data)
+
+
+def test_agent_events_require_a_run_id() -> None:
+    with pytest.raises(pydantic.ValidationError, match="run_id"):
+        TextDelta(delta="x")  # type: ignore[call-arg]
+    assert ChatTextDelta(delta="x").run_id is None
+
+
+def test_nested_values_are_frozen_too() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        CALL.name = "other"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        USAGE.input_tokens = 0  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        ToolSuccess(output="5").output = "6"  # type: ignore[misc]
+
+
+# --- behaviour --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", ALL_EXAMPLES, ids=_ids(ALL_EXAMPLES))
+def test_is_terminal_exactly_for_the_three_terminal_events(event: EventBase) -> None:
+    assert event.is_terminal is (event.type in TERMINAL_TYPES)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("event", AGENT_EXAMPLES, ids=_ids(AGENT_EXAMPLES))
+def test_as_agent_of_an_agent_event_is_itself(event: EventBase) -> None:
+    assert event.as_agent() is event
+
+
+def test_as_agent_maps_chat_deltas_and_tool_calls_keeping_run_id_and_timestamp() -> None:
+    started, text, call_started, args, call_done, finished = CHAT_EXAMPLES
+    assert text.as_agent() == TextDelta(run_id=RUN, timestamp=WHEN, delta="Hello")
+    assert call_started.as_agent() == ToolCallStarted(
+        run_id=RUN, timestamp=WHEN, call_id="call_1", tool_name="calculate"
+    )
+    assert args.as_agent() == ToolCallDelta(
+        run_id=RUN, timestamp=WHEN, call_id="call_1", delta='"2 + 3"}'
+    )
+    assert call_done.as_agent() == ToolCallCompleted(run_id=RUN, timestamp=WHEN, call=CALL)
+    assert started.as_agent() is None
+    assert finished.as_agent() is None
+
+
+def test_as_agent_results_are_valid_agent_events() -> None:
+    for event in CHAT_EXAMPLES:
+        agent = event.as_agent()
+        if agent is not None:
+            assert AGENT_EVENT.validate_python(agent.model_dump()) == agent
+            assert agent.run_id == event.run_id
+
+
+def test_default_timestamp_is_timezone_aware_utc_now() -> None:
+    before = datetime.now(timezone.utc)
+    events = [
+        RunCancelled(run_id=RUN),
+        ChatStarted(provider="offline", model="offline"),
+        TextDelta(run_id=RUN, delta="x"),
+    ]
+    after = datetime.now(timezone.utc)
+    for event in events:
+        assert event.timestamp.tzinfo is not None
+        assert event.timestamp.utcoffset() == timedelta(0)
+        assert before <= event.timestamp <= after
+
+
+def test_timestamp_survives_json_as_utc() -> None:
+    back = INVOCATION_EVENT.validate_json(INVOCATION_EVENT.dump_json(AGENT_EXAMPLES[0]))
+    assert back.timestamp == WHEN
+    assert back.timestamp.utcoffset() == timedelta(0)
+
+
+# --- value types ------------------------------------------------------------------------------
+
+
+def _emit(**overrides: object) -> EmitRequest:
+    fields: dict[str, object] = {"provider": "offline", "model": "offline", "input": "hi"}
+    fields.update(overrides)
+    return EmitRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_provider_and_model_names_are_stripped() -> None:
+    request = _emit(provider=" offline ", model="\tgpt-4o-mini\n")
+    assert request.provider == "offline"
+    assert request.model == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize("field", ["provider", "model"])
+@pytest.mark.parametrize("value", ["", "  ", "\n"])
+def test_blank_provider_or_model_is_rejected(field: str, value: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=field):
+        _emit(**{field: value})
+
+
+def test_chat_request_names_are_validated_too() -> None:
+    message = Message(role="user", content="hi")
+    request = ChatRequest(provider=" offline", model="m ", messages=(message,))
+    assert (request.provider, request.model) == ("offline", "m")
+    assert request.tool_choice == ToolChoice.auto()
+    with pytest.raises(pydantic.ValidationError):
+        ChatRequest(provider=" ", model="m", messages=(message,))
+
+
+def test_tool_choice_constructors() -> None:
+    assert ToolChoice.auto().mode == "auto"
+    assert ToolChoice.none().mode == "none"
+    assert ToolChoice.required().mode == "required"
+    named = ToolChoice.tool("calculate")
+    assert (named.mode, named.name) == ("tool", "calculate")
+    assert ToolChoice() == ToolChoice.auto()
+
+
+@pytest.mark.parametrize("mode", ["auto", "none", "required"])
+def test_tool_choice_strings_are_coerced(mode: str) -> None:
+    assert ToolChoice.model_validate(mode) == ToolChoice(mode=mode)  # type: ignore[arg-type]
+    message = Message(role="user", content="hi")
+    request = ChatRequest(
+        provider="p",
+        model="m",
+        messages=(message,),
+        tool_choice=mode,  # type: ignore[arg-type]
+    )
+    assert request.tool_choice.mode == mode
+    assert request.tool_choice.name is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["tool", {"mode": "tool"}, {"mode": "tool", "name": ""}, {"mode": "auto", "name": "x"}, "bogus"],
+)
+def test_tool_choice_name_exactly_when_mode_is_tool(value: object) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        ToolChoice.model_validate(value)
+
+
+def test_tool_choice_round_trips() -> None:
+    choice = ToolChoice.tool("now")
+    assert ToolChoice.model_validate_json(choice.model_dump_json()) == choice
+
+
+def test_token_usage_addition() -> None:
+    total = USAGE + TokenUsage(input_tokens=8, output_tokens=3, total_tokens=11)
+    assert total == TokenUsage(input_tokens=50, output_tokens=10, total_tokens=60)
+    assert USAGE + TokenUsage() == USAGE
+    assert sum([USAGE, USAGE], TokenUsage()) == TokenUsage(
+        input_tokens=84, output_tokens=14, total_tokens=98
+    )
+    assert USAGE == TokenUsage(input_tokens=42, output_tokens=7, total_tokens=49)  # unchanged
+    with pytest.raises(TypeError):
+        USAGE + 1  # type: ignore[operator]
+
+
+def test_token_usage_rejects_negative_counts() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        TokenUsage(input_tokens=-1)
+
+
+def test_finish_reason_members() -> None:
+    assert {reason.value for reason in FinishReason} == {
+        "stop",
+        "tool_calls",
+        "length",
+        "content_filter",
+        "error",
+        "cancelled",
+        "doom_loop",
+        "max_iterations",
+    }
+    assert FinishReason("tool_calls") is FinishReason.TOOL_CALLS
+    assert RunCompleted(run_id=RUN, finish_reason="doom_loop", iterations=3).finish_reason is (  # type: ignore[arg-type]
+        FinishReason.DOOM_LOOP
+    )
+
+
+def test_with_session_id_accepts_uuid_and_str_and_copies() -> None:
+    original = _emit()
+    session = uuid.UUID(SESSION)
+    from_uuid = original.with_session_id(session)
+    from_str = original.with_session_id(SESSION)
+    assert from_uuid.session_id == session
+    assert from_str.session_id == session
+    assert isinstance(from_str.session_id, uuid.UUID)
+    assert original.session_id is None
+    assert from_uuid is not original
+
+
+def test_with_session_id_rejects_a_malformed_id() -> None:
+    with pytest.raises(ValueError):
+        _emit().with_session_id("not-a-uuid")
+
+
+def test_with_client_request_id_and_metadata_copy() -> None:
+    original = _emit()
+    keyed = original.with_client_request_id("req-1")
+    metadata = {"user": "ada"}
+    tagged = keyed.with_metadata(metadata)
+    metadata["user"] = "mallory"
+    assert keyed.client_request_id == "req-1"
+    assert tagged.client_request_id == "req-1"
+    assert tagged.metadata == {"user": "ada"}
+    assert original.client_request_id is None
+    assert original.metadata is None
+    assert keyed.metadata is None
+
+
+def test_emit_request_is_frozen() -> None:
+    request = _emit()
+    with pytest.raises(pydantic.ValidationError):
+        request.input = "other"  # type: ignore[misc]
+
+
+def test_into_run_request_defaults() -> None:
+    emit = _emit(provider=" offline ", input="what is 2 + 3?").with_session_id(SESSION)
+    run = emit.into_run_request()
+    assert run.provider == "offline"
+    assert run.model == "offline"
+    assert run.input == "what is 2 + 3?"
+    assert run.session_id == uuid.UUID(SESSION)
+    assert run.tool_choice == ToolChoice.auto()
+    assert run.run_id is None
+    assert run.metadata is None
+    assert run.client_request_id is None
+    assert run.system_prompt is None
+
+
+def test_into_run_request_carries_key_and_metadata() -> None:
+    emit = _emit().with_client_request_id("req-1").with_metadata({"n": 1})
+    run = emit.into_run_request()
+    assert run.client_request_id == "req-1"
+    assert run.metadata == {"n": 1}
+    assert run.session_id is None
+
+
+def test_with_methods_validate_their_values() -> None:
+    request = EmitRequest(provider="offline", model="offline", input="hi")
+    with pytest.raises(pydantic.ValidationError):
+        request.with_client_request_id(123)  # type: ignore[arg-type]
+    with pytest.raises(pydantic.ValidationError):
+        request.with_session_id("not-a-uuid")
+
+
+def test_chat_events_without_a_run_have_no_agent_counterpart() -> None:
+    assert ChatTextDelta(delta="x").as_agent() is None
+    assert ChatToolCallStarted(id="c", name="t").as_agent() is None
+    assert ChatToolCallArgumentsDelta(id="c", delta="{").as_agent() is None
+    assert ChatToolCallCompleted(call=ToolCall(id="c", name="t")).as_agent() is None
+
+
+def test_a_named_tool_choice_needs_a_non_blank_name() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        ToolChoice.tool("   ")
+    assert ToolChoice.tool(" calc ").name == "calc"
