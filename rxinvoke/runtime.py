@@ -26,6 +26,7 @@ from typing import Any, Literal
 from reactivex import Observable
 
 from ._compat import wait_with_timeout
+from ._context import answer_dangling_calls
 from .accumulate import Accumulator
 from .bus import EventBus
 from .control import Control, SessionContext
@@ -271,7 +272,7 @@ class AgentRuntime:
     ) -> RunOutput:
         publish = self.bus.publish
         policy = self.policy
-        history = await self.store.load_history(session_id)
+        history = answer_dangling_calls(await self.store.load_history(session_id))
         opening: list[Message] = []
         if not history and request.system_prompt:
             opening.append(Message(role="system", content=request.system_prompt, run_id=run_id))

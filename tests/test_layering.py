@@ -5,7 +5,7 @@ only where the rules below say so:
 
 0. foundation  errors, messages, events, _version, _compat
 1. core        provider*, tools*, store*, execute, accumulate, bus, control, request, policy,
-               operators, private helpers (_sse, _scheduling)
+               operators, private helpers (_sse, _scheduling, _context)
 2. runtime     runtime
 3. facade      invocation
 4. apps        cli, __main__, notebook, bridge_*, the package ``__init__``
@@ -51,6 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "operators",
             "_sse",
             "_scheduling",
+            "_context",
         ),
     ),
     ("runtime", ("runtime",)),

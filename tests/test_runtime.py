@@ -1029,6 +1029,41 @@ async def test_cancel_while_a_tool_runs_cancels_the_tool_and_commits_no_tool_mes
     assert [m.role for m in await history(runtime, session)] == ["user", "assistant"]
 
 
+async def test_a_session_continued_after_a_cancelled_tool_gives_the_model_a_valid_context() -> None:
+    entered = asyncio.Event()
+    never = asyncio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Waits for a gate that never opens."""
+        entered.set()
+        await never.wait()
+        return "never"
+
+    runtime, provider, events = make_runtime(
+        [tool_call_turn("slow", {}, call_id="c1"), text_turn("second run answer")], tools=[slow]
+    )
+    session = uuid.uuid4()
+    control = Control()
+    task = asyncio.create_task(runtime.run(request("go", session_id=session), control))
+    await entered.wait()
+    control.cancel()
+    with pytest.raises(InvocationCancelled):
+        await task
+
+    output = await runtime.run(request("again", session_id=session))
+
+    assert output.output_text == "second run answer"
+    context = provider.requests[1].messages
+    assert [m.role for m in context] == ["user", "assistant", "tool", "user"]
+    assert context[2].tool_call_id == "c1"
+    assert context[2].content.startswith("Error: no result")
+    # the store keeps what happened; the reply exists in the context only
+    assert [m.role for m in await history(runtime, session)] == [
+        "user", "assistant", "user", "assistant"
+    ]
+
+
 async def test_cancelling_the_callers_task_cancels_the_run() -> None:
     gate = asyncio.Event()  # never set
     provider = TrackingProvider([[gate, *text_turn("never")]])
