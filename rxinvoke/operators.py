@@ -98,11 +98,13 @@ def coalesce_text(
     return _coalesce
 
 
-async def to_async_iterator(observable: Observable[_T]) -> AsyncIterator[_T]:
+def to_async_iterator(observable: Observable[_T]) -> AsyncIterator[_T]:
     """Iterate an Observable with ``async for`` on the running loop (any publishing thread).
 
-    Items are buffered until consumed; ``on_error`` is raised from the iteration; leaving the
-    loop early disposes the subscription.
+    Subscribes at once (call it inside the running loop), so items a hot source publishes
+    before the first step are not lost; they are buffered until consumed. ``on_error`` is
+    raised from the iteration. Leaving the loop early disposes the subscription when the
+    iterator is closed: at once with ``contextlib.aclosing(...)``, else when asyncio finalises it.
     """
     loop = asyncio.get_running_loop()
     loop_thread = threading.get_ident()
@@ -111,7 +113,7 @@ async def to_async_iterator(observable: Observable[_T]) -> AsyncIterator[_T]:
     def put(item: tuple[int, _T | Exception | None]) -> None:
         if threading.get_ident() == loop_thread:
             queue.put_nowait(item)
-        else:
+        elif not loop.is_closed():
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
     subscription = observable.subscribe(
@@ -119,6 +121,12 @@ async def to_async_iterator(observable: Observable[_T]) -> AsyncIterator[_T]:
         on_error=lambda error: put((1, error)),
         on_completed=lambda: put((2, None)),
     )
+    return _drain(queue, subscription)
+
+
+async def _drain(
+    queue: asyncio.Queue[tuple[int, _T | Exception | None]], subscription: abc.DisposableBase
+) -> AsyncIterator[_T]:
     try:
         while True:
             tag, value = await queue.get()

@@ -361,15 +361,15 @@ async def test_async_iterator_break_disposes_the_subscription() -> None:
     assert subject.observers == []
 
 
-async def test_async_iterator_subscribes_on_first_step_and_releases_on_aclose() -> None:
+async def test_async_iterator_subscribes_at_once_and_releases_on_aclose() -> None:
     subject: Subject[str] = Subject()
     iterator = to_async_iterator(subject)
-    assert subject.observers == []  # nothing happens before iteration starts
+    assert len(subject.observers) == 1  # subscribed before the first step
+    subject.on_next("published before the first step")
     first = asyncio.ensure_future(iterator.__anext__())
-    await asyncio.sleep(0)  # checkpoint: the task subscribes and waits on its queue
-    assert len(subject.observers) == 1
+    assert await first == "published before the first step"
     subject.on_next("a")
-    assert await first == "a"
+    assert await iterator.__anext__() == "a"
     await iterator.aclose()
     assert subject.observers == []
 
