@@ -71,7 +71,7 @@ class _Naive:
         self.scheduler = AsyncIOScheduler(loop)
         self.loop = loop
 
-    def subscribe(self, kind: EventKind, handler: Callable[..., Awaitable[None]]) -> Any:
+    async def subscribe(self, kind: EventKind, handler: Callable[..., Awaitable[None]]) -> Any:
         loop = self.loop
         return self.subject.pipe(
             ops.filter(kind.matches), ops.observe_on(self.scheduler)
@@ -93,6 +93,10 @@ class _Rx:
         self.runtime.bus.publish(event)
 
 
+def _dispatcher(make: str) -> _Rx | _Naive:
+    return _Rx() if make == "rx" else _Naive(asyncio.get_running_loop())
+
+
 async def _deliver(publish: Callable[[Any], None], events: list[Any], counter: _Counter,
                    expected: int, burst: int = 1000) -> float:
     counter.expect(expected)
@@ -110,43 +114,31 @@ async def _deliver(publish: Callable[[Any], None], events: list[Any], counter: _
 
 async def throughput_one(n: int) -> tuple[float, float]:
     """(1) events/s to one async handler on text_delta."""
-    loop = asyncio.get_running_loop()
+    asyncio.get_running_loop()
     events = [TextDelta(run_id="bench", delta="x") for _ in range(n)]
     results = []
     for make in ("rx", "naive"):
         counter = _Counter()
-        if make == "rx":
-            rx = _Rx()
-            await rx.subscribe(EventKind.TEXT_DELTA, counter.handler)
-            publish = rx.publish
-        else:
-            naive = _Naive(loop)
-            naive.subscribe(EventKind.TEXT_DELTA, counter.handler)
-            publish = naive.publish
-        elapsed = await _deliver(publish, events, counter, n)
+        dispatcher = _dispatcher(make)
+        await dispatcher.subscribe(EventKind.TEXT_DELTA, counter.handler)
+        elapsed = await _deliver(dispatcher.publish, events, counter, n)
         results.append(n / elapsed)
     return results[0], results[1]
 
 
 async def throughput_fanout(n: int, subscriptions: int = 100) -> tuple[float, float]:
     """(2) events/s delivered with 100 subscriptions spread over all kinds."""
-    loop = asyncio.get_running_loop()
+    asyncio.get_running_loop()
     events = _events(n, KINDS)
     per_kind = [sum(1 for s in range(subscriptions) if s % len(KINDS) == k) for k in range(len(KINDS))]
     expected = sum(per_kind[i % len(KINDS)] for i in range(n))
     results = []
     for make in ("rx", "naive"):
         counter = _Counter()
-        if make == "rx":
-            rx = _Rx()
-            for s in range(subscriptions):
-                await rx.subscribe(KINDS[s % len(KINDS)], counter.handler)
-            publish = rx.publish
-        else:
-            naive = _Naive(loop)
-            for s in range(subscriptions):
-                naive.subscribe(KINDS[s % len(KINDS)], counter.handler)
-            publish = naive.publish
+        dispatcher = _dispatcher(make)
+        for s in range(subscriptions):
+            await dispatcher.subscribe(KINDS[s % len(KINDS)], counter.handler)
+        publish = dispatcher.publish
         elapsed = await _deliver(publish, events, counter, expected)
         results.append(expected / elapsed)
     return results[0], results[1]
@@ -179,7 +171,7 @@ async def publisher_cost(n: int, subscriptions: int = 100) -> dict[str, float]:
     naive = _Naive(loop)
     out["naive_none"] = timed(naive.publish)
     for s in range(subscriptions):
-        naive.subscribe(others[s % len(others)], noop)
+        await naive.subscribe(others[s % len(others)], noop)
     out["naive_100"] = timed(naive.publish)
     await asyncio.sleep(0)
     return out
@@ -196,14 +188,9 @@ async def _latency_of(make: str, rate: int, total: int) -> tuple[float, float]:
         if len(samples) >= total:
             done.set()
 
-    if make == "rx":
-        rx = _Rx()
-        await rx.subscribe(EventKind.TEXT_DELTA, handler)
-        publish = rx.publish
-    else:
-        naive = _Naive(loop)
-        naive.subscribe(EventKind.TEXT_DELTA, handler)
-        publish = naive.publish
+    dispatcher = _dispatcher(make)
+    await dispatcher.subscribe(EventKind.TEXT_DELTA, handler)
+    publish = dispatcher.publish
     start = loop.time()
     for i in range(total):
         key = str(i)
@@ -228,7 +215,7 @@ async def latency(rate: int, seconds: float) -> dict[str, tuple[float, float]]:
 
 async def idle_memory(count: int) -> dict[str, float]:
     """(5) bytes per idle subscription (tracemalloc)."""
-    loop = asyncio.get_running_loop()
+    asyncio.get_running_loop()
 
     async def noop(*_: Any) -> None:
         return None
@@ -239,14 +226,9 @@ async def idle_memory(count: int) -> dict[str, float]:
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
         keep: list[Any] = []
-        if make == "rx":
-            rx = _Rx()
-            for i in range(count):
-                keep.append(await rx.subscribe(KINDS[i % len(KINDS)], noop))
-        else:
-            naive = _Naive(loop)
-            for i in range(count):
-                keep.append(naive.subscribe(KINDS[i % len(KINDS)], noop))
+        dispatcher = _dispatcher(make)
+        for i in range(count):
+            keep.append(await dispatcher.subscribe(KINDS[i % len(KINDS)], noop))
         gc.collect()
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
