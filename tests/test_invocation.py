@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from reactivex import operators as ops
+from reactivex.testing import TestScheduler
 
 from rxinvoke import (
     AgentRuntime,
@@ -814,10 +815,15 @@ async def test_handler_timeout_cancels_the_call_and_reports_it() -> None:
 
     control = Control()
     control.set_timeout(0.05)
-    handle = await inv.on("text_delta", handler, control)
+    clock = TestScheduler()  # virtual time: the timeout fires when the test advances it
+    handle = await inv.on("text_delta", handler, control, scheduler=clock)
     events = deltas(4)
     for event in events:
         runtime.bus.publish(event)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert done == ["0"] and cancelled == []
+    clock.advance_by(0.05)
     await handle.wait_idle()
 
     assert cancelled == ["1"]
