@@ -24,6 +24,7 @@ from .errors import InvocationCancelled as InvocationCancelled
 from .errors import InvocationError as InvocationError
 from .errors import InvocationFailed as InvocationFailed
 from .errors import InvocationTimedOut as InvocationTimedOut
+from .errors import MigrationError as MigrationError
 from .errors import ProviderConnectionError as ProviderConnectionError
 from .errors import ProviderError as ProviderError
 from .errors import ProviderHTTPError as ProviderHTTPError
@@ -36,8 +37,10 @@ from .errors import ToolArgumentsError as ToolArgumentsError
 from .errors import ToolError as ToolError
 from .errors import ToolExecutionError as ToolExecutionError
 from .errors import ToolTimeout as ToolTimeout
+from .errors import UnknownRun as UnknownRun
 from .errors import UnknownTool as UnknownTool
 from .errors import UserError as UserError
+from .eventlog import EventLog as EventLog
 from .events import AGENT_EVENT as AGENT_EVENT
 from .events import CHAT_STREAM_EVENT as CHAT_STREAM_EVENT
 from .events import INVOCATION_EVENT as INVOCATION_EVENT
@@ -100,8 +103,12 @@ from .request import EmitRequest as EmitRequest
 from .request import RunOutput as RunOutput
 from .request import RunRequest as RunRequest
 from .runtime import AgentRuntime as AgentRuntime
+from .store import EventEnvelope as EventEnvelope
 from .store import MemoryStore as MemoryStore
+from .store import RunRecord as RunRecord
+from .store import RunStatus as RunStatus
 from .store import Store as Store
+from .store_sqlite import SqliteStore as SqliteStore
 from .tools import Tool as Tool
 from .tools import ToolRegistry as ToolRegistry
 from .tools import tool as tool
@@ -132,7 +139,9 @@ __all__ = (
     "EmitRequest",
     "EventBase",
     "EventBus",
+    "EventEnvelope",
     "EventKind",
+    "EventLog",
     "FinishReason",
     "for_run",
     "Handler",
@@ -146,6 +155,7 @@ __all__ = (
     "InvocationTimedOut",
     "MemoryStore",
     "Message",
+    "MigrationError",
     "ModelName",
     "ModelStarted",
     "of_kind",
@@ -161,13 +171,16 @@ __all__ = (
     "RunCompleted",
     "RunFailed",
     "RunOutput",
+    "RunRecord",
     "RunRequest",
     "RunStarted",
+    "RunStatus",
     "RuntimeInvocation",
     "RuntimePolicy",
     "RxInvokeError",
     "ScriptedProvider",
     "SessionContext",
+    "SqliteStore",
     "Store",
     "StoreError",
     "SubscriberError",
@@ -196,6 +209,7 @@ __all__ = (
     "ToolSpec",
     "ToolSuccess",
     "ToolTimeout",
+    "UnknownRun",
     "UnknownTool",
     "until_terminal",
     "UsageRecorded",

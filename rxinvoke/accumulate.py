@@ -35,9 +35,12 @@ class Accumulator:
         self._calls: dict[str, _PartialCall] = {}
         self.finish_reason: FinishReason | None = None
         self.usage: TokenUsage | None = None
+        self.has_events = False
+        """True once the stream yielded anything (its events are published: no retry)."""
 
     def add(self, event: ChatStreamEvent) -> None:
         """Fold one chat event in; events after ``chat_finished`` are a stream error."""
+        self.has_events = True
         if self.finish_reason is not None:
             raise ProviderStreamError(
                 self._provider, self._model, f"{event.type} received after chat_finished"

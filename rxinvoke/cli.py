@@ -1,16 +1,20 @@
-"""The ``rxinvoke`` command line: ``rxinvoke run PROMPT [--session UUID] [--json]``."""
+"""The ``rxinvoke`` command line: ``rxinvoke run PROMPT [--session UUID] [--json]
+[--provider offline|openai --model NAME --base-url URL --api-key-env VAR]``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from . import __version__
-from .errors import RxInvokeError
+from .errors import RxInvokeError, UserError
 from .events import (
     INVOCATION_EVENT,
     EventKind,
@@ -22,9 +26,13 @@ from .events import (
     ToolSuccess,
 )
 from .invocation import RuntimeInvocation
+from .operators import to_async_iterator
+from .provider import ChatProvider
 from .provider_offline import OfflineProvider
 from .request import EmitRequest, RunOutput
 from .runtime import AgentRuntime
+from .store import EventEnvelope, RunRecord, Store
+from .store_sqlite import SqliteStore, default_db_path
 from .tools_builtin import builtin_tools
 
 __all__ = ("main",)
@@ -34,13 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rxinvoke",
         description="Run an LLM agent loop and watch every step as it happens.",
+        epilog=f"Runs, sessions and events are stored in\n  {default_db_path()}\n"
+        "(set RXINVOKE_DB or pass --db PATH to use another file).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the path on one line
     )
     parser.add_argument("--version", action="version", version=f"rxinvoke {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
-        help="run one prompt on the offline provider, streaming the answer",
-        description="Run PROMPT on the embedded offline model (no network, no key).",
+        help="run one prompt, streaming the answer",
+        description="Run PROMPT on the embedded offline model (no network, no key), or on an "
+        "OpenAI-compatible server with --provider openai --model NAME.",
     )
     run.add_argument("prompt", metavar="PROMPT", help="the user message")
     run.add_argument("--session", metavar="UUID", help="continue this session id")
@@ -49,7 +61,42 @@ def _parser() -> argparse.ArgumentParser:
         "--delay", type=float, default=0.02, metavar="SECONDS",
         help="pause between streamed fragments of the offline model (default 0.02)",
     )
+    run.add_argument(
+        "--provider", choices=("offline", "openai"), default="offline",
+        help="offline: the embedded model (default); openai: an OpenAI-compatible server",
+    )
+    run.add_argument(
+        "--model", metavar="NAME", help="the model name (required with --provider openai)"
+    )
+    run.add_argument(
+        "--base-url", metavar="URL",
+        help=f"API root of the OpenAI-compatible server (default {_OPENAI_URL})",
+    )
+    run.add_argument(
+        "--api-key-env", metavar="VAR",
+        help="environment variable holding the API key (default OPENAI_API_KEY; "
+        "a server other than OpenAI's may need none)",
+    )
+    _add_db_option(run)
+    _add_store_commands(commands)
     return parser
+
+
+_OPENAI_URL = "https://api.openai.com/v1"
+
+
+def _openai_provider(args: argparse.Namespace) -> ChatProvider:
+    try:
+        from .provider_openai import OpenAIProvider
+    except ImportError as exc:
+        raise UserError(
+            f"--provider openai needs the openai extra (pip install 'rxinvoke[openai]'): {exc}"
+        ) from exc
+    variable = args.api_key_env or "OPENAI_API_KEY"
+    base_url = args.base_url or _OPENAI_URL
+    if not os.environ.get(variable) and (args.api_key_env or base_url == _OPENAI_URL):
+        raise UserError(f"no API key: the environment variable {variable} is not set")
+    return OpenAIProvider(base_url=base_url, api_key_env=variable)
 
 
 class _Renderer:
@@ -90,9 +137,15 @@ class _Renderer:
         )
 
 
-async def _run(args: argparse.Namespace, out: TextIO) -> int:
+async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
     session = uuid.UUID(args.session) if args.session else None
-    runtime = AgentRuntime(providers=[OfflineProvider(delay=args.delay)], tools=builtin_tools())
+    provider: ChatProvider
+    if args.provider == "openai":
+        provider = _openai_provider(args)
+    else:
+        provider = OfflineProvider(delay=args.delay)
+    model = args.model or "offline"
+    runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store)
     invocation = RuntimeInvocation(runtime)
     renderer = _Renderer(out)
 
@@ -110,12 +163,15 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
 
     subscription = invocation.observe(EventKind.ANY).subscribe(safe_render)
     try:
-        request = EmitRequest(provider="offline", model="offline", input=args.prompt)
+        request = EmitRequest(provider=provider.id, model=model, input=args.prompt)
         if session is not None:
             request = request.with_session_id(session)
         output = await invocation.emit(lambda ctx, control: request)
     finally:
         subscription.dispose()
+        aclose = getattr(provider, "aclose", None)
+        if aclose is not None:
+            await aclose()
     if not args.json:
         try:
             renderer.finish(output)
@@ -127,17 +183,153 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rxinvoke`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command != "run":
+        return _store_command(args)
     if args.session is not None:
         try:
             uuid.UUID(args.session)
         except ValueError:
             print(f"rxinvoke: error: --session must be a UUID, got {args.session!r}", file=sys.stderr)
             return 2
+    if args.provider == "openai" and not args.model:
+        print("rxinvoke: error: --provider openai needs --model NAME", file=sys.stderr)
+        return 2
     try:
-        return asyncio.run(_run(args, sys.stdout))
+        return asyncio.run(_with_store(args, sys.stdout, _run, path=_db_path(args), create=True))
     except RxInvokeError as exc:
         print(f"rxinvoke: error: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rxinvoke: interrupted", file=sys.stderr)
         return 130
+
+
+# --- the durable store: --db, `runs`, `events` ------------------------------------------------
+
+
+def _add_db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db", metavar="PATH",
+        help=f"the database file (default: $RXINVOKE_DB or {default_db_path()})",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    runs = commands.add_parser(
+        "runs",
+        help="list recent stored runs",
+        description="List the most recently started runs: id, session, status, iterations, "
+        "tokens and start time (UTC).",
+    )
+    runs.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N runs (default 20)")
+    runs.add_argument("--session", metavar="UUID", help="only the runs of this session")
+    runs.add_argument("--json", action="store_true", help="print one JSON run record per line")
+    _add_db_option(runs)
+    events = commands.add_parser(
+        "events",
+        help="replay the stored events of a run",
+        description="Print the stored events of RUN_ID in order, one line each (seq, time, "
+        "type, fields).",
+    )
+    events.add_argument("run_id", metavar="RUN_ID", help="the run (see `rxinvoke runs`)")
+    events.add_argument("--kind", metavar="K", help="only events of this kind (e.g. text_delta)")
+    events.add_argument(
+        "--json", action="store_true", help="print one JSON envelope (seq, event, ...) per line"
+    )
+    _add_db_option(events)
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    return Path(args.db).expanduser() if args.db else default_db_path()
+
+
+async def _with_store(
+    args: argparse.Namespace,
+    out: TextIO,
+    command: Callable[[argparse.Namespace, TextIO, Store], Awaitable[int]],
+    *,
+    path: Path,
+    create: bool,
+) -> int:
+    store = SqliteStore(path, create=create)
+    try:
+        await store.open()
+        return await command(args, out, store)
+    finally:
+        await store.close()
+
+
+def _store_command(args: argparse.Namespace) -> int:
+    kind: EventKind | None = None
+    if getattr(args, "session", None) is not None:
+        try:
+            uuid.UUID(args.session)
+        except ValueError:
+            print(f"rxinvoke: error: --session must be a UUID, got {args.session!r}", file=sys.stderr)
+            return 2
+    if getattr(args, "kind", None) is not None:
+        try:
+            kind = EventKind.parse(args.kind)
+        except ValueError:
+            print(f"rxinvoke: error: unknown event kind {args.kind!r}", file=sys.stderr)
+            return 2
+    command = _list_runs if args.command == "runs" else _replay_events
+    args.kind_member = kind
+    try:
+        return asyncio.run(
+            _with_store(args, sys.stdout, command, path=_db_path(args), create=False)
+        )
+    except RxInvokeError as exc:
+        print(f"rxinvoke: error: {exc.message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("rxinvoke: interrupted", file=sys.stderr)
+        return 130
+
+
+def _when(record: RunRecord) -> str:
+    return record.started_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _list_runs(args: argparse.Namespace, out: TextIO, store: Store) -> int:
+    session = uuid.UUID(args.session) if args.session else None
+    records = await store.list_runs(limit=args.limit, session_id=session)
+    if args.json:
+        for record in records:
+            out.write(record.model_dump_json() + "\n")
+        return 0
+    out.write(f"{'RUN':<36}  {'SESSION':<36}  {'STATUS':<9}  {'ITER':>4}  {'TOKENS':>7}  STARTED\n")
+    for r in records:
+        out.write(
+            f"{r.run_id:<36}  {r.session_id!s:<36}  {r.status:<9}  {r.iterations:>4}  "
+            f"{r.total_usage.total_tokens:>7}  {_when(r)}\n"
+        )
+    return 0
+
+
+def _describe(envelope: EventEnvelope) -> str:
+    fields = envelope.event.model_dump(mode="json", exclude={"run_id", "timestamp", "type"})
+    return " ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in fields.items())
+
+
+async def _replay_events(args: argparse.Namespace, out: TextIO, store: Store) -> int:
+    runtime = AgentRuntime(store=store)
+    kind: EventKind | None = args.kind_member
+    async for envelope in to_async_iterator(RuntimeInvocation(runtime).replay(args.run_id)):
+        if kind is not None and not kind.matches(envelope.event):
+            continue
+        if args.json:
+            out.write(envelope.model_dump_json() + "\n")
+        else:
+            moment = envelope.emitted_at.strftime("%H:%M:%S.%f")[:-3]
+            out.write(f"{envelope.seq:>5}  {moment}  {envelope.type:<30}  {_describe(envelope)}\n")
+    return 0

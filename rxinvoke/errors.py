@@ -17,7 +17,9 @@ RxInvokeError                         base; .message, structured attributes, pic
 │   ├── ToolArgumentsError            arguments are not JSON or fail the tool's schema
 │   ├── ToolExecutionError            the tool raised
 │   └── ToolTimeout(TimeoutError)
-├── StoreError
+├── StoreError                        a store could not load or persist data
+│   ├── MigrationError                the database schema is from a newer rxinvoke, or corrupt
+│   └── UnknownRun(LookupError)       no run with that id is stored; .run_id
 └── SubscriberError                   a handler raised or timed out; surfaced on `errors`
     └── SubscriberOverflow            a subscription's buffer overflowed
 ```
@@ -38,6 +40,7 @@ __all__ = (
     "InvocationErrorKind",
     "InvocationFailed",
     "InvocationTimedOut",
+    "MigrationError",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderHTTPError",
@@ -50,6 +53,7 @@ __all__ = (
     "ToolError",
     "ToolExecutionError",
     "ToolTimeout",
+    "UnknownRun",
     "UnknownTool",
     "UserError",
 )
@@ -185,6 +189,18 @@ class ToolTimeout(ToolError, TimeoutError):
 
 class StoreError(RxInvokeError):
     """The store could not load or persist data."""
+
+
+class MigrationError(StoreError):
+    """The database cannot be brought to this version's schema (e.g. it is from a newer one)."""
+
+
+class UnknownRun(StoreError, LookupError):
+    """No run with this id is stored."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"unknown run {run_id!r}")
+        self.run_id = run_id
 
 
 class SubscriberError(RxInvokeError):

@@ -32,6 +32,7 @@ from .messages import new_id
 from .operators import for_run, until_terminal
 from .request import EmitRequest, RunOutput
 from .runtime import AgentRuntime
+from .store import EventEnvelope
 
 __all__ = ("Build", "Handler", "InvocationHandle", "RuntimeInvocation")
 
@@ -111,6 +112,11 @@ class RuntimeInvocation:
     async def emit(self, build: Build, control: Control | None = None) -> RunOutput:
         """Build a request with ``build(ctx, control)`` and run it to its end.
 
+        Idempotent by ``client_request_id``: if the store already has a run with the request's
+        key, nothing new starts and that run's outcome is returned (its ``RunOutput``, or the
+        error its emit raised), waiting for it while it is still running: through the runtime
+        when it runs in this process, by polling the store when another process runs it.
+
         Raises:
             InvalidRequest: the build failed validation, or the request is invalid
                 (unknown provider/model, empty input); no event was published.
@@ -179,6 +185,26 @@ class RuntimeInvocation:
     def observe(self, kind: EventKind | str = EventKind.ANY) -> Observable[InvocationEvent]:
         """The hot Observable of events of ``kind``, to compose with ``pipe(...)``."""
         return self.runtime.bus.observe(kind)
+
+    def replay(self, run_id: str, after_seq: int | None = None) -> Observable[EventEnvelope]:
+        """A cold Observable of the stored envelopes of ``run_id`` after ``after_seq``.
+
+        It completes after the last stored envelope; an unknown run id arrives as
+        ``on_error(UnknownRun)``. Subscribe inside the running asyncio loop.
+        """
+        return self.runtime.log.replay(run_id, after_seq)
+
+    def subscribe_run(
+        self, run_id: str, after_seq: int | None = None
+    ) -> Observable[EventEnvelope]:
+        """Replay what is stored of ``run_id`` after ``after_seq``, then continue live.
+
+        Every seq is delivered once, in order, with no gap, even while the run publishes
+        during the replay; it completes after the run's terminal envelope. A run executing in
+        another process is followed by polling the store. An unknown run id arrives as
+        ``on_error(UnknownRun)``. Subscribe inside the running asyncio loop.
+        """
+        return self.runtime.log.subscribe_run(run_id, after_seq)
 
     def stream(
         self, request: EmitRequest, control: Control | None = None

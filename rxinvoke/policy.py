@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ("RuntimePolicy",)
@@ -26,3 +28,23 @@ class RuntimePolicy(BaseModel):
     """Identical tool-call turns in a row that count as a doom loop."""
     max_tool_output_chars: int = Field(default=20_000, ge=1)
     """Tool output longer than this is truncated before it reaches the model."""
+    max_retries: int = Field(default=2, ge=0)
+    """Retries of one model call that failed before its stream began, with a retryable error
+    (HTTP 408, 429, 5xx, connection failures); 0 disables. A call that already streamed
+    events is never retried (its deltas are published)."""
+    retry_backoff: float = Field(default=0.5, ge=0)
+    """Base of the exponential backoff: retry ``n`` (0-based) waits a random time in
+    ``[0, retry_backoff * 2**n]`` (full jitter)."""
+    retry_backoff_max: float = Field(default=20.0, ge=0)
+    """Longest wait before one retry, a server's ``Retry-After`` included."""
+
+    def retry_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based).
+
+        The server's ``retry_after`` when it sent one, otherwise full jitter over the
+        exponential backoff; never more than ``retry_backoff_max``.
+        """
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_backoff_max)
+        ceiling = min(self.retry_backoff_max, self.retry_backoff * 2.0 ** min(attempt, 62))
+        return random.uniform(0.0, ceiling)

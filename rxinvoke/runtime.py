@@ -17,6 +17,7 @@ Failures are published as ``run_failed`` events, never as ``on_error``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -25,8 +26,9 @@ from typing import Any, Literal
 
 from reactivex import Observable
 
-from ._compat import wait_with_timeout
+from ._compat import uncancel, wait_with_timeout
 from ._context import answer_dangling_calls
+from ._retry import is_retryable
 from .accumulate import Accumulator
 from .bus import EventBus
 from .control import Control, SessionContext
@@ -37,8 +39,10 @@ from .errors import (
     InvocationFailed,
     InvocationTimedOut,
     ProviderError,
+    StoreError,
     SubscriberError,
 )
+from .eventlog import EventLog
 from .events import (
     AssistantMessageCommitted,
     ContextBuilt,
@@ -60,7 +64,7 @@ from .messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall, 
 from .policy import RuntimePolicy
 from .provider import ChatProvider, ProviderRegistry
 from .request import RunOutput, RunRequest
-from .store import MemoryStore, Store
+from .store import MemoryStore, RunRecord, RunStatus, Store
 from .tools import Tool, ToolRegistry
 
 __all__ = ("AgentRuntime",)
@@ -69,10 +73,11 @@ _Reason = Literal["cancelled", "timeout"]
 
 
 class _RunState:
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "started")
 
     def __init__(self) -> None:
         self.reason: _Reason | None = None
+        self.started = False  # _drive began: cancelling the task now lands inside it
 
 
 class _SessionGate:
@@ -118,6 +123,9 @@ class AgentRuntime:
         self._contexts: dict[str, SessionContext] = {}
         self._stray_context = SessionContext()
         self.bus = EventBus(context_for=self.context_for)
+        self.log = EventLog(self.store, self.bus)
+        """The durable event log of this runtime's runs (``replay``, ``subscribe_run``)."""
+        self._ends: dict[str, asyncio.Event] = {}  # run id -> set when run() returns
         self._executor = ToolExecutor(self.tools, self.policy, self.bus.publish)
         self._gate = _SessionGate()
 
@@ -182,12 +190,15 @@ class AgentRuntime:
         self._contexts[run_id] = SessionContext(session_id=session_id, run_id=run_id)
         loop = asyncio.get_running_loop()
         state = _RunState()
+        self._ends[run_id] = asyncio.Event()
         task = loop.create_task(self._drive(request, provider, run_id, session_id, control, state))
         loop_thread = threading.get_ident()
 
         def stop(reason: _Reason) -> None:
             if state.reason is None and not task.done():
                 state.reason = reason
+                if not state.started:
+                    return  # a task cancelled before it starts never runs: _drive checks reason
                 if threading.get_ident() != loop_thread:
                     loop.call_soon_threadsafe(task.cancel)
                 elif asyncio.current_task(loop) is task:
@@ -216,6 +227,8 @@ class AgentRuntime:
             if timer is not None:
                 timer.cancel()
             del self._contexts[run_id]
+            self.log.end(run_id)
+            self._ends.pop(run_id).set()
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -228,7 +241,27 @@ class AgentRuntime:
         control: Control,
         state: _RunState,
     ) -> RunOutput:
+        state.started = True
         publish = self.bus.publish
+        # Claim the run in the store (the idempotency check) before any event; a claim that is
+        # cancelled still completes, so a stored run always gets its terminal event below.
+        record = RunRecord(
+            run_id=run_id,
+            session_id=session_id,
+            request=request.model_copy(update={"run_id": run_id, "session_id": session_id}),
+            client_request_id=request.client_request_id,
+        )
+        claim = asyncio.ensure_future(self.store.start_run(record))
+        interrupted = False
+        try:
+            stored = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            stored, interrupted = await claim, True
+        if stored.run_id != run_id:
+            if interrupted:
+                raise asyncio.CancelledError
+            return await self._rejoin(stored)
+        self.log.begin(run_id, session_id)
         publish(
             RunStarted(
                 run_id=run_id,
@@ -238,29 +271,91 @@ class AgentRuntime:
             )
         )
         try:
+            if interrupted or state.reason is not None:
+                raise asyncio.CancelledError  # stopped before the run began
             async with self._gate.hold(session_id):
                 output = await self._loop(request, provider, run_id, session_id, control)
         except asyncio.CancelledError:
             if state.reason == "timeout":
-                publish(RunFailed(run_id=run_id, error=f"timed out after {control.timeout:g}s"))
+                error = f"timed out after {control.timeout:g}s"
+                publish(RunFailed(run_id=run_id, error=error))
+                await self._settle(run_id, "failed", error=error)
             else:
                 publish(RunCancelled(run_id=run_id))
+                await self._settle(run_id, "cancelled", error="cancelled")
             raise
         except InvocationError as exc:
             publish(RunFailed(run_id=run_id, error=exc.message))
+            await self._settle(run_id, "failed", error=exc.message)
             raise
         except Exception as exc:
             message = str(exc) or type(exc).__name__
             if not isinstance(exc, ProviderError):
                 message = f"{type(exc).__name__}: {message}"
             publish(RunFailed(run_id=run_id, error=message))
+            await self._settle(run_id, "failed", error=message)
             raise InvocationFailed(message, run_id=run_id, cause=exc) from exc
         publish(
             RunCompleted(
                 run_id=run_id, finish_reason=output.finish_reason, iterations=output.iterations
             )
         )
+        await self._settle(run_id, "completed", output=output)
         return output
+
+    async def _settle(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        output: RunOutput | None = None,
+        error: str | None = None,
+    ) -> None:
+        # The terminal event and status are stored before run() returns. The terminal event
+        # is published already, so the outcome is decided: a cancel arriving now is absorbed
+        # (like one arriving after the run returned) while the write completes.
+        write = asyncio.ensure_future(self.log.finish(run_id, status, output=output, error=error))
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None:
+                    uncancel(task)
+        write.result()
+
+    async def _rejoin(self, record: RunRecord) -> RunOutput:
+        """The outcome of the stored run ``record`` (an earlier emit with the same
+        ``client_request_id``), waiting for it to end if it is still running.
+
+        A run of this runtime is awaited through its end event; a run of another process is
+        polled in the store (recovering it if that process died).
+        """
+        delay = 0.02
+        while not record.is_finished:
+            ended = self._ends.get(record.run_id)
+            if ended is not None and not ended.is_set():
+                await ended.wait()
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                await self.store.recover_interrupted()
+            latest = await self.store.get_run(record.run_id)
+            if latest is None:
+                raise StoreError(f"run {record.run_id!r} disappeared from the store")
+            record = latest
+        key = record.client_request_id
+        if record.status == "completed" and record.output is not None:
+            return record.output
+        if record.status == "cancelled":
+            raise InvocationCancelled(
+                f"run {record.run_id} (client_request_id {key!r}) was cancelled",
+                run_id=record.run_id,
+            )
+        raise InvocationFailed(
+            f"run {record.run_id} (client_request_id {key!r}) failed: {record.error}",
+            run_id=record.run_id,
+        )
 
     async def _loop(
         self,
@@ -277,7 +372,7 @@ class AgentRuntime:
         if not history and request.system_prompt:
             opening.append(Message(role="system", content=request.system_prompt, run_id=run_id))
         opening.append(Message(role="user", content=request.input, run_id=run_id))
-        await self.store.append_messages(session_id, opening)
+        await self.log.commit_messages(session_id, opening)  # with the events so far: one write per step
         messages = [*history, *opening]
         publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
 
@@ -303,7 +398,7 @@ class AgentRuntime:
             )
             accumulated = await self._call_model(provider, chat, run_id)
             assistant = accumulated.message(run_id)
-            await self.store.append_messages(session_id, [assistant])
+            await self.log.commit_messages(session_id, [assistant])
             messages.append(assistant)
             publish(AssistantMessageCommitted(run_id=run_id, message_id=assistant.id))
             usage = accumulated.usage or TokenUsage()
@@ -341,19 +436,39 @@ class AgentRuntime:
         )
 
     async def _call_model(self, provider: ChatProvider, chat: ChatRequest, run_id: str) -> Accumulator:
-        accumulator = Accumulator(chat.provider, chat.model)
-        timeout = self.policy.provider_timeout
-        try:
-            if timeout is None:
-                await self._stream(provider, chat, run_id, accumulator)
-            else:
-                # not asyncio.wait_for: on 3.11 it swallows a cancel that races completion
-                await wait_with_timeout(self._stream(provider, chat, run_id, accumulator), timeout)
-        except asyncio.TimeoutError as exc:
-            raise ProviderError(
-                chat.provider, chat.model, f"no complete response within {timeout:g}s"
-            ) from exc
-        return accumulator
+        # Retries live here, for every provider: a retryable error (HTTP 408/429/5xx, a
+        # connection failure) raised before the attempt yielded any event is retried with
+        # backoff (the policy's retry_delay: Retry-After, else full jitter); an attempt that
+        # already published events is never repeated (its deltas would be published twice).
+        policy = self.policy
+        timeout = policy.provider_timeout
+        attempt = 0
+        while True:
+            accumulator = Accumulator(chat.provider, chat.model)
+            try:
+                if timeout is None:
+                    await self._stream(provider, chat, run_id, accumulator)
+                else:
+                    # not asyncio.wait_for: on 3.11 it swallows a cancel that races completion
+                    await wait_with_timeout(
+                        self._stream(provider, chat, run_id, accumulator), timeout
+                    )
+            except asyncio.TimeoutError as exc:
+                raise ProviderError(
+                    chat.provider, chat.model, f"no complete response within {timeout:g}s"
+                ) from exc
+            except ProviderError as exc:
+                if accumulator.has_events or attempt >= policy.max_retries or not is_retryable(exc):
+                    raise
+                delay = policy.retry_delay(attempt, getattr(exc, "retry_after", None))
+                attempt += 1
+                logging.getLogger("rxinvoke").info(
+                    "run %s: %s; retry %d of %d in %.2fs",
+                    run_id, exc, attempt, policy.max_retries, delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            return accumulator
 
     async def _stream(
         self, provider: ChatProvider, chat: ChatRequest, run_id: str, accumulator: Accumulator
@@ -400,7 +515,7 @@ class AgentRuntime:
             )
             for call, result in zip(calls, results, strict=True)
         ]
-        await self.store.append_messages(session_id, replies)
+        await self.log.commit_messages(session_id, replies)
         messages.extend(replies)
         for reply in replies:
             self.bus.publish(

@@ -4,8 +4,9 @@ Layers, bottom to top; a module may import modules of lower layers only, and wit
 only where the rules below say so:
 
 0. foundation  errors, messages, events, _version, _compat
-1. core        provider*, tools*, store*, execute, accumulate, bus, control, request, policy,
-               operators, private helpers (_sse, _scheduling, _context)
+1. core        provider*, tools*, store*, eventlog, execute, accumulate, bus, control, request,
+               policy,
+               operators, private helpers (_sse, _retry, _scheduling, _context)
 2. runtime     runtime
 3. facade      invocation
 4. apps        cli, __main__, notebook, bridge_*, the package ``__init__``
@@ -42,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "tools_*",
             "store",
             "store_*",
+            "eventlog",
             "execute",
             "accumulate",
             "bus",
@@ -50,6 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "policy",
             "operators",
             "_sse",
+            "_retry",
             "_scheduling",
             "_context",
         ),
@@ -270,6 +273,8 @@ def lazy():
         ("tools", "runtime"),
         ("provider_openai", "invocation"),
         ("store_sqlite", "cli"),
+        ("store_sqlite", "runtime"),
+        ("eventlog", "invocation"),
         ("bus", ROOT),
         ("runtime", "invocation"),
         ("invocation", "cli"),

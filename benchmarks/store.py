@@ -1,0 +1,129 @@
+"""Store benchmark: the W1 run on SqliteStore against MemoryStore, and raw event-log appends.
+
+W1 is one agent run with one tool call and a 50-delta streamed answer (ScriptedProvider, a
+cheap inline tool, no model latency): what the store adds per run is the whole difference.
+Both stores run in the same process, alternating rounds; the ratio (SqliteStore runs/s /
+MemoryStore runs/s, target >= 0.5) is what to read. The append figure is
+``SqliteStore.append_events`` in batches of 1000 envelopes (WAL, ``synchronous=NORMAL``),
+JSON encoding and the worker-thread hand-off included (target >= 50 000 events/s).
+
+    python -m benchmarks.store            # full run
+    python -m benchmarks.store --quick    # smoke run with tiny counts (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from benchmarks.dispatch import machine_line
+from rxinvoke import (
+    AgentRuntime,
+    ChatRequest,
+    EmitRequest,
+    EventEnvelope,
+    MemoryStore,
+    RunRecord,
+    RunRequest,
+    RuntimeInvocation,
+    ScriptedProvider,
+    SqliteStore,
+    Store,
+    TextDelta,
+    tool,
+)
+from rxinvoke.messages import utcnow
+from rxinvoke.provider_scripted import TurnItem
+
+ANSWER = " ".join(f"word{i}" for i in range(50))
+
+
+@tool
+def lookup(key: str) -> str:
+    """Look a key up."""
+    return key.upper()
+
+
+def w1_turn(request: ChatRequest) -> list[TurnItem]:
+    if request.messages[-1].role == "tool":
+        return ScriptedProvider.text_turn(ANSWER, pieces=50)
+    return ScriptedProvider.tool_call_turn("lookup", {"key": "abc"}, pieces=3)
+
+
+async def runs_per_second(store: Store, runs: int) -> float:
+    runtime = AgentRuntime(providers=[ScriptedProvider(w1_turn)], tools=[lookup], store=store)
+    inv = RuntimeInvocation(runtime)
+    seen = [0]
+    inv.observe().subscribe(lambda e: seen.__setitem__(0, seen[0] + 1))  # a consumer of every event
+
+    def build(ctx: object, control: object) -> EmitRequest:
+        return EmitRequest(provider="scripted", model="scripted", input="look abc up")
+
+    await inv.emit(build)  # warm-up
+    start = time.perf_counter()
+    for _ in range(runs):
+        await inv.emit(build)
+    return runs / (time.perf_counter() - start)
+
+
+async def w1(directory: Path, runs: int, rounds: int) -> tuple[float, float]:
+    memory_rates, sqlite_rates = [], []
+    for n in range(rounds):
+        memory_rates.append(await runs_per_second(MemoryStore(), runs))
+        async with SqliteStore(directory / f"w1-{n}.db") as store:
+            sqlite_rates.append(await runs_per_second(store, runs))
+    return statistics.median(memory_rates), statistics.median(sqlite_rates)
+
+
+async def append_throughput(directory: Path, events: int, batch: int) -> float:
+    async with SqliteStore(directory / "append.db") as store:
+        session = uuid.uuid4()
+        run_id = str(uuid.uuid4())
+        request = RunRequest(provider="p", model="m", input="x", run_id=run_id, session_id=session)
+        await store.start_run(RunRecord(run_id=run_id, session_id=session, request=request))
+        now = utcnow()
+        envelopes = [
+            EventEnvelope(
+                event_id=str(uuid.uuid4()), run_id=run_id, session_id=session, seq=seq,
+                type="text_delta", event=TextDelta(run_id=run_id, delta=f"word{seq} "), emitted_at=now,
+            )
+            for seq in range(1, events + 1)
+        ]
+        start = time.perf_counter()
+        for i in range(0, events, batch):
+            await store.append_events(envelopes[i : i + batch])
+        return events / (time.perf_counter() - start)
+
+
+async def main(quick: bool) -> None:
+    runs, rounds = (20, 1) if quick else (300, 5)
+    events = 5_000 if quick else 200_000
+    print(f"# rxinvoke store benchmark ({'quick' if quick else 'full'})")
+    print(f"# machine: {machine_line()}")
+    with tempfile.TemporaryDirectory(prefix="rxinvoke-bench-") as tmp:
+        directory = Path(tmp)
+        memory, sqlite = await w1(directory, runs, rounds)
+        print(
+            f"1. W1 run (1 tool call, 50 text deltas): MemoryStore {memory:,.0f} runs/s "
+            f"({1000 / memory:.2f} ms/run) · SqliteStore {sqlite:,.0f} runs/s "
+            f"({1000 / sqlite:.2f} ms/run) · ratio {sqlite / memory:.2f} (target >= 0.5)"
+        )
+        rate = await append_throughput(directory, events, 1000)
+        print(
+            f"2. event-log append, batches of 1000 (WAL, synchronous=NORMAL): "
+            f"{rate:,.0f} events/s (target >= 50,000)"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick))
+    sys.exit(0)

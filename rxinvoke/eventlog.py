@@ -1,0 +1,392 @@
+"""EventLog: turns a runtime's published events into numbered envelopes and makes them durable.
+
+Numbering: the log listens on the bus (kind ``ANY``) and, for each event of a run it was told
+about (:meth:`EventLog.begin`), builds an :class:`~rxinvoke.store.EventEnvelope` with the run's
+next ``seq`` synchronously, inside ``publish``: the seq order is the publication order. Events
+of runs the log does not know (published by hand for other runs) are not logged.
+
+Batching: envelopes wait in memory until a step boundary, where the runtime commits the
+step's messages (the user message, a model turn, tool results) with
+:meth:`EventLog.commit_messages`: the messages and every waiting envelope of every run go in
+one store transaction (group commit). :meth:`EventLog.flush` writes waiting envelopes alone. Writes are strictly ordered (one at a time), and a write outlives a
+cancelled flusher, so a cancelled run never writes half a batch or the same batch twice.
+:meth:`EventLog.finish` writes the last envelopes together with the run's terminal status
+(``Store.finish_run``) and is awaited before ``run()`` returns: the stored log of a run is
+always a prefix of what it published, and complete once it has ended.
+
+Replay: :meth:`EventLog.replay` reads what is stored; :meth:`EventLog.subscribe_run` replays
+what is stored after a seq and then continues live. It attaches to the live envelopes
+*first*, snapshots the envelopes not yet written, then reads the store: every envelope is
+either stored, in that snapshot, or arrives live afterwards, and a cursor on ``seq`` drops
+duplicates, so the consumer sees each seq exactly once, in order. A run that is not running
+in this process (another process writes it) is followed by polling the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import reactivex
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
+from reactivex.subject import Subject
+
+from .bus import EventBus
+from .control import SessionContext
+from .errors import StoreError, SubscriberError, UnknownRun
+from .events import EventKind, InvocationEvent
+from .messages import Message, utcnow
+from .request import RunOutput
+from .store import EventEnvelope, RunStatus, Store
+
+__all__ = ("EventLog",)
+
+_log = logging.getLogger("rxinvoke")
+
+_MAX_POLL = 1.0
+
+
+class _RunLog:
+    __slots__ = ("seq", "session_id")
+
+    def __init__(self, session_id: uuid.UUID | None, seq: int) -> None:
+        self.session_id = session_id
+        self.seq = seq
+
+
+class EventLog:
+    """The durable, replayable log of the runs a runtime executes.
+
+    Args:
+        store: where envelopes are written.
+        bus: the bus whose events are logged (the log attaches to it at once).
+    """
+
+    def __init__(self, store: Store, bus: EventBus) -> None:
+        self.store = store
+        self._bus = bus
+        self._runs: dict[str, _RunLog] = {}
+        self._pending: list[EventEnvelope] = []
+        self._in_flight: list[EventEnvelope] = []
+        self._write: asyncio.Future[None] | None = None
+        self._written = 0
+        self._live: Subject[EventEnvelope] = Subject()
+        self._attachment = bus.attach(EventKind.ANY, self._on_event)
+
+    # --- numbering ---------------------------------------------------------------------------
+
+    def begin(self, run_id: str, session_id: uuid.UUID | None, *, last_seq: int = 0) -> None:
+        """Log the events of ``run_id`` from now on, numbered from ``last_seq + 1``."""
+        self._runs[run_id] = _RunLog(session_id, last_seq)
+
+    def end(self, run_id: str) -> None:
+        """Stop logging ``run_id`` (its envelopes still waiting are written by the next flush)."""
+        self._runs.pop(run_id, None)
+
+    def is_active(self, run_id: str) -> bool:
+        """True while the events of ``run_id`` are being logged by this log."""
+        return run_id in self._runs
+
+    @property
+    def pending(self) -> int:
+        """Envelopes not yet handed to the store."""
+        return len(self._pending)
+
+    @property
+    def envelopes(self) -> Observable[EventEnvelope]:
+        """A hot Observable of every envelope as it is numbered (before it is stored)."""
+        return self._live
+
+    def _on_event(self, event: InvocationEvent, context: SessionContext) -> None:
+        run_id = event.run_id
+        if run_id is None:
+            return
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        run.seq += 1
+        envelope = EventEnvelope.model_construct(
+            event_id=str(uuid.uuid4()),
+            run_id=run_id,
+            session_id=run.session_id,
+            seq=run.seq,
+            type=event.type,
+            event=event,
+            emitted_at=utcnow(),
+        )
+        self._pending.append(envelope)
+        if self._live.observers:
+            self._live.on_next(envelope)  # observers of _live are guarded: they never raise
+
+    # --- writing ----------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write every envelope numbered so far (one transaction per batch).
+
+        Raises:
+            StoreError: the write failed; the envelopes stay queued for the next flush.
+        """
+        target = self._written + len(self._in_flight) + len(self._pending)
+        store = self.store
+        while self._written < target:
+            write = self._write
+            if write is None:
+                write = self._start(store.append_events)
+            await asyncio.shield(write)  # a cancelled flusher does not cancel the write
+
+    async def commit_messages(self, session_id: uuid.UUID, messages: Sequence[Message]) -> None:
+        """Commit ``messages`` to the session together with every envelope numbered so far.
+
+        One transaction (``Store.append_messages(..., events=...)``): a step's messages and
+        its events are written at once, and the message is committed whole or not at all.
+        """
+        while self._write is not None:
+            await asyncio.shield(self._write)
+
+        async def commit(batch: list[EventEnvelope]) -> None:
+            await self.store.append_messages(session_id, messages, events=batch)
+
+        await asyncio.shield(self._start(commit, always=True))
+
+    async def finish(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        output: RunOutput | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Write the waiting envelopes and the run's terminal ``status`` in one transaction."""
+        while self._write is not None:
+            await asyncio.shield(self._write)
+
+        async def settle(batch: list[EventEnvelope]) -> None:
+            await self.store.finish_run(run_id, status, output=output, error=error, events=batch)
+
+        await asyncio.shield(self._start(settle, always=True))
+
+    def _start(
+        self, write_with: Callable[[list[EventEnvelope]], Awaitable[None]], *, always: bool = False
+    ) -> asyncio.Future[None]:
+        batch, self._pending = self._pending, []
+        self._in_flight = batch
+        write = asyncio.ensure_future(self._write_batch(batch, write_with, always))
+        write.add_done_callback(_retrieve)
+        self._write = write
+        return write
+
+    async def _write_batch(
+        self,
+        batch: list[EventEnvelope],
+        write_with: Callable[[list[EventEnvelope]], Awaitable[None]],
+        always: bool,
+    ) -> None:
+        try:
+            if batch or always:
+                await write_with(batch)
+        except BaseException as exc:
+            self._pending[:0] = batch  # retried by the next flush, still in seq order
+            if isinstance(exc, Exception):
+                _log.warning("event log write failed (%d envelopes kept for retry): %s", len(batch), exc)
+            raise
+        else:
+            self._written += len(batch)
+        finally:
+            self._in_flight = []
+            self._write = None
+
+    def unflushed(self, run_id: str) -> list[EventEnvelope]:
+        """The envelopes of ``run_id`` numbered but not yet stored, in seq order."""
+        return [e for e in (*self._in_flight, *self._pending) if e.run_id == run_id]
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def replay(self, run_id: str, after_seq: int | None = None) -> Observable[EventEnvelope]:
+        """A cold Observable of the stored envelopes of ``run_id`` with ``seq > after_seq``.
+
+        It completes after the last stored envelope; an unknown run arrives as
+        ``on_error(UnknownRun)``. Subscribe inside the running asyncio loop.
+        """
+
+        def subscribe(
+            observer: abc.ObserverBase[EventEnvelope],
+            scheduler: abc.SchedulerBase | None = None,
+        ) -> abc.DisposableBase:
+            async def read() -> None:
+                try:
+                    stored = await self.store.read_events(run_id, after_seq=after_seq)
+                except Exception as exc:
+                    observer.on_error(exc)
+                    return
+                for envelope in stored:
+                    observer.on_next(envelope)
+                observer.on_completed()
+
+            task = asyncio.get_running_loop().create_task(read())
+            task.add_done_callback(_retrieve)
+
+            def dispose() -> None:
+                task.cancel()
+
+            return Disposable(dispose)
+
+        return reactivex.create(subscribe)
+
+    def subscribe_run(
+        self, run_id: str, after_seq: int | None = None, *, poll_interval: float = 0.05
+    ) -> Observable[EventEnvelope]:
+        """Replay the envelopes of ``run_id`` stored after ``after_seq``, then continue live.
+
+        Every seq after ``after_seq`` is delivered exactly once, in order, even while the run
+        publishes during the replay; the Observable completes after the terminal envelope.
+        A run running in another process is followed by polling the store every
+        ``poll_interval`` seconds (backing off to 1 s while nothing changes). An unknown run
+        arrives as ``on_error(UnknownRun)``. Subscribe inside the running asyncio loop.
+        """
+
+        def subscribe(
+            observer: abc.ObserverBase[EventEnvelope],
+            scheduler: abc.SchedulerBase | None = None,
+        ) -> abc.DisposableBase:
+            return _Follower(self, run_id, after_seq or 0, observer, poll_interval).start()
+
+        return reactivex.create(subscribe)
+
+    def _report(self, what: str, exc: Exception) -> None:
+        self._bus.report(
+            SubscriberError(
+                f"{what} observer raised {type(exc).__name__}: {exc}", subscription=what, cause=exc
+            )
+        )
+
+
+class _Follower:
+    """One ``subscribe_run`` subscription: replay, then live, with a seq cursor."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        run_id: str,
+        cursor: int,
+        observer: abc.ObserverBase[EventEnvelope],
+        poll_interval: float,
+    ) -> None:
+        self._log = log
+        self._run_id = run_id
+        self._cursor = cursor
+        self._observer = observer
+        self._poll_interval = poll_interval
+        self._held: list[EventEnvelope] | None = []  # live envelopes held during the replay
+        self._done = False
+        self._live: abc.DisposableBase | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> abc.DisposableBase:
+        log = self._log
+        self._live = log.envelopes.subscribe(self._on_live)
+        snapshot = log.unflushed(self._run_id)
+        active = log.is_active(self._run_id)
+        self._task = asyncio.get_running_loop().create_task(self._catch_up(snapshot, active))
+        self._task.add_done_callback(_retrieve)
+        return Disposable(self._dispose)
+
+    def _dispose(self) -> None:
+        self._done = True
+        if self._live is not None:
+            self._live.dispose()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def _on_live(self, envelope: EventEnvelope) -> None:
+        if envelope.run_id != self._run_id or self._done:
+            return
+        if self._held is not None:
+            self._held.append(envelope)
+        else:
+            self._deliver(envelope)
+
+    def _deliver(self, envelope: EventEnvelope) -> None:
+        if self._done:
+            return
+        if envelope.seq <= self._cursor:  # already delivered (stored and live, or a re-read)
+            if envelope.event.is_terminal:  # the run ended at or before after_seq
+                self._complete()
+            return
+        if envelope.seq != self._cursor + 1:
+            self._fail(
+                StoreError(
+                    f"run {self._run_id!r}: seq {envelope.seq} follows {self._cursor} "
+                    "(the log has a gap)"
+                )
+            )
+            return
+        self._cursor = envelope.seq
+        try:
+            self._observer.on_next(envelope)
+        except Exception as exc:
+            self._log._report(f"subscribe_run({self._run_id})", exc)
+            self._dispose()
+            return
+        if envelope.event.is_terminal:
+            self._complete()
+
+    def _complete(self) -> None:
+        self._dispose()
+        self._observer.on_completed()
+
+    def _fail(self, error: Exception) -> None:
+        self._dispose()
+        self._observer.on_error(error)
+
+    async def _catch_up(self, snapshot: Sequence[EventEnvelope], active: bool) -> None:
+        store = self._log.store
+        try:
+            stored = await store.read_events(self._run_id, after_seq=self._cursor)
+        except UnknownRun as exc:
+            if not active:
+                self._fail(exc)
+                return
+            stored = []
+        except Exception as exc:
+            self._fail(exc)
+            return
+        held, self._held = self._held or [], None  # from here on live envelopes go straight out
+        by_seq: dict[int, EventEnvelope] = {}
+        for envelope in (*stored, *snapshot, *held):
+            by_seq.setdefault(envelope.seq, envelope)
+        for seq in sorted(by_seq):
+            self._deliver(by_seq[seq])
+        if self._done or active:
+            return  # the rest arrives live, up to the terminal envelope
+        # Not running here: finished already, or another process runs it. A finished run's
+        # terminal envelope is stored with its status, so reading after the status is enough.
+        delay = self._poll_interval
+        while not self._done:
+            try:
+                await store.recover_interrupted()
+                record = await store.get_run(self._run_id)
+                fresh = await store.read_events(self._run_id, after_seq=self._cursor)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            for envelope in fresh:
+                self._deliver(envelope)
+            if self._done:
+                return
+            if record is None or record.is_finished:
+                self._complete()  # nothing after after_seq
+                return
+            await asyncio.sleep(delay)
+            delay = self._poll_interval if fresh else min(delay * 2, _MAX_POLL)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # Outcomes are reported elsewhere (raised to the flusher, sent as on_error); retrieve the
+    # exception so asyncio does not log "exception was never retrieved".
+    if not future.cancelled():
+        future.exception()

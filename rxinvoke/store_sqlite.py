@@ -1,0 +1,688 @@
+"""SqliteStore: sessions, messages, runs, usage and the event log in one SQLite file.
+
+Threading: the stdlib ``sqlite3`` connection lives on one dedicated worker thread per store and
+every method hands its work to that thread (``loop.run_in_executor``), so the event loop never
+blocks on disk. One thread means the store's calls run one at a time, in call order.
+
+Transactions: every write is one ``BEGIN IMMEDIATE`` transaction (a batch of messages, a
+batch of envelopes, a run's terminal events plus its status), so a process killed at any
+moment leaves whole batches only. The file is in WAL mode with ``synchronous=NORMAL``
+(default; ``synchronous="FULL"`` to survive power loss too): a committed transaction survives
+a crash of the process. Several processes may share a file: a writer waits for another
+writer up to ``busy_timeout`` seconds, and a busy error is retried.
+
+Schema: versioned migrations, one SQL script per version, recorded in ``PRAGMA user_version``
+(and ``PRAGMA application_id`` marks the file as rxinvoke's). Opening a file from a newer
+rxinvoke raises :class:`~rxinvoke.errors.MigrationError`; a file that is not an rxinvoke
+database (or not SQLite at all) raises :class:`~rxinvoke.errors.StoreError`.
+
+Crash recovery: a run records its owner (``host:pid:process start``). Opening the store (and
+:meth:`SqliteStore.recover_interrupted`) marks failed every ``running`` run whose owner process
+on this host is gone, appending a terminal ``run_failed`` ("interrupted") with the next seq,
+so every stored run ends with exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+from .errors import MigrationError, StoreError, UnknownRun
+from .events import INVOCATION_EVENT, UsageRecorded
+from .messages import Message, TokenUsage, ToolCall, utcnow
+from .request import RunOutput, RunRequest
+from .store import (
+    TERMINAL_STATUSES,
+    EventEnvelope,
+    RunRecord,
+    RunStatus,
+    interrupted_envelope,
+)
+
+__all__ = ("SCHEMA_VERSION", "SqliteStore", "default_db_path")
+
+_T = TypeVar("_T")
+
+APPLICATION_ID = 0x52584956  # "RXIV"
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: sessions, messages, runs, usage, events
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE messages (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        session_id TEXT NOT NULL REFERENCES sessions (id),
+        run_id TEXT,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        tool_calls TEXT NOT NULL DEFAULT '[]',
+        tool_call_id TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_session ON messages (session_id, pk);
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions (id),
+        status TEXT NOT NULL
+            CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
+        request TEXT NOT NULL,
+        output TEXT,
+        error TEXT,
+        client_request_id TEXT UNIQUE,
+        owner TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE INDEX runs_by_start ON runs (started_at);
+    CREATE INDEX runs_by_status ON runs (status);
+    CREATE INDEX runs_by_session ON runs (session_id, started_at);
+    CREATE TABLE usage (
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        seq INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        total_tokens INTEGER NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        seq INTEGER NOT NULL CHECK (seq >= 1),
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        event TEXT NOT NULL,
+        emitted_at REAL NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    """,
+)
+"""One SQL script per schema version; version ``n`` is ``MIGRATIONS[n - 1]``. Append only."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this rxinvoke writes (``PRAGMA user_version``)."""
+
+_BUSY_RETRIES = 5
+
+
+def default_db_path() -> Path:
+    """``$RXINVOKE_DB``, else ``$XDG_DATA_HOME/rxinvoke/rxinvoke.db``, else
+    ``~/.local/share/rxinvoke/rxinvoke.db``."""
+    explicit = os.environ.get("RXINVOKE_DB")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME")
+    base = Path(data_home).expanduser() if data_home else Path.home() / ".local" / "share"
+    return base / "rxinvoke" / "rxinvoke.db"
+
+
+def _ts(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds")  # fixed width: sorts as text
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _process_start(pid: int) -> str:
+    """The start time of process ``pid`` (Linux ``/proc``), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22, starttime
+
+
+def _this_owner() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+def _owner_is_gone(owner: str | None) -> bool:
+    """True if ``owner`` is a process of this host that no longer runs."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit() or sys.platform == "win32":
+        return False  # another host, or no reliable way to tell: never steal a run
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    return bool(started) and _process_start(pid) not in ("", started)
+
+
+def _statements(script: str) -> Iterator[str]:
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        raise MigrationError(f"incomplete SQL statement in a migration: {buffer.strip()[:80]}")
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+_RUN_COLUMNS = (
+    "r.id, r.session_id, r.status, r.request, r.output, r.error, r.client_request_id, "
+    "r.owner, r.started_at, r.finished_at, "
+    "(SELECT COUNT(*) FROM usage u WHERE u.run_id = r.id), "
+    "(SELECT COALESCE(SUM(input_tokens), 0) FROM usage u WHERE u.run_id = r.id), "
+    "(SELECT COALESCE(SUM(output_tokens), 0) FROM usage u WHERE u.run_id = r.id), "
+    "(SELECT COALESCE(SUM(total_tokens), 0) FROM usage u WHERE u.run_id = r.id)"
+)
+
+
+def _run_record(row: Sequence[Any]) -> RunRecord:
+    status: RunStatus = row[2]
+    return RunRecord(
+        run_id=row[0],
+        session_id=uuid.UUID(row[1]),
+        status=status,
+        request=RunRequest.model_validate_json(row[3]),
+        output=RunOutput.model_validate_json(row[4]) if row[4] is not None else None,
+        error=row[5],
+        client_request_id=row[6],
+        owner=row[7],
+        started_at=_dt(row[8]),
+        finished_at=_dt(row[9]) if row[9] is not None else None,
+        iterations=row[10],
+        total_usage=TokenUsage(input_tokens=row[11], output_tokens=row[12], total_tokens=row[13]),
+    )
+
+
+def _envelope(row: Sequence[Any], session_id: uuid.UUID) -> EventEnvelope:
+    return EventEnvelope.model_construct(
+        run_id=row[0],
+        seq=row[1],
+        event_id=row[2],
+        session_id=session_id,
+        type=row[3],
+        event=INVOCATION_EVENT.validate_json(row[4]),
+        emitted_at=datetime.fromtimestamp(row[5], timezone.utc),
+    )
+
+
+class SqliteStore:
+    """A :class:`~rxinvoke.store.Store` in a SQLite file (WAL, versioned migrations).
+
+    The file is opened on first use (or by :meth:`open`); use ``async with SqliteStore(path)``
+    or call :meth:`close` when done.
+
+    Args:
+        path: the database file.
+        create: create the file (and its directory) if missing; when False a missing file
+            is a :class:`~rxinvoke.errors.StoreError`.
+        busy_timeout: seconds a write waits for another process's write to end.
+        synchronous: ``"NORMAL"`` (a commit survives a process crash) or ``"FULL"`` (it
+            survives power loss as well, at a cost per commit).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        busy_timeout: float = 30.0,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        self.path = Path(path)
+        self._create = create
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxinvoke-sqlite")
+        self._conn: sqlite3.Connection | None = None  # used on the worker thread only
+        self._owner = _this_owner()
+        self._closed = False
+        self.recovered: tuple[str, ...] = ()
+        """Runs marked failed ("interrupted") when this store opened the file."""
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> SqliteStore:
+        """Open (create, migrate, recover) the file now rather than on first use.
+
+        Raises:
+            StoreError: the file is missing (``create=False``), not SQLite, or not rxinvoke's.
+            MigrationError: the file's schema is from a newer rxinvoke.
+        """
+        await self._call(lambda conn: None)
+        return self
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_connection)
+        self._executor.shutdown(wait=False)
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this store writes."""
+        return SCHEMA_VERSION
+
+    # --- plumbing (worker thread) ---------------------------------------------------------
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise StoreError(f"{self.path}: the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, fn)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        for attempt in range(_BUSY_RETRIES + 1):
+            try:
+                return fn(self._connection())
+            except sqlite3.Error as exc:
+                if _is_busy(exc) and attempt < _BUSY_RETRIES:
+                    time.sleep(0.05 * 2**attempt)  # on the worker thread, never the loop
+                    continue
+                raise self._translate(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and (
+            "not a database" in text or "malformed" in text
+        ):
+            return StoreError(f"{self.path}: not a readable SQLite database ({text})")
+        return StoreError(f"{self.path}: {text}")
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        path = self.path
+        if path.is_dir():
+            raise StoreError(f"{path}: is a directory, not a database file")
+        if not path.exists():
+            if not self._create:
+                raise StoreError(f"{path}: no such database")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot create its directory: {exc}") from exc
+        mode = "rwc" if self._create else "rw"
+        conn = sqlite3.connect(
+            f"file:{quote(str(path.resolve()))}?mode={mode}",
+            uri=True,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # explicit BEGIN IMMEDIATE / COMMIT only
+        )
+        try:
+            self._check(conn)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+            self.recovered = tuple(self._recover(conn))
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id not in (0, APPLICATION_ID):
+            raise StoreError(f"{self.path}: not an rxinvoke database (application_id {app_id})")
+        if app_id == 0 and version == 0:
+            tables = conn.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]
+            if tables:
+                raise StoreError(f"{self.path}: not an rxinvoke database (it has other tables)")
+        self._check_version(version)
+
+    def _check_version(self, version: int) -> None:
+        if version > len(MIGRATIONS):
+            raise MigrationError(
+                f"{self.path}: database schema version {version} is newer than this rxinvoke "
+                f"supports ({len(MIGRATIONS)}); upgrade rxinvoke to open it"
+            )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        latest = len(MIGRATIONS)
+        if conn.execute("PRAGMA user_version").fetchone()[0] == latest:
+            return
+        with _transaction(conn):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under lock
+            self._check_version(version)
+            for number in range(version + 1, latest + 1):
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    # --- sessions and messages ------------------------------------------------------------
+
+    async def load_history(self, session_id: uuid.UUID) -> list[Message]:
+        def load(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(
+                "SELECT id, run_id, role, content, tool_calls, tool_call_id, created_at "
+                "FROM messages WHERE session_id = ? ORDER BY pk",
+                (str(session_id),),
+            ).fetchall()
+            return [
+                Message(
+                    id=row[0],
+                    run_id=row[1],
+                    role=row[2],
+                    content=row[3],
+                    tool_calls=tuple(ToolCall.model_validate(c) for c in json.loads(row[4])),
+                    tool_call_id=row[5],
+                    created_at=_dt(row[6]),
+                )
+                for row in rows
+            ]
+
+        return await self._call(load)
+
+    async def append_messages(
+        self,
+        session_id: uuid.UUID,
+        messages: Sequence[Message],
+        *,
+        events: Sequence[EventEnvelope] = (),
+    ) -> None:
+        rows = [
+            (
+                m.id,
+                str(session_id),
+                m.run_id,
+                m.role,
+                m.content,
+                json.dumps([c.model_dump() for c in m.tool_calls]),
+                m.tool_call_id,
+                _ts(m.created_at),
+            )
+            for m in messages
+        ]
+
+        def append(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                self._insert_events(conn, events)
+                self._touch_session(conn, session_id)
+                conn.executemany(
+                    "INSERT INTO messages (id, session_id, run_id, role, content, tool_calls, "
+                    "tool_call_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+        await self._call(append)
+
+    @staticmethod
+    def _touch_session(conn: sqlite3.Connection, session_id: uuid.UUID) -> None:
+        conn.execute(  # a read, not a write, once the session exists
+            "INSERT OR IGNORE INTO sessions (id, created_at) VALUES (?, ?)",
+            (str(session_id), _ts(utcnow())),
+        )
+
+    # --- runs -----------------------------------------------------------------------------
+
+    async def start_run(self, record: RunRecord) -> RunRecord:
+        owned = record.model_copy(update={"owner": self._owner, "status": "running"})
+
+        def start(conn: sqlite3.Connection) -> RunRecord:
+            with _transaction(conn):
+                key = owned.client_request_id
+                if key is not None:
+                    existing = self._find(conn, "r.client_request_id = ?", key)
+                    if existing is not None:
+                        return existing
+                if conn.execute("SELECT 1 FROM runs WHERE id = ?", (owned.run_id,)).fetchone():
+                    raise StoreError(f"run {owned.run_id!r} is already stored")
+                self._touch_session(conn, owned.session_id)
+                conn.execute(
+                    "INSERT INTO runs (id, session_id, status, request, client_request_id, "
+                    "owner, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                    (
+                        owned.run_id,
+                        str(owned.session_id),
+                        owned.request.model_dump_json(),
+                        key,
+                        owned.owner,
+                        _ts(owned.started_at),
+                    ),
+                )
+                return owned
+
+        return await self._call(start)
+
+    async def finish_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        output: RunOutput | None = None,
+        error: str | None = None,
+        events: Sequence[EventEnvelope] = (),
+    ) -> None:
+        if status not in TERMINAL_STATUSES:
+            raise StoreError(f"not a terminal status: {status!r}")
+        output_json = output.model_dump_json() if output is not None else None
+
+        def finish(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+                if row is None:
+                    raise UnknownRun(run_id)
+                if row[0] != "running":
+                    raise StoreError(f"run {run_id!r} is already {row[0]}")
+                self._insert_events(conn, events)
+                conn.execute(
+                    "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ? "
+                    "WHERE id = ?",
+                    (status, output_json, error, _ts(utcnow()), run_id),
+                )
+
+        await self._call(finish)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await self._call(lambda conn: self._find(conn, "r.id = ?", run_id))
+
+    async def find_run(self, client_request_id: str) -> RunRecord | None:
+        return await self._call(
+            lambda conn: self._find(conn, "r.client_request_id = ?", client_request_id)
+        )
+
+    async def list_runs(
+        self, *, limit: int = 20, session_id: uuid.UUID | None = None
+    ) -> list[RunRecord]:
+        where, args = ("WHERE r.session_id = ?", (str(session_id),)) if session_id else ("", ())
+
+        def runs(conn: sqlite3.Connection) -> list[RunRecord]:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs r {where} "
+                "ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?",
+                (*args, max(limit, 0)),
+            ).fetchall()
+            return [_run_record(row) for row in rows]
+
+        return await self._call(runs)
+
+    async def load_usage(self, run_id: str) -> list[TokenUsage]:
+        def usage(conn: sqlite3.Connection) -> list[TokenUsage]:
+            rows = conn.execute(
+                "SELECT input_tokens, output_tokens, total_tokens FROM usage "
+                "WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+            return [TokenUsage(input_tokens=a, output_tokens=b, total_tokens=c) for a, b, c in rows]
+
+        return await self._call(usage)
+
+    @staticmethod
+    def _find(conn: sqlite3.Connection, condition: str, value: str) -> RunRecord | None:
+        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE {condition}", (value,)).fetchone()
+        return _run_record(row) if row is not None else None
+
+    # --- the event log --------------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[EventEnvelope]) -> None:
+        if not events:
+            return
+
+        def append(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                self._insert_events(conn, events)
+
+        await self._call(append)
+
+    async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
+        def read(conn: sqlite3.Connection) -> list[EventEnvelope]:
+            run = conn.execute("SELECT session_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if run is None:
+                raise UnknownRun(run_id)
+            rows = conn.execute(
+                "SELECT run_id, seq, event_id, type, event, emitted_at FROM events "
+                "WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, after_seq or 0),
+            ).fetchall()
+            session_id = uuid.UUID(run[0])  # the envelopes' session is the run's
+            return [_envelope(row, session_id) for row in rows]
+
+        return await self._call(read)
+
+    @staticmethod
+    def _insert_events(conn: sqlite3.Connection, events: Sequence[EventEnvelope]) -> None:
+        expected: dict[str, int] = {}
+        rows = []
+        usage = []
+        for envelope in events:
+            run_id = envelope.run_id
+            previous = expected.get(run_id)
+            if previous is None:
+                row = conn.execute(
+                    "SELECT (SELECT 1 FROM runs WHERE id = ?), "
+                    "(SELECT MAX(seq) FROM events WHERE run_id = ?)",
+                    (run_id, run_id),
+                ).fetchone()
+                if row[0] is None:
+                    raise UnknownRun(run_id)
+                previous = row[1] or 0
+            if envelope.seq != previous + 1:
+                raise StoreError(
+                    f"run {run_id!r}: event seq {envelope.seq} does not follow {previous}"
+                )
+            expected[run_id] = envelope.seq
+            event = envelope.event
+            rows.append(
+                (
+                    run_id,
+                    envelope.seq,
+                    envelope.event_id,
+                    envelope.type,
+                    event.model_dump_json(),
+                    envelope.emitted_at.timestamp(),
+                )
+            )
+            if isinstance(event, UsageRecorded):
+                u = event.usage
+                usage.append(
+                    (run_id, envelope.seq, u.input_tokens, u.output_tokens, u.total_tokens)
+                )
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, event_id, type, event, emitted_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        if usage:
+            conn.executemany(
+                "INSERT INTO usage (run_id, seq, input_tokens, output_tokens, total_tokens) "
+                "VALUES (?, ?, ?, ?, ?)",
+                usage,
+            )
+
+    # --- crash recovery -------------------------------------------------------------------
+
+    async def recover_interrupted(self) -> list[str]:
+        return await self._call(self._recover)
+
+    def _recover(self, conn: sqlite3.Connection) -> list[str]:
+        candidates = conn.execute(
+            "SELECT id, owner FROM runs WHERE status = 'running'"
+        ).fetchall()
+        gone = [run_id for run_id, owner in candidates if _owner_is_gone(owner)]
+        recovered: list[str] = []
+        for run_id in gone:
+            with _transaction(conn):
+                record = self._find(conn, "r.id = ? AND r.status = 'running'", run_id)
+                if record is None:
+                    continue  # recovered by another process meanwhile
+                last = conn.execute(
+                    "SELECT seq, type FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
+                    (run_id,),
+                ).fetchone()
+                status: RunStatus = "failed"
+                error: str | None = "interrupted"
+                if last is not None and last[1] in ("run_completed", "run_failed", "run_cancelled"):
+                    # the terminal event is stored already: only the status lagged
+                    status = {"run_completed": "completed", "run_cancelled": "cancelled"}.get(
+                        last[1], "failed"
+                    )  # type: ignore[assignment]
+                    error = None if status == "completed" else error
+                else:
+                    seq = (last[0] if last is not None else 0) + 1
+                    self._insert_events(
+                        conn, [interrupted_envelope(record, seq, str(uuid.uuid4()))]
+                    )
+                conn.execute(
+                    "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+                    (status, error, _ts(utcnow()), run_id),
+                )
+                recovered.append(run_id)
+        return recovered

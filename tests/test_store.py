@@ -1,0 +1,183 @@
+"""The Store contract, run on MemoryStore and SqliteStore (a tmp_path file) alike."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from rxinvoke import (
+    EventEnvelope,
+    MemoryStore,
+    Message,
+    RunOutput,
+    RunRecord,
+    RunRequest,
+    SqliteStore,
+    Store,
+    StoreError,
+    TextDelta,
+    TokenUsage,
+    ToolCall,
+    UnknownRun,
+    UsageRecorded,
+)
+from rxinvoke.events import InvocationEvent, RunCompleted, RunStarted
+from rxinvoke.messages import FinishReason, utcnow
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
+    yield made
+    await made.close()
+
+
+def record(run_id: str | None = None, session: uuid.UUID | None = None, key: str | None = None, **kw: object) -> RunRecord:
+    run_id = run_id or str(uuid.uuid4())
+    session = session or uuid.uuid4()
+    request = RunRequest(provider="p", model="m", input="hi", run_id=run_id, session_id=session, client_request_id=key)
+    return RunRecord(run_id=run_id, session_id=session, request=request, client_request_id=key, **kw)  # type: ignore[arg-type]
+
+
+def envelope(rec: RunRecord, seq: int, event: InvocationEvent) -> EventEnvelope:
+    return EventEnvelope(
+        event_id=str(uuid.uuid4()), run_id=rec.run_id, session_id=rec.session_id, seq=seq,
+        type=event.type, event=event, emitted_at=utcnow(),
+    )
+
+
+def output(rec: RunRecord) -> RunOutput:
+    return RunOutput(
+        run_id=rec.run_id, session_id=rec.session_id, iterations=1,
+        finish_reason=FinishReason.STOP, total_usage=TokenUsage(total_tokens=3), output_text="ok",
+    )
+
+
+def test_both_stores_implement_the_protocol(tmp_path: Path) -> None:
+    assert isinstance(MemoryStore(), Store)
+    assert isinstance(SqliteStore(tmp_path / "x.db"), Store)
+
+
+async def test_messages_round_trip_in_commit_order(store: Store) -> None:
+    session = uuid.uuid4()
+    call = ToolCall(id="c1", name="add", arguments='{"a": 1}')
+    first = [Message(role="user", content="hi", run_id="r"), Message(role="assistant", tool_calls=(call,), run_id="r")]
+    second = [Message(role="tool", content="2", tool_call_id="c1", run_id="r")]
+    await store.append_messages(session, first)
+    await store.append_messages(session, second)
+    assert await store.load_history(session) == [*first, *second]
+    assert await store.load_history(uuid.uuid4()) == []
+
+
+async def test_a_message_batch_is_atomic(store: Store) -> None:
+    session = uuid.uuid4()
+    kept = Message(role="user", content="one")
+    await store.append_messages(session, [kept])
+    if isinstance(store, MemoryStore):
+        pytest.skip("MemoryStore appends in memory: nothing can fail half-way")
+    with pytest.raises(StoreError):  # the second message reuses an id: the batch is refused whole
+        await store.append_messages(session, [Message(role="user", content="two"), kept])
+    assert await store.load_history(session) == [kept]
+
+
+async def test_start_run_stores_a_running_run(store: Store) -> None:
+    rec = record()
+    stored = await store.start_run(rec)
+    assert stored.run_id == rec.run_id and stored.status == "running"
+    got = await store.get_run(rec.run_id)
+    assert got is not None
+    assert (got.status, got.request, got.session_id, got.iterations) == ("running", rec.request, rec.session_id, 0)
+    assert await store.get_run("nope") is None
+    with pytest.raises(StoreError):
+        await store.start_run(rec)
+
+
+async def test_start_run_returns_the_run_with_the_same_client_request_id(store: Store) -> None:
+    first = await store.start_run(record(key="k"))
+    second = await store.start_run(record(key="k"))
+    assert second.run_id == first.run_id
+    assert [r.run_id for r in await store.list_runs()] == [first.run_id]
+    found = await store.find_run("k")
+    assert found is not None and found.run_id == first.run_id
+    assert await store.find_run("other") is None
+
+
+async def test_events_are_numbered_from_one_without_gaps(store: Store) -> None:
+    rec = await store.start_run(record())
+    events = [envelope(rec, 1, RunStarted(run_id=rec.run_id, session_id=str(rec.session_id), provider="p", model="m"))]
+    events += [envelope(rec, n, TextDelta(run_id=rec.run_id, delta=str(n))) for n in (2, 3)]
+    await store.append_events(events[:1])
+    await store.append_events(events[1:])
+    assert await store.read_events(rec.run_id) == events
+    assert await store.read_events(rec.run_id, after_seq=1) == events[1:]
+    assert await store.read_events(rec.run_id, after_seq=3) == []
+    for bad in (3, 5):  # a duplicate and a gap
+        with pytest.raises(StoreError):
+            await store.append_events([envelope(rec, bad, TextDelta(run_id=rec.run_id, delta="x"))])
+    assert len(await store.read_events(rec.run_id)) == 3
+
+
+async def test_a_bad_event_batch_writes_nothing(store: Store) -> None:
+    rec = await store.start_run(record())
+    good = envelope(rec, 1, TextDelta(run_id=rec.run_id, delta="a"))
+    with pytest.raises(StoreError):
+        await store.append_events([good, envelope(rec, 3, TextDelta(run_id=rec.run_id, delta="c"))])
+    assert await store.read_events(rec.run_id) == []
+
+
+async def test_unknown_runs(store: Store) -> None:
+    with pytest.raises(UnknownRun) as caught:
+        await store.read_events("nope")
+    assert caught.value.run_id == "nope"
+    with pytest.raises(UnknownRun):
+        await store.append_events([envelope(record(run_id="nope"), 1, TextDelta(run_id="nope", delta="x"))])
+    with pytest.raises(UnknownRun):
+        await store.finish_run("nope", "failed", error="x")
+
+
+async def test_usage_is_recorded_with_its_event(store: Store) -> None:
+    rec = await store.start_run(record())
+    usages = [TokenUsage(input_tokens=2, output_tokens=3, total_tokens=5), TokenUsage(input_tokens=1, total_tokens=1)]
+    await store.append_events([envelope(rec, n + 1, UsageRecorded(run_id=rec.run_id, usage=u)) for n, u in enumerate(usages)])
+    assert await store.load_usage(rec.run_id) == usages
+    got = await store.get_run(rec.run_id)
+    assert got is not None
+    assert (got.iterations, got.total_usage) == (2, TokenUsage(input_tokens=3, output_tokens=3, total_tokens=6))
+
+
+async def test_finish_run_writes_the_terminal_event_and_status_together(store: Store) -> None:
+    rec = await store.start_run(record())
+    terminal = envelope(rec, 1, RunCompleted(run_id=rec.run_id, finish_reason=FinishReason.STOP, iterations=1))
+    await store.finish_run(rec.run_id, "completed", output=output(rec), events=[terminal])
+    got = await store.get_run(rec.run_id)
+    assert got is not None and got.is_finished
+    assert (got.status, got.output, got.error) == ("completed", output(rec), None)
+    assert got.finished_at is not None and got.finished_at >= got.started_at
+    assert await store.read_events(rec.run_id) == [terminal]
+    with pytest.raises(StoreError):  # finished once
+        await store.finish_run(rec.run_id, "failed", error="again")
+    with pytest.raises(StoreError):
+        await store.finish_run((await store.start_run(record())).run_id, "running")  # type: ignore[arg-type]
+
+
+async def test_list_runs_newest_first_with_limit_and_session(store: Store) -> None:
+    session = uuid.uuid4()
+    base = utcnow()
+    ids = []
+    for n in range(4):
+        rec = record(session=session if n % 2 else None, started_at=base + timedelta(seconds=n))
+        ids.append((await store.start_run(rec)).run_id)
+    assert [r.run_id for r in await store.list_runs()] == ids[::-1]
+    assert [r.run_id for r in await store.list_runs(limit=2)] == ids[:1:-1]
+    assert [r.run_id for r in await store.list_runs(session_id=session)] == [ids[3], ids[1]]
+
+
+async def test_recover_interrupted_leaves_live_runs_alone(store: Store) -> None:
+    rec = await store.start_run(record())
+    assert await store.recover_interrupted() == []  # this process owns it and is alive
+    got = await store.get_run(rec.run_id)
+    assert got is not None and got.status == "running"

@@ -1,0 +1,256 @@
+"""SqliteStore specifics: the file, migrations, bad files, crash recovery and two processes.
+
+The subprocess tests run the real CLI (``python -m rxinvoke``) against a tmp_path database:
+one is killed with SIGKILL mid-run (it blocks deterministically in the offline model's long
+``--delay`` once it has printed ``tool_call_started``), two others write one file at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from rxinvoke import (
+    AgentRuntime,
+    EmitRequest,
+    MigrationError,
+    OfflineProvider,
+    RunRecord,
+    RunRequest,
+    RuntimeInvocation,
+    SqliteStore,
+    StoreError,
+    builtin_tools,
+    store_sqlite,
+)
+from rxinvoke.store_sqlite import SCHEMA_VERSION, default_db_path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TERMINAL = {"run_completed", "run_failed", "run_cancelled"}
+
+
+def cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "rxinvoke", *argv]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def record(session: uuid.UUID | None = None) -> RunRecord:
+    run_id, session = str(uuid.uuid4()), session or uuid.uuid4()
+    request = RunRequest(provider="p", model="m", input="hi", run_id=run_id, session_id=session)
+    return RunRecord(run_id=run_id, session_id=session, request=request)
+
+
+def pragma(path: Path, name: str) -> object:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+# --- the file ----------------------------------------------------------------------------------
+
+
+async def test_a_new_file_is_created_in_wal_mode_at_the_current_version(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "r.db"
+    async with SqliteStore(path) as store:
+        assert store.recovered == ()
+    assert path.exists()
+    assert pragma(path, "journal_mode") == "wal"
+    assert pragma(path, "user_version") == SCHEMA_VERSION
+    assert pragma(path, "application_id") == store_sqlite.APPLICATION_ID
+
+
+async def test_data_outlives_the_store_object(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SqliteStore(path) as store:
+        runtime = AgentRuntime(providers=[OfflineProvider()], tools=builtin_tools(), store=store)
+        out = await RuntimeInvocation(runtime).emit(
+            lambda ctx, c: EmitRequest(provider="offline", model="offline", input="what is 2 + 3?")
+        )
+    async with SqliteStore(path, create=False) as store:
+        history = await store.load_history(out.session_id)
+        assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
+        stored = await store.get_run(out.run_id)
+        assert stored is not None and stored.output == out and stored.status == "completed"
+        events = await store.read_events(out.run_id)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert events[0].type == "run_started" and events[-1].type == "run_completed"
+        assert stored.total_usage == out.total_usage and stored.iterations == out.iterations
+
+
+async def test_migrations_upgrade_an_older_file_step_by_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "r.db"
+    async with SqliteStore(path) as store:
+        await store.start_run(record())
+    upgrade = "CREATE TABLE notes (id INTEGER PRIMARY KEY);\nALTER TABLE runs ADD COLUMN note TEXT;"
+    monkeypatch.setattr(store_sqlite, "MIGRATIONS", (*store_sqlite.MIGRATIONS, upgrade))
+    async with SqliteStore(path) as store:
+        assert len(await store.list_runs()) == 1
+    assert pragma(path, "user_version") == SCHEMA_VERSION + 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM notes").fetchone() == (0,)
+
+
+async def test_a_file_from_a_newer_version_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SqliteStore(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(MigrationError, match="newer than this rxinvoke supports"):
+        await SqliteStore(path).open()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"this is not a database at all, just text" * 100, "not a readable SQLite database"),
+        (b"SQLite format 3\x00" + b"\xff" * 4000, "SQLite database"),
+    ],
+    ids=["text", "broken-header"],
+)
+async def test_a_corrupt_file_is_a_store_error(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.db"
+    path.write_bytes(content)
+    store = SqliteStore(path)
+    with pytest.raises(StoreError, match=message):
+        await store.open()
+    await store.close()
+    assert path.read_bytes() == content  # untouched
+
+
+async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE stuff (x)")
+    with pytest.raises(StoreError, match="not an rxinvoke database"):
+        await SqliteStore(path).open()
+
+
+async def test_missing_file_without_create_and_a_directory_are_store_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no such database"):
+        await SqliteStore(tmp_path / "missing.db", create=False).open()
+    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(StoreError, match="directory"):
+        await SqliteStore(tmp_path).open()
+
+
+async def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "r.db")
+    await store.open()
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        await store.list_runs()
+
+
+def test_default_path_follows_rxinvoke_db_then_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RXINVOKE_DB", str(tmp_path / "explicit.db"))
+    assert default_db_path() == tmp_path / "explicit.db"
+    monkeypatch.delenv("RXINVOKE_DB")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_db_path() == tmp_path / "xdg" / "rxinvoke" / "rxinvoke.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_db_path() == Path.home() / ".local" / "share" / "rxinvoke" / "rxinvoke.db"
+
+
+# --- crash recovery ------------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(child.stdout)  # exited and reaped: no process has this pid (for now)
+
+
+async def test_open_fails_runs_of_a_dead_process_with_one_terminal_event(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SqliteStore(path) as store:
+        orphan = await store.start_run(record())
+        alive = await store.start_run(record())
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:{dead_pid()}:", orphan.run_id))
+        conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"elsewhere:{dead_pid()}:", alive.run_id))
+    async with SqliteStore(path) as store:
+        assert store.recovered == (orphan.run_id,)
+        failed = await store.get_run(orphan.run_id)
+        assert failed is not None and (failed.status, failed.error) == ("failed", "interrupted")
+        events = await store.read_events(orphan.run_id)
+        assert [(e.seq, e.type, getattr(e.event, "error", None)) for e in events] == [(1, "run_failed", "interrupted")]
+        other = await store.get_run(alive.run_id)
+        assert other is not None and other.status == "running"  # another host's run: never stolen
+        assert await store.recover_interrupted() == []
+
+
+def test_a_run_killed_mid_run_leaves_a_clean_database(tmp_path: Path) -> None:
+    db = tmp_path / "crash.db"
+    proc = subprocess.Popen(
+        cli("run", "what is 2 + 3?", "--json", "--delay", "600", "--db", str(db)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO_ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # the model now sleeps 600 s before its first fragment
+            seen.append(json.loads(line)["type"])
+            if seen[-1] == "tool_call_started":
+                break
+        assert seen[-1] == "tool_call_started", proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    with sqlite3.connect(db) as conn:  # opens cleanly; the run is still marked running
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (run_id, status), = conn.execute("SELECT id, status FROM runs").fetchall()
+        assert status == "running"
+
+    listing = subprocess.run(cli("runs", "--json", "--db", str(db)), capture_output=True, text=True, env=cli_env(), cwd=REPO_ROOT, timeout=60, check=True)
+    (run,) = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert (run["run_id"], run["status"], run["error"]) == (run_id, "failed", "interrupted")
+    replay = subprocess.run(cli("events", run_id, "--json", "--db", str(db)), capture_output=True, text=True, env=cli_env(), cwd=REPO_ROOT, timeout=60, check=True)
+    envelopes = [json.loads(line) for line in replay.stdout.splitlines()]
+    types = [e["type"] for e in envelopes]
+    # the stored log is what the run published up to its last written step (run_started went
+    # with the user message), then the one terminal event recovery appended
+    assert types[0] == "run_started" and types[:-1] == seen[: len(types) - 1]
+    assert [t for t in types if t in TERMINAL] == ["run_failed"] and types[-1] == "run_failed"
+    assert envelopes[-1]["event"]["error"] == "interrupted"
+    assert [e["seq"] for e in envelopes] == list(range(1, len(envelopes) + 1))
+
+
+def test_two_processes_write_one_file_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    procs = [
+        subprocess.Popen(
+            cli("run", f"what is {n} + 3?", "--json", "--delay", "0", "--db", str(db)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO_ROOT,
+        )
+        for n in (1, 2)
+    ]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    with sqlite3.connect(db) as conn:
+        runs = conn.execute("SELECT id, status FROM runs ORDER BY id").fetchall()
+        assert [status for _, status in runs] == ["completed", "completed"]
+        for run_id, _ in runs:
+            rows = conn.execute("SELECT seq, type FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+            assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
+            assert [t for _, t in rows if t in TERMINAL] == ["run_completed"]
+        assert conn.execute("SELECT COUNT(DISTINCT session_id) FROM messages").fetchone() == (2,)
