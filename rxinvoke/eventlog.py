@@ -39,7 +39,7 @@ from .bus import EventBus
 from .control import SessionContext
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import EventKind, InvocationEvent
-from .messages import Message, utcnow
+from .messages import Message
 from .request import RunOutput
 from .store import EventEnvelope, RunStatus, Store
 
@@ -109,15 +109,7 @@ class EventLog:
         if run is None:
             return
         run.seq += 1
-        envelope = EventEnvelope.model_construct(
-            event_id=str(uuid.uuid4()),
-            run_id=run_id,
-            session_id=run.session_id,
-            seq=run.seq,
-            type=event.type,
-            event=event,
-            emitted_at=utcnow(),
-        )
+        envelope = EventEnvelope.of(event, run_id, run.session_id, run.seq)
         self._pending.append(envelope)
         if self._live.observers:
             self._live.on_next(envelope)  # observers of _live are guarded: they never raise

@@ -7,6 +7,7 @@ one is killed with SIGKILL mid-run (it blocks deterministically in the offline m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,8 +57,20 @@ def record(session: uuid.UUID | None = None) -> RunRecord:
     return RunRecord(run_id=run_id, session_id=session, request=request)
 
 
+@contextlib.contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain connection that commits and is closed (``with sqlite3.connect()`` only commits:
+    Python 3.13 warns about connections left to the garbage collector)."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
 def pragma(path: Path, name: str) -> object:
-    with sqlite3.connect(path) as conn:
+    with connect(path) as conn:
         return conn.execute(f"PRAGMA {name}").fetchone()[0]
 
 
@@ -102,7 +116,7 @@ async def test_migrations_upgrade_an_older_file_step_by_step(
     async with SqliteStore(path) as store:
         assert len(await store.list_runs()) == 1
     assert pragma(path, "user_version") == SCHEMA_VERSION + 1
-    with sqlite3.connect(path) as conn:
+    with connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM notes").fetchone() == (0,)
 
 
@@ -110,7 +124,7 @@ async def test_a_file_from_a_newer_version_is_refused_with_a_clear_error(tmp_pat
     path = tmp_path / "r.db"
     async with SqliteStore(path):
         pass
-    with sqlite3.connect(path) as conn:
+    with connect(path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(MigrationError, match="newer than this rxinvoke supports"):
         await SqliteStore(path).open()
@@ -136,7 +150,7 @@ async def test_a_corrupt_file_is_a_store_error(tmp_path: Path, content: bytes, m
 
 async def test_another_applications_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
-    with sqlite3.connect(path) as conn:
+    with connect(path) as conn:
         conn.execute("CREATE TABLE stuff (x)")
     with pytest.raises(StoreError, match="not an rxinvoke database"):
         await SqliteStore(path).open()
@@ -182,7 +196,7 @@ async def test_open_fails_runs_of_a_dead_process_with_one_terminal_event(tmp_pat
     async with SqliteStore(path) as store:
         orphan = await store.start_run(record())
         alive = await store.start_run(record())
-    with sqlite3.connect(path) as conn:
+    with connect(path) as conn:
         conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:{dead_pid()}:", orphan.run_id))
         conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"elsewhere:{dead_pid()}:", alive.run_id))
     async with SqliteStore(path) as store:
@@ -216,7 +230,7 @@ def test_a_run_killed_mid_run_leaves_a_clean_database(tmp_path: Path) -> None:
         proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
 
-    with sqlite3.connect(db) as conn:  # opens cleanly; the run is still marked running
+    with connect(db) as conn:  # opens cleanly; the run is still marked running
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         (run_id, status), = conn.execute("SELECT id, status FROM runs").fetchall()
         assert status == "running"
@@ -246,7 +260,7 @@ def test_two_processes_write_one_file_at_once(tmp_path: Path) -> None:
     ]
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         runs = conn.execute("SELECT id, status FROM runs ORDER BY id").fetchall()
         assert [status for _, status in runs] == ["completed", "completed"]
         for run_id, _ in runs:
