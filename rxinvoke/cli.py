@@ -133,7 +133,7 @@ class _Renderer:
         self._out.write(
             f"[{output.finish_reason.value} · {output.iterations} iteration(s) · tokens "
             f"in {usage.input_tokens} / out {usage.output_tokens} / total {usage.total_tokens} · "
-            f"session {output.session_id}]\n"
+            f"session {output.session_id} · run {output.run_id}]\n"
         )
 
 

@@ -174,7 +174,10 @@ def test_session_id_is_used_for_the_run(capsys: pytest.CaptureFixture[str]) -> N
 
     code, out, err = run(capsys, PROMPT, "--session", str(session))
     assert code == 0 and err == ""
-    assert out.splitlines()[-1].endswith(f"session {session}]")
+    summary = out.splitlines()[-1]
+    assert f"· session {session} · run " in summary and summary.endswith("]")
+    run_id = summary.rsplit("· run ", 1)[1].rstrip("]")
+    assert str(uuid.UUID(run_id)) == run_id  # the id `rxinvoke events RUN_ID` takes
 
 
 def test_without_session_a_new_session_is_created(capsys: pytest.CaptureFixture[str]) -> None:
