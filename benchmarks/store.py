@@ -5,7 +5,8 @@ cheap inline tool, no model latency): what the store adds per run is the whole d
 Both stores run in the same process, alternating rounds; the ratio (SqliteStore runs/s /
 MemoryStore runs/s, target >= 0.5) is what to read. The append figure is
 ``SqliteStore.append_events`` in batches of 1000 envelopes (WAL, ``synchronous=NORMAL``),
-JSON encoding and the worker-thread hand-off included (target >= 50 000 events/s).
+JSON encoding and the worker-thread hand-off included (target >= 50 000 events/s); the
+event log is stored in segments, so a batch of one run is one row of 1000 events.
 
     python -m benchmarks.store            # full run
     python -m benchmarks.store --quick    # smoke run with tiny counts (CI)
@@ -88,11 +89,8 @@ async def append_throughput(directory: Path, events: int, batch: int) -> float:
         request = RunRequest(provider="p", model="m", input="x", run_id=run_id, session_id=session)
         await store.start_run(RunRecord(run_id=run_id, session_id=session, request=request))
         now = utcnow()
-        envelopes = [
-            EventEnvelope(
-                event_id=str(uuid.uuid4()), run_id=run_id, session_id=session, seq=seq,
-                type="text_delta", event=TextDelta(run_id=run_id, delta=f"word{seq} "), emitted_at=now,
-            )
+        envelopes = [  # as the EventLog numbers them
+            EventEnvelope.of(TextDelta(run_id=run_id, delta=f"word{seq} ", timestamp=now), run_id, session, seq)
             for seq in range(1, events + 1)
         ]
         start = time.perf_counter()

@@ -12,7 +12,9 @@ one store transaction (group commit). :meth:`EventLog.flush` writes waiting enve
 cancelled flusher, so a cancelled run never writes half a batch or the same batch twice.
 :meth:`EventLog.finish` writes the last envelopes together with the run's terminal status
 (``Store.finish_run``) and is awaited before ``run()`` returns: the stored log of a run is
-always a prefix of what it published, and complete once it has ended.
+always a prefix of what it published, and complete once it has ended. The run's last
+messages (its final answer) may be handed over with :meth:`EventLog.defer_messages`: they
+are then committed by ``finish``, in that same transaction (one write fewer per run).
 
 Replay: :meth:`EventLog.replay` reads what is stored; :meth:`EventLog.subscribe_run` replays
 what is stored after a seq and then continues live. It attaches to the live envelopes
@@ -74,6 +76,7 @@ class EventLog:
         self._in_flight: list[EventEnvelope] = []
         self._write: asyncio.Future[None] | None = None
         self._written = 0
+        self._deferred: dict[str, tuple[uuid.UUID, list[Message]]] = {}
         self._live: Subject[EventEnvelope] = Subject()
         self._attachment = bus.attach(EventKind.ANY, self._on_event)
 
@@ -84,8 +87,10 @@ class EventLog:
         self._runs[run_id] = _RunLog(session_id, last_seq)
 
     def end(self, run_id: str) -> None:
-        """Stop logging ``run_id`` (its envelopes still waiting are written by the next flush)."""
+        """Stop logging ``run_id`` (its envelopes still waiting are written by the next flush;
+        messages deferred and not written by :meth:`finish` are dropped)."""
         self._runs.pop(run_id, None)
+        self._deferred.pop(run_id, None)
 
     def is_active(self, run_id: str) -> bool:
         """True while the events of ``run_id`` are being logged by this log."""
@@ -144,6 +149,17 @@ class EventLog:
 
         await asyncio.shield(self._start(commit, always=True))
 
+    def defer_messages(
+        self, run_id: str, session_id: uuid.UUID, messages: Sequence[Message]
+    ) -> None:
+        """Commit ``messages`` (the run's last) with its terminal status, by :meth:`finish`.
+
+        Until then they are not stored: the caller must not start another run of the session
+        before ``finish`` returns.
+        """
+        _, waiting = self._deferred.setdefault(run_id, (session_id, []))
+        waiting.extend(messages)
+
     async def finish(
         self,
         run_id: str,
@@ -152,12 +168,23 @@ class EventLog:
         output: RunOutput | None = None,
         error: str | None = None,
     ) -> None:
-        """Write the waiting envelopes and the run's terminal ``status`` in one transaction."""
+        """Write the waiting envelopes, the run's deferred messages and its terminal
+        ``status`` in one transaction."""
         while self._write is not None:
             await asyncio.shield(self._write)
 
         async def settle(batch: list[EventEnvelope]) -> None:
-            await self.store.finish_run(run_id, status, output=output, error=error, events=batch)
+            session_id, messages = self._deferred.get(run_id, (None, []))
+            await self.store.finish_run(
+                run_id,
+                status,
+                output=output,
+                error=error,
+                events=batch,
+                messages=messages,
+                session_id=session_id,
+            )
+            self._deferred.pop(run_id, None)
 
         await asyncio.shield(self._start(settle, always=True))
 

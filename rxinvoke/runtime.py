@@ -17,6 +17,7 @@ Failures are published as ``run_failed`` events, never as ``on_error``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import uuid
@@ -270,38 +271,42 @@ class AgentRuntime:
                 model=request.model,
             )
         )
-        try:
-            if interrupted or state.reason is not None:
-                raise asyncio.CancelledError  # stopped before the run began
-            async with self._gate.hold(session_id):
+        # The session gate is held until the run is settled: its last messages are written
+        # with its terminal status (EventLog.defer_messages), before the next run of the
+        # session loads the history.
+        async with contextlib.AsyncExitStack() as gate:
+            try:
+                if interrupted or state.reason is not None:
+                    raise asyncio.CancelledError  # stopped before the run began
+                await gate.enter_async_context(self._gate.hold(session_id))
                 output = await self._loop(request, provider, run_id, session_id, control)
-        except asyncio.CancelledError:
-            if state.reason == "timeout":
-                error = f"timed out after {control.timeout:g}s"
-                publish(RunFailed(run_id=run_id, error=error))
-                await self._settle(run_id, "failed", error=error)
-            else:
-                publish(RunCancelled(run_id=run_id))
-                await self._settle(run_id, "cancelled", error="cancelled")
-            raise
-        except InvocationError as exc:
-            publish(RunFailed(run_id=run_id, error=exc.message))
-            await self._settle(run_id, "failed", error=exc.message)
-            raise
-        except Exception as exc:
-            message = str(exc) or type(exc).__name__
-            if not isinstance(exc, ProviderError):
-                message = f"{type(exc).__name__}: {message}"
-            publish(RunFailed(run_id=run_id, error=message))
-            await self._settle(run_id, "failed", error=message)
-            raise InvocationFailed(message, run_id=run_id, cause=exc) from exc
-        publish(
-            RunCompleted(
-                run_id=run_id, finish_reason=output.finish_reason, iterations=output.iterations
+            except asyncio.CancelledError:
+                if state.reason == "timeout":
+                    error = f"timed out after {control.timeout:g}s"
+                    publish(RunFailed(run_id=run_id, error=error))
+                    await self._settle(run_id, "failed", error=error)
+                else:
+                    publish(RunCancelled(run_id=run_id))
+                    await self._settle(run_id, "cancelled", error="cancelled")
+                raise
+            except InvocationError as exc:
+                publish(RunFailed(run_id=run_id, error=exc.message))
+                await self._settle(run_id, "failed", error=exc.message)
+                raise
+            except Exception as exc:
+                message = str(exc) or type(exc).__name__
+                if not isinstance(exc, ProviderError):
+                    message = f"{type(exc).__name__}: {message}"
+                publish(RunFailed(run_id=run_id, error=message))
+                await self._settle(run_id, "failed", error=message)
+                raise InvocationFailed(message, run_id=run_id, cause=exc) from exc
+            publish(
+                RunCompleted(
+                    run_id=run_id, finish_reason=output.finish_reason, iterations=output.iterations
+                )
             )
-        )
-        await self._settle(run_id, "completed", output=output)
-        return output
+            await self._settle(run_id, "completed", output=output)
+            return output
 
     async def _settle(
         self,
@@ -398,7 +403,12 @@ class AgentRuntime:
             )
             accumulated = await self._call_model(provider, chat, run_id)
             assistant = accumulated.message(run_id)
-            await self.log.commit_messages(session_id, [assistant])
+            if assistant.tool_calls:
+                await self.log.commit_messages(session_id, [assistant])
+            else:
+                # the final answer: this last step is written with the terminal event and
+                # status (EventLog.finish, under the session gate): one transaction fewer
+                self.log.defer_messages(run_id, session_id, [assistant])
             messages.append(assistant)
             publish(AssistantMessageCommitted(run_id=run_id, message_id=assistant.id))
             usage = accumulated.usage or TokenUsage()

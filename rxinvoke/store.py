@@ -16,8 +16,12 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
   a batch is written in one transaction. Usage rows are derived from the log: a
   ``usage_recorded`` envelope records the usage of one model call in the same transaction, so
   usage and its event are never out of step.
-- ``finish_run`` writes the run's last events and its terminal status in one transaction:
-  a stored run has a terminal event exactly when its status is not ``running``.
+- ``finish_run`` writes the run's last events and its terminal status in one transaction
+  (with the run's last messages, if given): a stored run has a terminal event exactly when
+  its status is not ``running``.
+- A store keeps an envelope's event, run and seq: ``event_id``, ``session_id``, ``type`` and
+  ``emitted_at`` may be derived when it is read (``"{run_id}:{seq}"``, the run's session, the
+  event's type and timestamp), as :meth:`EventEnvelope.of` builds them.
 """
 
 from __future__ import annotations
@@ -157,8 +161,11 @@ class Store(Protocol):
         output: RunOutput | None = None,
         error: str | None = None,
         events: Sequence[EventEnvelope] = (),
+        messages: Sequence[Message] = (),
+        session_id: uuid.UUID | None = None,
     ) -> None:
-        """Append ``events`` and set the terminal ``status``, in one transaction."""
+        """Append ``events``, commit ``messages`` to the end of the history of ``session_id``
+        (default: the run's session) and set the terminal ``status``, in one transaction."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -204,18 +211,10 @@ class Store(Protocol):
         ...
 
 
-def interrupted_envelope(record: RunRecord, seq: int, event_id: str) -> EventEnvelope:
+def interrupted_envelope(record: RunRecord, seq: int) -> EventEnvelope:
     """The terminal ``run_failed`` ("interrupted") appended to a run whose process died."""
-    now = utcnow()
-    return EventEnvelope(
-        event_id=event_id,
-        run_id=record.run_id,
-        session_id=record.session_id,
-        seq=seq,
-        type="run_failed",
-        event=RunFailed(run_id=record.run_id, error="interrupted", timestamp=now),
-        emitted_at=now,
-    )
+    event = RunFailed(run_id=record.run_id, error="interrupted", timestamp=utcnow())
+    return EventEnvelope.of(event, record.run_id, record.session_id, seq)
 
 
 class MemoryStore:
@@ -268,6 +267,8 @@ class MemoryStore:
         output: RunOutput | None = None,
         error: str | None = None,
         events: Sequence[EventEnvelope] = (),
+        messages: Sequence[Message] = (),
+        session_id: uuid.UUID | None = None,
     ) -> None:
         record = self._runs.get(run_id)
         if record is None:
@@ -277,6 +278,8 @@ class MemoryStore:
         if status not in TERMINAL_STATUSES:
             raise StoreError(f"not a terminal status: {status!r}")
         self._check_seqs(events)
+        if messages:
+            self._sessions.setdefault(session_id or record.session_id, []).extend(messages)
         self._append(events)
         self._runs[run_id] = record.model_copy(
             update={"status": status, "output": output, "error": error, "finished_at": utcnow()}

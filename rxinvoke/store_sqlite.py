@@ -11,6 +11,14 @@ moment leaves whole batches only. The file is in WAL mode with ``synchronous=NOR
 a crash of the process. Several processes may share a file: a writer waits for another
 writer up to ``busy_timeout`` seconds, and a busy error is retried.
 
+Event log: stored in segments, one ``event_segments`` row per written batch and run
+(``run_id``, ``first_seq``, ``last_seq``, ``events``: the batch's events as one JSON array),
+not one row per event: a step's ~30–100 events cost one row and one JSON encoding call. An
+envelope's other fields are derived when read (``event_id = "{run_id}:{seq}"``, the run's
+session, the event's type, ``emitted_at`` = the event's timestamp). The worker caches each
+run's last seq after a commit (dropped on a rollback, and whenever ``PRAGMA data_version``
+shows that another connection wrote) and the sessions it has stored.
+
 Schema: versioned migrations, one SQL script per version, recorded in ``PRAGMA user_version``
 (and ``PRAGMA application_id`` marks the file as rxinvoke's). Opening a file from a newer
 rxinvoke raises :class:`~rxinvoke.errors.MigrationError`; a file that is not an rxinvoke
@@ -35,13 +43,15 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
+from pydantic import TypeAdapter
+
 from .errors import MigrationError, StoreError, UnknownRun
-from .events import INVOCATION_EVENT, UsageRecorded
+from .events import InvocationEvent, UsageRecorded
 from .messages import Message, TokenUsage, ToolCall, utcnow
 from .request import RunOutput, RunRequest
 from .store import (
@@ -111,6 +121,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID;
     """,
+    # 2: the event log in segments (one row per written batch of a run, not one per event)
+    """
+    CREATE TABLE event_segments (
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        first_seq INTEGER NOT NULL CHECK (first_seq >= 1),
+        last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq),
+        events TEXT NOT NULL,
+        PRIMARY KEY (run_id, first_seq)
+    );
+    INSERT INTO event_segments (run_id, first_seq, last_seq, events)
+        SELECT run_id, seq, seq, json_array(json(event)) FROM events ORDER BY run_id, seq;
+    DROP TABLE events;
+    """,
 )
 """One SQL script per schema version; version ``n`` is ``MIGRATIONS[n - 1]``. Append only."""
 
@@ -118,6 +141,11 @@ SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this rxinvoke writes (``PRAGMA user_version``)."""
 
 _BUSY_RETRIES = 5
+
+_EVENT_LIST: TypeAdapter[list[InvocationEvent]] = TypeAdapter(list[InvocationEvent])
+"""Encodes a run's batch of events as one segment (a JSON array) and decodes it."""
+
+_SESSION_CACHE = 10_000
 
 
 def default_db_path() -> Path:
@@ -187,17 +215,6 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 _RUN_COLUMNS = (
     "r.id, r.session_id, r.status, r.request, r.output, r.error, r.client_request_id, "
     "r.owner, r.started_at, r.finished_at, "
@@ -206,6 +223,22 @@ _RUN_COLUMNS = (
     "(SELECT COALESCE(SUM(output_tokens), 0) FROM usage u WHERE u.run_id = r.id), "
     "(SELECT COALESCE(SUM(total_tokens), 0) FROM usage u WHERE u.run_id = r.id)"
 )
+
+
+def _message_rows(session_id: uuid.UUID, messages: Sequence[Message]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            m.id,
+            str(session_id),
+            m.run_id,
+            m.role,
+            m.content,
+            json.dumps([c.model_dump() for c in m.tool_calls]),
+            m.tool_call_id,
+            _ts(m.created_at),
+        )
+        for m in messages
+    ]
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
@@ -223,18 +256,6 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
         finished_at=_dt(row[9]) if row[9] is not None else None,
         iterations=row[10],
         total_usage=TokenUsage(input_tokens=row[11], output_tokens=row[12], total_tokens=row[13]),
-    )
-
-
-def _envelope(row: Sequence[Any], session_id: uuid.UUID) -> EventEnvelope:
-    return EventEnvelope.model_construct(
-        run_id=row[0],
-        seq=row[1],
-        event_id=row[2],
-        session_id=session_id,
-        type=row[3],
-        event=INVOCATION_EVENT.validate_json(row[4]),
-        emitted_at=datetime.fromtimestamp(row[5], timezone.utc),
     )
 
 
@@ -271,6 +292,12 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None  # used on the worker thread only
         self._owner = _this_owner()
         self._closed = False
+        # Worker-thread caches, valid for committed data only (cleared on any rollback):
+        self._last_seq: dict[str, int] = {}
+        """The last stored seq of runs this store wrote (dropped if another connection wrote)."""
+        self._sessions: set[str] = set()
+        """Sessions known to be stored (sessions are never deleted)."""
+        self._data_version: int | None = None
         self.recovered: tuple[str, ...] = ()
         """Runs marked failed ("interrupted") when this store opened the file."""
 
@@ -335,6 +362,26 @@ class SqliteStore:
             return StoreError(f"{self.path}: not a readable SQLite database ({text})")
         return StoreError(f"{self.path}: {text}")
 
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``; a failure rolls back and drops the caches."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another connection (process) committed since our last transaction: the cached
+            # last seqs may be stale. Our own commits leave data_version unchanged.
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._last_seq.clear()
+                self._data_version = version
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            self._last_seq.clear()
+            self._sessions.clear()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
     def _close_connection(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -398,7 +445,7 @@ class SqliteStore:
         latest = len(MIGRATIONS)
         if conn.execute("PRAGMA user_version").fetchone()[0] == latest:
             return
-        with _transaction(conn):
+        with self._transaction(conn):
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under lock
             self._check_version(version)
             for number in range(version + 1, latest + 1):
@@ -438,38 +485,36 @@ class SqliteStore:
         *,
         events: Sequence[EventEnvelope] = (),
     ) -> None:
-        rows = [
-            (
-                m.id,
-                str(session_id),
-                m.run_id,
-                m.role,
-                m.content,
-                json.dumps([c.model_dump() for c in m.tool_calls]),
-                m.tool_call_id,
-                _ts(m.created_at),
-            )
-            for m in messages
-        ]
+        rows = _message_rows(session_id, messages)
 
         def append(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with self._transaction(conn):
                 self._insert_events(conn, events)
-                self._touch_session(conn, session_id)
-                conn.executemany(
-                    "INSERT INTO messages (id, session_id, run_id, role, content, tool_calls, "
-                    "tool_call_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                self._insert_messages(conn, session_id, rows)
 
         await self._call(append)
 
-    @staticmethod
-    def _touch_session(conn: sqlite3.Connection, session_id: uuid.UUID) -> None:
+    def _insert_messages(
+        self, conn: sqlite3.Connection, session_id: uuid.UUID, rows: list[tuple[Any, ...]]
+    ) -> None:
+        self._touch_session(conn, session_id)
+        conn.executemany(
+            "INSERT INTO messages (id, session_id, run_id, role, content, tool_calls, "
+            "tool_call_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _touch_session(self, conn: sqlite3.Connection, session_id: uuid.UUID) -> None:
+        key = str(session_id)
+        if key in self._sessions:
+            return
         conn.execute(  # a read, not a write, once the session exists
             "INSERT OR IGNORE INTO sessions (id, created_at) VALUES (?, ?)",
-            (str(session_id), _ts(utcnow())),
+            (key, _ts(utcnow())),
         )
+        if len(self._sessions) >= _SESSION_CACHE:
+            self._sessions.clear()
+        self._sessions.add(key)
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -477,7 +522,7 @@ class SqliteStore:
         owned = record.model_copy(update={"owner": self._owner, "status": "running"})
 
         def start(conn: sqlite3.Connection) -> RunRecord:
-            with _transaction(conn):
+            with self._transaction(conn):
                 key = owned.client_request_id
                 if key is not None:
                     existing = self._find(conn, "r.client_request_id = ?", key)
@@ -498,6 +543,7 @@ class SqliteStore:
                         _ts(owned.started_at),
                     ),
                 )
+                self._last_seq[owned.run_id] = 0
                 return owned
 
         return await self._call(start)
@@ -510,24 +556,32 @@ class SqliteStore:
         output: RunOutput | None = None,
         error: str | None = None,
         events: Sequence[EventEnvelope] = (),
+        messages: Sequence[Message] = (),
+        session_id: uuid.UUID | None = None,
     ) -> None:
         if status not in TERMINAL_STATUSES:
             raise StoreError(f"not a terminal status: {status!r}")
         output_json = output.model_dump_json() if output is not None else None
 
         def finish(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            with self._transaction(conn):
+                row = conn.execute(
+                    "SELECT status, session_id FROM runs WHERE id = ?", (run_id,)
+                ).fetchone()
                 if row is None:
                     raise UnknownRun(run_id)
                 if row[0] != "running":
                     raise StoreError(f"run {run_id!r} is already {row[0]}")
                 self._insert_events(conn, events)
+                if messages:
+                    session = session_id or uuid.UUID(row[1])
+                    self._insert_messages(conn, session, _message_rows(session, messages))
                 conn.execute(
                     "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ? "
                     "WHERE id = ?",
                     (status, output_json, error, _ts(utcnow()), run_id),
                 )
+                self._last_seq.pop(run_id, None)  # a finished run takes no more events
 
         await self._call(finish)
 
@@ -577,68 +631,80 @@ class SqliteStore:
             return
 
         def append(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with self._transaction(conn):
                 self._insert_events(conn, events)
 
         await self._call(append)
 
     async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
+        after = max(after_seq or 0, 0)
+
         def read(conn: sqlite3.Connection) -> list[EventEnvelope]:
             run = conn.execute("SELECT session_id FROM runs WHERE id = ?", (run_id,)).fetchone()
             if run is None:
                 raise UnknownRun(run_id)
             rows = conn.execute(
-                "SELECT run_id, seq, event_id, type, event, emitted_at FROM events "
-                "WHERE run_id = ? AND seq > ? ORDER BY seq",
-                (run_id, after_seq or 0),
+                "SELECT first_seq, events FROM event_segments "
+                "WHERE run_id = ? AND last_seq > ? ORDER BY first_seq",
+                (run_id, after),
             ).fetchall()
             session_id = uuid.UUID(run[0])  # the envelopes' session is the run's
-            return [_envelope(row, session_id) for row in rows]
+            of = EventEnvelope.of
+            envelopes: list[EventEnvelope] = []
+            for first, text in rows:
+                events = _EVENT_LIST.validate_json(text)
+                skip = after - first + 1 if after >= first else 0  # only the first segment
+                seq = first + skip
+                for event in events[skip:] if skip else events:
+                    envelopes.append(of(event, run_id, session_id, seq))
+                    seq += 1
+            return envelopes
 
         return await self._call(read)
 
-    @staticmethod
-    def _insert_events(conn: sqlite3.Connection, events: Sequence[EventEnvelope]) -> None:
-        expected: dict[str, int] = {}
-        rows = []
+    def _stored_last_seq(self, conn: sqlite3.Connection, run_id: str) -> int:
+        row = conn.execute(
+            "SELECT (SELECT 1 FROM runs WHERE id = ?), (SELECT last_seq FROM event_segments "
+            "WHERE run_id = ? ORDER BY first_seq DESC LIMIT 1)",
+            (run_id, run_id),
+        ).fetchone()
+        if row[0] is None:
+            raise UnknownRun(run_id)
+        return int(row[1] or 0)
+
+    def _insert_events(self, conn: sqlite3.Connection, events: Sequence[EventEnvelope]) -> None:
+        """One segment per run of the batch; call inside a transaction."""
+        if not events:
+            return
+        cached = self._last_seq
+        last: dict[str, int] = {}
+        first: dict[str, int] = {}
+        batches: dict[str, list[InvocationEvent]] = {}
         usage = []
         for envelope in events:
             run_id = envelope.run_id
-            previous = expected.get(run_id)
+            previous = last.get(run_id)
             if previous is None:
-                row = conn.execute(
-                    "SELECT (SELECT 1 FROM runs WHERE id = ?), "
-                    "(SELECT MAX(seq) FROM events WHERE run_id = ?)",
-                    (run_id, run_id),
-                ).fetchone()
-                if row[0] is None:
-                    raise UnknownRun(run_id)
-                previous = row[1] or 0
-            if envelope.seq != previous + 1:
-                raise StoreError(
-                    f"run {run_id!r}: event seq {envelope.seq} does not follow {previous}"
-                )
-            expected[run_id] = envelope.seq
+                previous = cached.get(run_id)
+                if previous is None:
+                    previous = self._stored_last_seq(conn, run_id)
+                first[run_id] = previous + 1
+                batches[run_id] = []
+            seq = envelope.seq
+            if seq != previous + 1:
+                raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {previous}")
+            last[run_id] = seq
             event = envelope.event
-            rows.append(
-                (
-                    run_id,
-                    envelope.seq,
-                    envelope.event_id,
-                    envelope.type,
-                    event.model_dump_json(),
-                    envelope.emitted_at.timestamp(),
-                )
-            )
+            batches[run_id].append(event)
             if isinstance(event, UsageRecorded):
                 u = event.usage
-                usage.append(
-                    (run_id, envelope.seq, u.input_tokens, u.output_tokens, u.total_tokens)
-                )
+                usage.append((run_id, seq, u.input_tokens, u.output_tokens, u.total_tokens))
         conn.executemany(
-            "INSERT INTO events (run_id, seq, event_id, type, event, emitted_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
+            "INSERT INTO event_segments (run_id, first_seq, last_seq, events) VALUES (?, ?, ?, ?)",
+            [
+                (run_id, first[run_id], last[run_id], _EVENT_LIST.dump_json(batch).decode())
+                for run_id, batch in batches.items()
+            ],
         )
         if usage:
             conn.executemany(
@@ -646,6 +712,7 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 usage,
             )
+        cached.update(last)  # dropped again if the transaction rolls back
 
     # --- crash recovery -------------------------------------------------------------------
 
@@ -659,14 +726,16 @@ class SqliteStore:
         gone = [run_id for run_id, owner in candidates if _owner_is_gone(owner)]
         recovered: list[str] = []
         for run_id in gone:
-            with _transaction(conn):
+            with self._transaction(conn):
                 record = self._find(conn, "r.id = ? AND r.status = 'running'", run_id)
                 if record is None:
                     continue  # recovered by another process meanwhile
-                last = conn.execute(
-                    "SELECT seq, type FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
+                segment = conn.execute(
+                    "SELECT last_seq, events FROM event_segments WHERE run_id = ? "
+                    "ORDER BY first_seq DESC LIMIT 1",
                     (run_id,),
                 ).fetchone()
+                last = (segment[0], json.loads(segment[1])[-1]["type"]) if segment else None
                 status: RunStatus = "failed"
                 error: str | None = "interrupted"
                 if last is not None and last[1] in ("run_completed", "run_failed", "run_cancelled"):
@@ -678,7 +747,7 @@ class SqliteStore:
                 else:
                     seq = (last[0] if last is not None else 0) + 1
                     self._insert_events(
-                        conn, [interrupted_envelope(record, seq, str(uuid.uuid4()))]
+                        conn, [interrupted_envelope(record, seq)]
                     )
                 conn.execute(
                     "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",

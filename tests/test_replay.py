@@ -258,3 +258,26 @@ async def test_a_stream_that_dies_mid_message_commits_no_partial_message(store: 
     assert [e.type for e in envelopes].count("assistant_message_committed") == 0
     record = await store.get_run(caught.value.run_id or "")
     assert record is not None and record.status == "failed" and "reset" in (record.error or "")
+
+
+async def test_the_final_answer_is_written_with_the_terminal_status_before_the_next_run(store: Store) -> None:
+    # The final assistant message is committed by finish_run (one transaction with the
+    # terminal event): a second run of the session, queued behind the first, still sees it.
+    session = uuid.uuid4()
+    seen: list[list[str]] = []
+
+    def turn(request: Any) -> Any:
+        seen.append([m.content for m in request.messages])
+        return text_turn(f"answer {len(seen)}")
+
+    inv = invocation(SteppedStore(2) if isinstance(store, MemoryStore) else store, turn)
+    first = asyncio.ensure_future(inv.emit(lambda ctx, c: emit_request("one", session_id=session)))
+    second = asyncio.ensure_future(inv.emit(lambda ctx, c: emit_request("two", session_id=session)))
+    out = await first
+    await second
+    assert seen[1] == ["one", "answer 1", "two"]
+    history = await inv.runtime.store.load_history(session)
+    assert [m.content for m in history] == ["one", "answer 1", "two", "answer 2"]
+    envelopes = await collect(inv.replay(out.run_id))
+    assert [e.type for e in envelopes][-3:] == ["assistant_message_committed", "usage_recorded", "run_completed"]
+

@@ -44,10 +44,9 @@ def record(run_id: str | None = None, session: uuid.UUID | None = None, key: str
 
 
 def envelope(rec: RunRecord, seq: int, event: InvocationEvent) -> EventEnvelope:
-    return EventEnvelope(
-        event_id=str(uuid.uuid4()), run_id=rec.run_id, session_id=rec.session_id, seq=seq,
-        type=event.type, event=event, emitted_at=utcnow(),
-    )
+    """As the EventLog builds them: id ``"{run_id}:{seq}"``, emitted at the event's timestamp
+    (a store keeps the event only and derives the other fields when it reads)."""
+    return EventEnvelope.of(event, rec.run_id, rec.session_id, seq)
 
 
 def output(rec: RunRecord) -> RunOutput:
@@ -162,6 +161,38 @@ async def test_finish_run_writes_the_terminal_event_and_status_together(store: S
         await store.finish_run(rec.run_id, "failed", error="again")
     with pytest.raises(StoreError):
         await store.finish_run((await store.start_run(record())).run_id, "running")  # type: ignore[arg-type]
+
+
+async def test_finish_run_commits_the_last_messages_with_the_status(store: Store) -> None:
+    rec = await store.start_run(record())
+    await store.append_messages(rec.session_id, [Message(role="user", content="hi", run_id=rec.run_id)])
+    answer = Message(role="assistant", content="ok", run_id=rec.run_id)
+    terminal = envelope(rec, 1, RunCompleted(run_id=rec.run_id, finish_reason=FinishReason.STOP, iterations=1))
+    if not isinstance(store, MemoryStore):  # refused whole: a reused message id
+        with pytest.raises(StoreError):
+            await store.finish_run(rec.run_id, "completed", events=[terminal], messages=[answer, answer])
+        got = await store.get_run(rec.run_id)
+        assert got is not None and got.status == "running"
+        assert await store.read_events(rec.run_id) == []
+    await store.finish_run(rec.run_id, "completed", output=output(rec), events=[terminal], messages=[answer])
+    assert [m.content for m in await store.load_history(rec.session_id)] == ["hi", "ok"]
+    assert await store.read_events(rec.run_id) == [terminal]
+    other = uuid.uuid4()  # an explicit session
+    rec2 = await store.start_run(record())
+    await store.finish_run(rec2.run_id, "failed", error="x", messages=[Message(role="user", content="x")], session_id=other)
+    assert [m.content for m in await store.load_history(other)] == ["x"]
+
+
+async def test_events_of_several_runs_in_one_batch_read_back_per_run(store: Store) -> None:
+    one, two = await store.start_run(record()), await store.start_run(record())
+    batch = [envelope(rec, seq, TextDelta(run_id=rec.run_id, delta=f"{n}")) for n, (rec, seq) in enumerate([(one, 1), (two, 1), (one, 2), (two, 2), (one, 3)])]
+    await store.append_events(batch)
+    await store.append_events([envelope(one, 4, TextDelta(run_id=one.run_id, delta="x"))])
+    got = await store.read_events(one.run_id)
+    assert [e.seq for e in got] == [1, 2, 3, 4] and got[:3] == [batch[0], batch[2], batch[4]]
+    assert await store.read_events(two.run_id) == [batch[1], batch[3]]
+    for after in range(5):  # a slice starting inside a segment
+        assert [e.seq for e in await store.read_events(one.run_id, after_seq=after)] == list(range(after + 1, 5))
 
 
 async def test_list_runs_newest_first_with_limit_and_session(store: Store) -> None:

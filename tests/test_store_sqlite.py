@@ -24,6 +24,7 @@ import pytest
 from rxinvoke import (
     AgentRuntime,
     EmitRequest,
+    EventEnvelope,
     MigrationError,
     OfflineProvider,
     RunRecord,
@@ -34,6 +35,8 @@ from rxinvoke import (
     builtin_tools,
     store_sqlite,
 )
+from rxinvoke.events import RunCompleted, RunStarted, TextDelta, UsageRecorded
+from rxinvoke.messages import FinishReason, TokenUsage
 from rxinvoke.store_sqlite import SCHEMA_VERSION, default_db_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +121,63 @@ async def test_migrations_upgrade_an_older_file_step_by_step(
     assert pragma(path, "user_version") == SCHEMA_VERSION + 1
     with connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM notes").fetchone() == (0,)
+
+
+async def test_a_version_1_event_log_is_migrated_to_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "v1.db"
+    rec = record()
+    monkeypatch.setattr(store_sqlite, "MIGRATIONS", store_sqlite.MIGRATIONS[:1])
+    async with SqliteStore(path) as store:  # a version-1 file
+        await store.start_run(rec)
+    assert pragma(path, "user_version") == 1
+    run_id = rec.run_id
+    events = [
+        RunStarted(run_id=run_id, session_id=str(rec.session_id), provider="p", model="m"),
+        TextDelta(run_id=run_id, delta="a \"quoted\" é"),
+        TextDelta(run_id=run_id, delta="b"),
+        UsageRecorded(run_id=run_id, usage=TokenUsage(input_tokens=1, output_tokens=2, total_tokens=3)),
+    ]
+    envelopes = [EventEnvelope.of(e, run_id, rec.session_id, n) for n, e in enumerate(events, 1)]
+    with connect(path) as conn:  # the rows version 1 wrote, one per event
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, event_id, type, event, emitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, e.seq, e.event_id, e.type, e.event.model_dump_json(), e.emitted_at.timestamp()) for e in envelopes],
+        )
+        conn.execute("INSERT INTO usage VALUES (?, 4, 1, 2, 3)", (run_id,))
+    monkeypatch.undo()
+    async with SqliteStore(path) as store:
+        assert await store.read_events(run_id) == envelopes
+        assert await store.read_events(run_id, after_seq=2) == envelopes[2:]
+        terminal = EventEnvelope.of(RunCompleted(run_id=run_id, finish_reason=FinishReason.STOP, iterations=1), run_id, rec.session_id, 5)
+        with pytest.raises(StoreError, match="does not follow 4"):
+            await store.append_events([EventEnvelope.of(TextDelta(run_id=run_id, delta="x"), run_id, rec.session_id, 4)])
+        await store.finish_run(run_id, "completed", events=[terminal])
+        assert await store.read_events(run_id) == [*envelopes, terminal]
+        got = await store.get_run(run_id)
+        assert got is not None and got.iterations == 1 and got.total_usage.total_tokens == 3
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 2
+    with connect(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'events'").fetchall() == []
+        rows = conn.execute("SELECT first_seq, last_seq FROM event_segments ORDER BY first_seq").fetchall()
+        assert rows == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+
+
+async def test_the_seq_cache_follows_writes_of_another_connection(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SqliteStore(path) as one, SqliteStore(path) as two:
+        rec = await one.start_run(record())
+        delta = lambda seq: EventEnvelope.of(TextDelta(run_id=rec.run_id, delta=str(seq)), rec.run_id, rec.session_id, seq)  # noqa: E731
+        await one.append_events([delta(1)])
+        await two.append_events([delta(2)])  # `one` has cached last seq 1
+        with pytest.raises(StoreError, match="does not follow 2"):
+            await one.append_events([delta(2)])
+        await one.append_events([delta(3)])
+        with pytest.raises(StoreError):  # a failed batch leaves the cache as committed
+            await one.append_events([delta(4), delta(6)])
+        await one.append_events([delta(4)])
+        assert [e.seq for e in await two.read_events(rec.run_id)] == [1, 2, 3, 4]
 
 
 async def test_a_file_from_a_newer_version_is_refused_with_a_clear_error(tmp_path: Path) -> None:
@@ -264,7 +324,11 @@ def test_two_processes_write_one_file_at_once(tmp_path: Path) -> None:
         runs = conn.execute("SELECT id, status FROM runs ORDER BY id").fetchall()
         assert [status for _, status in runs] == ["completed", "completed"]
         for run_id, _ in runs:
-            rows = conn.execute("SELECT seq, type FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+            rows = conn.execute(
+                "SELECT e.key + s.first_seq, json_extract(e.value, '$.type') "
+                "FROM event_segments s, json_each(s.events) e WHERE s.run_id = ? ORDER BY 1",
+                (run_id,),
+            ).fetchall()
             assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
             assert [t for _, t in rows if t in TERMINAL] == ["run_completed"]
         assert conn.execute("SELECT COUNT(DISTINCT session_id) FROM messages").fetchone() == (2,)
