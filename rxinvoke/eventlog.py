@@ -6,10 +6,13 @@ next ``seq`` synchronously, inside ``publish``: the seq order is the publication
 of runs the log does not know (published by hand for other runs) are not logged.
 
 Batching: envelopes wait in memory until a step boundary, where the runtime commits the
-step's messages (the user message, a model turn, tool results) with
+step's messages (a model turn with tool calls, tool results) with
 :meth:`EventLog.commit_messages`: the messages and every waiting envelope of every run go in
-one store transaction (group commit). :meth:`EventLog.flush` writes waiting envelopes alone. Writes are strictly ordered (one at a time), and a write outlives a
-cancelled flusher, so a cancelled run never writes half a batch or the same batch twice.
+one store transaction (group commit). A run's opening (its user message) is committed by
+``Store.begin_run`` before its first event, so its first events (``run_started``,
+``context_built``, …) go with its next write. :meth:`EventLog.flush` writes waiting envelopes
+alone. Writes are strictly ordered (one at a time), and a write outlives a cancelled flusher,
+so a cancelled run never writes half a batch or the same batch twice.
 :meth:`EventLog.finish` writes the last envelopes together with the run's terminal status
 (``Store.finish_run``) and is awaited before ``run()`` returns: the stored log of a run is
 always a prefix of what it published, and complete once it has ended. The run's last

@@ -1,23 +1,24 @@
 """AgentRuntime: the agent loop, publishing every step on the runtime's hot subject.
 
-One run: ``run_started`` → (wait for the session) → load history, commit the user message →
-``context_built`` → per iteration ``model_started``, the provider stream (chat events
-republished with the run id, ``text_delta``/``tool_call_*`` derived from them), the assistant
-message committed, ``usage_recorded``, tool calls executed and their messages committed →
-until the model stops or ``max_iterations`` → exactly one terminal event.
+One run: (wait for the session) → claim the run, load the history and commit the user message
+in one store call (``Store.begin_run``) → ``run_started`` → ``context_built`` → per iteration
+``model_started``, the provider stream (chat events republished with the run id,
+``text_delta``/``tool_call_*`` derived from them), the assistant message committed,
+``usage_recorded``, tool calls executed and their messages committed → until the model stops
+or ``max_iterations`` → exactly one terminal event.
 
 Cancellation policy: the run executes in its own task. ``Control.cancel()`` and the control's
 deadline cancel that task; the run publishes ``run_cancelled`` (or ``run_failed`` "timed out")
 and ``run`` raises :class:`~rxinvoke.errors.InvocationCancelled` (or
 :class:`~rxinvoke.errors.InvocationTimedOut`). If the caller's own task is cancelled, the run
-is cancelled too, publishes ``run_cancelled`` and ``asyncio.CancelledError`` propagates.
+is cancelled too, publishes ``run_cancelled`` and ``asyncio.CancelledError`` propagates. A run
+stopped while it waits for its session (before its claim) publishes and stores nothing.
 Failures are published as ``run_failed`` events, never as ``on_error``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import uuid
@@ -243,25 +244,56 @@ class AgentRuntime:
         state: _RunState,
     ) -> RunOutput:
         state.started = True
-        publish = self.bus.publish
-        # Claim the run in the store (the idempotency check) before any event; a claim that is
-        # cancelled still completes, so a stored run always gets its terminal event below.
         record = RunRecord(
             run_id=run_id,
             session_id=session_id,
             request=request.model_copy(update={"run_id": run_id, "session_id": session_id}),
             client_request_id=request.client_request_id,
         )
-        claim = asyncio.ensure_future(self.store.start_run(record))
-        interrupted = False
-        try:
-            stored = await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            stored, interrupted = await claim, True
-        if stored.run_id != run_id:
-            if interrupted:
-                raise asyncio.CancelledError
-            return await self._rejoin(stored)
+        preamble = (
+            [Message(role="system", content=request.system_prompt, run_id=run_id)]
+            if request.system_prompt
+            else []
+        )
+        opening = [Message(role="user", content=request.input, run_id=run_id)]
+        # Wait for the session first: a run stopped while it waits has published and stored
+        # nothing (run() raises InvocationCancelled / InvocationTimedOut). Then one store call
+        # claims the run (the idempotency check), reads the history and commits the opening;
+        # a claim that is cancelled still completes, so a stored run always gets its terminal
+        # event (_begun). The gate is held until the run is settled: its last messages are
+        # written with its terminal status (EventLog.defer_messages), before the next run of
+        # the session reads the history.
+        async with self._gate.hold(session_id):
+            claim = asyncio.ensure_future(
+                self.store.begin_run(record, opening, preamble=preamble)
+            )
+            interrupted = False
+            try:
+                stored, history = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                (stored, history), interrupted = await claim, True
+            if stored.run_id == run_id:
+                return await self._begun(
+                    request, provider, run_id, session_id, control, state, history, interrupted
+                )
+        # an earlier emit with the same client_request_id: its outcome, outside the gate
+        if interrupted:
+            raise asyncio.CancelledError
+        return await self._rejoin(stored)
+
+    async def _begun(
+        self,
+        request: RunRequest,
+        provider: ChatProvider,
+        run_id: str,
+        session_id: uuid.UUID,
+        control: Control,
+        state: _RunState,
+        history: list[Message],
+        interrupted: bool,
+    ) -> RunOutput:
+        """The claimed run, from ``run_started`` to its settled terminal event."""
+        publish = self.bus.publish
         self.log.begin(run_id, session_id)
         publish(
             RunStarted(
@@ -271,42 +303,37 @@ class AgentRuntime:
                 model=request.model,
             )
         )
-        # The session gate is held until the run is settled: its last messages are written
-        # with its terminal status (EventLog.defer_messages), before the next run of the
-        # session loads the history.
-        async with contextlib.AsyncExitStack() as gate:
-            try:
-                if interrupted or state.reason is not None:
-                    raise asyncio.CancelledError  # stopped before the run began
-                await gate.enter_async_context(self._gate.hold(session_id))
-                output = await self._loop(request, provider, run_id, session_id, control)
-            except asyncio.CancelledError:
-                if state.reason == "timeout":
-                    error = f"timed out after {control.timeout:g}s"
-                    publish(RunFailed(run_id=run_id, error=error))
-                    await self._settle(run_id, "failed", error=error)
-                else:
-                    publish(RunCancelled(run_id=run_id))
-                    await self._settle(run_id, "cancelled", error="cancelled")
-                raise
-            except InvocationError as exc:
-                publish(RunFailed(run_id=run_id, error=exc.message))
-                await self._settle(run_id, "failed", error=exc.message)
-                raise
-            except Exception as exc:
-                message = str(exc) or type(exc).__name__
-                if not isinstance(exc, ProviderError):
-                    message = f"{type(exc).__name__}: {message}"
-                publish(RunFailed(run_id=run_id, error=message))
-                await self._settle(run_id, "failed", error=message)
-                raise InvocationFailed(message, run_id=run_id, cause=exc) from exc
-            publish(
-                RunCompleted(
-                    run_id=run_id, finish_reason=output.finish_reason, iterations=output.iterations
-                )
+        try:
+            if interrupted or state.reason is not None:
+                raise asyncio.CancelledError  # stopped before the run began
+            output = await self._loop(request, provider, run_id, session_id, control, history)
+        except asyncio.CancelledError:
+            if state.reason == "timeout":
+                error = f"timed out after {control.timeout:g}s"
+                publish(RunFailed(run_id=run_id, error=error))
+                await self._settle(run_id, "failed", error=error)
+            else:
+                publish(RunCancelled(run_id=run_id))
+                await self._settle(run_id, "cancelled", error="cancelled")
+            raise
+        except InvocationError as exc:
+            publish(RunFailed(run_id=run_id, error=exc.message))
+            await self._settle(run_id, "failed", error=exc.message)
+            raise
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            if not isinstance(exc, ProviderError):
+                message = f"{type(exc).__name__}: {message}"
+            publish(RunFailed(run_id=run_id, error=message))
+            await self._settle(run_id, "failed", error=message)
+            raise InvocationFailed(message, run_id=run_id, cause=exc) from exc
+        publish(
+            RunCompleted(
+                run_id=run_id, finish_reason=output.finish_reason, iterations=output.iterations
             )
-            await self._settle(run_id, "completed", output=output)
-            return output
+        )
+        await self._settle(run_id, "completed", output=output)
+        return output
 
     async def _settle(
         self,
@@ -369,16 +396,13 @@ class AgentRuntime:
         run_id: str,
         session_id: uuid.UUID,
         control: Control,
+        history: list[Message],
     ) -> RunOutput:
         publish = self.bus.publish
         policy = self.policy
-        history = answer_dangling_calls(await self.store.load_history(session_id))
-        opening: list[Message] = []
-        if not history and request.system_prompt:
-            opening.append(Message(role="system", content=request.system_prompt, run_id=run_id))
-        opening.append(Message(role="user", content=request.input, run_id=run_id))
-        await self.log.commit_messages(session_id, opening)  # with the events so far: one write per step
-        messages = [*history, *opening]
+        # the stored history, ending with this run's opening (committed by begin_run); the
+        # events published so far are written with the run's next write
+        messages = answer_dangling_calls(history)
         publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
 
         specs = self.tools.specs()

@@ -12,6 +12,13 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
   along: the runtime writes a step's messages and events in one transaction).
 - ``start_run`` is the idempotency claim: if a run with the same ``client_request_id`` is
   already stored, nothing is written and that run's record is returned.
+- ``begin_run`` is how the runtime opens a run, in one transaction: the claim (as
+  ``start_run``; a duplicate ``client_request_id`` writes nothing and returns that run with
+  an empty history), the session's history read, and the run's opening messages appended to
+  it (``preamble``, the system prompt, only when the history is empty). It returns the
+  stored record and the history ending with the appended messages. The runtime calls it
+  holding the session's gate, before it publishes ``run_started``: the run's first events
+  are written with its next write (a step's messages, or ``finish_run``).
 - ``append_events`` / ``finish_run`` accept, per run, only the next ``seq`` (``last + 1``);
   a batch is written in one transaction. Usage rows are derived from the log: a
   ``usage_recorded`` envelope records the usage of one model call in the same transaction, so
@@ -34,7 +41,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import StoreError, UnknownRun
-from .events import InvocationEvent, RunFailed, UsageRecorded
+from .events import InvocationEvent, RunFailed, RunStarted, UsageRecorded
 from .messages import Message, TokenUsage, utcnow
 from .request import RunOutput, RunRequest
 
@@ -153,6 +160,25 @@ class Store(Protocol):
         """
         ...
 
+    async def begin_run(
+        self,
+        record: RunRecord,
+        messages: Sequence[Message],
+        *,
+        preamble: Sequence[Message] = (),
+    ) -> tuple[RunRecord, list[Message]]:
+        """Claim the run (as :meth:`start_run`), read the session's history and append
+        ``messages`` to it (after ``preamble`` if the history is empty), in one transaction.
+
+        Returns the stored record and the session's history ending with the appended
+        messages; if a run with ``record.client_request_id`` is stored, nothing is written
+        and that run's record is returned with an empty history.
+
+        Raises:
+            StoreError: a run with ``record.run_id`` is already stored (nothing is written).
+        """
+        ...
+
     async def finish_run(
         self,
         run_id: str,
@@ -211,10 +237,27 @@ class Store(Protocol):
         ...
 
 
-def interrupted_envelope(record: RunRecord, seq: int) -> EventEnvelope:
-    """The terminal ``run_failed`` ("interrupted") appended to a run whose process died."""
-    event = RunFailed(run_id=record.run_id, error="interrupted", timestamp=utcnow())
-    return EventEnvelope.of(event, record.run_id, record.session_id, seq)
+def interrupted_envelopes(record: RunRecord, last_seq: int) -> list[EventEnvelope]:
+    """What recovery appends to the log of a run whose process died after ``last_seq``.
+
+    The terminal ``run_failed`` ("interrupted"); for a run that died before any of its events
+    was written, ``run_started`` (rebuilt from the run record) first, so that every stored log
+    starts with ``run_started`` and ends with exactly one terminal event.
+    """
+    run_id, session_id = record.run_id, record.session_id
+    envelopes: list[EventEnvelope] = []
+    if last_seq == 0:
+        started = RunStarted(
+            run_id=run_id,
+            session_id=str(session_id),
+            provider=record.request.provider,
+            model=record.request.model,
+            timestamp=record.started_at,
+        )
+        envelopes.append(EventEnvelope.of(started, run_id, session_id, 1))
+    failed = RunFailed(run_id=run_id, error="interrupted", timestamp=utcnow())
+    envelopes.append(EventEnvelope.of(failed, run_id, session_id, last_seq + len(envelopes) + 1))
+    return envelopes
 
 
 class MemoryStore:
@@ -247,17 +290,45 @@ class MemoryStore:
         return tuple(self._sessions)
 
     async def start_run(self, record: RunRecord) -> RunRecord:
+        existing = self._existing(record)
+        if existing is not None:
+            return existing
+        self._claim(record)
+        return record
+
+    async def begin_run(
+        self,
+        record: RunRecord,
+        messages: Sequence[Message],
+        *,
+        preamble: Sequence[Message] = (),
+    ) -> tuple[RunRecord, list[Message]]:
+        existing = self._existing(record)
+        if existing is not None:
+            return existing, []
+        history = self._sessions.get(record.session_id)
+        opening = [*preamble, *messages] if not history else list(messages)
+        self._claim(record)  # nothing can fail from here on: the three steps are one
+        self._sessions.setdefault(record.session_id, []).extend(opening)
+        return record, list(self._sessions[record.session_id])
+
+    def _existing(self, record: RunRecord) -> RunRecord | None:
+        """The stored run with the record's ``client_request_id``; StoreError if its
+        ``run_id`` is taken."""
         key = record.client_request_id
         if key is not None and key in self._by_request:
             return self._record(self._by_request[key])
         if record.run_id in self._runs:
             raise StoreError(f"run {record.run_id!r} is already stored")
+        return None
+
+    def _claim(self, record: RunRecord) -> None:
+        key = record.client_request_id
         self._runs[record.run_id] = record
         self._events[record.run_id] = []
         self._usage[record.run_id] = []
         if key is not None:
             self._by_request[key] = record.run_id
-        return record
 
     async def finish_run(
         self,

@@ -59,7 +59,7 @@ from .store import (
     EventEnvelope,
     RunRecord,
     RunStatus,
-    interrupted_envelope,
+    interrupted_envelopes,
 )
 
 __all__ = ("SCHEMA_VERSION", "SqliteStore", "default_db_path")
@@ -457,26 +457,27 @@ class SqliteStore:
     # --- sessions and messages ------------------------------------------------------------
 
     async def load_history(self, session_id: uuid.UUID) -> list[Message]:
-        def load(conn: sqlite3.Connection) -> list[Message]:
-            rows = conn.execute(
-                "SELECT id, run_id, role, content, tool_calls, tool_call_id, created_at "
-                "FROM messages WHERE session_id = ? ORDER BY pk",
-                (str(session_id),),
-            ).fetchall()
-            return [
-                Message(
-                    id=row[0],
-                    run_id=row[1],
-                    role=row[2],
-                    content=row[3],
-                    tool_calls=tuple(ToolCall.model_validate(c) for c in json.loads(row[4])),
-                    tool_call_id=row[5],
-                    created_at=_dt(row[6]),
-                )
-                for row in rows
-            ]
+        return await self._call(lambda conn: self._history(conn, session_id))
 
-        return await self._call(load)
+    @staticmethod
+    def _history(conn: sqlite3.Connection, session_id: uuid.UUID) -> list[Message]:
+        rows = conn.execute(
+            "SELECT id, run_id, role, content, tool_calls, tool_call_id, created_at "
+            "FROM messages WHERE session_id = ? ORDER BY pk",
+            (str(session_id),),
+        ).fetchall()
+        return [
+            Message(
+                id=row[0],
+                run_id=row[1],
+                role=row[2],
+                content=row[3],
+                tool_calls=tuple(ToolCall.model_validate(c) for c in json.loads(row[4])),
+                tool_call_id=row[5],
+                created_at=_dt(row[6]),
+            )
+            for row in rows
+        ]
 
     async def append_messages(
         self,
@@ -523,30 +524,58 @@ class SqliteStore:
 
         def start(conn: sqlite3.Connection) -> RunRecord:
             with self._transaction(conn):
-                key = owned.client_request_id
-                if key is not None:
-                    existing = self._find(conn, "r.client_request_id = ?", key)
-                    if existing is not None:
-                        return existing
-                if conn.execute("SELECT 1 FROM runs WHERE id = ?", (owned.run_id,)).fetchone():
-                    raise StoreError(f"run {owned.run_id!r} is already stored")
-                self._touch_session(conn, owned.session_id)
-                conn.execute(
-                    "INSERT INTO runs (id, session_id, status, request, client_request_id, "
-                    "owner, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?)",
-                    (
-                        owned.run_id,
-                        str(owned.session_id),
-                        owned.request.model_dump_json(),
-                        key,
-                        owned.owner,
-                        _ts(owned.started_at),
-                    ),
-                )
-                self._last_seq[owned.run_id] = 0
-                return owned
+                return self._claim(conn, owned) or owned
 
         return await self._call(start)
+
+    async def begin_run(
+        self,
+        record: RunRecord,
+        messages: Sequence[Message],
+        *,
+        preamble: Sequence[Message] = (),
+    ) -> tuple[RunRecord, list[Message]]:
+        owned = record.model_copy(update={"owner": self._owner, "status": "running"})
+        session_id = owned.session_id
+
+        def begin(conn: sqlite3.Connection) -> tuple[RunRecord, list[Message]]:
+            with self._transaction(conn):
+                existing = self._claim(conn, owned)
+                if existing is not None:
+                    return existing, []
+                history = self._history(conn, session_id)
+                opening = [*preamble, *messages] if not history else list(messages)
+                self._insert_messages(conn, session_id, _message_rows(session_id, opening))
+                history.extend(opening)
+                return owned, history
+
+        return await self._call(begin)
+
+    def _claim(self, conn: sqlite3.Connection, owned: RunRecord) -> RunRecord | None:
+        """Insert the running run ``owned``, or return the stored run with its
+        ``client_request_id`` (writing nothing); call inside a transaction."""
+        key = owned.client_request_id
+        if key is not None:
+            existing = self._find(conn, "r.client_request_id = ?", key)
+            if existing is not None:
+                return existing
+        if conn.execute("SELECT 1 FROM runs WHERE id = ?", (owned.run_id,)).fetchone():
+            raise StoreError(f"run {owned.run_id!r} is already stored")
+        self._touch_session(conn, owned.session_id)
+        conn.execute(
+            "INSERT INTO runs (id, session_id, status, request, client_request_id, "
+            "owner, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+            (
+                owned.run_id,
+                str(owned.session_id),
+                owned.request.model_dump_json(),
+                key,
+                owned.owner,
+                _ts(owned.started_at),
+            ),
+        )
+        self._last_seq[owned.run_id] = 0
+        return None
 
     async def finish_run(
         self,
@@ -745,10 +774,8 @@ class SqliteStore:
                     )  # type: ignore[assignment]
                     error = None if status == "completed" else error
                 else:
-                    seq = (last[0] if last is not None else 0) + 1
-                    self._insert_events(
-                        conn, [interrupted_envelope(record, seq)]
-                    )
+                    last_seq = last[0] if last is not None else 0
+                    self._insert_events(conn, interrupted_envelopes(record, last_seq))
                 conn.execute(
                     "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
                     (status, error, _ts(utcnow()), run_id),

@@ -819,14 +819,15 @@ async def test_concurrent_runs_on_one_session_are_serialised() -> None:
     both = asyncio.gather(run_a, run_b)
     await until(lambda: "model_started" in types(of_run(events, "run-a")))
     await settle()
-    # B has started, but waits for the session: it has not read the history yet.
-    assert types(of_run(events, "run-b")) == ["run_started"]
+    # B waits for the session: it has published nothing (run_started follows its claim, made
+    # with the history read under the session gate) and has not read the history yet.
+    assert types(of_run(events, "run-b")) == []
     gate.set()
     out_a, out_b = await both
 
     assert (out_a.output_text, out_b.output_text) == ("answer A", "answer B")
     positions = {(e.run_id, e.type): i for i, e in enumerate(events)}
-    assert positions[("run-b", "context_built")] > positions[("run-a", "run_completed")]
+    assert positions[("run-b", "run_started")] > positions[("run-a", "run_completed")]
     context_b = [e for e in events if isinstance(e, ContextBuilt) and e.run_id == "run-b"][0]
     assert context_b.message_count == 3  # A's user + assistant messages, then B's user message
     assert_run_shape(events, "run-a", "run_completed")
@@ -1128,7 +1129,9 @@ async def test_a_run_waiting_for_its_session_can_be_cancelled() -> None:
     gate.set()
     await first
 
-    assert types(of_run(events, "r2")) == ["run_started", "run_cancelled"]
+    # Stopped before its claim: no event published, nothing stored.
+    assert types(of_run(events, "r2")) == []
+    assert await runtime.store.get_run("r2") is None
     assert len(provider.requests) == 1
     assert [(m.run_id, m.role) for m in await history(runtime, session)] == [
         ("r1", "user"),
@@ -1138,6 +1141,60 @@ async def test_a_run_waiting_for_its_session_can_be_cancelled() -> None:
     third = await runtime.run(request("three", session_id=session))
     assert third.output_text == "second"
     assert [m.content for m in provider.requests[1].messages] == ["one", "first", "three"]
+
+
+async def test_a_run_timing_out_while_waiting_for_its_session_publishes_and_stores_nothing() -> None:
+    gate = asyncio.Event()
+    runtime, provider, events = make_runtime([[gate, *text_turn("first")], text_turn("second")])
+    session = uuid.uuid4()
+    first = asyncio.create_task(runtime.run(request("one", session_id=session, run_id="r1")))
+    await until(lambda: "chat_started" in types(events))
+
+    with pytest.raises(InvocationTimedOut) as caught:
+        await runtime.run(request("two", session_id=session, run_id="r2"), Control(timeout=0.01))
+    assert caught.value.run_id == "r2"
+    gate.set()
+    await first
+
+    assert types(of_run(events, "r2")) == []
+    assert await runtime.store.get_run("r2") is None
+    assert [m.run_id for m in await history(runtime, session)] == ["r1", "r1"]
+
+
+class _HeldClaimStore(MemoryStore):
+    """A MemoryStore whose ``begin_run`` waits for ``release`` before it claims the run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def begin_run(self, record: Any, messages: Any, **kw: Any) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return await super().begin_run(record, messages, **kw)
+
+
+async def test_a_run_cancelled_during_its_claim_still_stores_its_terminal_event() -> None:
+    store = _HeldClaimStore()
+    runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("never")])], store=store)
+    events: list[InvocationEvent] = []
+    runtime.events.subscribe(events.append)
+    control = Control()
+    run = asyncio.create_task(runtime.run(request("one", run_id="r1"), control))
+    await store.entered.wait()
+    control.cancel()  # the claim is in flight: it completes, then the run is cancelled
+    await settle()
+    assert types(events) == []
+    store.release.set()
+    with pytest.raises(InvocationCancelled):
+        await run
+
+    assert types(events) == ["run_started", "run_cancelled"]
+    stored = await store.get_run("r1")
+    assert stored is not None and (stored.status, stored.error) == ("cancelled", "cancelled")
+    assert [e.type for e in await store.read_events("r1")] == ["run_started", "run_cancelled"]
+    assert [m.role for m in await store.load_history(stored.session_id)] == ["user"]
 
 
 ONE_TOOL_CALL_RUN = [

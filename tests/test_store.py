@@ -105,6 +105,62 @@ async def test_start_run_returns_the_run_with_the_same_client_request_id(store: 
     assert await store.find_run("other") is None
 
 
+async def test_begin_run_claims_reads_the_history_and_appends_the_opening(store: Store) -> None:
+    session = uuid.uuid4()
+    system = [Message(role="system", content="be brief")]
+    first = record(session=session)
+    opening = [Message(role="user", content="one", run_id=first.run_id)]
+    stored, history = await store.begin_run(first, opening, preamble=system)
+    assert (stored.run_id, stored.status) == (first.run_id, "running")
+    assert history == [*system, *opening]  # a new session: the preamble comes first
+    assert await store.load_history(session) == history
+    got = await store.get_run(first.run_id)
+    assert got is not None and (got.status, got.request) == ("running", first.request)
+
+    second = record(session=session)
+    more = [Message(role="user", content="two", run_id=second.run_id)]
+    stored, history = await store.begin_run(second, more, preamble=system)
+    assert stored.run_id == second.run_id
+    assert history == [*system, *opening, *more]  # the session has history: no preamble
+    assert await store.load_history(session) == history
+    assert await store.read_events(second.run_id) == []
+
+
+async def test_begin_run_with_a_stored_client_request_id_writes_nothing(store: Store) -> None:
+    first = await store.start_run(record(key="k"))
+    session = uuid.uuid4()
+    duplicate = record(session=session, key="k")
+    stored, history = await store.begin_run(duplicate, [Message(role="user", content="x")], preamble=[Message(role="system", content="s")])
+    assert (stored.run_id, history) == (first.run_id, [])
+    assert await store.load_history(session) == []
+    assert await store.get_run(duplicate.run_id) is None
+    assert [r.run_id for r in await store.list_runs()] == [first.run_id]
+    again, _ = await store.begin_run(record(key="k"), [])  # begun runs are claimed the same way
+    assert again.run_id == first.run_id
+
+
+async def test_begin_run_rejects_a_stored_run_id_and_writes_nothing(store: Store) -> None:
+    rec = await store.start_run(record())
+    with pytest.raises(StoreError):
+        await store.begin_run(rec, [Message(role="user", content="x")])
+    assert await store.load_history(rec.session_id) == []
+
+
+async def test_begin_run_is_one_transaction(store: Store) -> None:
+    session = uuid.uuid4()
+    kept = Message(role="user", content="one")
+    await store.append_messages(session, [kept])
+    if isinstance(store, MemoryStore):
+        pytest.skip("MemoryStore appends in memory: nothing can fail half-way")
+    rec = record(session=session)
+    with pytest.raises(StoreError):  # the opening reuses a message id: the claim is rolled back too
+        await store.begin_run(rec, [Message(role="user", content="two"), kept])
+    assert await store.get_run(rec.run_id) is None
+    assert await store.load_history(session) == [kept]
+    stored, history = await store.begin_run(rec, [Message(role="user", content="two", id="m2")])
+    assert stored.run_id == rec.run_id and [m.content for m in history] == ["one", "two"]
+
+
 async def test_events_are_numbered_from_one_without_gaps(store: Store) -> None:
     rec = await store.start_run(record())
     events = [envelope(rec, 1, RunStarted(run_id=rec.run_id, session_id=str(rec.session_id), provider="p", model="m"))]

@@ -264,7 +264,11 @@ async def test_open_fails_runs_of_a_dead_process_with_one_terminal_event(tmp_pat
         failed = await store.get_run(orphan.run_id)
         assert failed is not None and (failed.status, failed.error) == ("failed", "interrupted")
         events = await store.read_events(orphan.run_id)
-        assert [(e.seq, e.type, getattr(e.event, "error", None)) for e in events] == [(1, "run_failed", "interrupted")]
+        assert [(e.seq, e.type, getattr(e.event, "error", None)) for e in events] == [
+            (1, "run_started", None),
+            (2, "run_failed", "interrupted"),
+        ]
+        assert events[0].event.session_id == str(orphan.session_id)
         other = await store.get_run(alive.run_id)
         assert other is not None and other.status == "running"  # another host's run: never stolen
         assert await store.recover_interrupted() == []
@@ -301,9 +305,15 @@ def test_a_run_killed_mid_run_leaves_a_clean_database(tmp_path: Path) -> None:
     replay = subprocess.run(cli("events", run_id, "--json", "--db", str(db)), capture_output=True, text=True, env=cli_env(), cwd=REPO_ROOT, timeout=60, check=True)
     envelopes = [json.loads(line) for line in replay.stdout.splitlines()]
     types = [e["type"] for e in envelopes]
-    # the stored log is what the run published up to its last written step (run_started went
-    # with the user message), then the one terminal event recovery appended
-    assert types[0] == "run_started" and types[:-1] == seen[: len(types) - 1]
+    # the stored log is what the run published up to its last written step, then the one
+    # terminal event recovery appended. Killed in its first model call, the run had written
+    # only its claim and its user message (Store.begin_run); its events so far were to go
+    # with its next write, so recovery rebuilt run_started from the run record and appended
+    # the terminal run_failed.
+    assert types[:-1] == seen[: len(types) - 1]
+    assert types == ["run_started", "run_failed"]
+    with connect(db) as conn:
+        assert conn.execute("SELECT run_id, role FROM messages").fetchall() == [(run_id, "user")]
     assert [t for t in types if t in TERMINAL] == ["run_failed"] and types[-1] == "run_failed"
     assert envelopes[-1]["event"]["error"] == "interrupted"
     assert [e["seq"] for e in envelopes] == list(range(1, len(envelopes) + 1))
