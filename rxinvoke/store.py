@@ -34,6 +34,7 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -261,9 +262,20 @@ def interrupted_envelopes(record: RunRecord, last_seq: int) -> list[EventEnvelop
 
 
 class MemoryStore:
-    """Everything in dicts; lost when the process ends. The in-process default."""
+    """Everything in dicts; lost when the process ends. The in-process default.
 
-    def __init__(self) -> None:
+    Args:
+        max_finished_runs: how many finished runs (record, usage and event log: ~100 kB for
+            a run of ~100 events) are kept; the oldest finished run is forgotten beyond that,
+            so a long-lived process does not grow without bound. None keeps every run. Session
+            histories are always kept.
+    """
+
+    def __init__(self, *, max_finished_runs: int | None = 1000) -> None:
+        if max_finished_runs is not None and max_finished_runs < 1:
+            raise ValueError(f"max_finished_runs must be >= 1 or None, got {max_finished_runs!r}")
+        self._max_finished = max_finished_runs
+        self._finished: deque[str] = deque()
         self._sessions: dict[uuid.UUID, list[Message]] = {}
         self._runs: dict[str, RunRecord] = {}
         self._by_request: dict[str, str] = {}
@@ -355,6 +367,17 @@ class MemoryStore:
         self._runs[run_id] = record.model_copy(
             update={"status": status, "output": output, "error": error, "finished_at": utcnow()}
         )
+        self._finished.append(run_id)
+        if self._max_finished is not None and len(self._finished) > self._max_finished:
+            self._forget(self._finished.popleft())
+
+    def _forget(self, run_id: str) -> None:
+        record = self._runs.pop(run_id)
+        self._events.pop(run_id, None)
+        self._usage.pop(run_id, None)
+        key = record.client_request_id
+        if key is not None and self._by_request.get(key) == run_id:
+            del self._by_request[key]
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return self._record(run_id) if run_id in self._runs else None

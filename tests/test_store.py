@@ -268,3 +268,24 @@ async def test_recover_interrupted_leaves_live_runs_alone(store: Store) -> None:
     assert await store.recover_interrupted() == []  # this process owns it and is alive
     got = await store.get_run(rec.run_id)
     assert got is not None and got.status == "running"
+
+
+async def test_memory_store_forgets_the_oldest_finished_runs_beyond_its_limit() -> None:
+    store = MemoryStore(max_finished_runs=2)
+    session = uuid.uuid4()
+    first, second, third = [await store.start_run(record(session=session, key=f"k{i}")) for i in range(3)]
+    running = await store.start_run(record(session=session))
+    await store.append_messages(session, [Message(role="user", content="kept")])
+    for rec in (first, second, third):
+        terminal = envelope(rec, 1, RunCompleted(run_id=rec.run_id, finish_reason=FinishReason.STOP, iterations=1))
+        await store.finish_run(rec.run_id, "completed", output=output(rec), events=[terminal])
+
+    assert await store.get_run(first.run_id) is None
+    with pytest.raises(UnknownRun):
+        await store.read_events(first.run_id)
+    assert await store.find_run("k0") is None  # its idempotency key is forgotten with it
+    assert [r.run_id for r in await store.list_runs()] == [running.run_id, third.run_id, second.run_id]
+    assert len(await store.read_events(third.run_id)) == 1
+    assert [m.content for m in await store.load_history(session)] == ["kept"]  # history stays
+    with pytest.raises(ValueError):
+        MemoryStore(max_finished_runs=0)
