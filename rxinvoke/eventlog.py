@@ -78,6 +78,7 @@ class EventLog:
         self._pending: list[EventEnvelope] = []
         self._in_flight: list[EventEnvelope] = []
         self._write: asyncio.Future[None] | None = None
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._written = 0
         self._deferred: dict[str, tuple[uuid.UUID, list[Message]]] = {}
         self._live: Subject[EventEnvelope] = Subject()
@@ -131,12 +132,8 @@ class EventLog:
             StoreError: the write failed; the envelopes stay queued for the next flush.
         """
         target = self._written + len(self._in_flight) + len(self._pending)
-        store = self.store
         while self._written < target:
-            write = self._write
-            if write is None:
-                write = self._start(store.append_events)
-            await asyncio.shield(write)  # a cancelled flusher does not cancel the write
+            await self._serialized(self.store.append_events)
 
     async def commit_messages(self, session_id: uuid.UUID, messages: Sequence[Message]) -> None:
         """Commit ``messages`` to the session together with every envelope numbered so far.
@@ -144,13 +141,11 @@ class EventLog:
         One transaction (``Store.append_messages(..., events=...)``): a step's messages and
         its events are written at once, and the message is committed whole or not at all.
         """
-        while self._write is not None:
-            await asyncio.shield(self._write)
 
         async def commit(batch: list[EventEnvelope]) -> None:
             await self.store.append_messages(session_id, messages, events=batch)
 
-        await asyncio.shield(self._start(commit, always=True))
+        await self._serialized(commit, always=True)
 
     def defer_messages(
         self, run_id: str, session_id: uuid.UUID, messages: Sequence[Message]
@@ -173,8 +168,6 @@ class EventLog:
     ) -> None:
         """Write the waiting envelopes, the run's deferred messages and its terminal
         ``status`` in one transaction."""
-        while self._write is not None:
-            await asyncio.shield(self._write)
 
         async def settle(batch: list[EventEnvelope]) -> None:
             session_id, messages = self._deferred.get(run_id, (None, []))
@@ -189,7 +182,28 @@ class EventLog:
             )
             self._deferred.pop(run_id, None)
 
-        await asyncio.shield(self._start(settle, always=True))
+        await self._serialized(settle, always=True)
+
+    async def _serialized(
+        self, write_with: Callable[[list[EventEnvelope]], Awaitable[None]], *, always: bool = False
+    ) -> None:
+        # Writes run one at a time, in arrival order. A FIFO lock wakes one waiter per finished
+        # write (waiters polling the current write would wake all of them each time: quadratic
+        # with many concurrent runs). The lock is released when the write is done, not when
+        # this caller leaves: a cancelled caller does not cancel its write (shield), and the
+        # next write cannot start before it ends.
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:  # a lock belongs to one loop
+            self._lock = (loop, asyncio.Lock())
+        lock = self._lock[1]
+        await lock.acquire()
+        try:
+            write = self._start(write_with, always=always)
+        except BaseException:
+            lock.release()
+            raise
+        write.add_done_callback(lambda _: lock.release())
+        await asyncio.shield(write)
 
     def _start(
         self, write_with: Callable[[list[EventEnvelope]], Awaitable[None]], *, always: bool = False

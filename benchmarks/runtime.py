@@ -1,0 +1,211 @@
+"""Runtime benchmark: a whole agent run against a plain asyncio loop doing the essential work.
+
+W1 = one run with one tool call (arguments in 3 deltas) and a 50-delta streamed answer, one
+``observe()`` consumer of every event, ``MemoryStore``. The baseline is a plain asyncio
+coroutine that builds the same events (the same frozen pydantic models, 124 of them) and
+publishes them through a reactivex ``Subject`` → ``filter`` chain to one consumer, with the same
+number of loop checkpoints as the scripted provider makes: what any reactive agent loop must
+pay. The ratio (rxinvoke time / baseline time per run) is the runtime's overhead factor.
+
+C1000 = 1000 concurrent W1 runs on distinct sessions whose model calls each take 10 ms
+(``asyncio.sleep``), wall time for all of them, against the baseline doing the same.
+
+    python -m benchmarks.runtime            # full run
+    python -m benchmarks.runtime --quick    # smoke run with tiny counts (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from reactivex import operators as ops
+from reactivex.subject import Subject
+
+from benchmarks.dispatch import machine_line
+from rxinvoke import (
+    AgentRuntime,
+    ChatFinished,
+    ChatRequest,
+    ChatStarted,
+    ChatStreamEvent,
+    ChatTextDelta,
+    ChatToolCallArgumentsDelta,
+    ChatToolCallCompleted,
+    ChatToolCallStarted,
+    EmitRequest,
+    FinishReason,
+    RuntimeInvocation,
+    TokenUsage,
+    ToolCall,
+    tool,
+)
+from rxinvoke.events import (
+    AssistantMessageCommitted,
+    ContextBuilt,
+    ModelStarted,
+    RunCompleted,
+    RunStarted,
+    TextDelta,
+    ToolCallCompleted,
+    ToolCallDelta,
+    ToolCallStarted,
+    ToolExecutionFinished,
+    ToolExecutionStarted,
+    ToolMessageCommitted,
+    ToolSuccess,
+    UsageRecorded,
+)
+
+WORDS = [f"word{i} " for i in range(50)]
+ARGUMENTS = json.dumps({"key": "abc"})
+PIECES = [ARGUMENTS[i : i + 5] for i in range(0, len(ARGUMENTS), 5)][:3]
+USAGE = TokenUsage(input_tokens=10, output_tokens=50, total_tokens=60)
+
+
+@tool
+def lookup(key: str) -> str:
+    """Look a key up."""
+    return key.upper()
+
+
+class W1Provider:
+    """Streams the W1 turns; ``latency`` seconds before each response (the model's time)."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+
+    @property
+    def id(self) -> str:
+        return "w1"
+
+    @property
+    def models(self) -> Sequence[str]:
+        return ("w1",)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatStreamEvent]:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        yield ChatStarted(provider="w1", model=request.model)
+        if request.messages[-1].role != "tool":
+            yield ChatToolCallStarted(id="c1", name="lookup")
+            for piece in PIECES:
+                await asyncio.sleep(0)
+                yield ChatToolCallArgumentsDelta(id="c1", delta=piece)
+            yield ChatToolCallCompleted(call=ToolCall(id="c1", name="lookup", arguments=ARGUMENTS))
+            yield ChatFinished(finish_reason=FinishReason.TOOL_CALLS, usage=USAGE)
+            return
+        for word in WORDS:
+            await asyncio.sleep(0)
+            yield ChatTextDelta(delta=word)
+        yield ChatFinished(finish_reason=FinishReason.STOP, usage=USAGE)
+
+
+async def baseline_run(run: int, publish: Any, latency: float) -> None:
+    """The essential work of a W1 run: build and publish its events, same checkpoints."""
+    rid, sid = f"run-{run}", "session"
+    publish(RunStarted(run_id=rid, session_id=sid, provider="w1", model="w1"))
+    publish(ContextBuilt(run_id=rid, message_count=1))
+    for turn in (1, 2):
+        publish(ModelStarted(run_id=rid, provider="w1", model="w1", iteration=turn))
+        if latency:
+            await asyncio.sleep(latency)
+        publish(ChatStarted(run_id=rid, provider="w1", model="w1"))
+        if turn == 1:
+            publish(ChatToolCallStarted(run_id=rid, id="c1", name="lookup"))
+            publish(ToolCallStarted(run_id=rid, call_id="c1", tool_name="lookup"))
+            for piece in PIECES:
+                await asyncio.sleep(0)
+                publish(ChatToolCallArgumentsDelta(run_id=rid, id="c1", delta=piece))
+                publish(ToolCallDelta(run_id=rid, call_id="c1", delta=piece))
+            call = ToolCall(id="c1", name="lookup", arguments=ARGUMENTS)
+            publish(ChatToolCallCompleted(run_id=rid, call=call))
+            publish(ToolCallCompleted(run_id=rid, call=call))
+        else:
+            for word in WORDS:
+                await asyncio.sleep(0)
+                publish(ChatTextDelta(run_id=rid, delta=word))
+                publish(TextDelta(run_id=rid, delta=word))
+        publish(ChatFinished(run_id=rid, finish_reason=FinishReason.STOP, usage=USAGE))
+        publish(AssistantMessageCommitted(run_id=rid, message_id="m"))
+        publish(UsageRecorded(run_id=rid, usage=USAGE))
+        if turn == 1:
+            publish(ToolExecutionStarted(run_id=rid, call_id="c1", tool_name="lookup"))
+            result = ToolSuccess(output=lookup(key="abc"))
+            publish(ToolExecutionFinished(run_id=rid, call_id="c1", tool_name="lookup", result=result, duration_ms=0.0))
+            publish(ToolMessageCommitted(run_id=rid, message_id="t", call_id="c1"))
+    publish(RunCompleted(run_id=rid, finish_reason=FinishReason.STOP, iterations=2))
+
+
+def _baseline_publisher() -> tuple[Any, list[int]]:
+    subject: Subject[Any] = Subject()
+    seen = [0]
+    subject.pipe(ops.filter(lambda e: True)).subscribe(lambda e: seen.__setitem__(0, seen[0] + 1))
+    return subject.on_next, seen
+
+
+def _runtime(latency: float) -> tuple[RuntimeInvocation, list[int]]:
+    inv = RuntimeInvocation(AgentRuntime(providers=[W1Provider(latency)], tools=[lookup]))
+    seen = [0]
+    inv.observe().subscribe(lambda e: seen.__setitem__(0, seen[0] + 1))
+    return inv, seen
+
+
+def _build(ctx: object, control: object) -> EmitRequest:
+    return EmitRequest(provider="w1", model="w1", input="look abc up")
+
+
+async def sequential(runs: int) -> tuple[float, float, int, int]:
+    """ms per run: rxinvoke, baseline; events per run of each."""
+    inv, seen = _runtime(0.0)
+    await inv.emit(_build)
+    seen[0] = 0
+    start = time.perf_counter()
+    for _ in range(runs):
+        await inv.emit(_build)
+    rx = (time.perf_counter() - start) / runs * 1000
+    rx_events = seen[0] // runs
+    publish, base_seen = _baseline_publisher()
+    start = time.perf_counter()
+    for run in range(runs):
+        await baseline_run(run, publish, 0.0)
+    base = (time.perf_counter() - start) / runs * 1000
+    return rx, base, rx_events, base_seen[0] // runs
+
+
+async def concurrent(runs: int, latency: float) -> tuple[float, float]:
+    """Wall seconds for ``runs`` concurrent runs: rxinvoke, baseline."""
+    inv, _ = _runtime(latency)
+    start = time.perf_counter()
+    await asyncio.gather(*(inv.emit(_build) for _ in range(runs)))
+    rx = time.perf_counter() - start
+    publish, _ = _baseline_publisher()
+    start = time.perf_counter()
+    await asyncio.gather(*(baseline_run(run, publish, latency) for run in range(runs)))
+    return rx, time.perf_counter() - start
+
+
+async def main(quick: bool) -> None:
+    runs, concurrent_runs = (20, 50) if quick else (500, 1000)
+    print(f"# rxinvoke runtime benchmark ({'quick' if quick else 'full'})")
+    print(f"# machine: {machine_line()}")
+    rx, base, rx_events, base_events = await sequential(runs)
+    print(
+        f"1. W1 run, sequential: rxinvoke {rx:.2f} ms/run ({rx_events} events) · plain asyncio "
+        f"+ Subject→filter {base:.2f} ms/run ({base_events} events) · ratio {rx / base:.1f}x"
+    )
+    rx_wall, base_wall = await concurrent(concurrent_runs, 0.010)
+    print(
+        f"2. {concurrent_runs} concurrent W1 runs, 10 ms per model call: rxinvoke "
+        f"{rx_wall:.2f} s wall · plain asyncio {base_wall:.2f} s · ratio {rx_wall / base_wall:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    asyncio.run(main(parser.parse_args().quick))
