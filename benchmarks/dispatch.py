@@ -12,23 +12,19 @@ shared 2-core machine are noise.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import os
-import platform
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import reactivex
 from reactivex import operators as ops
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
+from benchmarks._common import cli, machine_line
 from rxinvoke import AgentRuntime, EventKind, RuntimeInvocation, TextDelta
 from rxinvoke.events import EventBase
 
@@ -264,27 +260,7 @@ async def main(quick: bool) -> None:
     )
 
 
-def machine_line() -> str:
-    """CPU model, core count, Python and reactivex versions."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    version = getattr(reactivex, "__version__", "?")
-    return (
-        f"{model} · {os.cpu_count()} cpus · Python {platform.python_version()} · "
-        f"reactivex {version}"
-    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
-    args = parser.parse_args()
-    asyncio.run(main(args.quick))
-    sys.exit(0)
+    cli(main, __doc__)

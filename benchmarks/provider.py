@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 from httpx_sse import EventSource
 
+from benchmarks._common import machine_line
 from rxinvoke import AgentRuntime, RunRequest, RuntimePolicy
 from rxinvoke.messages import ChatRequest, Message
 from rxinvoke.provider_openai import OpenAIProvider
@@ -149,7 +148,7 @@ async def main(quick: bool) -> None:
     base_url = f"http://127.0.0.1:{port}/v1"
     url = f"{base_url}/chat/completions"
     print(f"# rxinvoke provider benchmark ({'quick' if quick else 'full'})")
-    print(f"# machine: {machine_line()}")
+    print(f"# machine: {machine_line(httpx=httpx.__version__)}")
     print(f"# {chunks:,} chunks per stream, median of {repeats}; server in its own process")
     try:
         async with httpx.AsyncClient(timeout=60) as client:
@@ -198,21 +197,6 @@ async def main(quick: bool) -> None:
     )
 
 
-def machine_line() -> str:
-    """CPU model, core count, Python and httpx versions."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{model} · {os.cpu_count()} cpus · Python {platform.python_version()} · "
-        f"httpx {httpx.__version__}"
-    )
 
 
 if __name__ == "__main__":
@@ -221,4 +205,3 @@ if __name__ == "__main__":
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     asyncio.run(_serve() if args.serve else main(args.quick))
-    sys.exit(0)

@@ -16,7 +16,6 @@ C1000 = 1000 concurrent W1 runs on distinct sessions whose model calls each take
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -26,7 +25,7 @@ from typing import Any
 from reactivex import operators as ops
 from reactivex.subject import Subject
 
-from benchmarks.dispatch import machine_line
+from benchmarks._common import cli, machine_line
 from rxinvoke import (
     AgentRuntime,
     ChatFinished,
@@ -206,6 +205,4 @@ async def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
-    asyncio.run(main(parser.parse_args().quick))
+    cli(main, __doc__)

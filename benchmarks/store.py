@@ -14,16 +14,13 @@ event log is stored in segments, so a batch of one run is one row of 1000 events
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from benchmarks.dispatch import machine_line
+from benchmarks._common import cli, machine_line
 from rxinvoke import (
     AgentRuntime,
     ChatRequest,
@@ -120,8 +117,4 @@ async def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
-    args = parser.parse_args()
-    asyncio.run(main(args.quick))
-    sys.exit(0)
+    cli(main, __doc__)
