@@ -77,7 +77,6 @@ class EventLog:
         self._runs: dict[str, _RunLog] = {}
         self._pending: list[EventEnvelope] = []
         self._in_flight: list[EventEnvelope] = []
-        self._write: asyncio.Future[None] | None = None
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._written = 0
         self._deferred: dict[str, tuple[uuid.UUID, list[Message]]] = {}
@@ -99,11 +98,6 @@ class EventLog:
     def is_active(self, run_id: str) -> bool:
         """True while the events of ``run_id`` are being logged by this log."""
         return run_id in self._runs
-
-    @property
-    def pending(self) -> int:
-        """Envelopes not yet handed to the store."""
-        return len(self._pending)
 
     @property
     def envelopes(self) -> Observable[EventEnvelope]:
@@ -212,7 +206,6 @@ class EventLog:
         self._in_flight = batch
         write = asyncio.ensure_future(self._write_batch(batch, write_with, always))
         write.add_done_callback(_retrieve)
-        self._write = write
         return write
 
     async def _write_batch(
@@ -233,7 +226,6 @@ class EventLog:
             self._written += len(batch)
         finally:
             self._in_flight = []
-            self._write = None
 
     def unflushed(self, run_id: str) -> list[EventEnvelope]:
         """The envelopes of ``run_id`` numbered but not yet stored, in seq order."""

@@ -24,6 +24,7 @@ from rxinvoke import (
     InvocationFailed,
     InvocationHandle,
     InvocationTimedOut,
+    Overflow,
     RunOutput,
     RuntimeInvocation,
     SessionContext,
@@ -1052,7 +1053,10 @@ async def test_on_with_an_already_cancelled_control_delivers_nothing() -> None:
 # --- 5. buffers and overflow ----------------------------------------------------------------
 
 
-async def test_drop_oldest_keeps_the_newest_events_and_reports_the_drops() -> None:
+async def flood_a_gated_handler(
+    overflow: Overflow,
+) -> tuple[InvocationHandle, list[TextDelta], list[str], list[SubscriberError], asyncio.Event]:
+    """A handler with a buffer of 5 blocked on event 0 while 19 more are published."""
     runtime, inv, _ = setup([])
     errors = record_errors(inv)
     gate = asyncio.Event()
@@ -1062,12 +1066,17 @@ async def test_drop_oldest_keeps_the_newest_events_and_reports_the_drops() -> No
         received.append(event.delta)
         await gate.wait()
 
-    handle = await inv.on("text_delta", handler, buffer=5, overflow="drop_oldest")
+    handle = await inv.on("text_delta", handler, buffer=5, overflow=overflow)
     events = deltas(20)
     runtime.bus.publish(events[0])
     await settle()  # event 0 is now in flight
     for event in events[1:]:
         runtime.bus.publish(event)
+    return handle, events, received, errors, gate
+
+
+async def test_drop_oldest_keeps_the_newest_events_and_reports_the_drops() -> None:
+    handle, _, received, errors, gate = await flood_a_gated_handler("drop_oldest")
     await settle()
 
     assert handle.stats.dropped == 14
@@ -1086,21 +1095,7 @@ async def test_drop_oldest_keeps_the_newest_events_and_reports_the_drops() -> No
 
 
 async def test_overflow_error_ends_the_subscription() -> None:
-    runtime, inv, _ = setup([])
-    errors = record_errors(inv)
-    gate = asyncio.Event()
-    received: list[str] = []
-
-    async def handler(event: TextDelta, ctx: SessionContext, ctl: Control) -> None:
-        received.append(event.delta)
-        await gate.wait()
-
-    handle = await inv.on("text_delta", handler, buffer=5, overflow="error")
-    events = deltas(20)
-    runtime.bus.publish(events[0])
-    await settle()
-    for event in events[1:]:
-        runtime.bus.publish(event)
+    handle, events, received, errors, gate = await flood_a_gated_handler("error")
 
     assert handle.is_finished
     gate.set()

@@ -178,6 +178,38 @@ async def history(runtime: AgentRuntime, session_id: uuid.UUID) -> list[Message]
 # --- 1. one tool call, arguments in three deltas, then a text answer ------------------------
 
 
+ONE_TOOL_CALL_RUN = [
+    "run_started",
+    "context_built",
+    "model_started",
+    "chat_started",
+    "chat_tool_call_started",
+    "tool_call_started",
+    "chat_tool_call_arguments_delta",
+    "tool_call_delta",
+    "chat_tool_call_arguments_delta",
+    "tool_call_delta",
+    "chat_tool_call_arguments_delta",
+    "tool_call_delta",
+    "chat_tool_call_completed",
+    "tool_call_completed",
+    "chat_finished",
+    "assistant_message_committed",
+    "usage_recorded",
+    "tool_execution_started",
+    "tool_execution_finished",
+    "tool_message_committed",
+    "model_started",
+    "chat_started",
+    "chat_text_delta",
+    "text_delta",
+    "chat_finished",
+    "assistant_message_committed",
+    "usage_recorded",
+    "run_completed",
+]
+
+
 async def test_tool_call_then_answer_publishes_the_whole_event_sequence() -> None:
     seen: list[dict[str, Any]] = []
 
@@ -199,36 +231,7 @@ async def test_tool_call_then_answer_publishes_the_whole_event_sequence() -> Non
 
     output = await runtime.run(request("weather in Paris?"))
 
-    assert types(events) == [
-        "run_started",
-        "context_built",
-        "model_started",
-        "chat_started",
-        "chat_tool_call_started",
-        "tool_call_started",
-        "chat_tool_call_arguments_delta",
-        "tool_call_delta",
-        "chat_tool_call_arguments_delta",
-        "tool_call_delta",
-        "chat_tool_call_arguments_delta",
-        "tool_call_delta",
-        "chat_tool_call_completed",
-        "tool_call_completed",
-        "chat_finished",
-        "assistant_message_committed",
-        "usage_recorded",
-        "tool_execution_started",
-        "tool_execution_finished",
-        "tool_message_committed",
-        "model_started",
-        "chat_started",
-        "chat_text_delta",
-        "text_delta",
-        "chat_finished",
-        "assistant_message_committed",
-        "usage_recorded",
-        "run_completed",
-    ]
+    assert types(events) == ONE_TOOL_CALL_RUN
     assert output.model_dump() == {
         "run_id": ANY,
         "session_id": ANY,
@@ -1197,36 +1200,6 @@ async def test_a_run_cancelled_during_its_claim_still_stores_its_terminal_event(
     assert [m.role for m in await store.load_history(stored.session_id)] == ["user"]
 
 
-ONE_TOOL_CALL_RUN = [
-    "run_started",
-    "context_built",
-    "model_started",
-    "chat_started",
-    "chat_tool_call_started",
-    "tool_call_started",
-    "chat_tool_call_arguments_delta",
-    "tool_call_delta",
-    "chat_tool_call_arguments_delta",
-    "tool_call_delta",
-    "chat_tool_call_arguments_delta",
-    "tool_call_delta",
-    "chat_tool_call_completed",
-    "tool_call_completed",
-    "chat_finished",
-    "assistant_message_committed",
-    "usage_recorded",
-    "tool_execution_started",
-    "tool_execution_finished",
-    "tool_message_committed",
-    "model_started",
-    "chat_started",
-    "chat_text_delta",
-    "text_delta",
-    "chat_finished",  # the end of the stream: may be published after the run's last await
-    "assistant_message_committed",
-    "usage_recorded",
-    "run_completed",
-]
 LAST_CHAT_FINISHED = ONE_TOOL_CALL_RUN.index("chat_finished", 20)
 
 
