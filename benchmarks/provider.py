@@ -34,7 +34,7 @@ from httpx_sse import EventSource
 from benchmarks._common import machine_line
 from rxinvoke import AgentRuntime, RunRequest, RuntimePolicy
 from rxinvoke.messages import ChatRequest, Message
-from rxinvoke.provider_openai import OpenAIProvider
+from rxinvoke.providers.openai import OpenAIProvider
 
 TARGET_CHUNKS_PER_SECOND = 20_000
 MODEL = "bench"

@@ -25,7 +25,6 @@ from rxinvoke import (
     AgentRuntime,
     ChatRequest,
     EmitRequest,
-    EventEnvelope,
     MemoryStore,
     RunRecord,
     RunRequest,
@@ -37,7 +36,8 @@ from rxinvoke import (
     tool,
 )
 from rxinvoke.messages import utcnow
-from rxinvoke.provider_scripted import TurnItem
+from rxinvoke.providers.scripted import TurnItem
+from rxinvoke.stores import EventEnvelope
 
 ANSWER = " ".join(f"word{i}" for i in range(50))
 
@@ -84,7 +84,7 @@ async def append_throughput(directory: Path, events: int, batch: int) -> float:
         session = uuid.uuid4()
         run_id = str(uuid.uuid4())
         request = RunRequest(provider="p", model="m", input="x", run_id=run_id, session_id=session)
-        await store.start_run(RunRecord(run_id=run_id, session_id=session, request=request))
+        await store.begin_run(RunRecord(run_id=run_id, session_id=session, request=request), [])
         now = utcnow()
         envelopes = [  # as the EventLog numbers them
             EventEnvelope.of(TextDelta(run_id=run_id, delta=f"word{seq} ", timestamp=now), run_id, session, seq)

@@ -1,5 +1,23 @@
 """rxinvoke: run LLM agent loops and observe every step as a typed reactive stream.
 
+The package in data-flow order (request → runtime → provider stream → events → bus →
+subscribers → stores / transports / notebook):
+
+- ``request``, ``control``, ``policy``  what a caller asks for, how it is stopped, the limits
+- ``messages``, ``events``, ``errors``  the values: messages, the event contract, the error tree
+- ``tools``                 ``@tool``: typed functions the model can call; the built-in tools
+- ``providers/``            chat models streaming chat events: offline, scripted, openai
+- ``runtime``               ``AgentRuntime``: the agent loop, composed of its private parts:
+  ``_sessions`` (one run per session), ``_run`` (run state, cancel and deadline),
+  ``_model_call`` (the provider stream and its retries), ``_accumulate`` (stream → message),
+  ``_execute`` (tools), ``_context`` (history → context)
+- ``_bus``                  the hot, kind-indexed Subject every event is published on
+- ``_eventlog``             numbers each run's events (seq) and writes them to the store
+- ``stores/``               where sessions, runs and event logs live: memory, sqlite
+- ``invocation``            the facade: ``emit`` / ``on`` (``_sink``) / ``observe`` / ``stream``
+- ``operators``             pipeable operators over event streams
+- ``cli``                   the ``rxinvoke`` command (``run``, ``runs``, ``events``)
+
 Example:
     >>> import asyncio, rxinvoke
     >>> runtime = rxinvoke.AgentRuntime(
@@ -13,10 +31,13 @@ Example:
     '2 + 3 = 5.'
 """
 
+import importlib as _importlib
+import warnings as _warnings
+from typing import Any as _Any
+
+from ._sink import Overflow as Overflow
+from ._sink import SubscriptionStats as SubscriptionStats
 from ._version import __version__ as __version__
-from .bus import EventBus as EventBus
-from .bus import Overflow as Overflow
-from .bus import SubscriptionStats as SubscriptionStats
 from .control import Control as Control
 from .control import SessionContext as SessionContext
 from .errors import InvalidRequest as InvalidRequest
@@ -40,9 +61,6 @@ from .errors import ToolTimeout as ToolTimeout
 from .errors import UnknownRun as UnknownRun
 from .errors import UnknownTool as UnknownTool
 from .errors import UserError as UserError
-from .eventlog import EventLog as EventLog
-from .events import AGENT_EVENT as AGENT_EVENT
-from .events import CHAT_STREAM_EVENT as CHAT_STREAM_EVENT
 from .events import INVOCATION_EVENT as INVOCATION_EVENT
 from .events import AgentEvent as AgentEvent
 from .events import AssistantMessageCommitted as AssistantMessageCommitted
@@ -82,8 +100,6 @@ from .invocation import RuntimeInvocation as RuntimeInvocation
 from .messages import ChatRequest as ChatRequest
 from .messages import FinishReason as FinishReason
 from .messages import Message as Message
-from .messages import ModelName as ModelName
-from .messages import ProviderId as ProviderId
 from .messages import TokenUsage as TokenUsage
 from .messages import ToolCall as ToolCall
 from .messages import ToolChoice as ToolChoice
@@ -95,33 +111,28 @@ from .operators import text_of as text_of
 from .operators import to_async_iterator as to_async_iterator
 from .operators import until_terminal as until_terminal
 from .policy import RuntimePolicy as RuntimePolicy
-from .provider import ChatProvider as ChatProvider
-from .provider import ProviderRegistry as ProviderRegistry
-from .provider_offline import OfflineProvider as OfflineProvider
-from .provider_scripted import ScriptedProvider as ScriptedProvider
+from .providers import ChatProvider as ChatProvider
+from .providers import OfflineProvider as OfflineProvider
+from .providers import ScriptedProvider as ScriptedProvider
 from .request import EmitRequest as EmitRequest
 from .request import RunOutput as RunOutput
 from .request import RunRequest as RunRequest
 from .runtime import AgentRuntime as AgentRuntime
-from .store import EventEnvelope as EventEnvelope
-from .store import MemoryStore as MemoryStore
-from .store import RunRecord as RunRecord
-from .store import RunStatus as RunStatus
-from .store import Store as Store
-from .store_sqlite import SqliteStore as SqliteStore
+from .stores import MemoryStore as MemoryStore
+from .stores import RunRecord as RunRecord
+from .stores import RunStatus as RunStatus
+from .stores import SqliteStore as SqliteStore
+from .stores import Store as Store
 from .tools import Tool as Tool
-from .tools import ToolRegistry as ToolRegistry
+from .tools import builtin_tools as builtin_tools
 from .tools import tool as tool
-from .tools_builtin import builtin_tools as builtin_tools
 
 __all__ = (
-    "AGENT_EVENT",
     "AgentEvent",
     "AgentRuntime",
     "AssistantMessageCommitted",
     "Build",
     "builtin_tools",
-    "CHAT_STREAM_EVENT",
     "ChatFinished",
     "ChatProvider",
     "ChatRequest",
@@ -138,10 +149,7 @@ __all__ = (
     "DoomLoopDetected",
     "EmitRequest",
     "EventBase",
-    "EventBus",
-    "EventEnvelope",
     "EventKind",
-    "EventLog",
     "FinishReason",
     "for_run",
     "Handler",
@@ -156,7 +164,6 @@ __all__ = (
     "MemoryStore",
     "Message",
     "MigrationError",
-    "ModelName",
     "ModelStarted",
     "of_kind",
     "OfflineProvider",
@@ -164,8 +171,6 @@ __all__ = (
     "ProviderConnectionError",
     "ProviderError",
     "ProviderHTTPError",
-    "ProviderId",
-    "ProviderRegistry",
     "ProviderStreamError",
     "RunCancelled",
     "RunCompleted",
@@ -204,7 +209,6 @@ __all__ = (
     "ToolExecutionStarted",
     "ToolFailure",
     "ToolMessageCommitted",
-    "ToolRegistry",
     "ToolResult",
     "ToolSpec",
     "ToolSuccess",
@@ -215,3 +219,38 @@ __all__ = (
     "UsageRecorded",
     "UserError",
 )
+
+# Importable from the top level on first use: their module needs an optional extra.
+_LAZY: dict[str, str] = {"OpenAIProvider": "rxinvoke.providers.openai"}
+
+# Plumbing that left the top level: still reachable here, with a DeprecationWarning, for one
+# release; import it from its module instead.
+_MOVED: dict[str, str] = {
+    "AGENT_EVENT": "rxinvoke.events",
+    "CHAT_STREAM_EVENT": "rxinvoke.events",
+    "EventBus": "rxinvoke._bus",
+    "EventEnvelope": "rxinvoke.stores",
+    "EventLog": "rxinvoke._eventlog",
+    "ModelName": "rxinvoke.messages",
+    "ProviderId": "rxinvoke.messages",
+    "ProviderRegistry": "rxinvoke.providers",
+    "ToolRegistry": "rxinvoke.tools",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None and name in _MOVED:
+        module = _MOVED[name]
+        _warnings.warn(
+            f"rxinvoke.{name} is deprecated: import it from {module}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    if module is None:
+        raise AttributeError(f"module 'rxinvoke' has no attribute {name!r}")
+    return getattr(_importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__
+from ._version import __version__
 from .errors import RxInvokeError, UserError
 from .events import (
     INVOCATION_EVENT,
@@ -27,13 +27,11 @@ from .events import (
 )
 from .invocation import RuntimeInvocation
 from .operators import to_async_iterator
-from .provider import ChatProvider
-from .provider_offline import OfflineProvider
+from .providers import ChatProvider, OfflineProvider
 from .request import EmitRequest, RunOutput
 from .runtime import AgentRuntime
-from .store import EventEnvelope, RunRecord, Store
-from .store_sqlite import SqliteStore, default_db_path
-from .tools_builtin import builtin_tools
+from .stores import EventEnvelope, RunRecord, SqliteStore, Store, default_db_path
+from .tools import builtin_tools
 
 __all__ = ("main",)
 
@@ -87,7 +85,7 @@ _OPENAI_URL = "https://api.openai.com/v1"
 
 def _openai_provider(args: argparse.Namespace) -> ChatProvider:
     try:
-        from .provider_openai import OpenAIProvider
+        from .providers.openai import OpenAIProvider
     except ImportError as exc:
         raise UserError(
             f"--provider openai needs the openai extra (pip install 'rxinvoke[openai]'): {exc}"
@@ -183,17 +181,12 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rxinvoke`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    problem = _invalid_options(args)
+    if problem is not None:
+        print(f"rxinvoke: error: {problem}", file=sys.stderr)
+        return 2
     if args.command != "run":
         return _store_command(args)
-    if args.session is not None:
-        try:
-            uuid.UUID(args.session)
-        except ValueError:
-            print(f"rxinvoke: error: --session must be a UUID, got {args.session!r}", file=sys.stderr)
-            return 2
-    if args.provider == "openai" and not args.model:
-        print("rxinvoke: error: --provider openai needs --model NAME", file=sys.stderr)
-        return 2
     try:
         return asyncio.run(_with_store(args, sys.stdout, _run, path=_db_path(args), create=True))
     except RxInvokeError as exc:
@@ -266,22 +259,27 @@ async def _with_store(
         await store.close()
 
 
+def _invalid_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options of any command, in one line (None: nothing)."""
+    session = getattr(args, "session", None)
+    if session is not None:
+        try:
+            uuid.UUID(session)
+        except ValueError:
+            return f"--session must be a UUID, got {session!r}"
+    kind = getattr(args, "kind", None)
+    if kind is not None:
+        try:
+            args.kind_member = EventKind.parse(kind)
+        except ValueError:
+            return f"unknown event kind {kind!r}"
+    if getattr(args, "provider", None) == "openai" and not args.model:
+        return "--provider openai needs --model NAME"
+    return None
+
+
 def _store_command(args: argparse.Namespace) -> int:
-    kind: EventKind | None = None
-    if getattr(args, "session", None) is not None:
-        try:
-            uuid.UUID(args.session)
-        except ValueError:
-            print(f"rxinvoke: error: --session must be a UUID, got {args.session!r}", file=sys.stderr)
-            return 2
-    if getattr(args, "kind", None) is not None:
-        try:
-            kind = EventKind.parse(args.kind)
-        except ValueError:
-            print(f"rxinvoke: error: unknown event kind {args.kind!r}", file=sys.stderr)
-            return 2
     command = _list_runs if args.command == "runs" else _replay_events
-    args.kind_member = kind
     try:
         return asyncio.run(
             _with_store(args, sys.stdout, command, path=_db_path(args), create=False)
@@ -323,7 +321,7 @@ def _describe(envelope: EventEnvelope) -> str:
 
 async def _replay_events(args: argparse.Namespace, out: TextIO, store: Store) -> int:
     runtime = AgentRuntime(store=store)
-    kind: EventKind | None = args.kind_member
+    kind: EventKind | None = getattr(args, "kind_member", None)
     async for envelope in to_async_iterator(RuntimeInvocation(runtime).replay(args.run_id)):
         if kind is not None and not kind.matches(envelope.event):
             continue

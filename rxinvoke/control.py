@@ -17,18 +17,17 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 from reactivex.subject import AsyncSubject
 
+from ._frozen import Frozen
+
 __all__ = ("Control", "SessionContext")
 
 
-class SessionContext(BaseModel):
+class SessionContext(Frozen):
     """Which session and run an event (or an emit being built) belongs to."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     session_id: uuid.UUID | None = None
     run_id: str | None = None

@@ -17,8 +17,9 @@ import enum
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
+from ._frozen import Frozen
 from .messages import FinishReason, TokenUsage, ToolCall, utcnow
 
 __all__ = (
@@ -59,10 +60,8 @@ __all__ = (
 )
 
 
-class EventBase(BaseModel):
+class EventBase(Frozen):
     """Fields and behaviour every event shares."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: str | None = None
     """The run the event belongs to (chat events carry it once republished by the runtime)."""
@@ -158,18 +157,16 @@ class ToolExecutionStarted(_AgentEventBase):
     tool_name: str
 
 
-class ToolSuccess(BaseModel):
+class ToolSuccess(Frozen):
     """A tool's output."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     status: Literal["success"] = "success"
     output: str
 
 
-class ToolFailure(BaseModel):
+class ToolFailure(Frozen):
     """Why a tool call failed; ``error_type`` names the ToolError class."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     status: Literal["failure"] = "failure"
     error: str
     error_type: str = "ToolError"

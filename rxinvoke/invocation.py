@@ -3,7 +3,7 @@
 ``on(kind, handler)`` has the semantics of the chain ``filter(kind) →
 take_until(control.cancelled) → observe_on(asyncio loop)``, built lean: the filter is the bus's
 kind index, take_until is a cancel listener on the control, and the loop hand-off is a
-:class:`~rxinvoke.bus.HandlerSink` that drains a bounded buffer with one loop hand-off per burst.
+``HandlerSink`` (``_sink``) that drains a bounded buffer with one loop hand-off per burst.
 Handlers of one subscription run in event order (at most ``control.concurrency_limit`` in
 flight, default 1), each bounded by ``control.timeout``. A handler that raises or times out
 is reported on :attr:`RuntimeInvocation.errors` and never affects the run or other subscribers.
@@ -24,7 +24,7 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
-from .bus import HandlerSink, Overflow, SubscriptionStats
+from ._sink import Handler, HandlerSink, Overflow, SubscriptionStats
 from .control import Control, SessionContext
 from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UserError
 from .events import EventKind, InvocationEvent
@@ -32,15 +32,12 @@ from .messages import new_id
 from .operators import for_run, until_terminal
 from .request import EmitRequest, RunOutput
 from .runtime import AgentRuntime
-from .store import EventEnvelope
+from .stores.base import EventEnvelope
 
 __all__ = ("Build", "Handler", "InvocationHandle", "RuntimeInvocation")
 
 Build = Callable[[SessionContext, Control], EmitRequest | Awaitable[EmitRequest]]
 """``build(ctx, control)`` returns (or resolves to) the EmitRequest to run."""
-
-Handler = Callable[[InvocationEvent, SessionContext, Control], Awaitable[Any] | None]
-"""``handler(event, ctx, control)``; sync or async."""
 
 _ids = itertools.count(1)
 
@@ -131,11 +128,8 @@ class RuntimeInvocation:
         request = await self._build(build, context, control)
         if control.is_cancelled:
             raise InvocationCancelled("cancelled before the run started")
-        run_request = request.into_run_request().model_copy(
-            update={
-                "run_id": context.run_id,
-                "session_id": request.session_id or context.session_id,
-            }
+        run_request = request.into_run_request(
+            run_id=context.run_id, session_id=request.session_id or context.session_id
         )
         return await self.runtime.run(run_request, control)
 
@@ -221,7 +215,7 @@ class RuntimeInvocation:
         ) -> abc.DisposableBase:
             run_control = control.copy() if control is not None else Control()
             run_id = new_id()
-            run_request = request.into_run_request().model_copy(update={"run_id": run_id})
+            run_request = request.into_run_request(run_id=run_id)
             try:
                 self.runtime.validate(run_request)
             except InvalidRequest as exc:

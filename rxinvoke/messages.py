@@ -7,7 +7,9 @@ import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
+
+from ._frozen import Frozen as _Frozen
 
 __all__ = (
     "ChatRequest",
@@ -39,10 +41,6 @@ def utcnow() -> datetime:
 def new_id() -> str:
     """A fresh random identifier."""
     return str(uuid.uuid4())
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class FinishReason(str, enum.Enum):

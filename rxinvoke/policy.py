@@ -1,18 +1,17 @@
-"""Runtime limits and behaviour switches."""
+"""Runtime limits and behaviour switches: the numbers (the rules that use them live with the
+runtime parts: retries in ``_model_call``, tool limits in ``_execute``)."""
 
 from __future__ import annotations
 
-import random
+from pydantic import Field
 
-from pydantic import BaseModel, ConfigDict, Field
+from ._frozen import Frozen
 
 __all__ = ("RuntimePolicy",)
 
 
-class RuntimePolicy(BaseModel):
+class RuntimePolicy(Frozen):
     """Limits the runtime enforces on every run."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_iterations: int = Field(default=10, ge=1)
     """Model calls per run; the run ends with ``finish_reason=max_iterations`` after that."""
@@ -37,14 +36,3 @@ class RuntimePolicy(BaseModel):
     ``[0, retry_backoff * 2**n]`` (full jitter)."""
     retry_backoff_max: float = Field(default=20.0, ge=0)
     """Longest wait before one retry, a server's ``Retry-After`` included."""
-
-    def retry_delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry ``attempt`` (0-based).
-
-        The server's ``retry_after`` when it sent one, otherwise full jitter over the
-        exponential backoff; never more than ``retry_backoff_max``.
-        """
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.retry_backoff_max)
-        ceiling = min(self.retry_backoff_max, self.retry_backoff * 2.0 ** min(attempt, 62))
-        return random.uniform(0.0, ceiling)

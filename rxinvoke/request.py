@@ -5,19 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ._frozen import Frozen as _Frozen
 from .messages import FinishReason, ModelName, ProviderId, TokenUsage, ToolChoice
 
 __all__ = ("EmitRequest", "RunOutput", "RunRequest")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RunRequest(_Frozen):
-    """Everything the runtime needs to start a run."""
+class _RequestFields(_Frozen):
+    """What an emit and a run request both say (written once, copied by ``into_run_request``)."""
 
     provider: ProviderId
     model: ModelName
@@ -25,24 +22,24 @@ class RunRequest(_Frozen):
     """The user message that starts the run."""
     session_id: uuid.UUID | None = None
     """The session to continue; a new session when None."""
+    client_request_id: str | None = None
+    """The caller's idempotency key: a second emit with the same key joins the first run."""
+    metadata: dict[str, Any] | None = None
+    """Caller metadata kept with the run, never sent to the model."""
+
+
+class RunRequest(_RequestFields):
+    """Everything the runtime needs to start a run."""
+
     run_id: str | None = None
     """A caller-chosen run id; generated when None."""
-    client_request_id: str | None = None
     tool_choice: ToolChoice = Field(default_factory=ToolChoice.auto)
-    metadata: dict[str, Any] | None = None
     system_prompt: str | None = None
     """A system message placed before the history of a new session."""
 
 
-class EmitRequest(_Frozen):
+class EmitRequest(_RequestFields):
     """The request an ``emit`` build callback returns; fluent ``with_*`` copies refine it."""
-
-    provider: ProviderId
-    model: ModelName
-    input: str
-    session_id: uuid.UUID | None = None
-    client_request_id: str | None = None
-    metadata: dict[str, Any] | None = None
 
     def with_session_id(self, session_id: uuid.UUID | str) -> EmitRequest:
         """A copy that continues the session ``session_id``."""
@@ -60,16 +57,10 @@ class EmitRequest(_Frozen):
         # a validated copy (model_copy(update=...) would skip validation)
         return EmitRequest.model_validate({**self.__dict__, **update})
 
-    def into_run_request(self) -> RunRequest:
-        """The RunRequest for this emit: tool choice auto, run id assigned by the runtime."""
-        return RunRequest(
-            provider=self.provider,
-            model=self.model,
-            input=self.input,
-            session_id=self.session_id,
-            client_request_id=self.client_request_id,
-            metadata=self.metadata,
-        )
+    def into_run_request(self, **update: Any) -> RunRequest:
+        """The RunRequest for this emit (tool choice auto), with ``update`` applied."""
+        fields = {name: getattr(self, name) for name in _RequestFields.model_fields}
+        return RunRequest(**{**fields, **update})
 
 
 class RunOutput(_Frozen):

@@ -9,7 +9,6 @@ from reactivex.testing import ReactiveTest, TestScheduler
 
 from rxinvoke import (
     Control,
-    EventBus,
     EventKind,
     RunCompleted,
     RunStarted,
@@ -17,6 +16,7 @@ from rxinvoke import (
     TextDelta,
     ToolCallStarted,
 )
+from rxinvoke._bus import EventBus
 from rxinvoke.messages import FinishReason
 
 on_next = ReactiveTest.on_next

@@ -12,6 +12,7 @@ import pytest
 
 import rxinvoke
 from rxinvoke.cli import main
+from rxinvoke.stores import EventEnvelope
 
 PROMPT = "what is 2 + 3?"
 
@@ -54,7 +55,7 @@ def test_events_replays_a_stored_run(capsys: pytest.CaptureFixture[str], tmp_pat
     run_id = published[0].run_id or ""
     code, out, _ = cli(capsys, "events", run_id, "--json", "--db", str(db))
     assert code == 0
-    envelopes = [rxinvoke.EventEnvelope.model_validate_json(line) for line in out.splitlines()]
+    envelopes = [EventEnvelope.model_validate_json(line) for line in out.splitlines()]
     assert [e.event for e in envelopes] == published
     assert [e.seq for e in envelopes] == list(range(1, len(published) + 1))
     code, out, _ = cli(capsys, "events", run_id, "--kind", "text_delta", "--db", str(db))

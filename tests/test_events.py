@@ -13,8 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rxinvoke import (
-    AGENT_EVENT,
-    CHAT_STREAM_EVENT,
     INVOCATION_EVENT,
     AgentEvent,
     AssistantMessageCommitted,
@@ -54,6 +52,7 @@ from rxinvoke import (
     ToolSuccess,
     UsageRecorded,
 )
+from rxinvoke.events import AGENT_EVENT, CHAT_STREAM_EVENT
 
 RUN = "run-7f3a"
 SESSION = "4a6b7c1e-8a8e-4c38-9a52-2a7d6f1e0b11"

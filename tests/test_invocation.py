@@ -34,7 +34,7 @@ from rxinvoke import (
     UserError,
 )
 from rxinvoke.messages import ChatRequest, FinishReason
-from rxinvoke.provider_scripted import ScriptedProvider, TurnItem
+from rxinvoke.providers.scripted import ScriptedProvider, TurnItem
 from rxinvoke.tools import tool
 
 Turns = Sequence[Sequence[TurnItem]] | Callable[[ChatRequest], Sequence[TurnItem]]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
@@ -52,10 +52,12 @@ from rxinvoke import (
     ToolFailure,
     ToolSpec,
     ToolSuccess,
+    _model_call,
     tool,
 )
+from rxinvoke._model_call import retry_delay
 from rxinvoke.cli import main
-from rxinvoke.provider_openai import OpenAIProvider
+from rxinvoke.providers.openai import OpenAIProvider
 
 MODEL = "test-model"
 KEY = "sk-test-0123456789abcdef"
@@ -248,14 +250,17 @@ def tool_reply(calls: Sequence[tuple[str, str, str]], *, size: int = 2) -> Strea
 FAST = RuntimePolicy(retry_backoff=0.001, retry_backoff_max=0.005)
 
 
-class RecordingPolicy(RuntimePolicy):
-    """Retries with no wait at all, recording what the runtime asked for."""
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float | None]]:
+    """Retries with no wait at all, recording the (attempt, retry_after) the runtime asked for."""
+    calls: list[tuple[int, float | None]] = []
 
-    asked: ClassVar[list[tuple[int, float | None]]] = []
-
-    def retry_delay(self, attempt: int, retry_after: float | None = None) -> float:
-        RecordingPolicy.asked.append((attempt, retry_after))
+    def record(policy: RuntimePolicy, attempt: int, retry_after: float | None = None) -> float:
+        calls.append((attempt, retry_after))
         return 0.0
+
+    monkeypatch.setattr(_model_call, "retry_delay", record)
+    return calls
 
 
 @pytest.fixture
@@ -692,20 +697,19 @@ async def test_a_500_is_retried_and_the_run_succeeds(
 
 
 async def test_a_429_waits_the_retry_after_the_server_asked_for(
-    server: ChatServer, rig: Callable[..., Rig]
+    server: ChatServer, rig: Callable[..., Rig], asked: list[tuple[int, float | None]]
 ) -> None:
-    RecordingPolicy.asked.clear()
     server.script(
         Error(429, {"error": {"message": "slow down"}}, headers={"Retry-After": "7"}),
         Error(503, "overloaded"),
         text_reply("done"),
     )
-    r = rig(policy=RecordingPolicy(max_retries=3))
+    r = rig(policy=RuntimePolicy(max_retries=3))
 
     output = await r.run()
 
     assert output.output_text == "done"
-    assert RecordingPolicy.asked == [(0, 7.0), (1, None)]
+    assert asked == [(0, 7.0), (1, None)]
     assert len(server.requests) == 3
 
 
@@ -868,19 +872,19 @@ async def test_a_response_that_is_not_an_event_stream_is_a_stream_error(
 
 async def test_connection_refused_is_retried_then_fails_the_run(
     providers: Callable[..., OpenAIProvider],
+    asked: list[tuple[int, float | None]],
 ) -> None:
     with socket.socket() as sock:  # a port that was free a moment ago: nobody listens
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     provider = providers(f"http://127.0.0.1:{port}/v1")
-    RecordingPolicy.asked.clear()
-    runtime = AgentRuntime(providers=[provider], policy=RecordingPolicy(max_retries=1))
+    runtime = AgentRuntime(providers=[provider], policy=RuntimePolicy(max_retries=1))
 
     with pytest.raises(InvocationFailed) as caught:
         await runtime.run(RunRequest(provider="openai", model=MODEL, input="hi"))
 
     assert isinstance(caught.value.cause, ProviderConnectionError)
-    assert RecordingPolicy.asked == [(0, None)]
+    assert asked == [(0, None)]
 
 
 async def test_cancelling_the_run_mid_stream_closes_the_connection(
@@ -995,12 +999,12 @@ def test_retry_delay_is_full_jitter_capped_and_honours_retry_after() -> None:
     policy = RuntimePolicy(retry_backoff=0.5, retry_backoff_max=3.0)
 
     for attempt, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 3.0), (50, 3.0), (5000, 3.0)]:
-        delays = [policy.retry_delay(attempt) for _ in range(200)]
+        delays = [retry_delay(policy, attempt) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling / 2  # jitter spreads over the range
-    assert policy.retry_delay(0, retry_after=2.5) == 2.5
-    assert policy.retry_delay(4, retry_after=60.0) == 3.0  # capped
-    assert policy.retry_delay(0, retry_after=-1.0) == 0.0
+    assert retry_delay(policy, 0, retry_after=2.5) == 2.5
+    assert retry_delay(policy, 4, retry_after=60.0) == 3.0  # capped
+    assert retry_delay(policy, 0, retry_after=-1.0) == 0.0
 
 
 # --- the command line -------------------------------------------------------------------------

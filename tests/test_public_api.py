@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
+import warnings
 from collections import Counter
 
 import pytest
@@ -59,9 +62,16 @@ def test_version_is_a_non_empty_string() -> None:
     assert rxinvoke.__version__.strip()
 
 
+DEPRECATED_MODULES = {"provider_openai"}
+
+
 def _submodules() -> list[str]:
+    """Every module of the package, subpackages included (``providers.openai``)."""
     return sorted(
-        info.name for info in pkgutil.iter_modules(rxinvoke.__path__) if info.name != "__main__"
+        info.name.removeprefix("rxinvoke.")
+        for info in pkgutil.walk_packages(rxinvoke.__path__, prefix="rxinvoke.")
+        if info.name != "rxinvoke.__main__"
+        and info.name.removeprefix("rxinvoke.") not in DEPRECATED_MODULES
     )
 
 
@@ -84,3 +94,90 @@ def test_top_level_reexports_are_the_submodule_objects() -> None:
     for name in rxinvoke.__all__:
         assert name in by_name, f"{name!r} is exported but no submodule's __all__ lists it"
         assert getattr(rxinvoke, name) is by_name[name]
+
+
+# --- the user API only; plumbing moved out with deprecation aliases ---------------------------
+
+PLUMBING = (
+    "AGENT_EVENT",
+    "CHAT_STREAM_EVENT",
+    "EventBus",
+    "EventEnvelope",
+    "EventLog",
+    "ModelName",
+    "ProviderId",
+    "ProviderRegistry",
+    "ToolRegistry",
+)
+
+
+def test_submodules_include_the_families() -> None:
+    assert {"providers", "providers.openai", "providers.scripted", "stores", "stores.sqlite"} <= set(
+        _submodules()
+    )
+
+
+@pytest.mark.parametrize("name", PLUMBING)
+def test_plumbing_left_the_top_level_with_a_deprecation_alias(name: str) -> None:
+    assert name not in rxinvoke.__all__
+    assert name not in vars(rxinvoke)
+    with pytest.warns(DeprecationWarning, match=f"rxinvoke.{name} is deprecated: import it from"):
+        value = getattr(rxinvoke, name)
+    module = importlib.import_module(rxinvoke._MOVED[name])
+    assert value is getattr(module, name)
+
+
+def test_an_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        rxinvoke.Nope  # noqa: B018
+
+
+def test_openai_provider_is_lazy_at_the_top_level() -> None:
+    from rxinvoke.providers.openai import OpenAIProvider
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not deprecated: a lazy name
+        assert rxinvoke.OpenAIProvider is OpenAIProvider
+        assert rxinvoke.providers.OpenAIProvider is OpenAIProvider
+    assert "OpenAIProvider" in dir(rxinvoke)
+    assert "OpenAIProvider" in dir(rxinvoke.providers)
+
+
+def test_importing_rxinvoke_does_not_import_httpx() -> None:
+    code = (
+        "import sys, rxinvoke, rxinvoke.providers, rxinvoke.stores, rxinvoke.cli; "
+        "assert 'httpx' not in sys.modules, 'httpx imported'; "
+        "rxinvoke.OpenAIProvider; assert 'httpx' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_old_provider_openai_module_is_a_deprecated_alias() -> None:
+    sys.modules.pop("rxinvoke.provider_openai", None)
+    with pytest.warns(DeprecationWarning, match="rxinvoke.provider_openai is deprecated"):
+        old = importlib.import_module("rxinvoke.provider_openai")
+    from rxinvoke.providers.openai import DEFAULT_BASE_URL, OpenAIProvider
+
+    assert old.OpenAIProvider is OpenAIProvider
+    assert old.DEFAULT_BASE_URL == DEFAULT_BASE_URL
+
+
+def test_the_readme_package_map_matches_the_tree() -> None:
+    """Every module and subpackage of the tree is on the README's map, and nothing else."""
+    from pathlib import Path
+
+    root = Path(rxinvoke.__file__).parent
+    readme = (root.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The package", 1)[1].split("```", 2)[1]
+    listed: set[str] = set()
+    for line in section.splitlines()[2:]:  # after "rxinvoke/"
+        words = line.split()
+        for word in words:
+            if word.endswith(".py") or word.endswith("/"):
+                listed.add(word)
+            else:
+                break
+    tree = {p.name for p in root.glob("*.py") if p.name not in {"__init__.py", "_version.py",
+            "_compat.py", "_frozen.py", "provider_openai.py"}}
+    tree |= {f"{p.name}/" for p in root.iterdir() if (p / "__init__.py").exists()}
+    assert listed == tree

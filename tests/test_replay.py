@@ -19,9 +19,6 @@ from rxinvoke import (
     AgentRuntime,
     ChatTextDelta,
     EmitRequest,
-    EventBus,
-    EventEnvelope,
-    EventLog,
     InvocationFailed,
     MemoryStore,
     ProviderStreamError,
@@ -36,7 +33,10 @@ from rxinvoke import (
     TextDelta,
     UnknownRun,
 )
+from rxinvoke._bus import EventBus
+from rxinvoke._eventlog import EventLog
 from rxinvoke.messages import FinishReason
+from rxinvoke.stores import EventEnvelope, RunOutcome
 
 text_turn = ScriptedProvider.text_turn
 tool_call_turn = ScriptedProvider.tool_call_turn
@@ -132,9 +132,9 @@ class SteppedStore(MemoryStore):
         await self._turns()
         await super().append_events(events)
 
-    async def finish_run(self, run_id: str, status: Any, **kw: Any) -> None:
+    async def finish_run(self, run_id: str, outcome: Any, **kw: Any) -> None:
         await self._turns()
-        await super().finish_run(run_id, status, **kw)
+        await super().finish_run(run_id, outcome, **kw)
 
     async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
         await self._turns()
@@ -151,7 +151,7 @@ async def interleave(before: list[str], after: list[str], after_seq: int, lag: i
     bus = EventBus()
     log = EventLog(store, bus)
     run_id, session = "run", uuid.uuid4()
-    await store.start_run(RunRecord(run_id=run_id, session_id=session, request=RunRequest(provider="p", model="m", input="x")))
+    await store.begin_run(RunRecord(run_id=run_id, session_id=session, request=RunRequest(provider="p", model="m", input="x")), [])
     log.begin(run_id, session)
     received: list[int] = []
     outcome: list[str] = []
@@ -176,7 +176,7 @@ async def interleave(before: list[str], after: list[str], after_seq: int, lag: i
         await step(op)
     bus.publish(RunCompleted(run_id=run_id, finish_reason=FinishReason.STOP, iterations=1))
     await asyncio.gather(*flushes)
-    await log.finish(run_id, "completed")
+    await log.finish(run_id, RunOutcome(status="completed"))
     await asyncio.wait_for(done.wait(), timeout=10)  # a hang guard, not synchronisation
     total = len(await MemoryStore.read_events(store, run_id))
     return received, total, outcome

@@ -17,6 +17,7 @@ from unittest.mock import ANY
 
 import pytest
 
+import rxinvoke.runtime
 from rxinvoke import (
     AgentRuntime,
     ChatFinished,
@@ -43,6 +44,7 @@ from rxinvoke import (
     RunRequest,
     RuntimePolicy,
     ScriptedProvider,
+    SqliteStore,
     SubscriberError,
     TextDelta,
     TokenUsage,
@@ -53,10 +55,11 @@ from rxinvoke import (
     ToolExecutionFinished,
     ToolFailure,
     ToolSuccess,
+    UserError,
     builtin_tools,
     tool,
 )
-from rxinvoke.provider_scripted import TurnItem
+from rxinvoke.providers.scripted import TurnItem
 
 TERMINAL = ("run_completed", "run_failed", "run_cancelled")
 
@@ -1372,3 +1375,69 @@ async def test_offline_provider_calls_no_tool_when_tool_choice_is_none() -> None
     assert "tool_execution_started" not in types(events)
     assert output.iterations == 1
     assert output.finish_reason is FinishReason.STOP
+
+
+# --- lifetime: aclose / async with ----------------------------------------------------------
+
+
+async def test_aclose_cancels_running_runs_stores_them_and_completes_the_stream() -> None:
+    gate = asyncio.Event()
+    runtime, _, events = make_runtime([[gate, *text_turn("never")]])
+    completed: list[bool] = []
+    runtime.events.subscribe(on_completed=lambda: completed.append(True))
+    task = asyncio.ensure_future(runtime.run(request()))
+    await until(lambda: "chat_started" in types(events))
+    run_id = events[0].run_id
+
+    await runtime.aclose()
+
+    assert task.done()
+    with pytest.raises(InvocationCancelled):
+        task.result()
+    assert_run_shape(events, run_id, "run_cancelled")
+    assert completed == [True]  # the bus completed its observers
+    record = await runtime.store.get_run(run_id)
+    assert record is not None and record.status == "cancelled"  # an owned store closes after
+    assert runtime.is_closed
+
+
+async def test_a_closed_runtime_refuses_new_runs_and_aclose_is_idempotent() -> None:
+    runtime, _, events = make_runtime([text_turn("hi")])
+    await runtime.aclose()
+    await runtime.aclose()
+    with pytest.raises(UserError, match="closed"):
+        await runtime.run(request())
+    assert events == []
+
+
+async def test_async_with_closes_an_owned_store_but_not_a_passed_one(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passed = SqliteStore(tmp_path / "s.db")
+    async with AgentRuntime(providers=[ScriptedProvider([text_turn("a")])], store=passed) as runtime:
+        out = await runtime.run(request())
+        assert [m.role for m in await runtime.history(out.session_id)] == ["user", "assistant"]
+    assert runtime.is_closed
+    record = await passed.get_run(out.run_id)  # the caller's store is still open
+    assert record is not None and record.status == "completed"
+    await passed.close()
+
+    closed: list[bool] = []
+
+    class Owned(MemoryStore):
+        async def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(rxinvoke.runtime, "MemoryStore", Owned)
+    async with AgentRuntime(providers=[ScriptedProvider([text_turn("a")])]) as runtime:
+        assert isinstance(runtime.store, Owned)  # the default store: the runtime made it
+        await runtime.run(request())
+    assert closed == [True]  # what the runtime made itself is closed with it
+
+
+async def test_history_is_the_sessions_stored_messages() -> None:
+    runtime, _, _ = make_runtime([text_turn("one"), text_turn("two")])
+    first = await runtime.run(request("a"))
+    await runtime.run(request("b", session_id=first.session_id))
+    assert [m.content for m in await runtime.history(first.session_id)] == ["a", "one", "b", "two"]
+    assert await runtime.history(uuid.uuid4()) == []

@@ -8,9 +8,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from rxinvoke import (
-    EventEnvelope,
     MemoryStore,
     Message,
     RunOutput,
@@ -27,6 +27,7 @@ from rxinvoke import (
 )
 from rxinvoke.events import InvocationEvent, RunCompleted, RunStarted
 from rxinvoke.messages import FinishReason, utcnow
+from rxinvoke.stores import EventEnvelope, RunOutcome
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -41,6 +42,12 @@ def record(run_id: str | None = None, session: uuid.UUID | None = None, key: str
     session = session or uuid.uuid4()
     request = RunRequest(provider="p", model="m", input="hi", run_id=run_id, session_id=session, client_request_id=key)
     return RunRecord(run_id=run_id, session_id=session, request=request, client_request_id=key, **kw)  # type: ignore[arg-type]
+
+
+async def start(store: Store, rec: RunRecord) -> RunRecord:
+    """Claim ``rec`` with no opening messages (the stored record)."""
+    stored, _ = await store.begin_run(rec, [])
+    return stored
 
 
 def envelope(rec: RunRecord, seq: int, event: InvocationEvent) -> EventEnvelope:
@@ -83,26 +90,25 @@ async def test_a_message_batch_is_atomic(store: Store) -> None:
     assert await store.load_history(session) == [kept]
 
 
-async def test_start_run_stores_a_running_run(store: Store) -> None:
+async def test_a_claimed_run_is_stored_running(store: Store) -> None:
     rec = record()
-    stored = await store.start_run(rec)
+    stored = await start(store, rec)
     assert stored.run_id == rec.run_id and stored.status == "running"
     got = await store.get_run(rec.run_id)
     assert got is not None
     assert (got.status, got.request, got.session_id, got.iterations) == ("running", rec.request, rec.session_id, 0)
     assert await store.get_run("nope") is None
     with pytest.raises(StoreError):
-        await store.start_run(rec)
+        await start(store, rec)
 
 
-async def test_start_run_returns_the_run_with_the_same_client_request_id(store: Store) -> None:
-    first = await store.start_run(record(key="k"))
-    second = await store.start_run(record(key="k"))
+async def test_a_claim_returns_the_run_with_the_same_client_request_id(store: Store) -> None:
+    first = await start(store, record(key="k"))
+    second = await start(store, record(key="k"))
     assert second.run_id == first.run_id
     assert [r.run_id for r in await store.list_runs()] == [first.run_id]
-    found = await store.find_run("k")
-    assert found is not None and found.run_id == first.run_id
-    assert await store.find_run("other") is None
+    other = await start(store, record(key="other"))  # another key: a new run
+    assert other.run_id != first.run_id and other.status == "running"
 
 
 async def test_begin_run_claims_reads_the_history_and_appends_the_opening(store: Store) -> None:
@@ -127,7 +133,7 @@ async def test_begin_run_claims_reads_the_history_and_appends_the_opening(store:
 
 
 async def test_begin_run_with_a_stored_client_request_id_writes_nothing(store: Store) -> None:
-    first = await store.start_run(record(key="k"))
+    first = await start(store, record(key="k"))
     session = uuid.uuid4()
     duplicate = record(session=session, key="k")
     stored, history = await store.begin_run(duplicate, [Message(role="user", content="x")], preamble=[Message(role="system", content="s")])
@@ -140,7 +146,7 @@ async def test_begin_run_with_a_stored_client_request_id_writes_nothing(store: S
 
 
 async def test_begin_run_rejects_a_stored_run_id_and_writes_nothing(store: Store) -> None:
-    rec = await store.start_run(record())
+    rec = await start(store, record())
     with pytest.raises(StoreError):
         await store.begin_run(rec, [Message(role="user", content="x")])
     assert await store.load_history(rec.session_id) == []
@@ -162,7 +168,7 @@ async def test_begin_run_is_one_transaction(store: Store) -> None:
 
 
 async def test_events_are_numbered_from_one_without_gaps(store: Store) -> None:
-    rec = await store.start_run(record())
+    rec = await start(store, record())
     events = [envelope(rec, 1, RunStarted(run_id=rec.run_id, session_id=str(rec.session_id), provider="p", model="m"))]
     events += [envelope(rec, n, TextDelta(run_id=rec.run_id, delta=str(n))) for n in (2, 3)]
     await store.append_events(events[:1])
@@ -177,7 +183,7 @@ async def test_events_are_numbered_from_one_without_gaps(store: Store) -> None:
 
 
 async def test_a_bad_event_batch_writes_nothing(store: Store) -> None:
-    rec = await store.start_run(record())
+    rec = await start(store, record())
     good = envelope(rec, 1, TextDelta(run_id=rec.run_id, delta="a"))
     with pytest.raises(StoreError):
         await store.append_events([good, envelope(rec, 3, TextDelta(run_id=rec.run_id, delta="c"))])
@@ -191,56 +197,56 @@ async def test_unknown_runs(store: Store) -> None:
     with pytest.raises(UnknownRun):
         await store.append_events([envelope(record(run_id="nope"), 1, TextDelta(run_id="nope", delta="x"))])
     with pytest.raises(UnknownRun):
-        await store.finish_run("nope", "failed", error="x")
+        await store.finish_run("nope", RunOutcome.failed("x"))
 
 
 async def test_usage_is_recorded_with_its_event(store: Store) -> None:
-    rec = await store.start_run(record())
+    rec = await start(store, record())
     usages = [TokenUsage(input_tokens=2, output_tokens=3, total_tokens=5), TokenUsage(input_tokens=1, total_tokens=1)]
     await store.append_events([envelope(rec, n + 1, UsageRecorded(run_id=rec.run_id, usage=u)) for n, u in enumerate(usages)])
-    assert await store.load_usage(rec.run_id) == usages
     got = await store.get_run(rec.run_id)
     assert got is not None
     assert (got.iterations, got.total_usage) == (2, TokenUsage(input_tokens=3, output_tokens=3, total_tokens=6))
 
 
 async def test_finish_run_writes_the_terminal_event_and_status_together(store: Store) -> None:
-    rec = await store.start_run(record())
+    rec = await start(store, record())
     terminal = envelope(rec, 1, RunCompleted(run_id=rec.run_id, finish_reason=FinishReason.STOP, iterations=1))
-    await store.finish_run(rec.run_id, "completed", output=output(rec), events=[terminal])
+    await store.finish_run(rec.run_id, RunOutcome.completed(output(rec)), events=[terminal])
     got = await store.get_run(rec.run_id)
     assert got is not None and got.is_finished
     assert (got.status, got.output, got.error) == ("completed", output(rec), None)
     assert got.finished_at is not None and got.finished_at >= got.started_at
     assert await store.read_events(rec.run_id) == [terminal]
     with pytest.raises(StoreError):  # finished once
-        await store.finish_run(rec.run_id, "failed", error="again")
-    with pytest.raises(StoreError):
-        await store.finish_run((await store.start_run(record())).run_id, "running")  # type: ignore[arg-type]
+        await store.finish_run(rec.run_id, RunOutcome.failed("again"))
+    with pytest.raises(ValidationError):  # not a terminal status
+        RunOutcome(status="running")  # type: ignore[arg-type]
 
 
 async def test_finish_run_commits_the_last_messages_with_the_status(store: Store) -> None:
-    rec = await store.start_run(record())
+    rec = await start(store, record())
     await store.append_messages(rec.session_id, [Message(role="user", content="hi", run_id=rec.run_id)])
     answer = Message(role="assistant", content="ok", run_id=rec.run_id)
     terminal = envelope(rec, 1, RunCompleted(run_id=rec.run_id, finish_reason=FinishReason.STOP, iterations=1))
     if not isinstance(store, MemoryStore):  # refused whole: a reused message id
         with pytest.raises(StoreError):
-            await store.finish_run(rec.run_id, "completed", events=[terminal], messages=[answer, answer])
+            await store.finish_run(rec.run_id, RunOutcome(status="completed"), events=[terminal], messages=[answer, answer])
         got = await store.get_run(rec.run_id)
         assert got is not None and got.status == "running"
         assert await store.read_events(rec.run_id) == []
-    await store.finish_run(rec.run_id, "completed", output=output(rec), events=[terminal], messages=[answer])
+    await store.finish_run(rec.run_id, RunOutcome.completed(output(rec)), events=[terminal], messages=[answer])
     assert [m.content for m in await store.load_history(rec.session_id)] == ["hi", "ok"]
     assert await store.read_events(rec.run_id) == [terminal]
-    other = uuid.uuid4()  # an explicit session
-    rec2 = await store.start_run(record())
-    await store.finish_run(rec2.run_id, "failed", error="x", messages=[Message(role="user", content="x")], session_id=other)
-    assert [m.content for m in await store.load_history(other)] == ["x"]
+    rec2 = await start(store, record())  # the messages go to the run's own session
+    await store.finish_run(rec2.run_id, RunOutcome.failed("x"), messages=[Message(role="user", content="x")])
+    assert [m.content for m in await store.load_history(rec2.session_id)] == ["x"]
+    got2 = await store.get_run(rec2.run_id)
+    assert got2 is not None and (got2.status, got2.error, got2.output) == ("failed", "x", None)
 
 
 async def test_events_of_several_runs_in_one_batch_read_back_per_run(store: Store) -> None:
-    one, two = await store.start_run(record()), await store.start_run(record())
+    one, two = await start(store, record()), await start(store, record())
     batch = [envelope(rec, seq, TextDelta(run_id=rec.run_id, delta=f"{n}")) for n, (rec, seq) in enumerate([(one, 1), (two, 1), (one, 2), (two, 2), (one, 3)])]
     await store.append_events(batch)
     await store.append_events([envelope(one, 4, TextDelta(run_id=one.run_id, delta="x"))])
@@ -257,14 +263,14 @@ async def test_list_runs_newest_first_with_limit_and_session(store: Store) -> No
     ids = []
     for n in range(4):
         rec = record(session=session if n % 2 else None, started_at=base + timedelta(seconds=n))
-        ids.append((await store.start_run(rec)).run_id)
+        ids.append((await start(store, rec)).run_id)
     assert [r.run_id for r in await store.list_runs()] == ids[::-1]
     assert [r.run_id for r in await store.list_runs(limit=2)] == ids[:1:-1]
     assert [r.run_id for r in await store.list_runs(session_id=session)] == [ids[3], ids[1]]
 
 
 async def test_recover_interrupted_leaves_live_runs_alone(store: Store) -> None:
-    rec = await store.start_run(record())
+    rec = await start(store, record())
     assert await store.recover_interrupted() == []  # this process owns it and is alive
     got = await store.get_run(rec.run_id)
     assert got is not None and got.status == "running"
@@ -273,19 +279,21 @@ async def test_recover_interrupted_leaves_live_runs_alone(store: Store) -> None:
 async def test_memory_store_forgets_the_oldest_finished_runs_beyond_its_limit() -> None:
     store = MemoryStore(max_finished_runs=2)
     session = uuid.uuid4()
-    first, second, third = [await store.start_run(record(session=session, key=f"k{i}")) for i in range(3)]
-    running = await store.start_run(record(session=session))
+    first, second, third = [await start(store, record(session=session, key=f"k{i}")) for i in range(3)]
+    running = await start(store, record(session=session))
     await store.append_messages(session, [Message(role="user", content="kept")])
     for rec in (first, second, third):
         terminal = envelope(rec, 1, RunCompleted(run_id=rec.run_id, finish_reason=FinishReason.STOP, iterations=1))
-        await store.finish_run(rec.run_id, "completed", output=output(rec), events=[terminal])
+        await store.finish_run(rec.run_id, RunOutcome.completed(output(rec)), events=[terminal])
 
     assert await store.get_run(first.run_id) is None
     with pytest.raises(UnknownRun):
         await store.read_events(first.run_id)
-    assert await store.find_run("k0") is None  # its idempotency key is forgotten with it
     assert [r.run_id for r in await store.list_runs()] == [running.run_id, third.run_id, second.run_id]
     assert len(await store.read_events(third.run_id)) == 1
     assert [m.content for m in await store.load_history(session)] == ["kept"]  # history stays
+    again = await start(store, record(session=session, key="k0"))  # its idempotency key is forgotten with it
+    assert again.run_id != first.run_id and again.status == "running"
+    assert (await start(store, record(key="k2"))).run_id == third.run_id  # a kept run's key holds
     with pytest.raises(ValueError):
         MemoryStore(max_finished_runs=0)

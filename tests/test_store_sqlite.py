@@ -24,7 +24,6 @@ import pytest
 from rxinvoke import (
     AgentRuntime,
     EmitRequest,
-    EventEnvelope,
     MigrationError,
     OfflineProvider,
     RunRecord,
@@ -33,11 +32,12 @@ from rxinvoke import (
     SqliteStore,
     StoreError,
     builtin_tools,
-    store_sqlite,
 )
 from rxinvoke.events import RunCompleted, RunStarted, TextDelta, UsageRecorded
 from rxinvoke.messages import FinishReason, TokenUsage
-from rxinvoke.store_sqlite import SCHEMA_VERSION, default_db_path
+from rxinvoke.stores import EventEnvelope, RunOutcome
+from rxinvoke.stores import sqlite as store_sqlite
+from rxinvoke.stores.sqlite import SCHEMA_VERSION, default_db_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"run_completed", "run_failed", "run_cancelled"}
@@ -113,7 +113,7 @@ async def test_migrations_upgrade_an_older_file_step_by_step(
 ) -> None:
     path = tmp_path / "r.db"
     async with SqliteStore(path) as store:
-        await store.start_run(record())
+        await store.begin_run(record(), [])
     upgrade = "CREATE TABLE notes (id INTEGER PRIMARY KEY);\nALTER TABLE runs ADD COLUMN note TEXT;"
     monkeypatch.setattr(store_sqlite, "MIGRATIONS", (*store_sqlite.MIGRATIONS, upgrade))
     async with SqliteStore(path) as store:
@@ -130,7 +130,7 @@ async def test_a_version_1_event_log_is_migrated_to_segments(
     rec = record()
     monkeypatch.setattr(store_sqlite, "MIGRATIONS", store_sqlite.MIGRATIONS[:1])
     async with SqliteStore(path) as store:  # a version-1 file
-        await store.start_run(rec)
+        await store.begin_run(rec, [])
     assert pragma(path, "user_version") == 1
     run_id = rec.run_id
     events = [
@@ -153,7 +153,7 @@ async def test_a_version_1_event_log_is_migrated_to_segments(
         terminal = EventEnvelope.of(RunCompleted(run_id=run_id, finish_reason=FinishReason.STOP, iterations=1), run_id, rec.session_id, 5)
         with pytest.raises(StoreError, match="does not follow 4"):
             await store.append_events([EventEnvelope.of(TextDelta(run_id=run_id, delta="x"), run_id, rec.session_id, 4)])
-        await store.finish_run(run_id, "completed", events=[terminal])
+        await store.finish_run(run_id, RunOutcome(status="completed"), events=[terminal])
         assert await store.read_events(run_id) == [*envelopes, terminal]
         got = await store.get_run(run_id)
         assert got is not None and got.iterations == 1 and got.total_usage.total_tokens == 3
@@ -167,7 +167,7 @@ async def test_a_version_1_event_log_is_migrated_to_segments(
 async def test_the_seq_cache_follows_writes_of_another_connection(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     async with SqliteStore(path) as one, SqliteStore(path) as two:
-        rec = await one.start_run(record())
+        rec = (await one.begin_run(record(), []))[0]
         delta = lambda seq: EventEnvelope.of(TextDelta(run_id=rec.run_id, delta=str(seq)), rec.run_id, rec.session_id, seq)  # noqa: E731
         await one.append_events([delta(1)])
         await two.append_events([delta(2)])  # `one` has cached last seq 1
@@ -254,8 +254,8 @@ def dead_pid() -> int:
 async def test_open_fails_runs_of_a_dead_process_with_one_terminal_event(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     async with SqliteStore(path) as store:
-        orphan = await store.start_run(record())
-        alive = await store.start_run(record())
+        orphan = (await store.begin_run(record(), []))[0]
+        alive = (await store.begin_run(record(), []))[0]
     with connect(path) as conn:
         conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:{dead_pid()}:", orphan.run_id))
         conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"elsewhere:{dead_pid()}:", alive.run_id))

@@ -11,13 +11,12 @@ import pytest
 from rxinvoke import (
     Tool,
     ToolArgumentsError,
-    ToolRegistry,
     ToolSpec,
     UserError,
     builtin_tools,
     tool,
 )
-from rxinvoke.tools_builtin import calculate, now
+from rxinvoke.tools import ToolRegistry, calculate, now
 
 
 class Point(pydantic.BaseModel):

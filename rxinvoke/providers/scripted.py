@@ -13,8 +13,8 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Union
 
-from .errors import ProviderStreamError
-from .events import (
+from ..errors import ProviderStreamError
+from ..events import (
     ChatFinished,
     ChatStarted,
     ChatStreamEvent,
@@ -23,7 +23,7 @@ from .events import (
     ChatToolCallCompleted,
     ChatToolCallStarted,
 )
-from .messages import ChatRequest, FinishReason, TokenUsage, ToolCall, new_id
+from ..messages import ChatRequest, FinishReason, TokenUsage, ToolCall, new_id
 
 __all__ = ("ScriptedProvider", "TurnItem")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
-from .errors import UserError
-from .events import ChatStreamEvent
-from .messages import ChatRequest
+from ..errors import UserError
+from ..events import ChatStreamEvent
+from ..messages import ChatRequest
 
 __all__ = ("ChatProvider", "ProviderRegistry")
 

@@ -50,17 +50,11 @@ from urllib.parse import quote
 
 from pydantic import TypeAdapter
 
-from .errors import MigrationError, StoreError, UnknownRun
-from .events import InvocationEvent, UsageRecorded
-from .messages import Message, TokenUsage, ToolCall, utcnow
-from .request import RunOutput, RunRequest
-from .store import (
-    TERMINAL_STATUSES,
-    EventEnvelope,
-    RunRecord,
-    RunStatus,
-    interrupted_envelopes,
-)
+from ..errors import MigrationError, StoreError, UnknownRun
+from ..events import InvocationEvent, UsageRecorded
+from ..messages import Message, TokenUsage, ToolCall, utcnow
+from ..request import RunOutput, RunRequest
+from .base import EventEnvelope, RunOutcome, RunRecord, RunStatus, interrupted_envelopes
 
 __all__ = ("SCHEMA_VERSION", "SqliteStore", "default_db_path")
 
@@ -519,15 +513,6 @@ class SqliteStore:
 
     # --- runs -----------------------------------------------------------------------------
 
-    async def start_run(self, record: RunRecord) -> RunRecord:
-        owned = record.model_copy(update={"owner": self._owner, "status": "running"})
-
-        def start(conn: sqlite3.Connection) -> RunRecord:
-            with self._transaction(conn):
-                return self._claim(conn, owned) or owned
-
-        return await self._call(start)
-
     async def begin_run(
         self,
         record: RunRecord,
@@ -580,17 +565,13 @@ class SqliteStore:
     async def finish_run(
         self,
         run_id: str,
-        status: RunStatus,
+        outcome: RunOutcome,
         *,
-        output: RunOutput | None = None,
-        error: str | None = None,
         events: Sequence[EventEnvelope] = (),
         messages: Sequence[Message] = (),
-        session_id: uuid.UUID | None = None,
     ) -> None:
-        if status not in TERMINAL_STATUSES:
-            raise StoreError(f"not a terminal status: {status!r}")
-        output_json = output.model_dump_json() if output is not None else None
+        status, error = outcome.status, outcome.error
+        output_json = outcome.output.model_dump_json() if outcome.output is not None else None
 
         def finish(conn: sqlite3.Connection) -> None:
             with self._transaction(conn):
@@ -603,7 +584,7 @@ class SqliteStore:
                     raise StoreError(f"run {run_id!r} is already {row[0]}")
                 self._insert_events(conn, events)
                 if messages:
-                    session = session_id or uuid.UUID(row[1])
+                    session = uuid.UUID(row[1])
                     self._insert_messages(conn, session, _message_rows(session, messages))
                 conn.execute(
                     "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ? "
@@ -616,11 +597,6 @@ class SqliteStore:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self._call(lambda conn: self._find(conn, "r.id = ?", run_id))
-
-    async def find_run(self, client_request_id: str) -> RunRecord | None:
-        return await self._call(
-            lambda conn: self._find(conn, "r.client_request_id = ?", client_request_id)
-        )
 
     async def list_runs(
         self, *, limit: int = 20, session_id: uuid.UUID | None = None
@@ -636,17 +612,6 @@ class SqliteStore:
             return [_run_record(row) for row in rows]
 
         return await self._call(runs)
-
-    async def load_usage(self, run_id: str) -> list[TokenUsage]:
-        def usage(conn: sqlite3.Connection) -> list[TokenUsage]:
-            rows = conn.execute(
-                "SELECT input_tokens, output_tokens, total_tokens FROM usage "
-                "WHERE run_id = ? ORDER BY seq",
-                (run_id,),
-            ).fetchall()
-            return [TokenUsage(input_tokens=a, output_tokens=b, total_tokens=c) for a, b, c in rows]
-
-        return await self._call(usage)
 
     @staticmethod
     def _find(conn: sqlite3.Connection, condition: str, value: str) -> RunRecord | None:

@@ -40,13 +40,12 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 from reactivex.subject import Subject
 
-from .bus import EventBus
+from ._bus import EventBus
 from .control import SessionContext
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import EventKind, InvocationEvent
 from .messages import Message
-from .request import RunOutput
-from .store import EventEnvelope, RunStatus, Store
+from .stores.base import EventEnvelope, RunOutcome, Store
 
 __all__ = ("EventLog",)
 
@@ -79,7 +78,7 @@ class EventLog:
         self._in_flight: list[EventEnvelope] = []
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._written = 0
-        self._deferred: dict[str, tuple[uuid.UUID, list[Message]]] = {}
+        self._deferred: dict[str, list[Message]] = {}
         self._live: Subject[EventEnvelope] = Subject()
         self._attachment = bus.attach(EventKind.ANY, self._on_event)
 
@@ -141,39 +140,21 @@ class EventLog:
 
         await self._serialized(commit, always=True)
 
-    def defer_messages(
-        self, run_id: str, session_id: uuid.UUID, messages: Sequence[Message]
-    ) -> None:
+    def defer_messages(self, run_id: str, messages: Sequence[Message]) -> None:
         """Commit ``messages`` (the run's last) with its terminal status, by :meth:`finish`.
 
         Until then they are not stored: the caller must not start another run of the session
         before ``finish`` returns.
         """
-        _, waiting = self._deferred.setdefault(run_id, (session_id, []))
-        waiting.extend(messages)
+        self._deferred.setdefault(run_id, []).extend(messages)
 
-    async def finish(
-        self,
-        run_id: str,
-        status: RunStatus,
-        *,
-        output: RunOutput | None = None,
-        error: str | None = None,
-    ) -> None:
+    async def finish(self, run_id: str, outcome: RunOutcome) -> None:
         """Write the waiting envelopes, the run's deferred messages and its terminal
-        ``status`` in one transaction."""
+        ``outcome`` in one transaction."""
 
         async def settle(batch: list[EventEnvelope]) -> None:
-            session_id, messages = self._deferred.get(run_id, (None, []))
-            await self.store.finish_run(
-                run_id,
-                status,
-                output=output,
-                error=error,
-                events=batch,
-                messages=messages,
-                session_id=session_id,
-            )
+            messages = self._deferred.get(run_id, [])
+            await self.store.finish_run(run_id, outcome, events=batch, messages=messages)
             self._deferred.pop(run_id, None)
 
         await self._serialized(settle, always=True)

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Sequence
 
-from .events import (
+from ..events import (
     ChatFinished,
     ChatStarted,
     ChatStreamEvent,
@@ -22,7 +22,7 @@ from .events import (
     ChatToolCallCompleted,
     ChatToolCallStarted,
 )
-from .messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall
+from ..messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall
 
 __all__ = ("OfflineProvider",)
 

@@ -1,0 +1,196 @@
+"""EventBus: the runtime's hot Subject, kind-indexed, with fault-isolated subscribers.
+
+The bus owns the runtime's hot reactivex ``Subject`` (private: every event) and a kind index
+beside it: publishing an event costs one dict lookup by its ``type`` plus the work
+of the subscribers of that kind and of ``ANY``; subscribers of other kinds cost nothing per
+event (a per-subscription ``filter`` would evaluate every predicate for every event).
+
+Fault isolation: a reactivex Subject re-raises an observer's exception into the publisher and
+skips every later observer, so everything the bus hands out (:meth:`EventBus.observe`,
+:meth:`EventBus.attach`) is wrapped: an exception is caught, reported on
+:attr:`EventBus.errors` as a :class:`~rxinvoke.errors.SubscriberError`, and delivery to
+everyone else goes on. Nothing is ever sent as ``on_error``: an errored Subject is dead.
+
+Ending: :meth:`EventBus.complete` (called by ``AgentRuntime.aclose``) completes every observer
+and ``errors``; later publishes are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import reactivex
+from reactivex import Observable, abc
+from reactivex.subject import Subject
+
+from .control import SessionContext
+from .errors import SubscriberError
+from .events import EventKind, InvocationEvent
+
+__all__ = ("Deliver", "EventBus")
+
+_log = logging.getLogger("rxinvoke")
+
+Deliver = Callable[[InvocationEvent, SessionContext], None]
+"""A kind-index callback: ``deliver(event, context)``; it must not raise."""
+
+
+def _bare_context(run_id: str | None) -> SessionContext:
+    return SessionContext.model_construct(session_id=None, run_id=run_id)
+
+
+class _Detach(abc.DisposableBase):
+    """Removes one callback from the kind index (a lean disposable: no lock, no closure)."""
+
+    __slots__ = ("_bus", "_deliver", "_key", "on_completed")
+
+    def __init__(
+        self,
+        bus: EventBus,
+        key: str,
+        deliver: Deliver,
+        on_completed: Callable[[], None] | None = None,
+    ) -> None:
+        self._bus, self._key, self._deliver = bus, key, deliver
+        self.on_completed = on_completed
+
+    def dispose(self) -> None:
+        self._bus._detach(self)
+
+
+class EventBus:
+    """The hot, kind-indexed event stream every runtime event is published on, plus ``errors``."""
+
+    def __init__(self, context_for: Callable[[str | None], SessionContext] | None = None) -> None:
+        self._context_for = context_for or _bare_context
+        # The raw hot Subject (every event): private, since its observers are not
+        # fault-isolated; everything handed out goes through observe()/attach().
+        self._subject: Subject[InvocationEvent] = Subject()
+        # kind value -> callbacks; tuples replaced on change (copy-on-write), never mutated,
+        # so publish iterates them without a lock or a copy.
+        self._routes: dict[str, tuple[Deliver, ...]] = {}
+        self._any: tuple[Deliver, ...] = ()
+        self._route_lock = threading.Lock()
+        self._completers: set[_Detach] = set()  # observe() subscriptions, for complete()
+        self._is_completed = False
+        self._errors: Subject[SubscriberError] = Subject()
+
+    def publish(self, event: InvocationEvent) -> None:
+        """Deliver ``event`` synchronously to its kind's subscribers, ``ANY``'s, and observers."""
+        routes = self._routes.get(event.type)
+        every = self._any
+        if routes or every:
+            context = self._context_for(event.run_id)  # once per event, not per subscriber
+            if routes:
+                for deliver in routes:
+                    deliver(event, context)
+            for deliver in every:
+                deliver(event, context)
+        subject = self._subject
+        if subject.observers:
+            try:
+                subject.on_next(event)
+            except Exception as exc:  # a raw Subject observer raised
+                self.report(
+                    SubscriberError(
+                        f"a Subject observer raised {type(exc).__name__}: {exc}",
+                        subscription="subject",
+                        event=event,
+                        cause=exc,
+                    )
+                )
+
+    def attach(
+        self,
+        kind: EventKind | str,
+        deliver: Deliver,
+        on_completed: Callable[[], None] | None = None,
+    ) -> abc.DisposableBase:
+        """Call ``deliver(event, context)`` for each event of ``kind``; it must not raise.
+
+        ``on_completed`` is called by :meth:`complete`. Dispose the result to detach.
+        """
+        key = EventKind.parse(kind).value
+        token = _Detach(self, key, deliver, on_completed)
+        with self._route_lock:
+            if self._is_completed:
+                token.on_completed = None
+                if on_completed is not None:
+                    on_completed()
+                return token
+            if key == "any":
+                self._any = (*self._any, deliver)
+            else:
+                self._routes[key] = (*self._routes.get(key, ()), deliver)
+            if on_completed is not None:
+                self._completers.add(token)
+        return token
+
+    def complete(self) -> None:
+        """End the stream: complete every observer and ``errors``; later publishes are dropped."""
+        with self._route_lock:
+            self._is_completed = True
+            completers, self._completers = list(self._completers), set()
+            self._routes, self._any = {}, ()
+        for token in completers:
+            if token.on_completed is not None:
+                token.on_completed()
+        self._subject.on_completed()
+        self._errors.on_completed()
+
+    def _detach(self, token: _Detach) -> None:
+        key, deliver = token._key, token._deliver
+        with self._route_lock:
+            self._completers.discard(token)
+            current = self._any if key == "any" else self._routes.get(key, ())
+            if deliver not in current:
+                return
+            index = current.index(deliver)
+            remaining = current[:index] + current[index + 1 :]
+            if key == "any":
+                self._any = remaining
+            elif remaining:
+                self._routes[key] = remaining
+            else:
+                del self._routes[key]
+
+    def observe(self, kind: EventKind | str = EventKind.ANY) -> Observable[InvocationEvent]:
+        """A hot Observable of the events of ``kind``; its observers are fault-isolated."""
+        member = EventKind.parse(kind)
+        label = f"observe({member.value})"
+
+        def subscribe(
+            observer: abc.ObserverBase[InvocationEvent],
+            scheduler: abc.SchedulerBase | None = None,
+        ) -> abc.DisposableBase:
+            def deliver(event: InvocationEvent, context: SessionContext) -> None:
+                try:
+                    observer.on_next(event)
+                except Exception as exc:
+                    self.report(
+                        SubscriberError(
+                            f"{label} observer raised {type(exc).__name__}: {exc}",
+                            subscription=label,
+                            event=event,
+                            cause=exc,
+                        )
+                    )
+
+            return self.attach(member, deliver, observer.on_completed)
+
+        return reactivex.create(subscribe)
+
+    @property
+    def errors(self) -> Observable[SubscriberError]:
+        """Subscriber failures: raising or timed-out handlers, buffer overflows."""
+        return self._errors
+
+    def report(self, error: SubscriberError) -> None:
+        """Log ``error`` and publish it on :attr:`errors` (an observer of errors cannot break it)."""
+        _log.warning("%s", error.message)
+        try:
+            self._errors.on_next(error)
+        except Exception:
+            _log.exception("an observer of rxinvoke errors raised")

@@ -1,0 +1,117 @@
+"""One model call: the provider stream republished as events, with the retry rule.
+
+The numbers live in :class:`~rxinvoke.policy.RuntimePolicy` (``max_retries``,
+``retry_backoff``, ``retry_backoff_max``, ``provider_timeout``); the rule lives here, for every
+provider: a retryable error (HTTP 408/429/5xx, a connection failure, timeouts included) raised
+before the attempt yielded any event is retried after :func:`retry_delay`; an attempt that
+already published events is never repeated (its deltas would be published twice).
+
+Each chat event is published with the run id, followed by its agent twin (``text_delta``,
+``tool_call_*``); calls the provider started but never completed are announced complete once
+the stream finished. A broken stream (no ``chat_finished``) announces nothing as complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from ._accumulate import Accumulator
+from ._compat import wait_with_timeout
+from .errors import ProviderConnectionError, ProviderError, ProviderHTTPError
+from .events import InvocationEvent, ToolCallCompleted
+from .messages import ChatRequest
+from .policy import RuntimePolicy
+from .providers.base import ChatProvider
+
+__all__ = ("RETRYABLE_STATUS", "call_model", "is_retryable", "retry_delay")
+
+_log = logging.getLogger("rxinvoke")
+
+RETRYABLE_STATUS = frozenset({408, 429})
+"""Retryable 4xx statuses; every 5xx is retryable too."""
+
+
+def is_retryable(error: ProviderError) -> bool:
+    """True for HTTP 408/429/5xx and connection failures (timeouts included)."""
+    if isinstance(error, ProviderHTTPError):
+        return error.status_code in RETRYABLE_STATUS or error.status_code >= 500
+    return isinstance(error, ProviderConnectionError)
+
+
+def retry_delay(policy: RuntimePolicy, attempt: int, retry_after: float | None = None) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based).
+
+    The server's ``retry_after`` when it sent one, otherwise full jitter over the exponential
+    backoff (``[0, retry_backoff * 2**attempt]``); never more than ``retry_backoff_max``.
+    """
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), policy.retry_backoff_max)
+    ceiling = min(policy.retry_backoff_max, policy.retry_backoff * 2.0 ** min(attempt, 62))
+    return random.uniform(0.0, ceiling)
+
+
+async def call_model(
+    provider: ChatProvider,
+    chat: ChatRequest,
+    *,
+    run_id: str,
+    policy: RuntimePolicy,
+    publish: Callable[[InvocationEvent], None],
+) -> Accumulator:
+    """Stream one model call (retrying per the rule above) and return what it accumulated."""
+    timeout = policy.provider_timeout
+    attempt = 0
+    while True:
+        accumulator = Accumulator(chat.provider, chat.model)
+        try:
+            if timeout is None:
+                await _stream(provider, chat, run_id, accumulator, publish)
+            else:
+                # not asyncio.wait_for: on 3.11 it swallows a cancel that races completion
+                await wait_with_timeout(
+                    _stream(provider, chat, run_id, accumulator, publish), timeout
+                )
+        except asyncio.TimeoutError as exc:
+            raise ProviderError(
+                chat.provider, chat.model, f"no complete response within {timeout:g}s"
+            ) from exc
+        except ProviderError as exc:
+            if accumulator.has_events or attempt >= policy.max_retries or not is_retryable(exc):
+                raise
+            delay = retry_delay(policy, attempt, getattr(exc, "retry_after", None))
+            attempt += 1
+            _log.info(
+                "run %s: %s; retry %d of %d in %.2fs", run_id, exc, attempt, policy.max_retries, delay
+            )
+            await asyncio.sleep(delay)
+            continue
+        return accumulator
+
+
+async def _stream(
+    provider: ChatProvider,
+    chat: ChatRequest,
+    run_id: str,
+    accumulator: Accumulator,
+    publish: Callable[[InvocationEvent], None],
+) -> None:
+    stream = provider.stream(chat)
+    try:
+        async for raw in stream:
+            event = raw.model_copy(update={"run_id": run_id})
+            accumulator.add(event)
+            publish(event)
+            derived = event.as_agent()
+            if derived is not None:
+                publish(derived)
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if accumulator.finish_reason is None:
+        return  # a broken stream: announce no call as complete (message() raises)
+    for call in accumulator.pending_calls():
+        publish(ToolCallCompleted(run_id=run_id, call=call))

@@ -1,0 +1,99 @@
+"""Run: one run's state, and the plumbing that stops it (cancel, deadline).
+
+The run executes in its own task. ``Control.cancel()`` (from any thread) and the control's
+deadline stop that task with a reason (``"cancelled"`` or ``"timeout"``); the runtime turns the
+reason into the terminal event and the error ``run()`` raises. A task stopped before it began
+never runs its loop: the runtime checks :attr:`Run.reason` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine
+from typing import Any, Literal
+
+from reactivex import abc
+
+from .control import Control, SessionContext
+from .providers.base import ChatProvider
+from .request import RunOutput, RunRequest
+
+__all__ = ("Run", "StopReason")
+
+StopReason = Literal["cancelled", "timeout"]
+
+
+class Run:
+    """What the runtime's parts share about one run (instead of long parameter lists)."""
+
+    __slots__ = (
+        "_listener", "_loop", "_thread", "_timer", "context", "control", "ended", "provider",
+        "reason", "request", "run_id", "session_id", "started", "task",
+    )
+
+    def __init__(
+        self,
+        request: RunRequest,
+        provider: ChatProvider,
+        control: Control,
+        *,
+        run_id: str,
+        session_id: uuid.UUID,
+    ) -> None:
+        self.request = request
+        self.provider = provider
+        self.control = control
+        self.run_id = run_id
+        self.session_id = session_id
+        self.context = SessionContext(session_id=session_id, run_id=run_id)
+        self.reason: StopReason | None = None
+        """Why the run is being stopped, once it is."""
+        self.started = False
+        """The run's task began: cancelling it now lands inside the loop."""
+        self.task: asyncio.Task[RunOutput] | None = None
+        self.ended = asyncio.Event()
+        """Set when ``run()`` returns (idempotent emits of this process wait on it)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+        self._listener: abc.DisposableBase | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, drive: Coroutine[Any, Any, RunOutput]) -> asyncio.Task[RunOutput]:
+        """Run ``drive`` in its own task, stopped by the control's cancel and deadline."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        task = self.task = loop.create_task(drive)
+        self._listener = self.control.add_cancel_listener(lambda: self.stop("cancelled"))
+        timeout = self.control.timeout
+        if timeout is not None:
+            self._timer = loop.call_later(timeout, self.stop, "timeout")
+        return task
+
+    def stop(self, reason: StopReason) -> None:
+        """Stop the run's task (any thread); the first reason wins."""
+        task, loop = self.task, self._loop
+        if self.reason is not None or task is None or loop is None or task.done():
+            return
+        cancel = task.cancel
+        self.reason = reason
+        if not self.started:
+            return  # a task cancelled before it starts never runs: the runtime checks reason
+        if threading.get_ident() != self._thread:
+            loop.call_soon_threadsafe(cancel)
+        elif asyncio.current_task(loop) is task:
+            # From inside the run (an observer): land at its next await; a run that
+            # completes first returns its output, consistent with its run_completed.
+            loop.call_soon(cancel)
+        else:
+            cancel()
+
+    def close(self) -> None:
+        """Detach from the control and the clock (the run returned)."""
+        if self._listener is not None:
+            self._listener.dispose()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._listener = self._timer = None
+        self.ended.set()

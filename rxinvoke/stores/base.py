@@ -1,0 +1,266 @@
+"""The Store protocol and its records (RunRecord, EventEnvelope, RunOutcome).
+
+A store keeps what a runtime wants to outlive a run: each session's message history, one
+:class:`RunRecord` per run (status, request, output, usage, timestamps, idempotency key) and
+the run's event log, a sequence of :class:`EventEnvelope` numbered by ``seq`` from 1 without
+gaps. :class:`~rxinvoke.stores.MemoryStore` keeps everything in dicts (lost with the process);
+:class:`~rxinvoke.stores.SqliteStore` keeps it in a SQLite file.
+
+Contract shared by every store (``tests/test_store.py`` runs the same tests on both):
+
+- ``append_messages`` commits its messages whole or not at all (with the envelopes passed
+  along: the runtime writes a step's messages and events in one transaction).
+- ``begin_run`` is how the runtime opens a run, in one transaction: the idempotency claim (a
+  duplicate ``client_request_id`` writes nothing and returns that run's record with an empty
+  history), the session's history read, and the run's opening messages appended to
+  it (``preamble``, the system prompt, only when the history is empty). It returns the
+  stored record and the history ending with the appended messages. The runtime calls it
+  holding the session's gate, before it publishes ``run_started``: the run's first events
+  are written with its next write (a step's messages, or ``finish_run``).
+- ``append_events`` / ``finish_run`` accept, per run, only the next ``seq`` (``last + 1``);
+  a batch is written in one transaction. Usage rows are derived from the log: a
+  ``usage_recorded`` envelope records the usage of one model call in the same transaction, so
+  usage and its event are never out of step.
+- ``finish_run`` writes the run's last events and its :class:`RunOutcome` in one transaction
+  (with the run's last messages, if given, committed to the run's session): a stored run has
+  a terminal event exactly when its status is not ``running``.
+- A store keeps an envelope's event, run and seq: ``event_id``, ``session_id``, ``type`` and
+  ``emitted_at`` may be derived when it is read (``"{run_id}:{seq}"``, the run's session, the
+  event's type and timestamp), as :meth:`EventEnvelope.of` builds them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import Field
+
+from .._frozen import Frozen
+from ..events import InvocationEvent, RunFailed, RunStarted
+from ..messages import Message, TokenUsage, utcnow
+from ..request import RunOutput, RunRequest
+
+__all__ = ("EventEnvelope", "RunOutcome", "RunRecord", "RunStatus", "Store")
+
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+"""A stored run's status; every status but ``running`` is terminal."""
+
+
+class EventEnvelope(Frozen):
+    """One event of a run's durable log, with its position in the run."""
+
+    event_id: str
+    """A unique id of this envelope."""
+    run_id: str
+    session_id: uuid.UUID | None = None
+    seq: int = Field(ge=1)
+    """Position in the run's log: 1, 2, 3, … without gaps."""
+    type: str
+    """The event's ``type`` (its :class:`~rxinvoke.events.EventKind` value)."""
+    event: InvocationEvent
+    emitted_at: datetime
+    """When the event was published (UTC)."""
+
+    @classmethod
+    def of(
+        cls, event: InvocationEvent, run_id: str, session_id: uuid.UUID | None, seq: int
+    ) -> EventEnvelope:
+        """The envelope of ``event`` at ``seq``: id ``"{run_id}:{seq}"``, emitted at its timestamp.
+
+        Built without validation (every field is known-good): this is on the publish path
+        of every logged event, where ``model_construct`` alone would cost several µs.
+        """
+        envelope = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(
+            envelope,
+            "__dict__",
+            {
+                "event_id": f"{run_id}:{seq}",
+                "run_id": run_id,
+                "session_id": session_id,
+                "seq": seq,
+                "type": event.type,
+                "event": event,
+                "emitted_at": event.timestamp,
+            },
+        )
+        _set(envelope, "__pydantic_fields_set__", _ENVELOPE_FIELDS)
+        _set(envelope, "__pydantic_extra__", None)
+        _set(envelope, "__pydantic_private__", None)
+        return envelope
+
+
+_ENVELOPE_FIELDS = frozenset(EventEnvelope.model_fields)
+
+
+class RunRecord(Frozen):
+    """What a store knows about one run."""
+
+    run_id: str
+    session_id: uuid.UUID
+    request: RunRequest
+    status: RunStatus = "running"
+    client_request_id: str | None = None
+    """The caller's idempotency key (``EmitRequest.client_request_id``)."""
+    output: RunOutput | None = None
+    """Set when the run completed."""
+    error: str | None = None
+    """Why the run failed (or ``"cancelled"``)."""
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    iterations: int = 0
+    """Model calls whose usage was recorded."""
+    total_usage: TokenUsage = Field(default_factory=TokenUsage)
+    """The sum of the recorded usage of the run's model calls."""
+    owner: str | None = None
+    """``host:pid`` of the process running it (stores shared between processes only)."""
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the run has a terminal status."""
+        return self.status != "running"
+
+
+class RunOutcome(Frozen):
+    """How a run ended, as a store records it: the terminal status and what goes with it."""
+
+    status: Literal["completed", "failed", "cancelled"]
+    output: RunOutput | None = None
+    """The run's output (``completed`` only)."""
+    error: str | None = None
+    """Why the run failed (``"cancelled"`` for a cancelled run)."""
+
+    @classmethod
+    def completed(cls, output: RunOutput) -> RunOutcome:
+        """The run completed with ``output``."""
+        return cls(status="completed", output=output)
+
+    @classmethod
+    def failed(cls, error: str) -> RunOutcome:
+        """The run failed because of ``error``."""
+        return cls(status="failed", error=error)
+
+    @classmethod
+    def cancelled(cls) -> RunOutcome:
+        """The run was cancelled."""
+        return cls(status="cancelled", error="cancelled")
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where sessions, runs and event logs live. Every method is a coroutine."""
+
+    async def load_history(self, session_id: uuid.UUID) -> list[Message]:
+        """The session's messages in commit order (empty for a new session)."""
+        ...
+
+    async def append_messages(
+        self,
+        session_id: uuid.UUID,
+        messages: Sequence[Message],
+        *,
+        events: Sequence[EventEnvelope] = (),
+    ) -> None:
+        """Commit ``messages`` to the end of the session's history and append ``events``
+        (envelopes of any run, as :meth:`append_events`), in one transaction."""
+        ...
+
+
+    async def begin_run(
+        self,
+        record: RunRecord,
+        messages: Sequence[Message],
+        *,
+        preamble: Sequence[Message] = (),
+    ) -> tuple[RunRecord, list[Message]]:
+        """Claim the run (the idempotency check), read the session's history and append
+        ``messages`` to it (after ``preamble`` if the history is empty), in one transaction.
+
+        Returns the stored record and the session's history ending with the appended
+        messages; if a run with ``record.client_request_id`` is stored, nothing is written
+        and that run's record is returned with an empty history.
+
+        Raises:
+            StoreError: a run with ``record.run_id`` is already stored (nothing is written).
+        """
+        ...
+
+    async def finish_run(
+        self,
+        run_id: str,
+        outcome: RunOutcome,
+        *,
+        events: Sequence[EventEnvelope] = (),
+        messages: Sequence[Message] = (),
+    ) -> None:
+        """Append ``events``, commit ``messages`` to the end of the run's session history and
+        record the terminal ``outcome``, in one transaction.
+
+        Raises:
+            UnknownRun: no run ``run_id`` is stored.
+            StoreError: the run is already finished (nothing is written).
+        """
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run ``run_id``, or None."""
+        ...
+
+
+    async def list_runs(
+        self, *, limit: int = 20, session_id: uuid.UUID | None = None
+    ) -> list[RunRecord]:
+        """The most recently started runs first (of one session when ``session_id`` is set)."""
+        ...
+
+
+    async def append_events(self, events: Sequence[EventEnvelope]) -> None:
+        """Append envelopes to their runs' logs in one transaction (each must be ``last + 1``)."""
+        ...
+
+    async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
+        """The run's stored envelopes with ``seq > after_seq``, in order.
+
+        Raises:
+            UnknownRun: no run ``run_id`` is stored.
+        """
+        ...
+
+    async def recover_interrupted(self) -> list[str]:
+        """Fail runs whose process died mid-run (a terminal ``run_failed`` is appended).
+
+        Returns the ids of the recovered runs. Stores that do not outlive their process have
+        nothing to recover.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release the store's resources; it must not be used afterwards."""
+        ...
+
+
+def interrupted_envelopes(record: RunRecord, last_seq: int) -> list[EventEnvelope]:
+    """What recovery appends to the log of a run whose process died after ``last_seq``.
+
+    The terminal ``run_failed`` ("interrupted"); for a run that died before any of its events
+    was written, ``run_started`` (rebuilt from the run record) first, so that every stored log
+    starts with ``run_started`` and ends with exactly one terminal event.
+    """
+    run_id, session_id = record.run_id, record.session_id
+    envelopes: list[EventEnvelope] = []
+    if last_seq == 0:
+        started = RunStarted(
+            run_id=run_id,
+            session_id=str(session_id),
+            provider=record.request.provider,
+            model=record.request.model,
+            timestamp=record.started_at,
+        )
+        envelopes.append(EventEnvelope.of(started, run_id, session_id, 1))
+    failed = RunFailed(run_id=run_id, error="interrupted", timestamp=utcnow())
+    envelopes.append(EventEnvelope.of(failed, run_id, session_id, last_seq + len(envelopes) + 1))
+    return envelopes

@@ -1,0 +1,186 @@
+"""MemoryStore: every session, run and event log in dicts; lost when the process ends."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Sequence
+
+from ..errors import StoreError, UnknownRun
+from ..events import UsageRecorded
+from ..messages import Message, TokenUsage, utcnow
+from .base import EventEnvelope, RunOutcome, RunRecord
+
+__all__ = ("MemoryStore",)
+
+
+class MemoryStore:
+    """Everything in dicts; lost when the process ends. The in-process default.
+
+    Args:
+        max_finished_runs: how many finished runs (record, usage and event log: ~100 kB for
+            a run of ~100 events) are kept; the oldest finished run is forgotten beyond that,
+            so a long-lived process does not grow without bound. None keeps every run. Session
+            histories are always kept.
+    """
+
+    def __init__(self, *, max_finished_runs: int | None = 1000) -> None:
+        if max_finished_runs is not None and max_finished_runs < 1:
+            raise ValueError(f"max_finished_runs must be >= 1 or None, got {max_finished_runs!r}")
+        self._max_finished = max_finished_runs
+        self._finished: deque[str] = deque()
+        self._sessions: dict[uuid.UUID, list[Message]] = {}
+        self._runs: dict[str, RunRecord] = {}
+        self._by_request: dict[str, str] = {}
+        self._events: dict[str, list[EventEnvelope]] = {}
+        self._usage: dict[str, list[TokenUsage]] = {}
+
+    async def load_history(self, session_id: uuid.UUID) -> list[Message]:
+        return list(self._sessions.get(session_id, ()))
+
+    async def append_messages(
+        self,
+        session_id: uuid.UUID,
+        messages: Sequence[Message],
+        *,
+        events: Sequence[EventEnvelope] = (),
+    ) -> None:
+        self._check_seqs(events)
+        self._sessions.setdefault(session_id, []).extend(messages)
+        self._append(events)
+
+    @property
+    def session_ids(self) -> tuple[uuid.UUID, ...]:
+        """Sessions that have history."""
+        return tuple(self._sessions)
+
+
+    async def begin_run(
+        self,
+        record: RunRecord,
+        messages: Sequence[Message],
+        *,
+        preamble: Sequence[Message] = (),
+    ) -> tuple[RunRecord, list[Message]]:
+        existing = self._existing(record)
+        if existing is not None:
+            return existing, []
+        history = self._sessions.get(record.session_id)
+        opening = [*preamble, *messages] if not history else list(messages)
+        self._claim(record)  # nothing can fail from here on: the three steps are one
+        self._sessions.setdefault(record.session_id, []).extend(opening)
+        return record, list(self._sessions[record.session_id])
+
+    def _existing(self, record: RunRecord) -> RunRecord | None:
+        """The stored run with the record's ``client_request_id``; StoreError if its
+        ``run_id`` is taken."""
+        key = record.client_request_id
+        if key is not None and key in self._by_request:
+            return self._record(self._by_request[key])
+        if record.run_id in self._runs:
+            raise StoreError(f"run {record.run_id!r} is already stored")
+        return None
+
+    def _claim(self, record: RunRecord) -> None:
+        key = record.client_request_id
+        self._runs[record.run_id] = record
+        self._events[record.run_id] = []
+        self._usage[record.run_id] = []
+        if key is not None:
+            self._by_request[key] = record.run_id
+
+    async def finish_run(
+        self,
+        run_id: str,
+        outcome: RunOutcome,
+        *,
+        events: Sequence[EventEnvelope] = (),
+        messages: Sequence[Message] = (),
+    ) -> None:
+        record = self._runs.get(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        if record.is_finished:
+            raise StoreError(f"run {run_id!r} is already {record.status}")
+        self._check_seqs(events)
+        if messages:
+            self._sessions.setdefault(record.session_id, []).extend(messages)
+        self._append(events)
+        self._runs[run_id] = record.model_copy(
+            update={
+                "status": outcome.status,
+                "output": outcome.output,
+                "error": outcome.error,
+                "finished_at": utcnow(),
+            }
+        )
+        self._finished.append(run_id)
+        if self._max_finished is not None and len(self._finished) > self._max_finished:
+            self._forget(self._finished.popleft())
+
+    def _forget(self, run_id: str) -> None:
+        record = self._runs.pop(run_id)
+        self._events.pop(run_id, None)
+        self._usage.pop(run_id, None)
+        key = record.client_request_id
+        if key is not None and self._by_request.get(key) == run_id:
+            del self._by_request[key]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return self._record(run_id) if run_id in self._runs else None
+
+
+    async def list_runs(
+        self, *, limit: int = 20, session_id: uuid.UUID | None = None
+    ) -> list[RunRecord]:
+        runs = [
+            r for r in self._runs.values() if session_id is None or r.session_id == session_id
+        ]
+        runs.reverse()  # insertion order is start order; newest first, stable for equal times
+        runs.sort(key=lambda r: r.started_at, reverse=True)
+        return [self._record(r.run_id) for r in runs[: max(limit, 0)]]
+
+
+    async def append_events(self, events: Sequence[EventEnvelope]) -> None:
+        self._check_seqs(events)
+        self._append(events)
+
+    async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
+        log = self._events.get(run_id)
+        if log is None:
+            raise UnknownRun(run_id)
+        return log[max(after_seq or 0, 0) :]  # seq n is at index n - 1
+
+    async def recover_interrupted(self) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+    def _record(self, run_id: str) -> RunRecord:
+        record = self._runs[run_id]
+        usage = self._usage.get(run_id, [])
+        total = TokenUsage()
+        for item in usage:
+            total = total + item
+        return record.model_copy(update={"iterations": len(usage), "total_usage": total})
+
+    def _check_seqs(self, events: Sequence[EventEnvelope]) -> None:
+        last: dict[str, int] = {}
+        for envelope in events:
+            run_id = envelope.run_id
+            if run_id not in self._events:
+                raise UnknownRun(run_id)
+            previous = last.get(run_id, len(self._events[run_id]))
+            if envelope.seq != previous + 1:
+                raise StoreError(
+                    f"run {run_id!r}: event seq {envelope.seq} does not follow {previous}"
+                )
+            last[run_id] = envelope.seq
+
+    def _append(self, events: Sequence[EventEnvelope]) -> None:
+        for envelope in events:
+            self._events[envelope.run_id].append(envelope)
+            event = envelope.event
+            if isinstance(event, UsageRecorded):
+                self._usage[envelope.run_id].append(event.usage)
