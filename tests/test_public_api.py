@@ -167,7 +167,7 @@ def test_the_readme_package_map_matches_the_tree() -> None:
     from pathlib import Path
 
     root = Path(rxinvoke.__file__).parent
-    readme = (root.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## The package", 1)[1].split("```", 2)[1]
     listed: set[str] = set()
     for line in section.splitlines()[2:]:  # after "rxinvoke/"
