@@ -26,13 +26,18 @@ class _PartialCall:
 
 
 class Accumulator:
-    """Text, tool calls (by id, in first-seen order), finish reason and usage of one response."""
+    """Text, tool calls (by id, in first-seen order), finish reason and usage of one response.
+
+    Two calls of one response with the same id are both kept: the later one gets the id
+    ``"{id}_{n}"``, so each is executed and answered (chat APIs require one answer per id).
+    """
 
     def __init__(self, provider: str, model: str) -> None:
         self._provider = provider
         self._model = model
         self._text: list[str] = []
         self._calls: dict[str, _PartialCall] = {}
+        self._current: dict[str, str] = {}  # a provider's id -> the key of its latest call
         self.finish_reason: FinishReason | None = None
         self.usage: TokenUsage | None = None
         self.has_events = False
@@ -48,20 +53,36 @@ class Accumulator:
         if isinstance(event, ChatTextDelta):
             self._text.append(event.delta)
         elif isinstance(event, ChatToolCallStarted):
-            self._calls.setdefault(event.id, _PartialCall(event.name))
+            key = self._current.get(event.id)
+            if key is None or self._calls[key].done is not None:
+                key = self._new_key(event.id)
+                self._calls[key] = _PartialCall(event.name)
         elif isinstance(event, ChatToolCallArgumentsDelta):
-            partial = self._calls.get(event.id)
+            partial = self._calls.get(self._current.get(event.id, event.id))
             if partial is None:
                 raise ProviderStreamError(
                     self._provider, self._model, f"arguments for unknown tool call {event.id!r}"
                 )
             partial.arguments.append(event.delta)
         elif isinstance(event, ChatToolCallCompleted):
-            partial = self._calls.setdefault(event.call.id, _PartialCall(event.call.name))
-            partial.done = event.call
+            raw = event.call.id
+            key = self._current.get(raw)
+            if key is None or self._calls[key].done is not None:
+                key = self._new_key(raw)
+                self._calls[key] = _PartialCall(event.call.name)
+            partial = self._calls[key]
+            partial.done = event.call if key == raw else event.call.model_copy(update={"id": key})
         elif isinstance(event, ChatFinished):
             self.finish_reason = event.finish_reason
             self.usage = event.usage
+
+    def _new_key(self, raw: str) -> str:
+        key, n = raw, 1
+        while key in self._calls:
+            n += 1
+            key = f"{raw}_{n}"
+        self._current[raw] = key
+        return key
 
     @property
     def text(self) -> str:

@@ -8,10 +8,11 @@ cancellation is always re-raised.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from ._compat import wait_with_timeout
 from .errors import ToolError, ToolExecutionError, ToolTimeout, UnknownTool
 from .events import (
     InvocationEvent,
@@ -21,9 +22,9 @@ from .events import (
     ToolResult,
     ToolSuccess,
 )
-from .messages import ToolCall
+from .messages import ToolCall, valid_text
 from .policy import RuntimePolicy
-from .tools import ToolRegistry
+from .tools import ToolRegistry, render_output
 
 __all__ = ("ToolExecutor",)
 
@@ -78,37 +79,62 @@ class ToolExecutor:
         tool = self._registry.get(call.name)
         if tool is None:
             available = ", ".join(self._registry.names) or "none"
-            raise UnknownTool(
-                call.name, call.id, f"unknown tool {call.name!r}; available tools: {available}"
-            )
+            what = f"unknown tool {call.name!r}" if call.name else "a tool call without a name"
+            raise UnknownTool(call.name, call.id, f"{what}; available tools: {available}")
         arguments = tool.parse_arguments(call.arguments, call_id=call.id)
         timeout = tool.timeout if tool.timeout is not None else self._policy.tool_timeout
-
-        async def invoke() -> str:
-            # The tool's own exceptions (a TimeoutError of its own included) are translated
-            # here, inside the deadline, so only the deadline itself becomes a ToolTimeout.
+        work: Awaitable[str]
+        if tool.is_async or tool.thread:
+            work = tool.invoke(arguments)
+        else:
+            # Inline on the loop: nothing can cancel it, so any exception is the tool's own
+            # (CancelledError included), and no deadline can interrupt it.
             try:
-                return await tool.invoke(arguments)
+                result = tool.function(**arguments)
             except ToolError:
                 raise
-            except Exception as exc:
-                raise ToolExecutionError(
-                    call.name, call.id, f"tool {call.name!r} raised {type(exc).__name__}: {exc}"
-                ) from exc
-
-        if timeout is None:
-            return await invoke()
+            except (Exception, asyncio.CancelledError) as exc:
+                raise self._raised(call, exc) from exc
+            if not inspect.isawaitable(result):
+                return render_output(result)
+            work = _rendered(result)  # a plain function that returned an awaitable
+        # Its own task, awaited with asyncio.wait: a CancelledError the tool raises itself
+        # (nothing cancelled it) is told apart from the run's cancellation on every Python.
+        task = asyncio.ensure_future(work)
         try:
-            return await wait_with_timeout(invoke(), timeout)
-        except ToolError:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.wait({task})
             raise
-        except asyncio.TimeoutError as exc:  # not builtin TimeoutError on 3.10
-            raise ToolTimeout(
-                call.name, call.id, f"tool {call.name!r} timed out after {timeout:g}s"
-            ) from exc
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
+            raise ToolTimeout(call.name, call.id, f"tool {call.name!r} timed out after {timeout:g}s")
+        if task.cancelled():
+            raise ToolExecutionError(
+                call.name, call.id, f"tool {call.name!r} raised CancelledError (nothing cancelled it)"
+            )
+        error = task.exception()
+        if error is None:
+            return task.result()
+        if isinstance(error, ToolError):
+            raise error
+        raise self._raised(call, error) from error
+
+    @staticmethod
+    def _raised(call: ToolCall, exc: BaseException) -> ToolExecutionError:
+        return ToolExecutionError(
+            call.name, call.id, f"tool {call.name!r} raised {type(exc).__name__}: {exc}"
+        )
 
     def _truncate(self, output: str) -> str:
+        output = valid_text(output)
         limit = self._policy.max_tool_output_chars
         if len(output) <= limit:
             return output
         return output[:limit] + f"\n[truncated {len(output) - limit} characters]"
+
+
+async def _rendered(awaitable: Awaitable[Any]) -> str:
+    return render_output(await awaitable)

@@ -9,6 +9,12 @@ already published events is never repeated (its deltas would be published twice)
 Each chat event is published with the run id, followed by its agent twin (``text_delta``,
 ``tool_call_*``); calls the provider started but never completed are announced complete once
 the stream finished. A broken stream (no ``chat_finished``) announces nothing as complete.
+
+Boundary: whatever a provider raises that is not an rxinvoke error (a ``TimeoutError`` of its
+own included) becomes a :class:`~rxinvoke.errors.ProviderError` naming the provider and model,
+with the original as its cause; only the policy's own deadline says "no complete response
+within …". Text is made valid Unicode on the way: a UTF-16 surrogate pair split over two
+fragments is joined, a lone surrogate becomes U+FFFD (stores and JSON refuse lone ones).
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ import random
 from collections.abc import Callable
 
 from ._accumulate import Accumulator
-from ._compat import wait_with_timeout
-from .errors import ProviderConnectionError, ProviderError, ProviderHTTPError
-from .events import InvocationEvent, ToolCallCompleted
-from .messages import ChatRequest
+from ._compat import DeadlineExceeded, wait_with_timeout
+from .errors import ProviderConnectionError, ProviderError, ProviderHTTPError, RxInvokeError
+from .events import ChatStreamEvent, ChatTextDelta, InvocationEvent, ToolCallCompleted
+from .messages import ChatRequest, TextJoiner
 from .policy import RuntimePolicy
 from .providers.base import ChatProvider
 
@@ -74,7 +80,7 @@ async def call_model(
                 await wait_with_timeout(
                     _stream(provider, chat, run_id, accumulator, publish), timeout
                 )
-        except asyncio.TimeoutError as exc:
+        except DeadlineExceeded as exc:
             raise ProviderError(
                 chat.provider, chat.model, f"no complete response within {timeout:g}s"
             ) from exc
@@ -99,19 +105,47 @@ async def _stream(
     publish: Callable[[InvocationEvent], None],
 ) -> None:
     stream = provider.stream(chat)
+    text = TextJoiner()
     try:
         async for raw in stream:
-            event = raw.model_copy(update={"run_id": run_id})
-            accumulator.add(event)
-            publish(event)
-            derived = event.as_agent()
-            if derived is not None:
-                publish(derived)
+            event: ChatStreamEvent
+            if isinstance(raw, ChatTextDelta):
+                delta = text.feed(raw.delta)
+                if not delta:
+                    continue  # a high surrogate waiting for its pair
+                event = raw.model_copy(update={"run_id": run_id, "delta": delta})
+            else:
+                rest = text.flush()
+                if rest:
+                    _publish_chat(ChatTextDelta(delta=rest, run_id=run_id), accumulator, publish)
+                event = raw.model_copy(update={"run_id": run_id})
+            _publish_chat(event, accumulator, publish)
+    except RxInvokeError:
+        raise
+    except AssertionError:
+        raise  # a failed assertion is a bug to see, not a provider's answer
+    except Exception as exc:
+        raise ProviderError(
+            chat.provider, chat.model, f"the provider raised {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
+    rest = text.flush()
+    if rest:  # after chat_finished: the accumulator refuses it as a stream error
+        _publish_chat(ChatTextDelta(delta=rest, run_id=run_id), accumulator, publish)
     if accumulator.finish_reason is None:
         return  # a broken stream: announce no call as complete (message() raises)
     for call in accumulator.pending_calls():
         publish(ToolCallCompleted(run_id=run_id, call=call))
+
+
+def _publish_chat(
+    event: ChatStreamEvent, accumulator: Accumulator, publish: Callable[[InvocationEvent], None]
+) -> None:
+    accumulator.add(event)
+    publish(event)
+    derived = event.as_agent()
+    if derived is not None:
+        publish(derived)

@@ -3,7 +3,13 @@
 The run executes in its own task. ``Control.cancel()`` (from any thread) and the control's
 deadline stop that task with a reason (``"cancelled"`` or ``"timeout"``); the runtime turns the
 reason into the terminal event and the error ``run()`` raises. A task stopped before it began
-never runs its loop: the runtime checks :attr:`Run.reason` first.
+never runs its loop: the runtime checks :attr:`Run.reason` first, and again before it
+publishes ``run_completed`` (a stop requested from inside the run, by a subscriber of its last
+events, wins over completion).
+
+The deadline is timed on the runtime's scheduler (an ``AsyncIOScheduler`` of the loop, or a
+``reactivex.testing.TestScheduler`` for virtual time) from the run's start; a
+``Control.set_timeout`` during the run moves it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any, Literal
 
 from reactivex import abc
@@ -29,8 +36,9 @@ class Run:
     """What the runtime's parts share about one run (instead of long parameter lists)."""
 
     __slots__ = (
-        "_listener", "_loop", "_thread", "_timer", "context", "control", "ended", "provider",
-        "reason", "request", "run_id", "session_id", "started", "task",
+        "_listener", "_loop", "_scheduler", "_started_at", "_thread", "_timeout_listener",
+        "_timer", "context", "control", "ended", "provider", "reason", "request", "run_id",
+        "session_id", "started", "task",
     )
 
     def __init__(
@@ -58,18 +66,51 @@ class Run:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
         self._listener: abc.DisposableBase | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timeout_listener: abc.DisposableBase | None = None
+        self._timer: abc.DisposableBase | None = None
+        self._scheduler: abc.SchedulerBase | None = None
+        self._started_at: datetime | None = None
 
-    def start(self, drive: Coroutine[Any, Any, RunOutput]) -> asyncio.Task[RunOutput]:
-        """Run ``drive`` in its own task, stopped by the control's cancel and deadline."""
+    def start(
+        self, drive: Coroutine[Any, Any, RunOutput], scheduler: abc.SchedulerBase
+    ) -> asyncio.Task[RunOutput]:
+        """Run ``drive`` in its own task, stopped by the control's cancel and deadline (timed
+        on ``scheduler``)."""
         loop = self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+        self._scheduler = scheduler
+        self._started_at = scheduler.now
         task = self.task = loop.create_task(drive)
         self._listener = self.control.add_cancel_listener(lambda: self.stop("cancelled"))
-        timeout = self.control.timeout
-        if timeout is not None:
-            self._timer = loop.call_later(timeout, self.stop, "timeout")
+        self._timeout_listener = self.control.add_timeout_listener(self._on_timeout_change)
+        self._arm(self.control.timeout)
         return task
+
+    def _on_timeout_change(self, timeout: float | None) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() != self._thread:
+            loop.call_soon_threadsafe(self._arm, timeout)
+        else:
+            self._arm(timeout)
+
+    def _arm(self, timeout: float | None) -> None:
+        """(Re)set the deadline: ``timeout`` seconds after the run's start."""
+        if self._timer is not None:
+            self._timer.dispose()
+            self._timer = None
+        scheduler, started = self._scheduler, self._started_at
+        if timeout is None or scheduler is None or started is None or self.ended.is_set():
+            return
+        remaining = timeout - (scheduler.now - started).total_seconds()
+        if remaining <= 0:
+            self.stop("timeout")  # the new deadline is past already
+            return
+        self._timer = scheduler.schedule_relative(remaining, self._expire)
+
+    def _expire(self, _scheduler: abc.SchedulerBase, _state: Any = None) -> None:
+        self.stop("timeout")
 
     def stop(self, reason: StopReason) -> None:
         """Stop the run's task (any thread); the first reason wins."""
@@ -91,9 +132,8 @@ class Run:
 
     def close(self) -> None:
         """Detach from the control and the clock (the run returned)."""
-        if self._listener is not None:
-            self._listener.dispose()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._listener = self._timer = None
+        for disposable in (self._listener, self._timeout_listener, self._timer):
+            if disposable is not None:
+                disposable.dispose()
+        self._listener = self._timeout_listener = self._timer = None
         self.ended.set()

@@ -22,7 +22,7 @@ from reactivex import abc
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from ._bus import EventBus
-from ._compat import uncancel
+from ._compat import cancel_requested, uncancel
 from .control import Control, SessionContext
 from .errors import SubscriberError, SubscriberOverflow
 from .events import EventKind, InvocationEvent
@@ -209,10 +209,16 @@ class HandlerSink:
                             )
                             continue
                     self._delivered += 1
-                except asyncio.CancelledError:
+                except asyncio.CancelledError as exc:
                     if self._closed:  # abort(): end quietly
                         return
-                    raise
+                    worker = asyncio.current_task()
+                    if worker is not None and cancel_requested(worker):
+                        raise  # the worker itself is cancelled (loop shutdown)
+                    # The handler raised CancelledError of its own: a handler failure. (On
+                    # 3.10 a cancellation of the worker landing in a handler looks the same;
+                    # the worker then drains its buffer and ends.)
+                    self._failed(event, exc)
                 except Exception as exc:
                     self._failed(event, exc)
                 finally:

@@ -34,7 +34,10 @@ class SessionContext(Frozen):
 
 
 class _ControlState:
-    __slots__ = ("concurrency_limit", "is_cancelled", "listeners", "lock", "subject", "timeout")
+    __slots__ = (
+        "concurrency_limit", "is_cancelled", "listeners", "lock", "subject", "timeout",
+        "timeout_listeners",
+    )
 
     def __init__(self, timeout: float | None, concurrency_limit: int | None) -> None:
         self.lock = threading.Lock()
@@ -42,6 +45,7 @@ class _ControlState:
         self.timeout = timeout
         self.concurrency_limit = concurrency_limit
         self.listeners: list[Callable[[], None]] = []
+        self.timeout_listeners: list[Callable[[float | None], None]] = []
         self.subject: AsyncSubject[None] | None = None  # made on first use of `cancelled`
 
 
@@ -96,9 +100,18 @@ class Control:
             return state.subject
 
     def set_timeout(self, timeout: float | None) -> None:
-        """Seconds allowed: the whole run for an emit, each handler call for a subscription."""
+        """Seconds allowed: the whole run for an emit, each handler call for a subscription.
+
+        Enforced also when set while the run goes: the run's deadline becomes its start plus
+        ``timeout`` (already past: the run times out at once); None removes the deadline.
+        """
         _check_timeout(timeout)
-        self._state.timeout = timeout
+        state = self._state
+        with state.lock:
+            state.timeout = timeout
+            listeners = list(state.timeout_listeners)
+        for listener in listeners:
+            listener(timeout)
 
     @property
     def timeout(self) -> float | None:
@@ -124,6 +137,22 @@ class Control:
                 return _Listener(state, listener)
         listener()
         return Disposable()
+
+    def add_timeout_listener(
+        self, listener: Callable[[float | None], None]
+    ) -> abc.DisposableBase:
+        """Call ``listener(timeout)`` whenever :meth:`set_timeout` changes it (on the calling
+        thread); dispose the result to remove it."""
+        state = self._state
+        with state.lock:
+            state.timeout_listeners.append(listener)
+
+        def remove() -> None:
+            with state.lock:
+                if listener in state.timeout_listeners:
+                    state.timeout_listeners.remove(listener)
+
+        return Disposable(remove)
 
     def __repr__(self) -> str:
         return (

@@ -31,7 +31,8 @@ translated once, at the boundary where they occur, with ``raise X(...) from exc`
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 __all__ = (
     "InvalidRequest",
@@ -56,7 +57,10 @@ __all__ = (
     "UnknownRun",
     "UnknownTool",
     "UserError",
+    "redacted",
 )
+
+_E = TypeVar("_E", bound="RxInvokeError")
 
 InvocationErrorKind = Literal["cancelled", "invalid_request", "runtime", "timeout"]
 
@@ -84,6 +88,16 @@ def _rebuild(cls: type[RxInvokeError], state: dict[str, Any]) -> RxInvokeError:
     Exception.__init__(error, state.get("message", ""))
     error.__dict__.update(state)
     return error
+
+
+def redacted(error: _E, redact: Callable[[str], str]) -> _E:
+    """A copy of ``error`` whose text attributes went through ``redact``, with no cause and
+    no context (a chain that held a secret is dropped whole). Raise it outside an ``except``
+    block, or Python attaches the handled exception as its context again."""
+    state = {k: redact(v) if isinstance(v, str) else v for k, v in vars(error).items()}
+    copy = _rebuild(type(error), state)
+    assert isinstance(copy, type(error))
+    return copy
 
 
 class UserError(RxInvokeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -22,6 +23,8 @@ __all__ = (
     "ToolCall",
     "ToolChoice",
     "ToolSpec",
+    "TextJoiner",
+    "valid_text",
 )
 
 ProviderId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -41,6 +44,41 @@ def utcnow() -> datetime:
 def new_id() -> str:
     """A fresh random identifier."""
     return str(uuid.uuid4())
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: surrogate pairs joined, lone surrogates as U+FFFD."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+class TextJoiner:
+    """Joins text fragments whose UTF-16 surrogate pairs may be split between two fragments
+    (a JSON stream may send ``"\\ud83d"`` and ``"\\ude00"`` apart)."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, fragment: str) -> str:
+        """The valid text of ``fragment`` (a trailing high surrogate is held for the next)."""
+        if self._held:
+            fragment, self._held = self._held + fragment, ""
+        elif _SURROGATE.search(fragment) is None:
+            return fragment
+        if fragment and "\ud800" <= fragment[-1] <= "\udbff":
+            fragment, self._held = fragment[:-1], fragment[-1]
+        return valid_text(fragment)
+
+    def flush(self) -> str:
+        """What is held (a lone high surrogate: U+FFFD), or empty."""
+        held, self._held = self._held, ""
+        return valid_text(held) if held else ""
 
 
 class FinishReason(str, enum.Enum):

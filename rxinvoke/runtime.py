@@ -27,14 +27,16 @@ the runtime made itself; stores and providers passed in belong to the caller.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from reactivex import Observable
+from reactivex import Observable, abc
+from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from ._bus import EventBus
-from ._compat import uncancel
+from ._compat import cancel_requested, uncancel
 from ._context import answer_dangling_calls
 from ._eventlog import EventLog
 from ._execute import ToolExecutor
@@ -78,6 +80,26 @@ from .tools import Tool, ToolRegistry
 
 __all__ = ("AgentRuntime",)
 
+_log = logging.getLogger("rxinvoke")
+
+_SETTLE_ATTEMPTS = 3
+"""Writes of a run's end before the store failure is the run's error."""
+_SETTLE_BACKOFF = 0.05
+
+
+async def _wait_done(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` is done, whatever cancellations arrive meanwhile."""
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            continue
+
+
+async def _sleep_absorbing_cancel(delay: float) -> None:
+    sleeper = asyncio.ensure_future(asyncio.sleep(delay))
+    await _wait_done(sleeper)
+
 
 class AgentRuntime:
     """Runs agent loops over registered providers and tools; owns the event bus.
@@ -88,6 +110,9 @@ class AgentRuntime:
         policy: limits enforced on every run.
         store: where session history lives (default: a new
             :class:`~rxinvoke.stores.MemoryStore`, closed by :meth:`aclose`).
+        scheduler: the clock of run deadlines (``Control.set_timeout``); default the
+            ``AsyncIOScheduler`` of the running loop. Pass a
+            ``reactivex.testing.TestScheduler`` to drive deadlines in virtual time.
     """
 
     def __init__(
@@ -96,6 +121,7 @@ class AgentRuntime:
         tools: Iterable[Tool | Callable[..., Any]] = (),
         policy: RuntimePolicy | None = None,
         store: Store | None = None,
+        scheduler: abc.SchedulerBase | None = None,
     ) -> None:
         self.providers = ProviderRegistry(providers)
         self.tools = ToolRegistry(tools)
@@ -110,6 +136,19 @@ class AgentRuntime:
         self._executor = ToolExecutor(self.tools, self.policy, self.bus.publish)
         self._gate = SessionGate()
         self._is_closed = False
+        self._scheduler = scheduler
+        self._loop_scheduler: tuple[asyncio.AbstractEventLoop, AsyncIOScheduler] | None = None
+
+    @property
+    def scheduler(self) -> abc.SchedulerBase:
+        """The clock of this runtime: the scheduler passed in, else the ``AsyncIOScheduler``
+        of the running loop (call it inside the loop)."""
+        if self._scheduler is not None:
+            return self._scheduler
+        loop = asyncio.get_running_loop()
+        if self._loop_scheduler is None or self._loop_scheduler[0] is not loop:
+            self._loop_scheduler = (loop, AsyncIOScheduler(loop))
+        return self._loop_scheduler[1]
 
     @property
     def events(self) -> Observable[InvocationEvent]:
@@ -191,12 +230,19 @@ class AgentRuntime:
     async def run(self, request: RunRequest, control: Control | None = None) -> RunOutput:
         """Run ``request`` to its end and return its output.
 
+        If the task awaiting ``run`` is cancelled, the run is cancelled too: it ends with
+        ``run_cancelled`` (stored), then ``asyncio.CancelledError`` propagates, always, even
+        when the run was already settling.
+
         Raises:
             UserError: the runtime is closed.
             InvalidRequest: before any event is published.
-            InvocationCancelled: ``control`` was cancelled (before or during the run).
+            InvocationCancelled: ``control`` was cancelled (before or during the run; a cancel
+                that returns before the terminal event is published wins).
             InvocationTimedOut: the control's deadline expired.
-            InvocationFailed: the run failed; ``cause`` holds the underlying error.
+            InvocationFailed: the run failed; ``cause`` holds the underlying error. Also when
+                the store could not record the run's end (``cause``: the StoreError), after
+                retries; the terminal event was published.
         """
         if self._is_closed:
             raise UserError("the runtime is closed (aclose() was called)")
@@ -209,9 +255,17 @@ class AgentRuntime:
         request = request.model_copy(update={"run_id": run_id, "session_id": session_id})
         run = Run(request, provider, control, run_id=run_id, session_id=session_id)
         self._runs[run_id] = run
+        task = run.start(self._drive(run), self.scheduler)
         try:
-            return await run.start(self._drive(run))
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if not task.done() or (caller is not None and cancel_requested(caller)):
+                # The caller was cancelled: so is the run; it settles (run_cancelled is
+                # stored), then the caller's cancellation propagates, whatever the outcome.
+                run.stop("cancelled")
+                await _wait_done(task)
+                raise
             if run.reason == "timeout":
                 raise InvocationTimedOut(
                     f"run {run_id} timed out after {control.timeout:g}s", run_id=run_id
@@ -228,6 +282,8 @@ class AgentRuntime:
 
     async def _drive(self, run: Run) -> RunOutput:
         run.started = True
+        if run.reason is not None:  # stopped before its task began: nothing published or stored
+            raise asyncio.CancelledError
         request = run.request
         record = RunRecord(
             run_id=run.run_id,
@@ -281,6 +337,10 @@ class AgentRuntime:
             if interrupted or run.reason is not None:
                 raise asyncio.CancelledError  # stopped before the run began
             output = await self._loop(run, history)
+            if run.reason is not None:
+                # a stop requested with no await point left (e.g. by a subscriber of the run's
+                # last events) still wins: the terminal event is not published yet
+                raise asyncio.CancelledError
         except asyncio.CancelledError:
             if run.reason == "timeout":
                 error = f"timed out after {run.control.timeout:g}s"
@@ -312,16 +372,32 @@ class AgentRuntime:
     async def _settle(self, run_id: str, outcome: RunOutcome) -> None:
         # The terminal event and status are stored before run() returns. The terminal event
         # is published already, so the outcome is decided: a cancel arriving now is absorbed
-        # (like one arriving after the run returned) while the write completes.
-        write = asyncio.ensure_future(self.log.finish(run_id, outcome))
-        while not write.done():
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None:
-                    uncancel(task)
-        write.result()
+        # (like one arriving after the run returned) while the write completes. A failed write
+        # keeps its envelopes queued (EventLog) and is retried; a store that keeps failing
+        # ends the run with InvocationFailed naming the StoreError.
+        attempt = 0
+        while True:
+            write = asyncio.ensure_future(self.log.finish(run_id, outcome))
+            while not write.done():
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None:
+                        uncancel(task)
+            error = write.exception()
+            if error is None:
+                return
+            attempt += 1
+            if not isinstance(error, StoreError) or attempt >= _SETTLE_ATTEMPTS:
+                raise InvocationFailed(
+                    f"run {run_id} ended ({outcome.status}) but the store could not record "
+                    f"it: {error}",
+                    run_id=run_id,
+                    cause=error,
+                ) from error
+            _log.warning("run %s: recording its end failed (%s); retry %d", run_id, error, attempt)
+            await _sleep_absorbing_cancel(_SETTLE_BACKOFF * attempt)
 
     async def _rejoin(self, record: RunRecord) -> RunOutput:
         """The outcome of the stored run ``record`` (an earlier emit with the same

@@ -25,6 +25,7 @@ from rxinvoke import (
     InvocationHandle,
     InvocationTimedOut,
     Overflow,
+    ProviderError,
     RunOutput,
     RuntimeInvocation,
     SessionContext,
@@ -358,7 +359,7 @@ async def test_failing_run_raises_invocation_failed_with_run_id_and_cause() -> N
     assert error.kind == "runtime"
     assert not isinstance(error, InvocationTimedOut)
     assert error.run_id == contexts[0].run_id
-    assert error.cause is boom
+    assert isinstance(error.cause, ProviderError) and error.cause.__cause__ is boom
     assert "provider exploded" in error.message
     assert [t for t in types(events) if t in TERMINAL] == ["run_failed"]
     assert events[-1].type == "run_failed"

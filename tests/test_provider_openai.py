@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
 from rxinvoke import (
     INVOCATION_EVENT,
@@ -1112,3 +1113,250 @@ def test_cli_rejects_a_missing_key_or_model_before_any_request(
     assert main(["run", "hi", *argv]) == code
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", message)
+
+
+# --- secrets: a canary key never leaves the provider (issue 9) --------------------------------
+
+CANARY = "sk-canary-7f3a9c0e51d24b68"
+
+
+def _exception_texts(exc: BaseException) -> list[str]:
+    """str, repr and args of ``exc`` and everything on its cause/context chain, and the
+    formatted traceback."""
+    import traceback
+
+    texts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        texts += [str(current), repr(current), *(repr(a) for a in current.args)]
+        texts += [repr(v) for v in vars(current).values()] if hasattr(current, "__dict__") else []
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return texts
+
+
+async def _run_and_grep(
+    provider: OpenAIProvider, tmp_path: Path, caplog: pytest.LogCaptureFixture, secret: str
+) -> InvocationFailed:
+    """Run once on a SqliteStore file; assert ``secret`` is in no event, error, log or byte
+    of the store; return the run's error."""
+    import logging
+
+    from rxinvoke import SqliteStore
+
+    caplog.set_level(logging.DEBUG)
+    path = tmp_path / "runs.db"
+    async with SqliteStore(path) as store:
+        runtime = AgentRuntime(providers=[provider], store=store, policy=FAST)
+        events: list[InvocationEvent] = []
+        runtime.events.subscribe(events.append)
+        with pytest.raises(InvocationFailed) as caught:
+            await runtime.run(RunRequest(provider="openai", model=MODEL, input="hi"))
+        assert events[-1].type == "run_failed"
+        stored = await store.read_events(caught.value.run_id or "")
+        assert stored[-1].event.type == "run_failed"
+    for event in events:
+        assert secret not in INVOCATION_EVENT.dump_json(event).decode()
+        assert secret not in repr(event)
+    for text in _exception_texts(caught.value):
+        assert secret not in text
+    for record in caplog.records:
+        assert secret not in record.getMessage()
+        assert secret not in repr(record.args)
+        if record.exc_info and record.exc_info[1] is not None:
+            for text in _exception_texts(record.exc_info[1]):
+                assert secret not in text
+    assert secret.encode() not in _bytes_under(tmp_path)  # the database, its WAL and shm
+    return caught.value
+
+
+def _bytes_under(folder: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file())
+
+
+async def test_an_error_chunk_echoing_the_key_is_redacted_everywhere(
+    server: ChatServer, providers: Callable[..., OpenAIProvider], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.script(Stream([chunk({"content": "a"}), {"error": {"message": f"bad key {CANARY} here"}}]))
+    error = await _run_and_grep(providers(server.url, api_key=CANARY), tmp_path, caplog, CANARY)
+    assert "bad key ********** here" in error.message
+    assert isinstance(error.cause, ProviderStreamError)
+
+
+async def test_an_sse_error_event_echoing_the_key_is_redacted(
+    server: ChatServer, providers: Callable[..., OpenAIProvider], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.script(Stream([chunk({"content": "a"}), f"key={CANARY}"], done=False))
+    # a chunk that is not JSON and holds the key: the malformed-JSON message must not echo it
+    await _run_and_grep(providers(server.url, api_key=CANARY), tmp_path, caplog, CANARY)
+
+
+async def test_a_credential_header_is_redacted_like_the_key(
+    server: ChatServer, providers: Callable[..., OpenAIProvider], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.script(Stream([{"error": {"message": f"who is {CANARY}?"}}]))
+    provider = providers(
+        server.url, api_key=None, api_key_env=None, headers={"X-Api-Key": CANARY}
+    )
+    error = await _run_and_grep(provider, tmp_path, caplog, CANARY)
+    assert "who is **********?" in error.message
+
+
+async def test_a_transport_error_holding_the_header_loses_its_chain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx/httpcore errors that quote the Authorization header (as httpcore's "Illegal
+    header value" does) are redacted and raised without their cause chain."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError(f"Illegal header value {request.headers['authorization']!r}")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+        provider = OpenAIProvider(
+            base_url="http://127.0.0.1:9/v1", api_key=CANARY, api_key_env=None, client=client
+        )
+        error = await _run_and_grep(provider, tmp_path, caplog, CANARY)
+    assert isinstance(error.cause, ProviderConnectionError)
+    assert "Illegal header value" in error.message and "**********" in error.message
+    assert error.cause.__cause__ is None and error.cause.__context__ is None
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        (CANARY + "\n", "a control character"),
+        ("\t" + CANARY, "a control character"),
+        (CANARY[:5] + "\x7f" + CANARY[5:], "a control character"),
+        (CANARY + "é", "a non-ASCII character"),
+        ("“" + CANARY + "”", "a non-ASCII character"),
+    ],
+)
+def test_a_key_http_cannot_carry_is_refused_without_echoing_it(
+    key: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for make in (
+        lambda: OpenAIProvider(api_key=key, api_key_env=None),
+        lambda: OpenAIProvider(api_key=SecretStr(key), api_key_env=None),
+        lambda: OpenAIProvider(api_key=None, api_key_env="RXINVOKE_CANARY_KEY"),
+        lambda: OpenAIProvider(api_key_env=None, headers={"Authorization": f"Bearer {key}"}),
+    ):
+        monkeypatch.setenv("RXINVOKE_CANARY_KEY", key)
+        with pytest.raises(ValueError, match=kind) as caught:
+            make()
+        for text in _exception_texts(caught.value):
+            assert CANARY not in text and CANARY[5:] not in text
+    with pytest.raises(ValueError, match="RXINVOKE_CANARY_KEY"):  # says where the key came from
+        OpenAIProvider(api_key=None, api_key_env="RXINVOKE_CANARY_KEY")
+
+
+def test_a_clean_key_is_kept_exactly() -> None:
+    provider = OpenAIProvider(api_key=" " + CANARY, api_key_env=None)  # nothing stripped
+    assert provider.has_api_key
+    assert CANARY not in repr(provider)
+
+
+# --- malformed streams are provider errors; odd tool calls are answered (issue 9) -------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"choices": [{"index": 0, "delta": "text", "finish_reason": None}]}, "delta"),
+        ({"choices": [{"index": 0, "delta": ["x"], "finish_reason": None}]}, "delta"),
+        (chunk({"content": 42}), "delta.content"),
+        (chunk({"content": {"text": "x"}}), "delta.content"),
+        (chunk({"tool_calls": {"index": 0}}), "delta.tool_calls"),
+        (chunk({"tool_calls": ["call"]}), "delta.tool_calls[]"),
+        (chunk({"tool_calls": [{"index": "0", "id": "c"}]}), "tool_calls[].index"),
+        (chunk({"tool_calls": [{"index": 0, "id": 7}]}), "tool_calls[].id"),
+        (chunk({"tool_calls": [{"index": 0, "id": "c", "function": "f"}]}), "tool_calls[].function"),
+        (chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": 1}}]}), "tool_calls[].function.name"),
+        (chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": {}}}]}), "tool_calls[].function.arguments"),
+        ({"choices": "all", "usage": None}, "choices"),
+        ({"choices": [], "usage": {"prompt_tokens": -1}}, "usage.prompt_tokens"),
+        ({"choices": [], "usage": {"completion_tokens": "7"}}, "usage.completion_tokens"),
+        ({"choices": [], "usage": [1, 2]}, "usage"),
+        ({"choices": [{"index": 0, "delta": {}, "finish_reason": 3}]}, "finish_reason"),
+    ],
+)
+async def test_a_chunk_of_the_wrong_shape_is_a_stream_error_naming_the_provider(
+    server: ChatServer, rig: Callable[..., Rig], bad: dict[str, Any], field: str
+) -> None:
+    server.script(Stream([chunk({"content": "ok"}), bad]))
+    r = rig()
+    with pytest.raises(InvocationFailed) as caught:
+        await r.run()
+    cause = caught.value.cause
+    assert isinstance(cause, ProviderStreamError)
+    assert (cause.provider, cause.model) == ("openai", MODEL)
+    assert f"{field} must be" in cause.message
+    assert [t for t in r.types() if t in ("run_completed", "run_failed", "run_cancelled")] == ["run_failed"]
+    assert r.events[-1].type == "run_failed"
+
+
+async def test_a_tool_call_without_a_name_is_a_failed_result_the_model_sees(
+    server: ChatServer, rig: Callable[..., Rig]
+) -> None:
+    server.script(
+        Stream([
+            chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"arguments": "{}"}}]}),
+            chunk({}, "tool_calls"),
+        ]),
+        text_reply("sorry"),
+    )
+    r = rig(tools=[add])
+    output = await r.run()
+    assert output.output_text == "sorry"
+    finished = [e for e in r.events if isinstance(e, ToolExecutionFinished)]
+    assert isinstance(finished[0].result, ToolFailure)
+    assert "a tool call without a name" in finished[0].result.error
+    tool_message = server.requests[1].body["messages"][-1]
+    assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == "c1"
+    assert tool_message["content"].startswith("Error: a tool call without a name")
+
+
+async def test_two_streamed_tool_calls_with_one_id_are_both_answered(
+    server: ChatServer, rig: Callable[..., Rig]
+) -> None:
+    server.script(tool_reply([("dup", "add", '{"a": 1, "b": 2}'), ("dup", "add", '{"a": 3, "b": 4}')]), text_reply("3 and 7"))
+    r = rig(tools=[add])
+    await r.run()
+    sent = server.requests[1].body["messages"]
+    call_ids = [c["id"] for c in sent[-3]["tool_calls"]]
+    assert len(set(call_ids)) == 2 and call_ids[0] == "dup"
+    assert [(m["tool_call_id"], m["content"]) for m in sent[-2:]] == [(call_ids[0], "3"), (call_ids[1], "7")]
+
+
+async def test_http_408_is_retried(
+    server: ChatServer, rig: Callable[..., Rig], asked: list[tuple[int, float | None]]
+) -> None:
+    server.script(Error(408, {"error": {"message": "request timeout"}}), text_reply("fine"))
+    r = rig(policy=RuntimePolicy(max_retries=1))
+    output = await r.run()
+    assert output.output_text == "fine"
+    assert asked == [(0, None)] and len(server.requests) == 2
+
+
+async def test_an_emoji_split_into_surrogate_escapes_over_two_chunks_is_joined(
+    server: ChatServer, rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    # JSON lets a server escape an astral character as two \\u escapes, and split them
+    server.script(Stream([
+        '{"choices": [{"index": 0, "delta": {"content": "hi \\ud83d"}, "finish_reason": null}]}',
+        '{"choices": [{"index": 0, "delta": {"content": "\\ude00!"}, "finish_reason": "stop"}]}',
+    ]))
+    from rxinvoke import SqliteStore
+
+    async with SqliteStore(tmp_path / "s.db") as store:
+        r = rig()
+        runtime = AgentRuntime(providers=[r.provider], store=store)
+        out = await runtime.run(RunRequest(provider="openai", model=MODEL, input="hi"))
+        assert out.output_text == "hi \U0001f600!"
+        record = await store.get_run(out.run_id)
+        assert record is not None and record.status == "completed"

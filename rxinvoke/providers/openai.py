@@ -23,8 +23,15 @@ Policy:
 - **Cancellation**: closing the stream (the runtime does, on cancel) closes the HTTP response
   and its connection at once; the server sees the client go away.
 - **Secrets**: the API key is a ``SecretStr`` sent only in the ``Authorization`` header; it is
-  never part of a repr, an event, a ``ChatRequest`` or an error message (error bodies that
-  echo it are redacted).
+  checked when the provider is built (printable ASCII only: a key with a newline or a
+  non-ASCII character is refused with a ``ValueError`` that does not echo it; nothing is
+  stripped silently). The key and every credential header value (``Authorization``,
+  ``api-key``, ``x-api-key``) are redacted from every message built from what a server or
+  httpx said, and an error whose cause chain mentions one is raised without that chain: no
+  event, error (str, repr, args, causes), log record or stored run ever holds a secret.
+- **Malformed streams**: a chunk with fields of the wrong JSON type, or anything else the
+  parser cannot read, is a :class:`~rxinvoke.errors.ProviderStreamError` naming the provider
+  and model; never a foreign exception.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -46,6 +53,7 @@ from ..errors import (
     ProviderError,
     ProviderHTTPError,
     ProviderStreamError,
+    redacted,
 )
 from ..events import (
     ChatFinished,
@@ -110,12 +118,18 @@ class OpenAIProvider:
         extra_body: Mapping[str, Any] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
+        source = "api_key"
         if api_key is None and api_key_env:
             from_env = os.environ.get(api_key_env)
             api_key = from_env if from_env else None
+            source = f"the environment variable {api_key_env}"
         self._api_key: SecretStr | None = (
             SecretStr(api_key) if isinstance(api_key, str) else api_key
         )
+        if self._api_key is not None:
+            _check_credential(self._api_key.get_secret_value(), f"the API key ({source})")
+        for name, value in (headers or {}).items():
+            _check_credential(value, f"the value of header {name!r}")
         self._id = id
         self._models = tuple(models)
         self._base_url = base_url.rstrip("/")
@@ -123,6 +137,7 @@ class OpenAIProvider:
         self._headers = {"Accept": "text/event-stream", **(headers or {})}
         if self._api_key is not None:
             self._headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        self._secrets = _secrets(self._headers)
         self._timeout = httpx.Timeout(timeout)
         self._extra_body = dict(extra_body or {})
         self._external_client = client
@@ -208,6 +223,51 @@ class OpenAIProvider:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatStreamEvent]:
         """Stream one chat completion as chat events (see the module policy)."""
+        # The one boundary every failure passes: foreign exceptions become ProviderErrors, and
+        # an error whose chain mentions a secret is replaced by a redacted copy with no chain,
+        # raised outside the except block (so it has no __context__ either).
+        failure: ProviderError | None = None
+        events = self._events(request)
+        try:
+            async for event in events:
+                yield event
+        except ProviderError as exc:
+            if not self._mentions_secret(exc):
+                raise
+            failure = self._scrubbed(exc)
+        except AssertionError:
+            raise  # a failed assertion (a test's guard) is nobody's response: never translated
+        except Exception as exc:
+            translated = ProviderStreamError(
+                self._id, request.model, f"unreadable response: {type(exc).__name__}: {exc}"
+            )
+            if not self._mentions_secret(exc):
+                raise translated from exc
+            failure = self._scrubbed(translated)
+        finally:
+            await events.aclose()
+        if failure is not None:
+            raise failure
+
+    def _mentions_secret(self, exc: BaseException) -> bool:
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        pending = [exc]
+        while pending:
+            current = pending.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            texts = (str(current), repr(current), *(repr(a) for a in current.args))
+            if any(secret in text for text in texts for secret in self._secrets):
+                return True
+            pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        return False
+
+    def _scrubbed(self, exc: ProviderError) -> ProviderError:
+        return redacted(exc, self._redact)
+
+    async def _events(self, request: ChatRequest) -> AsyncGenerator[ChatStreamEvent, None]:
         model = request.model
         client = self._client_for_this_loop()
         http_request = client.build_request(
@@ -238,7 +298,7 @@ class OpenAIProvider:
                     "(does the server support stream=true?)",
                 )
             yield ChatStarted(provider=self._id, model=model)
-            parser = _ChunkParser(self._id, model)
+            parser = _ChunkParser(self._id, model, self._redact)
             sse_events = EventSource(response).aiter_sse()
             try:
                 async for sse in sse_events:
@@ -285,11 +345,38 @@ class OpenAIProvider:
         )
 
     def _redact(self, text: str) -> str:
-        if self._api_key is not None:
-            secret = self._api_key.get_secret_value()
-            if secret:
-                text = text.replace(secret, "**********")
+        for secret in self._secrets:
+            text = text.replace(secret, "**********")
         return text
+
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
+
+
+def _check_credential(value: str, what: str) -> None:
+    """Refuse what HTTP cannot carry as a header value, without echoing it."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string")
+    for position, char in enumerate(value):
+        if not " " <= char <= "~":
+            kind = "a control character" if char < " " or char == "\x7f" else "a non-ASCII character"
+            raise ValueError(
+                f"{what} contains {kind} at position {position}: only printable ASCII is "
+                "allowed (nothing is stripped; check for a trailing newline or a pasted quote)"
+            )
+
+
+def _secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """Every credential value in ``headers``: whole values and their token after a scheme."""
+    found: list[str] = []
+    for name, value in headers.items():
+        if name.lower() not in _CREDENTIAL_HEADERS or not value.strip():
+            continue
+        found.append(value)
+        token = value.split(" ", 1)[1].strip() if " " in value else ""
+        if len(token) >= 4:
+            found.append(token)
+    return tuple(sorted(set(found), key=len, reverse=True))  # longest first
 
 
 def _message(message: Message) -> dict[str, Any]:
@@ -365,10 +452,12 @@ class _Call:
 class _ChunkParser:
     """Folds ``chat.completion.chunk`` payloads into chat events (choice 0 only)."""
 
-    def __init__(self, provider: str, model: str) -> None:
+    def __init__(self, provider: str, model: str, redact: Callable[[str], str]) -> None:
         self._provider = provider
         self._model = model
+        self._redact = redact
         self._calls: dict[int, _Call] = {}
+        self._ids: set[str] = set()
         self._finish: str | None = None
         self._usage: TokenUsage | None = None
         self._chunks = 0
@@ -392,47 +481,95 @@ class _ChunkParser:
         if not isinstance(chunk, dict):
             raise self._error(f"stream chunk {self._chunks} is not a JSON object: {data[:120]!r}")
         if "error" in chunk:
-            raise self._error(f"server error in stream: {_error_message(data)}")
+            raise self._error(f"server error in stream: {self._redact(_error_message(data))}")
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self._usage = _token_usage(usage)
+        if usage is not None:
+            self._usage = self._token_usage(usage)
         choices = chunk.get("choices")
         if not choices:
             return []  # the usage chunk, keep-alives
+        if not isinstance(choices, list):
+            raise self._malformed("choices", "an array", choices)
         choice = choices[0]
         if not isinstance(choice, dict) or choice.get("index", 0) != 0:
             return []
         events: list[ChatStreamEvent] = []
         delta = choice.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            raise self._malformed("delta", "an object", delta)
         if delta:
+            content = delta.get("content")
+            if content is not None and not isinstance(content, str):
+                raise self._malformed("delta.content", "a string", content)
+            tool_calls = delta.get("tool_calls")
+            if tool_calls is not None and not isinstance(tool_calls, list):
+                raise self._malformed("delta.tool_calls", "an array", tool_calls)
             if self._finish is not None:
-                if delta.get("content") or delta.get("tool_calls"):
+                if content or tool_calls:
                     raise self._error("content received after finish_reason")
             else:
-                content = delta.get("content")
                 if content:
                     events.append(ChatTextDelta(delta=content))
-                tool_calls = delta.get("tool_calls")
                 if tool_calls:
                     self._fold_tool_calls(tool_calls, events)
         finish = choice.get("finish_reason")
+        if finish is not None and not isinstance(finish, str):
+            raise self._malformed("finish_reason", "a string", finish)
         if finish and self._finish is None:
             self._finish = finish
             self._complete_calls(events)
         return events
 
+    def _malformed(self, field: str, expected: str, value: Any) -> ProviderStreamError:
+        shown = self._redact(json.dumps(value)[:80])
+        return self._error(
+            f"malformed stream chunk {self._chunks}: {field} must be {expected}, got {shown}"
+        )
+
+    def _token_usage(self, usage: Any) -> TokenUsage:
+        if not isinstance(usage, dict):
+            raise self._malformed("usage", "an object", usage)
+        counts: dict[str, int] = {}
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            value = usage.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self._malformed(f"usage.{key}", "a non-negative integer", value)
+            counts[key] = value
+        prompt = counts.get("prompt_tokens", 0)
+        completion = counts.get("completion_tokens", 0)
+        total = counts.get("total_tokens") or prompt + completion
+        return TokenUsage(input_tokens=prompt, output_tokens=completion, total_tokens=total)
+
     def _fold_tool_calls(self, deltas: list[Any], events: list[ChatStreamEvent]) -> None:
         for position, item in enumerate(deltas):
+            if not isinstance(item, dict):
+                raise self._malformed("delta.tool_calls[]", "an object", item)
             index = item.get("index", position)
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise self._malformed("tool_calls[].index", "an integer", index)
             call = self._calls.get(index)
             if call is None:
                 call = self._calls[index] = _Call()
-            if call.id is None and item.get("id"):
-                call.id = item["id"]
-            function = item.get("function") or {}
-            if call.name is None and function.get("name"):
-                call.name = function["name"]
+            raw_id = item.get("id")
+            if raw_id is not None and not isinstance(raw_id, str):
+                raise self._malformed("tool_calls[].id", "a string", raw_id)
+            if call.id is None and raw_id:
+                call.id = raw_id
+            function = item.get("function")
+            if function is None:
+                function = {}
+            if not isinstance(function, dict):
+                raise self._malformed("tool_calls[].function", "an object", function)
+            name = function.get("name")
+            if name is not None and not isinstance(name, str):
+                raise self._malformed("tool_calls[].function.name", "a string", name)
+            if call.name is None and name:
+                call.name = name
             fragment = function.get("arguments")
+            if fragment is not None and not isinstance(fragment, str):
+                raise self._malformed("tool_calls[].function.arguments", "a string", fragment)
             if not call.started and call.name is not None and (call.id or fragment):
                 self._start(call, events)
             if fragment:
@@ -442,6 +579,9 @@ class _ChunkParser:
 
     def _start(self, call: _Call, events: list[ChatStreamEvent]) -> None:
         call.id = call.id or f"call_{new_id().replace('-', '')[:24]}"
+        if call.id in self._ids:  # two calls of one response with one id: both are answered
+            call.id = f"{call.id}_{len(self._ids) + 1}"
+        self._ids.add(call.id)
         call.started = True
         events.append(ChatToolCallStarted(id=call.id, name=call.name or ""))
         if call.arguments:  # fragments that came before the call could be announced
@@ -451,7 +591,8 @@ class _ChunkParser:
         for index in sorted(self._calls):
             call = self._calls[index]
             if call.name is None:
-                raise self._error(f"tool call at index {index} has no function name")
+                # not the provider's failure: the model gets a failed tool result to react to
+                call.name = ""
             if not call.started:
                 self._start(call, events)
             arguments = "".join(call.arguments) or "{}"
@@ -476,10 +617,3 @@ class _ChunkParser:
             reason = FinishReason.TOOL_CALLS
         events.append(ChatFinished(finish_reason=reason or FinishReason.STOP, usage=self._usage))
         return events
-
-
-def _token_usage(usage: Mapping[str, Any]) -> TokenUsage:
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    total = usage.get("total_tokens") or prompt + completion
-    return TokenUsage(input_tokens=prompt, output_tokens=completion, total_tokens=total)
