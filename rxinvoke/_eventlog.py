@@ -261,7 +261,8 @@ class EventLog:
             observer: abc.ObserverBase[EventEnvelope],
             scheduler: abc.SchedulerBase | None = None,
         ) -> abc.DisposableBase:
-            return _Follower(self, run_id, after_seq or 0, observer, poll_interval).start()
+            cursor = max(after_seq or 0, 0)  # a negative seq: the whole log, as replay
+            return _Follower(self, run_id, cursor, observer, poll_interval).start()
 
         return reactivex.create(subscribe)
 

@@ -385,6 +385,8 @@ class AgentRuntime:
                     task = asyncio.current_task()
                     if task is not None:
                         uncancel(task)
+                except Exception:
+                    pass  # the write's own error: read below
             error = write.exception()
             if error is None:
                 return

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reactivex import operators as ops
 from reactivex.testing import TestScheduler
 
 from rxinvoke import (
@@ -31,6 +32,7 @@ from rxinvoke import (
     RuntimePolicy,
     ScriptedProvider,
     SqliteStore,
+    StoreError,
     SubscriberError,
     ToolCall,
     ToolExecutionFinished,
@@ -358,3 +360,77 @@ async def test_a_tool_output_with_lone_surrogates_is_stored_valid(tmp_path: Path
         out = await runtime.run(request(session_id=uuid.uuid4()))
         tool_message = [m for m in await store.load_history(out.session_id) if m.role == "tool"]
         assert tool_message[0].content == "half \ufffd"
+
+
+# --- stores: transient failures are retried, nothing is lost -------------------------------------
+
+
+class FlakyStore(MemoryStore):
+    """Fails the first ``fail_finish`` finish_run calls and ``fail_commit`` append_messages
+    calls with a StoreError, writing nothing."""
+
+    def __init__(self, *, fail_finish: int = 0, fail_commit: int = 0) -> None:
+        super().__init__()
+        self.fail_finish, self.fail_commit = fail_finish, fail_commit
+
+    async def finish_run(self, run_id: str, outcome: RunOutcome, **kwargs: Any) -> None:
+        if self.fail_finish:
+            self.fail_finish -= 1
+            raise StoreError("disk hiccup")
+        await super().finish_run(run_id, outcome, **kwargs)
+
+    async def append_messages(self, session_id: uuid.UUID, messages: Any, **kwargs: Any) -> None:
+        if self.fail_commit:
+            self.fail_commit -= 1
+            raise StoreError("disk hiccup")
+        await super().append_messages(session_id, messages, **kwargs)
+
+
+async def test_a_transient_failure_to_record_the_end_is_retried() -> None:
+    store = FlakyStore(fail_finish=2)
+    runtime, events = make([text_turn("ok", pieces=2)], store=store)
+    out = await runtime.run(request())
+    record = await store.get_run(out.run_id)
+    assert record is not None and record.status == "completed"
+    stored = [e.event for e in await store.read_events(out.run_id)]
+    assert stored == events  # every published event, once, in order
+
+
+async def test_a_store_that_keeps_failing_is_an_invocation_failed_with_the_cause() -> None:
+    store = FlakyStore(fail_finish=99)
+    runtime, events = make([text_turn("ok")], store=store)
+    with pytest.raises(InvocationFailed) as caught:
+        await runtime.run(request())
+    assert isinstance(caught.value.cause, StoreError)
+    assert "could not record" in caught.value.message
+    assert events[-1].type == "run_completed"  # it had ended; the store could not say so
+
+
+async def test_a_failed_step_commit_keeps_its_events_for_the_next_write() -> None:
+    """The event log requeues a batch whose write failed: the run fails, and its stored log
+    still holds every event it published, contiguous, with the terminal one last."""
+
+    @tool
+    def noop() -> str:
+        """Nothing."""
+        return "ok"
+
+    store = FlakyStore(fail_commit=1)
+    runtime, events = make([tool_call_turn("noop", {}), text_turn("x")], tools=[noop], store=store)
+    with pytest.raises(InvocationFailed, match="disk hiccup"):
+        await runtime.run(request())
+    run_id = events[0].run_id or ""
+    stored = await store.read_events(run_id)
+    assert [e.seq for e in stored] == list(range(1, len(events) + 1))
+    assert [e.event for e in stored] == events
+    assert stored[-1].event.type == "run_failed"
+
+
+@pytest.mark.parametrize("after", [-1, -5])
+async def test_subscribe_run_with_a_negative_seq_is_the_whole_log(after: int) -> None:
+    runtime, events = make([text_turn("ok")])
+    inv = RuntimeInvocation(runtime)
+    out = await runtime.run(request())
+    got = await inv.subscribe_run(out.run_id, after_seq=after).pipe(ops.to_list())
+    replayed = await inv.replay(out.run_id, after_seq=after).pipe(ops.to_list())
+    assert [e.seq for e in got] == [e.seq for e in replayed] == list(range(1, len(events) + 1))

@@ -297,3 +297,92 @@ async def test_memory_store_forgets_the_oldest_finished_runs_beyond_its_limit() 
     assert (await start(store, record(key="k2"))).run_id == third.run_id  # a kept run's key holds
     with pytest.raises(ValueError):
         MemoryStore(max_finished_runs=0)
+
+
+async def test_memory_store_forgets_the_least_recently_used_idle_sessions() -> None:
+    store = MemoryStore(max_sessions=2)
+    one, two, three = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    busy = await start(store, record(session=one))  # a running run keeps its session
+    await store.append_messages(two, [Message(role="user", content="two")])
+    await store.append_messages(three, [Message(role="user", content="three")])
+    assert set(store.session_ids) == {one, three}  # two was the oldest idle one
+    await store.load_history(one)
+    terminal = envelope(busy, 1, RunCompleted(run_id=busy.run_id, finish_reason=FinishReason.STOP, iterations=1))
+    await store.finish_run(busy.run_id, RunOutcome.completed(output(busy)), events=[terminal])
+    await store.append_messages(two, [Message(role="user", content="again")])  # one is idle now
+    assert set(store.session_ids) == {three, two}
+    assert [m.content for m in await store.load_history(two)] == ["again"]
+    with pytest.raises(ValueError):
+        MemoryStore(max_sessions=0)
+
+
+async def test_a_corrupted_sqlite_row_is_a_store_error_naming_the_run(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "c.db"
+    async with SqliteStore(path) as store:
+        rec = await start(store, record())
+        await store.append_messages(rec.session_id, [Message(role="assistant", content="x", tool_calls=(ToolCall(id="c", name="t"),))])
+        await store.append_events([envelope(rec, 1, TextDelta(run_id=rec.run_id, delta="a"))])
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE event_segments SET events = '[{\"type\": \"text_delta\", \"run_id\": 1'")
+    conn.execute("UPDATE runs SET request = 'garbage'")
+    conn.execute("UPDATE messages SET tool_calls = '[{\"id\": 3}]'")
+    conn.commit()
+    conn.close()
+    async with SqliteStore(path) as store:
+        for read in (store.get_run(rec.run_id), store.list_runs(), store.read_events(rec.run_id)):
+            with pytest.raises(StoreError, match=rec.run_id):
+                await read
+        with pytest.raises(StoreError, match="stored message"):
+            await store.load_history(rec.session_id)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE event_segments SET events = '[{\"type\": \"nope\"}]'")  # unknown type
+    conn.commit()
+    conn.close()
+    async with SqliteStore(path) as store:
+        with pytest.raises(StoreError, match=f"run {rec.run_id!r}: its stored event segment"):
+            await store.read_events(rec.run_id)
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 7])
+def test_another_applications_sqlite_file_is_refused_and_left_unchanged(
+    tmp_path: Path, version: int
+) -> None:
+    import asyncio as _asyncio
+    import sqlite3
+
+    path = tmp_path / "theirs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+
+    async def open_it() -> None:
+        async with SqliteStore(path) as store:
+            await store.list_runs()
+
+    with pytest.raises(StoreError, match="not an rxinvoke database"):
+        _asyncio.run(open_it())
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.db"]  # no -wal, no -shm
+
+
+def test_an_empty_unmarked_file_with_a_user_version_is_refused(tmp_path: Path) -> None:
+    import asyncio as _asyncio
+    import sqlite3
+
+    path = tmp_path / "odd.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+
+    async def open_it() -> None:
+        async with SqliteStore(path) as store:
+            await store.list_runs()
+
+    with pytest.raises(StoreError, match="not an rxinvoke database"):
+        _asyncio.run(open_it())

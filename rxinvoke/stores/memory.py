@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 
 from ..errors import StoreError, UnknownRun
@@ -20,16 +20,24 @@ class MemoryStore:
     Args:
         max_finished_runs: how many finished runs (record, usage and event log: ~100 kB for
             a run of ~100 events) are kept; the oldest finished run is forgotten beyond that,
-            so a long-lived process does not grow without bound. None keeps every run. Session
-            histories are always kept.
+            so a long-lived process does not grow without bound. None keeps every run.
+        max_sessions: how many session histories are kept (a short session is ~1–3 kB); beyond
+            that the least recently used session without a running run is forgotten (a
+            later run of it starts a new history). None keeps every session.
     """
 
-    def __init__(self, *, max_finished_runs: int | None = 1000) -> None:
+    def __init__(
+        self, *, max_finished_runs: int | None = 1000, max_sessions: int | None = 1000
+    ) -> None:
         if max_finished_runs is not None and max_finished_runs < 1:
             raise ValueError(f"max_finished_runs must be >= 1 or None, got {max_finished_runs!r}")
+        if max_sessions is not None and max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1 or None, got {max_sessions!r}")
         self._max_finished = max_finished_runs
+        self._max_sessions = max_sessions
         self._finished: deque[str] = deque()
-        self._sessions: dict[uuid.UUID, list[Message]] = {}
+        self._sessions: OrderedDict[uuid.UUID, list[Message]] = OrderedDict()
+        self._running: Counter[uuid.UUID] = Counter()  # sessions with running runs
         self._runs: dict[str, RunRecord] = {}
         self._by_request: dict[str, str] = {}
         self._events: dict[str, list[EventEnvelope]] = {}
@@ -46,8 +54,28 @@ class MemoryStore:
         events: Sequence[EventEnvelope] = (),
     ) -> None:
         self._check_seqs(events)
-        self._sessions.setdefault(session_id, []).extend(messages)
+        self._history_of(session_id).extend(messages)
         self._append(events)
+
+    def _history_of(self, session_id: uuid.UUID) -> list[Message]:
+        """The session's history (created if new), marked as the most recently used."""
+        history = self._sessions.get(session_id)
+        if history is None:
+            history = self._sessions[session_id] = []
+            self._forget_idle_sessions()
+        else:
+            self._sessions.move_to_end(session_id)
+        return history
+
+    def _forget_idle_sessions(self) -> None:
+        limit = self._max_sessions
+        if limit is None or len(self._sessions) <= limit:
+            return
+        for session_id in list(self._sessions):
+            if len(self._sessions) <= limit:
+                return
+            if not self._running[session_id]:
+                del self._sessions[session_id]
 
     @property
     def session_ids(self) -> tuple[uuid.UUID, ...]:
@@ -68,8 +96,10 @@ class MemoryStore:
         history = self._sessions.get(record.session_id)
         opening = [*preamble, *messages] if not history else list(messages)
         self._claim(record)  # nothing can fail from here on: the three steps are one
-        self._sessions.setdefault(record.session_id, []).extend(opening)
-        return record, list(self._sessions[record.session_id])
+        self._running[record.session_id] += 1
+        stored = self._history_of(record.session_id)
+        stored.extend(opening)
+        return record, list(stored)
 
     def _existing(self, record: RunRecord) -> RunRecord | None:
         """The stored run with the record's ``client_request_id``; StoreError if its
@@ -104,8 +134,12 @@ class MemoryStore:
             raise StoreError(f"run {run_id!r} is already {record.status}")
         self._check_seqs(events)
         if messages:
-            self._sessions.setdefault(record.session_id, []).extend(messages)
+            self._history_of(record.session_id).extend(messages)
         self._append(events)
+        self._running[record.session_id] -= 1
+        if self._running[record.session_id] <= 0:
+            del self._running[record.session_id]
+            self._forget_idle_sessions()
         self._runs[run_id] = record.model_copy(
             update={
                 "status": outcome.status,

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from ..errors import MigrationError, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
@@ -235,7 +235,27 @@ def _message_rows(session_id: uuid.UUID, messages: Sequence[Message]) -> list[tu
     ]
 
 
+def _why(exc: Exception) -> str:
+    """A one-line reason for a decoding failure."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "value"
+        return f"{where}: {first['msg']}"[:160]
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
 def _run_record(row: Sequence[Any]) -> RunRecord:
+    try:
+        return _decode_run_record(row)
+    except _DECODE_ERRORS as exc:
+        raise StoreError(f"run {row[0]!r}: its stored run row is corrupted ({_why(exc)})") from exc
+
+
+def _decode_run_record(row: Sequence[Any]) -> RunRecord:
     status: RunStatus = row[2]
     return RunRecord(
         run_id=row[0],
@@ -346,6 +366,14 @@ class SqliteStore:
                     time.sleep(0.05 * 2**attempt)  # on the worker thread, never the loop
                     continue
                 raise self._translate(exc) from exc
+            except StoreError as exc:
+                if type(exc) is not StoreError or str(self.path) in exc.message:
+                    raise
+                raise StoreError(f"{self.path}: {exc.message}") from exc.__cause__
+            except _DECODE_ERRORS as exc:  # stored data this version cannot read
+                raise StoreError(f"{self.path}: unreadable stored data ({_why(exc)})") from exc
+            except OSError as exc:
+                raise StoreError(f"{self.path}: {exc.strerror or exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
@@ -420,12 +448,19 @@ class SqliteStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if app_id not in (0, APPLICATION_ID):
             raise StoreError(f"{self.path}: not an rxinvoke database (application_id {app_id})")
-        if app_id == 0 and version == 0:
+        if app_id == 0:
+            # Not marked as ours: only an empty, unversioned file may become an rxinvoke
+            # database (every migration marks the file). Checked before anything is written
+            # (the WAL switch included), so another application's file stays as it was.
             tables = conn.execute(
                 "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
             ).fetchone()[0]
             if tables:
                 raise StoreError(f"{self.path}: not an rxinvoke database (it has other tables)")
+            if version != 0:
+                raise StoreError(
+                    f"{self.path}: not an rxinvoke database (user_version {version}, unmarked)"
+                )
         self._check_version(version)
 
     def _check_version(self, version: int) -> None:
@@ -460,18 +495,26 @@ class SqliteStore:
             "FROM messages WHERE session_id = ? ORDER BY pk",
             (str(session_id),),
         ).fetchall()
-        return [
-            Message(
-                id=row[0],
-                run_id=row[1],
-                role=row[2],
-                content=row[3],
-                tool_calls=tuple(ToolCall.model_validate(c) for c in json.loads(row[4])),
-                tool_call_id=row[5],
-                created_at=_dt(row[6]),
-            )
-            for row in rows
-        ]
+        messages: list[Message] = []
+        for row in rows:
+            try:
+                messages.append(
+                    Message(
+                        id=row[0],
+                        run_id=row[1],
+                        role=row[2],
+                        content=row[3],
+                        tool_calls=tuple(ToolCall.model_validate(c) for c in json.loads(row[4])),
+                        tool_call_id=row[5],
+                        created_at=_dt(row[6]),
+                    )
+                )
+            except _DECODE_ERRORS as exc:
+                raise StoreError(
+                    f"session {session_id}: stored message {row[0]!r} (run {row[1]!r}) is "
+                    f"corrupted ({_why(exc)})"
+                ) from exc
+        return messages
 
     async def append_messages(
         self,
@@ -646,7 +689,13 @@ class SqliteStore:
             of = EventEnvelope.of
             envelopes: list[EventEnvelope] = []
             for first, text in rows:
-                events = _EVENT_LIST.validate_json(text)
+                try:
+                    events = _EVENT_LIST.validate_json(text)
+                except _DECODE_ERRORS as exc:
+                    raise StoreError(
+                        f"run {run_id!r}: its stored event segment from seq {first} is "
+                        f"corrupted ({_why(exc)})"
+                    ) from exc
                 skip = after - first + 1 if after >= first else 0  # only the first segment
                 seq = first + skip
                 for event in events[skip:] if skip else events:
