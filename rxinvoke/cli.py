@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import uuid
@@ -52,11 +53,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Run PROMPT on the embedded offline model (no network, no key), or on an "
         "OpenAI-compatible server with --provider openai --model NAME.",
     )
-    run.add_argument("prompt", metavar="PROMPT", help="the user message")
+    run.add_argument("prompt", metavar="PROMPT", help="the user message (- reads it from stdin)")
     run.add_argument("--session", metavar="UUID", help="continue this session id")
+    run.add_argument(
+        "--session-must-exist", action="store_true",
+        help="with --session: fail if the session has no stored history (default: warn and "
+        "start it)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON event per line")
     run.add_argument(
-        "--delay", type=float, default=0.02, metavar="SECONDS",
+        "--delay", type=_seconds, default=0.02, metavar="SECONDS",
         help="pause between streamed fragments of the offline model (default 0.02)",
     )
     run.add_argument(
@@ -97,38 +103,69 @@ def _openai_provider(args: argparse.Namespace) -> ChatProvider:
     return OpenAIProvider(base_url=base_url, api_key_env=variable)
 
 
+_ECHO_LIMIT = 200
+"""Characters of a tool call's arguments or result echoed on one line."""
+
+
+def _clip(text: str, limit: int = _ECHO_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class _Renderer:
-    """Human-readable live rendering of a run's events."""
+    """Human-readable live rendering of a run's events.
+
+    Writes in whatever encoding the terminal has: characters it cannot encode are replaced
+    (``→ ← · …`` become ``-> <- | ...`` on an ASCII terminal), never an error.
+    """
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._line_open = False
+        self.run_id: str | None = None
+        """The run being rendered (from its ``run_started``)."""
+        encoding = getattr(out, "encoding", None) or "utf-8"
+        try:
+            "→←·…".encode(encoding)
+            self._fancy = True
+        except (UnicodeEncodeError, LookupError):
+            self._fancy = False
+        self._encoding = encoding
+
+    def _write(self, text: str) -> None:
+        if not self._fancy:
+            for fancy, plain in (("→", "->"), ("←", "<-"), ("·", "|"), ("…", "...")):
+                text = text.replace(fancy, plain)
+            text = text.encode(self._encoding, "replace").decode(self._encoding)
+        self._out.write(text)
 
     def __call__(self, event: InvocationEvent) -> None:
-        out = self._out
+        if event.type == "run_started":
+            self.run_id = event.run_id
         if isinstance(event, TextDelta):
-            out.write(event.delta)
+            self._write(event.delta)
             self._line_open = True
         elif isinstance(event, ToolCallCompleted):
-            self._newline()
-            out.write(f"→ {event.call.name}({event.call.arguments})\n")
+            self.newline()
+            self._write(f"→ {event.call.name}({_clip(event.call.arguments)})\n")
         elif isinstance(event, ToolExecutionFinished):
             result = event.result
             shown = result.output if isinstance(result, ToolSuccess) else f"error: {result.error}"
-            out.write(f"← {event.tool_name}: {shown} ({event.duration_ms:.1f} ms)\n")
+            self._write(f"← {event.tool_name}: {_clip(shown)} ({event.duration_ms:.1f} ms)\n")
         elif isinstance(event, RunFailed):
-            self._newline()
-        out.flush()
+            self.newline()
+        self._out.flush()
 
-    def _newline(self) -> None:
+    def newline(self) -> None:
+        """End a partial line of streamed text."""
         if self._line_open:
             self._out.write("\n")
             self._line_open = False
 
     def finish(self, output: RunOutput) -> None:
-        self._newline()
+        self.newline()
         usage = output.total_usage
-        self._out.write(
+        self._write(
             f"[{output.finish_reason.value} · {output.iterations} iteration(s) · tokens "
             f"in {usage.input_tokens} / out {usage.output_tokens} / total {usage.total_tokens} · "
             f"session {output.session_id} · run {output.run_id}]\n"
@@ -137,6 +174,13 @@ class _Renderer:
 
 async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
     session = uuid.UUID(args.session) if args.session else None
+    if session is not None and not await store.load_history(session):
+        if args.session_must_exist:
+            raise UserError(f"session {session} has no stored history (--session-must-exist)")
+        print(
+            f"rxinvoke: warning: session {session} has no stored history; starting it",
+            file=sys.stderr,
+        )
     provider: ChatProvider
     if args.provider == "openai":
         provider = _openai_provider(args)
@@ -145,7 +189,7 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
     model = args.model or "offline"
     runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store)
     invocation = RuntimeInvocation(runtime)
-    renderer = _Renderer(out)
+    renderer: _Renderer = args.renderer
 
     def print_json(event: InvocationEvent) -> None:
         out.write(INVOCATION_EVENT.dump_json(event).decode() + "\n")
@@ -154,6 +198,8 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
     render = print_json if args.json else renderer
 
     def safe_render(event: InvocationEvent) -> None:
+        if event.type == "run_started":
+            renderer.run_id = event.run_id  # named on Ctrl-C, whatever the output format
         try:
             render(event)
         except BrokenPipeError:  # e.g. piped into `head`: stop printing, let the run finish
@@ -187,13 +233,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command != "run":
         return _store_command(args)
+    if args.prompt == "-":
+        args.prompt = sys.stdin.read()
+    renderer = args.renderer = _Renderer(sys.stdout)
     try:
         return asyncio.run(_with_store(args, sys.stdout, _run, path=_db_path(args), create=True))
     except RxInvokeError as exc:
+        renderer.newline()
         print(f"rxinvoke: error: {exc.message}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. an unwritable --db directory the store could not name
+        renderer.newline()
+        print(f"rxinvoke: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("rxinvoke: interrupted", file=sys.stderr)
+        renderer.newline()
+        where = f" (run {renderer.run_id}: see `rxinvoke events {renderer.run_id}`)" if renderer.run_id else ""
+        print(f"rxinvoke: interrupted{where}", file=sys.stderr)
         return 130
 
 
@@ -207,10 +263,26 @@ def _add_db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_MAX_LIMIT = 1_000_000
+
+
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+    if not 1 <= value <= _MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {_MAX_LIMIT:,}, got {text[:40]}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
+    if not (math.isfinite(value) and 0 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 3600, got {text[:40]}")
     return value
 
 
@@ -289,6 +361,9 @@ def _store_command(args: argparse.Namespace) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        print(f"rxinvoke: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rxinvoke: interrupted", file=sys.stderr)
         return 130

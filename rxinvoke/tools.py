@@ -239,6 +239,8 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Pow: operator.pow,
 }
 _MAX_POW_BITS = 100_000
+_MAX_EXPRESSION = 2_000
+"""Characters of one ``calculate`` expression at most."""
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
     ast.UAdd: operator.pos,
     ast.USub: operator.neg,
@@ -280,11 +282,17 @@ def calculate(expression: str) -> str:
         expression: the expression, e.g. "2 + 3 * (4 - 1)".
     """
     text = expression.replace("^", "**").strip()
+    if len(text) > _MAX_EXPRESSION:
+        raise ValueError(
+            f"expression too long ({len(text):,} characters; at most {_MAX_EXPRESSION:,})"
+        )
     try:
         tree = ast.parse(text, mode="eval")
+        value = _evaluate(tree)
     except SyntaxError as exc:
-        raise ValueError(f"not an arithmetic expression: {expression!r}") from exc
-    value = _evaluate(tree)
+        raise ValueError(f"not an arithmetic expression: {expression[:80]!r}") from exc
+    except RecursionError:
+        raise ValueError("expression nested too deeply") from None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     return str(value)

@@ -68,6 +68,10 @@ def assert_human_output(stdout: str) -> None:
     assert "tokens" in usage and "total" in usage and "session " in usage
 
 
+def new_session_warning(session: uuid.UUID) -> str:
+    return f"rxinvoke: warning: session {session} has no stored history; starting it\n"
+
+
 def assert_one_line_error(stderr: str) -> None:
     assert stderr.startswith("rxinvoke: error:")
     assert stderr.endswith("\n") and stderr.count("\n") == 1, stderr
@@ -154,7 +158,7 @@ def test_json_with_session_as_a_real_subprocess() -> None:
     session = uuid.uuid4()
     proc = run_subprocess("run", PROMPT, "--json", "--session", str(session), "--delay", "0")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    assert proc.stderr == new_session_warning(session)
     events = parse_events(proc.stdout)
     assert isinstance(events[0], rxinvoke.RunStarted)
     assert events[0].session_id == str(session)
@@ -167,7 +171,7 @@ def test_json_with_session_as_a_real_subprocess() -> None:
 def test_session_id_is_used_for_the_run(capsys: pytest.CaptureFixture[str]) -> None:
     session = uuid.uuid4()
     code, out, err = run(capsys, PROMPT, "--json", "--session", str(session))
-    assert code == 0 and err == ""
+    assert code == 0 and err == new_session_warning(session)  # nothing stored yet: said once
     started = parse_events(out)[0]
     assert isinstance(started, rxinvoke.RunStarted)
     assert started.session_id == str(session)
@@ -267,3 +271,147 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"rxinvoke {rxinvoke.__version__}"
+
+
+# --- bad input is one line and a non-zero exit, never a hang or a traceback (issue 9) ------------
+
+
+@pytest.mark.parametrize("delay", ["nan", "inf", "-inf", "-1", "1e9", "soon"])
+def test_a_bad_delay_is_refused_in_one_line(capsys: pytest.CaptureFixture[str], delay: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", PROMPT, "--delay", delay])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--delay" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("rxinvoke run: error:")
+
+
+@pytest.mark.parametrize("limit", ["100000000000000000000", "0", "-3", "many"])
+def test_a_bad_limit_is_refused_in_one_line(capsys: pytest.CaptureFixture[str], limit: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["runs", "--limit", limit])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--limit" in err and "Traceback" not in err
+
+
+def test_an_unusable_db_path_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    long_name = tmp_path / ("x" * 300) / "db.sqlite"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for path in (long_name, locked / "sub" / "db.sqlite", tmp_path):
+            code = main(["run", PROMPT, "--delay", "0", "--db", str(path)])
+            err = capsys.readouterr().err
+            if os.geteuid() == 0 and path.parent.parent == locked:
+                continue  # root writes anywhere: nothing to refuse
+            assert code == 1, (path, err)
+            assert_one_line_error(err)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_corrupted_rows_are_one_line_naming_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "c.db"
+    code, out, _ = run(capsys, PROMPT, "--db", str(db))
+    assert code == 0
+    run_id = out.splitlines()[-1].rsplit("· run ", 1)[1].rstrip("]")
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE event_segments SET events = 'not json'")
+    conn.execute("UPDATE runs SET request = '{}'")
+    conn.commit()
+    conn.close()
+    for argv in (["events", run_id], ["runs"]):
+        code = main([*argv, "--db", str(db)])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert_one_line_error(err)
+        assert run_id in err
+
+
+def test_a_huge_expression_is_refused_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    expression = "1 + " * 10_000 + "1"  # 40 KB
+    code, out, err = run(capsys, f"what is {expression}?")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    echo = next(line for line in lines if line.startswith("→ calculate("))
+    assert len(echo) < 260 and echo.endswith("…)")  # the echo line is clipped
+    result = next(line for line in lines if line.startswith("← calculate: error:"))
+    assert "too long" in result and len(result) < 300
+
+
+def test_deep_nesting_within_the_length_limit_is_refused_cleanly() -> None:
+    from rxinvoke.tools import calculate
+
+    for expression in ("-" * 1900 + "1", "(" * 900 + "1" + ")" * 900, "2**" * 600 + "1"):
+        with pytest.raises(ValueError, match="nested too deeply|not an arithmetic|too large"):
+            calculate(expression)
+
+
+def test_an_ascii_terminal_gets_ascii_markers() -> None:
+    env_proc = run_subprocess_with_env({"PYTHONIOENCODING": "ascii"}, "run", PROMPT, "--delay", "0")
+    assert env_proc.returncode == 0, env_proc.stderr
+    assert "Traceback" not in env_proc.stderr
+    lines = env_proc.stdout.splitlines()
+    assert '-> calculate({"expression": "2 + 3"})' in lines
+    assert lines[-1].startswith("[stop | 2 iteration(s) | tokens")
+
+
+def test_the_prompt_can_come_from_stdin() -> None:
+    proc = run_subprocess_with_env({}, "run", "-", "--json", "--delay", "0", stdin="what is 4 * 5?")
+    assert proc.returncode == 0, proc.stderr
+    events = parse_events(proc.stdout)
+    assert any(e.type == "tool_execution_finished" and e.result.output == "20" for e in events)  # type: ignore[union-attr]
+
+
+def test_session_must_exist_refuses_an_unknown_session(capsys: pytest.CaptureFixture[str]) -> None:
+    session = uuid.uuid4()
+    code, out, err = run(capsys, PROMPT, "--session", str(session), "--session-must-exist")
+    assert code == 1 and out == ""
+    assert_one_line_error(err)
+    assert "no stored history" in err
+    code, _, _ = run(capsys, PROMPT, "--session", str(session))  # now it exists
+    code, _, err = run(capsys, PROMPT, "--session", str(session), "--session-must-exist")
+    assert code == 0 and err == ""
+
+
+def test_ctrl_c_ends_the_line_and_names_the_run(tmp_path: Path) -> None:
+    import signal
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONIOENCODING"] = "utf-8"
+    db = tmp_path / "i.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rxinvoke", "run", "hello there", "--delay", "0.5", "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env,
+        cwd=REPO_ROOT,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.read(1)  # the first streamed fragment has arrived
+    assert first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert (first + out).endswith("\n")  # the partial line is ended
+    assert err.startswith("rxinvoke: interrupted (run ") and "Traceback" not in err
+    run_id = err.split("(run ", 1)[1].split(":", 1)[0]
+    listed = run_subprocess("runs", "--db", str(db), "--json")
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["run_id"], r["status"]) for r in records] == [(run_id, "cancelled")]
+
+
+def run_subprocess_with_env(
+    extra: dict[str, str], *argv: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(extra)
+    return subprocess.run(
+        [sys.executable, "-m", "rxinvoke", *argv], input=stdin, capture_output=True, text=True,
+        encoding="utf-8", errors="replace", env=env, cwd=REPO_ROOT, timeout=60, check=False,
+    )
