@@ -8,15 +8,21 @@ MemoryStore runs/s, target >= 0.5) is what to read. The append figure is
 JSON encoding and the worker-thread hand-off included (target >= 50 000 events/s); the
 event log is stored in segments, so a batch of one run is one row of 1000 events.
 
+Line 3 is the memory a long-lived process keeps: the default runtime (MemoryStore with its
+default bounds: 1000 finished runs, 1000 sessions) serves N offline runs, each in a new
+session; the bytes (tracemalloc) and GC-tracked objects still alive afterwards, per run.
+
     python -m benchmarks.store            # full run
     python -m benchmarks.store --quick    # smoke run with tiny counts (CI)
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 import tempfile
 import time
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -96,6 +102,34 @@ async def append_throughput(directory: Path, events: int, batch: int) -> float:
         return events / (time.perf_counter() - start)
 
 
+async def retained(runs: int) -> tuple[float, float, float]:
+    """Bytes and GC-tracked objects retained per run after ``runs`` runs in new sessions,
+    and the whole retained size in MB."""
+    from rxinvoke import OfflineProvider, builtin_tools
+
+    runtime = AgentRuntime(providers=[OfflineProvider()], tools=builtin_tools())
+    inv = RuntimeInvocation(runtime)
+    request = EmitRequest(provider="offline", model="offline", input="what is 2 + 3?")
+
+    def build(ctx: object, control: object) -> EmitRequest:
+        return request
+
+    for _ in range(20):  # warm caches (pydantic, reactivex) before measuring
+        await inv.emit(build)
+    gc.collect()
+    tracemalloc.start()
+    bytes_before = tracemalloc.get_traced_memory()[0]
+    objects_before = len(gc.get_objects())
+    for _ in range(runs):
+        await inv.emit(build)  # no session id: a new session each run
+    gc.collect()
+    bytes_after = tracemalloc.get_traced_memory()[0]
+    objects_after = len(gc.get_objects())
+    tracemalloc.stop()
+    kept = bytes_after - bytes_before
+    return kept / runs, (objects_after - objects_before) / runs, kept / 1e6
+
+
 async def main(quick: bool) -> None:
     runs, rounds = (20, 1) if quick else (300, 5)
     events = 5_000 if quick else 200_000
@@ -114,6 +148,13 @@ async def main(quick: bool) -> None:
             f"2. event-log append, batches of 1000 (WAL, synchronous=NORMAL): "
             f"{rate:,.0f} events/s (target >= 50,000)"
         )
+    count = 300 if quick else 10_000
+    per_run, objects, total = await retained(count)
+    print(
+        f"3. retained after {count:,} runs in new sessions (default MemoryStore bounds): "
+        f"{per_run:,.0f} bytes and {objects:,.1f} GC objects per run, {total:.1f} MB in all "
+        "(bounded: the last 1000 runs and 1000 sessions)"
+    )
 
 
 if __name__ == "__main__":

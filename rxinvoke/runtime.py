@@ -240,9 +240,11 @@ class AgentRuntime:
             InvocationCancelled: ``control`` was cancelled (before or during the run; a cancel
                 that returns before the terminal event is published wins).
             InvocationTimedOut: the control's deadline expired.
-            InvocationFailed: the run failed; ``cause`` holds the underlying error. Also when
-                the store could not record the run's end (``cause``: the StoreError), after
-                retries; the terminal event was published.
+            InvocationFailed: the run failed; ``cause`` holds the underlying error. A store
+                failure is never raised bare: it is an InvocationFailed whose ``cause`` is the
+                StoreError, whether it happened claiming the run (nothing was published), during
+                the run (``run_failed``), or recording its end after retries (the terminal event
+                was published).
         """
         if self._is_closed:
             raise UserError("the runtime is closed (aclose() was called)")
@@ -273,6 +275,10 @@ class AgentRuntime:
             if run.reason == "cancelled":
                 raise InvocationCancelled(f"run {run_id} was cancelled", run_id=run_id) from None
             raise
+        except StoreError as exc:  # before the run began (its claim) or while rejoining one
+            raise InvocationFailed(
+                f"run {run_id}: the store failed: {exc.message}", run_id=run_id, cause=exc
+            ) from exc
         finally:
             del self._runs[run_id]
             self.log.end(run_id)

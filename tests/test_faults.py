@@ -434,3 +434,15 @@ async def test_subscribe_run_with_a_negative_seq_is_the_whole_log(after: int) ->
     got = await inv.subscribe_run(out.run_id, after_seq=after).pipe(ops.to_list())
     replayed = await inv.replay(out.run_id, after_seq=after).pipe(ops.to_list())
     assert [e.seq for e in got] == [e.seq for e in replayed] == list(range(1, len(events) + 1))
+
+
+async def test_a_store_failing_to_claim_the_run_is_an_invocation_failed() -> None:
+    class NoClaims(MemoryStore):
+        async def begin_run(self, record: Any, messages: Any, **kwargs: Any) -> Any:
+            raise StoreError("disk full")
+
+    runtime, events = make([text_turn("x")], store=NoClaims())
+    with pytest.raises(InvocationFailed) as caught:
+        await runtime.run(request())
+    assert isinstance(caught.value.cause, StoreError) and "disk full" in caught.value.message
+    assert events == []  # nothing was published
