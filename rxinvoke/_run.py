@@ -49,13 +49,14 @@ class Run:
         *,
         run_id: str,
         session_id: uuid.UUID,
+        runtime: str | None = None,
     ) -> None:
         self.request = request
         self.provider = provider
         self.control = control
         self.run_id = run_id
         self.session_id = session_id
-        self.context = SessionContext(session_id=session_id, run_id=run_id)
+        self.context = SessionContext(session_id=session_id, run_id=run_id, runtime=runtime)
         self.reason: StopReason | None = None
         """Why the run is being stopped, once it is."""
         self.started = False

@@ -31,6 +31,8 @@ class SessionContext(Frozen):
 
     session_id: uuid.UUID | None = None
     run_id: str | None = None
+    runtime: str | None = None
+    """The name of the runtime running it (``AgentRuntime(name=...)``), if it has one."""
 
 
 class _ControlState:

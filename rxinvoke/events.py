@@ -101,6 +101,9 @@ class RunStarted(_AgentEventBase):
     session_id: str
     provider: str
     model: str
+    runtime: str | None = None
+    """The name of the runtime that runs it (``AgentRuntime(name=...)``), so merged streams
+    of several runtimes say where each run came from."""
 
 
 class ContextBuilt(_AgentEventBase):

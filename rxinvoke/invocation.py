@@ -106,8 +106,18 @@ class RuntimeInvocation:
         """Failures of handlers and observers (with the subscription and event)."""
         return self.runtime.errors
 
-    async def emit(self, build: Build, control: Control | None = None) -> RunOutput:
-        """Build a request with ``build(ctx, control)`` and run it to its end.
+    @property
+    def scheduler(self) -> abc.SchedulerBase:
+        """The runtime's clock (``AgentRuntime.scheduler``): the ``AsyncIOScheduler`` of the
+        running loop unless the runtime was given one. Pass it to reactivex's time-based
+        operators (``debounce``, ``buffer_with_time``, …): without ``scheduler=`` they run on
+        timer threads, off the loop."""
+        return self.runtime.scheduler
+
+    async def emit(
+        self, build: Build | EmitRequest, control: Control | None = None
+    ) -> RunOutput:
+        """Run a request to its end: an ``EmitRequest``, or ``build(ctx, control)`` returning one.
 
         Idempotent by ``client_request_id``: if the store already has a run with the request's
         key, nothing new starts and that run's outcome is returned (its ``RunOutput``, or the
@@ -125,7 +135,7 @@ class RuntimeInvocation:
         context = SessionContext(session_id=uuid.uuid4(), run_id=new_id())
         if control.is_cancelled:
             raise InvocationCancelled("cancelled before the run started")
-        request = await self._build(build, context, control)
+        request = build if isinstance(build, EmitRequest) else await self._build(build, context, control)
         if control.is_cancelled:
             raise InvocationCancelled("cancelled before the run started")
         run_request = request.into_run_request(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+import json
 import re
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from ._frozen import Frozen as _Frozen
 
@@ -112,11 +113,19 @@ class TokenUsage(_Frozen):
 
 
 class ToolCall(_Frozen):
-    """A tool call requested by the model; ``arguments`` is the raw JSON text it produced."""
+    """A tool call requested by the model; ``arguments`` is the raw JSON text it produced
+    (a dict is accepted too, and stored as its JSON text)."""
 
     id: str
     name: str
     arguments: str = "{}"
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _arguments_as_json(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return json.dumps(value)
+        return value
 
 
 class ToolChoice(_Frozen):

@@ -13,13 +13,36 @@ from .messages import FinishReason, ModelName, ProviderId, TokenUsage, ToolChoic
 __all__ = ("EmitRequest", "RunOutput", "RunRequest")
 
 
-class _RequestFields(_Frozen):
-    """What an emit and a run request both say (written once, copied by ``into_run_request``)."""
+_POSITIONAL = {1: ("input",), 3: ("provider", "model", "input")}
 
-    provider: ProviderId
-    model: ModelName
+
+class _RequestFields(_Frozen):
+    """What an emit and a run request both say (written once, copied by ``into_run_request``).
+
+    Positional forms: ``Request(input)`` and ``Request(provider, model, input)``.
+    """
+
+    provider: ProviderId | None = None
+    """The provider to run on; None: the runtime's default (its only provider, or
+    ``AgentRuntime(default_provider=...)``)."""
+    model: ModelName | None = None
+    """The model; None: the runtime's default (``default_model``, or the provider's only one)."""
     input: str
     """The user message that starts the run."""
+
+    def __init__(self, /, *args: str, **data: Any) -> None:
+        if args:
+            names = _POSITIONAL.get(len(args))
+            if names is None:
+                raise TypeError(
+                    f"{type(self).__name__}() takes (input) or (provider, model, input) "
+                    f"positionally, got {len(args)} positional arguments"
+                )
+            for name, value in zip(names, args, strict=True):
+                if name in data:
+                    raise TypeError(f"{type(self).__name__}() got {name!r} twice")
+                data[name] = value
+        super().__init__(**data)
     session_id: uuid.UUID | None = None
     """The session to continue; a new session when None."""
     client_request_id: str | None = None

@@ -113,6 +113,12 @@ class AgentRuntime:
         scheduler: the clock of run deadlines (``Control.set_timeout``); default the
             ``AsyncIOScheduler`` of the running loop. Pass a
             ``reactivex.testing.TestScheduler`` to drive deadlines in virtual time.
+        name: a name for this runtime, carried by ``run_started`` and every event's
+            ``SessionContext`` (``runtime``), so merged streams say where a run came from.
+        default_provider: the provider of requests that name none (default: the only
+            registered provider, when there is one).
+        default_model: the model of requests that name none (default: the provider's only
+            model, when it lists exactly one).
     """
 
     def __init__(
@@ -122,7 +128,14 @@ class AgentRuntime:
         policy: RuntimePolicy | None = None,
         store: Store | None = None,
         scheduler: abc.SchedulerBase | None = None,
+        name: str | None = None,
+        default_provider: str | None = None,
+        default_model: str | None = None,
     ) -> None:
+        self.name = name
+        """This runtime's name (``run_started.runtime``, ``SessionContext.runtime``)."""
+        self.default_provider = default_provider
+        self.default_model = default_model
         self.providers = ProviderRegistry(providers)
         self.tools = ToolRegistry(tools)
         self.policy = policy or RuntimePolicy()
@@ -209,14 +222,39 @@ class AgentRuntime:
 
     def validate(self, request: RunRequest) -> ChatProvider:
         """The request's provider; InvalidRequest for an unknown provider/model or empty input."""
-        provider = self.providers.get(request.provider)
+        return self.resolve(request)[0]
+
+    def resolve(self, request: RunRequest) -> tuple[ChatProvider, RunRequest]:
+        """The request's provider and the request with its provider and model filled in from
+        the runtime's defaults; InvalidRequest for an unknown or missing provider/model, or
+        empty input (before any event is published)."""
+        provider_id = request.provider or self.default_provider
+        ids = self.providers.ids
+        if provider_id is None:
+            if len(ids) != 1:
+                raise InvalidRequest(
+                    f"the request names no provider and {len(ids)} are registered "
+                    f"({', '.join(ids) or 'none'}): pass provider=, or "
+                    "AgentRuntime(default_provider=...)"
+                )
+            provider_id = ids[0]
+        provider = self.providers.get(provider_id)
         if provider is None:
-            known = ", ".join(self.providers.ids) or "none"
-            raise InvalidRequest(f"unknown provider {request.provider!r}; registered: {known}")
+            known = ", ".join(ids) or "none"
+            raise InvalidRequest(f"unknown provider {provider_id!r}; registered: {known}")
         models = tuple(provider.models)
-        if models and request.model not in models:
+        model = request.model or self.default_model
+        if model is None:
+            if len(models) != 1:
+                raise InvalidRequest(
+                    f"the request names no model and provider {provider_id!r} serves "
+                    f"{'any model' if not models else ', '.join(models)}: pass model=, or "
+                    "AgentRuntime(default_model=...)"
+                )
+            model = models[0]
+        if models and model not in models:
             raise InvalidRequest(
-                f"unknown model {request.model!r} for provider {request.provider!r}; "
+                f"unknown model {model!r} for provider {provider_id!r}; "
                 f"available: {', '.join(models)}"
             )
         if not request.input.strip():
@@ -225,7 +263,9 @@ class AgentRuntime:
             raise InvalidRequest(f"tool_choice names unknown tool {request.tool_choice.name!r}")
         if request.run_id is not None and request.run_id in self._runs:
             raise InvalidRequest(f"run id {request.run_id!r} is already running")
-        return provider
+        if (request.provider, request.model) != (provider_id, model):
+            request = request.model_copy(update={"provider": provider_id, "model": model})
+        return provider, request
 
     async def run(self, request: RunRequest, control: Control | None = None) -> RunOutput:
         """Run ``request`` to its end and return its output.
@@ -249,13 +289,15 @@ class AgentRuntime:
         if self._is_closed:
             raise UserError("the runtime is closed (aclose() was called)")
         control = control or Control()
-        provider = self.validate(request)
+        provider, request = self.resolve(request)
         if control.is_cancelled:
             raise InvocationCancelled("cancelled before the run started", run_id=request.run_id)
         run_id = request.run_id or new_id()
         session_id = request.session_id or uuid.uuid4()
         request = request.model_copy(update={"run_id": run_id, "session_id": session_id})
-        run = Run(request, provider, control, run_id=run_id, session_id=session_id)
+        run = Run(
+            request, provider, control, run_id=run_id, session_id=session_id, runtime=self.name
+        )
         self._runs[run_id] = run
         task = run.start(self._drive(run), self.scheduler)
         try:
@@ -330,13 +372,15 @@ class AgentRuntime:
         """The claimed run, from ``run_started`` to its settled terminal event."""
         publish = self.bus.publish
         run_id = run.run_id
+        provider_id, model = run.request.provider or "", run.request.model or ""
         self.log.begin(run_id, run.session_id)
         publish(
             RunStarted(
                 run_id=run_id,
                 session_id=str(run.session_id),
-                provider=run.request.provider,
-                model=run.request.model,
+                provider=provider_id,
+                model=model,
+                runtime=self.name,
             )
         )
         try:

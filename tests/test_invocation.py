@@ -12,6 +12,7 @@ import pytest
 from reactivex import operators as ops
 from reactivex.testing import TestScheduler
 
+import rxinvoke
 from rxinvoke import (
     AgentRuntime,
     ChatTextDelta,
@@ -34,6 +35,7 @@ from rxinvoke import (
     TextDelta,
     UserError,
 )
+from rxinvoke.events import InvocationEvent
 from rxinvoke.messages import ChatRequest, FinishReason
 from rxinvoke.providers.scripted import ScriptedProvider, TurnItem
 from rxinvoke.tools import tool
@@ -1316,3 +1318,69 @@ async def test_publish_from_another_thread_is_delivered_on_the_loop_thread_in_or
     assert publisher_thread[0] != loop_thread
     assert [delta for delta, _ in received] == [e.delta for e in events]
     assert {thread for _, thread in received} == {loop_thread}
+
+
+# --- facade ergonomics (issue 11) ------------------------------------------------------------
+
+
+async def test_emit_takes_a_request_directly_and_defaults_fill_provider_and_model() -> None:
+    from rxinvoke import AgentRuntime, OfflineProvider, builtin_tools
+
+    inv = RuntimeInvocation(AgentRuntime(providers=[OfflineProvider()], tools=builtin_tools()))
+    out = await inv.emit(EmitRequest("what is 2 + 3?"))  # one provider, one model: both implied
+    assert out.output_text == "2 + 3 = 5."
+    out = await inv.emit(EmitRequest("offline", "offline", "what is 4 * 5?"))
+    assert out.output_text == "4 * 5 = 20."
+    record = await inv.runtime.store.get_run(out.run_id)
+    assert record is not None and (record.request.provider, record.request.model) == ("offline", "offline")
+
+
+def test_positional_requests_take_input_or_provider_model_input() -> None:
+    assert EmitRequest("hi").input == "hi" and EmitRequest("hi").provider is None
+    full = EmitRequest("p", "m", "hi")
+    assert (full.provider, full.model, full.input) == ("p", "m", "hi")
+    with pytest.raises(TypeError, match="positionally"):
+        EmitRequest("p", "hi")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="twice"):
+        EmitRequest("hi", input="again")  # type: ignore[call-arg]
+    assert rxinvoke.RunRequest("p", "m", "x").model == "m"
+
+
+async def test_missing_provider_or_model_is_an_invalid_request_naming_the_fix() -> None:
+    from rxinvoke import AgentRuntime
+
+    two = AgentRuntime(providers=[ScriptedProvider([], id="a"), ScriptedProvider([], id="b")])
+    with pytest.raises(InvalidRequest, match="names no provider and 2 are registered"):
+        await RuntimeInvocation(two).emit(EmitRequest("hi"))
+    many = AgentRuntime(providers=[ScriptedProvider([], models=("x", "y"))])
+    with pytest.raises(InvalidRequest, match="names no model"):
+        await RuntimeInvocation(many).emit(EmitRequest("hi"))
+    chosen = AgentRuntime(
+        providers=[ScriptedProvider([ScriptedProvider.text_turn("ok")], models=("x", "y"))],
+        default_model="y",
+    )
+    out = await RuntimeInvocation(chosen).emit(EmitRequest("hi"))
+    assert out.output_text == "ok"
+
+
+async def test_a_named_runtime_says_so_on_run_started_and_in_every_context() -> None:
+    from rxinvoke import AgentRuntime
+
+    runtime = AgentRuntime(providers=[ScriptedProvider([ScriptedProvider.text_turn("ok")])], name="east")
+    inv = RuntimeInvocation(runtime)
+    contexts: list[SessionContext] = []
+    handle = await inv.on("any", lambda event, ctx, control: contexts.append(ctx))
+    events: list[InvocationEvent] = []
+    inv.observe().subscribe(events.append)
+    await inv.emit(EmitRequest("hi"))
+    await handle.wait_idle()
+    assert isinstance(events[0], rxinvoke.RunStarted) and events[0].runtime == "east"
+    assert contexts and {c.runtime for c in contexts} == {"east"}
+    assert inv.scheduler is runtime.scheduler
+    handle.dispose()
+
+
+def test_a_tool_call_accepts_a_dict_of_arguments() -> None:
+    call = rxinvoke.ToolCall(id="c", name="add", arguments={"a": 1, "b": 2})
+    assert call.arguments == '{"a": 1, "b": 2}'
+    assert rxinvoke.ToolCall(id="c", name="add", arguments='{"a": 1}').arguments == '{"a": 1}'

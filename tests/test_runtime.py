@@ -253,6 +253,7 @@ async def test_tool_call_then_answer_publishes_the_whole_event_sequence() -> Non
         "session_id": str(output.session_id),
         "provider": "scripted",
         "model": "scripted",
+        "runtime": None,  # AgentRuntime(name=...) names it
     }
     assert [e.iteration for e in only(events, "model_started")] == [1, 2]
     assert [e.usage for e in only(events, "usage_recorded")] == [first_usage, second_usage]
