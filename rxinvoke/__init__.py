@@ -104,10 +104,13 @@ from .messages import TokenUsage as TokenUsage
 from .messages import ToolCall as ToolCall
 from .messages import ToolChoice as ToolChoice
 from .messages import ToolSpec as ToolSpec
+from .operators import accumulate_text as accumulate_text
 from .operators import coalesce_text as coalesce_text
 from .operators import for_run as for_run
 from .operators import of_kind as of_kind
+from .operators import per_run as per_run
 from .operators import text_of as text_of
+from .operators import throttle_latest as throttle_latest
 from .operators import to_async_iterator as to_async_iterator
 from .operators import until_terminal as until_terminal
 from .policy import RuntimePolicy as RuntimePolicy
@@ -128,6 +131,7 @@ from .tools import builtin_tools as builtin_tools
 from .tools import tool as tool
 
 __all__ = (
+    "accumulate_text",
     "AgentEvent",
     "AgentRuntime",
     "AssistantMessageCommitted",
@@ -168,6 +172,7 @@ __all__ = (
     "of_kind",
     "OfflineProvider",
     "Overflow",
+    "per_run",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderHTTPError",
@@ -193,6 +198,7 @@ __all__ = (
     "SubscriptionStats",
     "text_of",
     "TextDelta",
+    "throttle_latest",
     "to_async_iterator",
     "TokenUsage",
     "Tool",

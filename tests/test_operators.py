@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import reactivex
 from reactivex import Observable, abc
+from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.subject import Subject
 from reactivex.testing import ReactiveTest, TestScheduler
@@ -27,10 +28,13 @@ from rxinvoke import (
     RunStarted,
     TextDelta,
     ToolCallStarted,
+    accumulate_text,
     coalesce_text,
     for_run,
     of_kind,
+    per_run,
     text_of,
+    throttle_latest,
     to_async_iterator,
     until_terminal,
 )
@@ -395,3 +399,130 @@ async def test_async_iterator_receives_items_from_another_thread() -> None:
     assert [i for i, _ in received] == list(range(200))
     assert {ident for _, ident in received} == {thread.ident}
     assert thread.ident != threading.get_ident()
+
+
+# --- throttle_latest (virtual time) ------------------------------------------------------------
+
+
+def test_throttle_latest_emits_at_once_then_the_latest_per_window() -> None:
+    scheduler = TestScheduler()
+    source = [
+        on_next(201, "a"), on_next(202, "b"), on_next(203, "c"),  # one window: a now, c at 211
+        on_next(230, "d"), on_next(235, "e"),  # a new window at 230: d now, e at 240
+        on_completed(300),
+    ]
+    messages, _ = run_pipe(scheduler, source, throttle_latest(10, scheduler=scheduler))
+    assert messages == [
+        on_next(201, "a"), on_next(211, "c"), on_next(230, "d"), on_next(240, "e"), on_completed(300)
+    ]
+
+
+def test_throttle_latest_never_drops_the_last_item_before_completion() -> None:
+    scheduler = TestScheduler()
+    source = [on_next(201, "a"), on_next(205, "final"), on_completed(206)]
+    messages, _ = run_pipe(scheduler, source, throttle_latest(10, scheduler=scheduler))
+    assert messages == [on_next(201, "a"), on_next(206, "final"), on_completed(206)]
+
+
+def test_throttle_latest_uses_the_subscribers_scheduler_and_forwards_errors() -> None:
+    scheduler = TestScheduler()
+    error = RuntimeError("boom")
+    source = [on_next(201, "a"), on_next(202, "b"), on_error(203, error)]
+    messages, _ = run_pipe(scheduler, source, throttle_latest(10))  # TestScheduler.start passes itself
+    assert messages == [on_next(201, "a"), on_error(203, error)]
+
+
+def test_throttle_latest_bounds_a_burst_to_one_item_per_window() -> None:
+    scheduler = TestScheduler()
+    source = [on_next(200 + t, t) for t in range(1, 101)] + [on_completed(400)]
+    messages, _ = run_pipe(scheduler, source, throttle_latest(10, scheduler=scheduler))
+    values = [m.value.value for m in messages if m.value.kind == "N"]
+    assert values[0] == 1 and values[-1] == 100
+    times = [m.time for m in messages if m.value.kind == "N"]
+    assert all(b - a >= 10 for a, b in zip(times, times[1:], strict=False))
+
+
+async def test_time_operators_default_to_the_running_loop_not_a_thread() -> None:
+    threads: list[int] = []
+    source: Subject[Any] = Subject()
+    sub = source.pipe(throttle_latest(0.01)).subscribe(lambda _: threads.append(threading.get_ident()))
+    source.on_next(1)
+    source.on_next(2)
+    await asyncio.sleep(0.05)
+    sub.dispose()
+    assert threads == [threading.get_ident()] * 2
+
+
+def test_a_time_operator_outside_a_loop_without_scheduler_says_what_to_do() -> None:
+    with pytest.raises(RuntimeError, match="pass scheduler="):
+        reactivex.of(text("a")).pipe(coalesce_text(0.1)).subscribe()
+
+
+# --- accumulate_text and per_run (virtual time) -----------------------------------------------
+
+
+def test_accumulate_text_is_the_text_so_far_per_run() -> None:
+    scheduler = TestScheduler()
+    source = [
+        on_next(210, started("a")), on_next(220, text("He", "a")), on_next(230, text("Hi", "b")),
+        on_next(240, text("llo", "a")), on_next(250, completed("a")), on_next(260, text("!", "b")),
+        on_next(270, text("x", "a")), on_completed(300),
+    ]
+    messages, _ = run_pipe(scheduler, source, accumulate_text())
+    assert messages == [
+        on_next(220, "He"), on_next(230, "Hi"), on_next(240, "Hello"), on_next(260, "Hi!"),
+        on_next(270, "x"),  # run a ended at 250: its text was forgotten
+        on_completed(300),
+    ]
+
+
+def test_per_run_applies_a_pipeline_to_each_run_and_completes_with_them() -> None:
+    scheduler = TestScheduler()
+
+    def count(run: Observable[Any]) -> Observable[Any]:
+        return run.pipe(ops.count())
+
+    source = [
+        on_next(210, started("a")), on_next(220, started("b")), on_next(230, text("x", "a")),
+        on_next(240, completed("a")), on_next(250, text("y", "b")), on_next(260, completed("b")),
+        on_completed(300),
+    ]
+    messages, _ = run_pipe(scheduler, source, per_run(count))
+    assert messages == [on_next(240, 3), on_next(260, 3), on_completed(300)]
+
+
+def test_per_run_collects_each_runs_text_over_concurrent_runs() -> None:
+    scheduler = TestScheduler()
+
+    def text_of_run(run: Observable[Any]) -> Observable[Any]:
+        return run.pipe(text_of(), ops.reduce(lambda acc, t: acc + t, ""))
+
+    source: list[Any] = []
+    for i in range(20):  # 20 interleaved runs
+        source += [on_next(210 + i, started(f"r{i}")), on_next(240 + i, text(f"t{i}", f"r{i}"))]
+    source += [on_next(280 + i, completed(f"r{i}")) for i in range(20)] + [on_completed(400)]
+    source.sort(key=lambda m: m.time)
+    messages, _ = run_pipe(scheduler, source, per_run(text_of_run))
+    assert [m.value.value for m in messages[:-1]] == [f"t{i}" for i in range(20)]
+
+
+def test_per_run_waits_for_pipelines_that_finish_after_the_source() -> None:
+    scheduler = TestScheduler()
+
+    def last_frame(run: Observable[Any]) -> Observable[Any]:
+        return run.pipe(accumulate_text(), ops.delay(50, scheduler=scheduler))
+
+    source = [on_next(210, text("a", "r")), on_next(215, text("b", "r")), on_completed(220)]
+    messages, _ = run_pipe(scheduler, source, per_run(last_frame))
+    assert messages == [on_next(260, "a"), on_next(265, "ab"), on_completed(270)]
+
+
+def test_per_run_forwards_a_pipeline_error() -> None:
+    scheduler = TestScheduler()
+    error = ValueError("bad run")
+
+    def explode(run: Observable[Any]) -> Observable[Any]:
+        return run.pipe(ops.map(lambda e: (_ for _ in ()).throw(error)))
+
+    messages, _ = run_pipe(scheduler, [on_next(210, started("a")), on_completed(300)], per_run(explode))
+    assert messages == [on_error(210, error)]
