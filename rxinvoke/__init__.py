@@ -14,7 +14,8 @@ subscribers → stores / transports / notebook):
 - ``_bus``                  the hot, kind-indexed Subject every event is published on
 - ``_eventlog``             numbers each run's events (seq) and writes them to the store
 - ``stores/``               where sessions, runs and event logs live: memory, sqlite
-- ``invocation``            the facade: ``emit`` / ``on`` (``_sink``) / ``observe`` / ``stream``
+- ``invocation``            the facade: ``emit`` / ``on`` (``_sink``) / ``observe`` / ``stream`` and
+  ``runs`` (``_runstream``: one run as a ``RunStream``)
 - ``operators``             pipeable operators over event streams
 - ``cli``                   the ``rxinvoke`` command (``run``, ``runs``, ``events``)
 
@@ -35,6 +36,7 @@ import importlib as _importlib
 import warnings as _warnings
 from typing import Any as _Any
 
+from ._runstream import RunStream as RunStream
 from ._sink import Overflow as Overflow
 from ._sink import SubscriptionStats as SubscriptionStats
 from ._version import __version__ as __version__
@@ -185,6 +187,7 @@ __all__ = (
     "RunRequest",
     "RunStarted",
     "RunStatus",
+    "RunStream",
     "RuntimeInvocation",
     "RuntimePolicy",
     "RxInvokeError",

@@ -33,6 +33,8 @@ __all__ = ("Deliver", "EventBus")
 
 _log = logging.getLogger("rxinvoke")
 
+_RUN_KEY = "\x00run:"  # index keys of attach_run (never an event kind)
+
 Deliver = Callable[[InvocationEvent, SessionContext], None]
 """A kind-index callback: ``deliver(event, context)``; it must not raise."""
 
@@ -72,22 +74,30 @@ class EventBus:
         # so publish iterates them without a lock or a copy.
         self._routes: dict[str, tuple[Deliver, ...]] = {}
         self._any: tuple[Deliver, ...] = ()
+        # run id -> callbacks (the run index): a subscription to one run costs nothing for
+        # the events of other runs (a filter per subscription would see every event)
+        self._by_run: dict[str, tuple[Deliver, ...]] = {}
         self._route_lock = threading.Lock()
         self._completers: set[_Detach] = set()  # observe() subscriptions, for complete()
         self._is_completed = False
         self._errors: Subject[SubscriberError] = Subject()
 
     def publish(self, event: InvocationEvent) -> None:
-        """Deliver ``event`` synchronously to its kind's subscribers, ``ANY``'s, and observers."""
+        """Deliver ``event`` synchronously to its kind's subscribers, ``ANY``'s, its run's
+        subscribers (:meth:`attach_run`), and observers."""
         routes = self._routes.get(event.type)
         every = self._any
-        if routes or every:
+        of_run = self._by_run.get(event.run_id) if self._by_run else None  # type: ignore[arg-type]
+        if routes or every or of_run:
             context = self._context_for(event.run_id)  # once per event, not per subscriber
             if routes:
                 for deliver in routes:
                     deliver(event, context)
             for deliver in every:
                 deliver(event, context)
+            if of_run:
+                for deliver in of_run:
+                    deliver(event, context)
         subject = self._subject
         if subject.observers:
             try:
@@ -128,12 +138,34 @@ class EventBus:
                 self._completers.add(token)
         return token
 
+    def attach_run(
+        self,
+        run_id: str,
+        deliver: Deliver,
+        on_completed: Callable[[], None] | None = None,
+    ) -> abc.DisposableBase:
+        """Call ``deliver(event, context)`` for each event of run ``run_id``; it must not raise.
+
+        ``on_completed`` is called by :meth:`complete`. Dispose the result to detach.
+        """
+        token = _Detach(self, _RUN_KEY + run_id, deliver, on_completed)
+        with self._route_lock:
+            if self._is_completed:
+                token.on_completed = None
+                if on_completed is not None:
+                    on_completed()
+                return token
+            self._by_run[run_id] = (*self._by_run.get(run_id, ()), deliver)
+            if on_completed is not None:
+                self._completers.add(token)
+        return token
+
     def complete(self) -> None:
         """End the stream: complete every observer and ``errors``; later publishes are dropped."""
         with self._route_lock:
             self._is_completed = True
             completers, self._completers = list(self._completers), set()
-            self._routes, self._any = {}, ()
+            self._routes, self._any, self._by_run = {}, (), {}
         for token in completers:
             if token.on_completed is not None:
                 token.on_completed()
@@ -144,6 +176,17 @@ class EventBus:
         key, deliver = token._key, token._deliver
         with self._route_lock:
             self._completers.discard(token)
+            if key.startswith(_RUN_KEY):
+                run_id = key[len(_RUN_KEY) :]
+                callbacks = self._by_run.get(run_id, ())
+                if deliver in callbacks:
+                    index = callbacks.index(deliver)
+                    left = callbacks[:index] + callbacks[index + 1 :]
+                    if left:
+                        self._by_run[run_id] = left
+                    else:
+                        del self._by_run[run_id]
+                return
             current = self._any if key == "any" else self._routes.get(key, ())
             if deliver not in current:
                 return

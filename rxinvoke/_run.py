@@ -36,9 +36,9 @@ class Run:
     """What the runtime's parts share about one run (instead of long parameter lists)."""
 
     __slots__ = (
-        "_listener", "_loop", "_scheduler", "_started_at", "_thread", "_timeout_listener",
-        "_timer", "context", "control", "ended", "provider", "reason", "request", "run_id",
-        "session_id", "started", "task",
+        "_listener", "_loop", "_outcome", "_scheduler", "_started_at", "_thread",
+        "_timeout_listener", "_timer", "context", "control", "ended", "provider", "reason",
+        "request", "run_id", "session_id", "started", "task",
     )
 
     def __init__(
@@ -71,6 +71,25 @@ class Run:
         self._timer: abc.DisposableBase | None = None
         self._scheduler: abc.SchedulerBase | None = None
         self._started_at: datetime | None = None
+        self._outcome: asyncio.Future[RunOutput] | None = None
+
+    @property
+    def outcome(self) -> asyncio.Future[RunOutput]:
+        """What ``run()`` returns or raises, once it does (never left unretrieved)."""
+        if self._outcome is None:
+            self._outcome = asyncio.get_running_loop().create_future()
+            self._outcome.add_done_callback(_retrieve)
+        return self._outcome
+
+    def settled(self, result: RunOutput | BaseException) -> None:
+        """Record the outcome ``run()`` returns (an output) or raises (an error)."""
+        future = self.outcome
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
     def start(
         self, drive: Coroutine[Any, Any, RunOutput], scheduler: abc.SchedulerBase
@@ -138,3 +157,8 @@ class Run:
                 disposable.dispose()
         self._listener = self._timeout_listener = self._timer = None
         self.ended.set()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: asyncio never logs "exception was never retrieved"

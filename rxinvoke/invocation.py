@@ -20,16 +20,15 @@ from types import TracebackType
 from typing import Any
 
 import pydantic
-import reactivex
 from reactivex import Observable, abc
-from reactivex.disposable import Disposable
+from reactivex import operators as ops
 
+from ._runstream import RunStream
 from ._sink import Handler, HandlerSink, Overflow, SubscriptionStats
 from .control import Control, SessionContext
 from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UserError
-from .events import EventKind, InvocationEvent
+from .events import EventKind, InvocationEvent, RunStarted
 from .messages import new_id
-from .operators import for_run, until_terminal
 from .request import EmitRequest, RunOutput
 from .runtime import AgentRuntime
 from .stores.base import EventEnvelope
@@ -210,52 +209,40 @@ class RuntimeInvocation:
         """
         return self.runtime.log.subscribe_run(run_id, after_seq)
 
-    def stream(
-        self, request: EmitRequest, control: Control | None = None
-    ) -> Observable[InvocationEvent]:
-        """A cold Observable of one run's events: subscribing starts the run.
+    def stream(self, request: EmitRequest, control: Control | None = None) -> RunStream:
+        """One run as a :class:`RunStream`: its events (completing after its terminal event),
+        ``run_id``, ``session_id`` and ``result``.
 
-        It completes after the run's terminal event; an invalid request arrives as
-        ``on_error(InvalidRequest)``. Disposing the subscription early cancels the run.
+        Subscribing (or awaiting ``result``) starts the run; every subscriber sees its events
+        from the first. An invalid request arrives as ``on_error(InvalidRequest)`` (and
+        ``result`` raises it). Disposing the last subscription before the end cancels the run;
+        ``await stream.result`` then raises ``InvocationCancelled`` once ``run_cancelled`` is
+        stored.
         """
+        session_id = request.session_id or uuid.uuid4()
+        run_request = request.into_run_request(run_id=new_id(), session_id=session_id)
+        return RunStream(
+            self.runtime,
+            run_request.run_id or "",
+            session_id,
+            request=run_request,
+            control=control.copy() if control is not None else Control(),
+        )
 
-        def subscribe(
-            observer: abc.ObserverBase[InvocationEvent],
-            scheduler: abc.SchedulerBase | None = None,
-        ) -> abc.DisposableBase:
-            run_control = control.copy() if control is not None else Control()
-            run_id = new_id()
-            run_request = request.into_run_request(run_id=run_id)
-            try:
-                self.runtime.validate(run_request)
-            except InvalidRequest as exc:
-                observer.on_error(exc)
-                return Disposable()
-            ended = False  # the terminal event was delivered: completing must not cancel
+    def runs(self) -> Observable[RunStream]:
+        """A hot Observable of the :class:`RunStream` of every run the runtime starts (by
+        ``emit``, ``stream`` or ``runtime.run``), from its ``run_started``: the natural
+        ``group_by`` run, whose groups complete with their run. Disposing a subscription to
+        one of them only stops delivery; the run goes on."""
+        runtime = self.runtime
 
-            def on_completed() -> None:
-                nonlocal ended
-                ended = True
-                observer.on_completed()
-
-            subscription = (
-                self.runtime.bus.observe(EventKind.ANY)
-                .pipe(for_run(run_id), until_terminal())
-                .subscribe(observer.on_next, observer.on_error, on_completed)
+        def stream_of(event: InvocationEvent) -> RunStream:
+            assert isinstance(event, RunStarted)
+            return RunStream(
+                runtime, event.run_id, uuid.UUID(event.session_id), started=event
             )
-            task = asyncio.get_running_loop().create_task(
-                self.runtime.run(run_request, run_control)
-            )
-            task.add_done_callback(_consume_result)
 
-            def dispose() -> None:
-                subscription.dispose()
-                if not ended and not task.done():
-                    run_control.cancel()
-
-            return Disposable(dispose)
-
-        return reactivex.create(subscribe)
+        return runtime.bus.observe(EventKind.RUN_STARTED).pipe(ops.map(stream_of))
 
     async def _build(
         self, build: Build, context: SessionContext, control: Control

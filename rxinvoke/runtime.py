@@ -301,6 +301,31 @@ class AgentRuntime:
         self._runs[run_id] = run
         task = run.start(self._drive(run), self.scheduler)
         try:
+            output = await self._outcome(run, task)
+        except asyncio.CancelledError:
+            run.settled(InvocationCancelled(f"run {run_id} was cancelled", run_id=run_id))
+            raise
+        except BaseException as exc:
+            run.settled(exc)
+            raise
+        else:
+            run.settled(output)
+            return output
+        finally:
+            del self._runs[run_id]
+            self.log.end(run_id)
+            run.close()
+
+    def outcome_of(self, run_id: str) -> asyncio.Future[RunOutput] | None:
+        """A future of the outcome of run ``run_id`` while this runtime runs it: its
+        ``RunOutput``, or the ``InvocationError`` its ``run()`` raises (a run whose caller was
+        cancelled: ``InvocationCancelled``). None for a run this runtime does not run."""
+        run = self._runs.get(run_id)
+        return run.outcome if run is not None else None
+
+    async def _outcome(self, run: Run, task: asyncio.Task[RunOutput]) -> RunOutput:
+        run_id, control = run.run_id, run.control
+        try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             caller = asyncio.current_task()
@@ -321,10 +346,6 @@ class AgentRuntime:
             raise InvocationFailed(
                 f"run {run_id}: the store failed: {exc.message}", run_id=run_id, cause=exc
             ) from exc
-        finally:
-            del self._runs[run_id]
-            self.log.end(run_id)
-            run.close()
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -1216,21 +1216,27 @@ async def test_stream_is_cold_and_yields_exactly_its_run() -> None:
     assert not control.is_cancelled  # completing normally does not cancel the caller's control
 
 
-async def test_stream_each_subscription_starts_its_own_run() -> None:
+async def test_a_run_stream_is_one_run_every_subscriber_sees_whole() -> None:
+    """A RunStream is one run (its id is known up front): the first subscription starts it;
+    a subscriber that comes later still sees it from run_started. For another run, stream()
+    again."""
     _, inv, provider = setup(
         [ScriptedProvider.text_turn("first"), ScriptedProvider.text_turn("second")]
     )
-    observable = inv.stream(request())
-    runs: list[list[Any]] = [[], []]
-    done = [asyncio.Event(), asyncio.Event()]
-    for events, event in zip(runs, done, strict=True):
-        observable.subscribe(on_next=events.append, on_completed=event.set)
-    for event in done:
-        await event.wait()
-
-    assert len(provider.requests) == 2
-    assert runs[0][0].run_id != runs[1][0].run_id
-    assert all(events[-1].type == "run_completed" for events in runs)
+    stream = inv.stream(request())
+    early: list[Any] = []
+    stream.subscribe(on_next=early.append)
+    output = await stream.result
+    late: list[Any] = []
+    finished = asyncio.Event()
+    stream.subscribe(on_next=late.append, on_completed=finished.set)
+    await finished.wait()
+    assert len(provider.requests) == 1
+    assert early == late and early[0].type == "run_started" and early[-1].type == "run_completed"
+    assert {e.run_id for e in early} == {stream.run_id} == {output.run_id}
+    assert output.session_id == stream.session_id and stream.is_finished
+    other = await inv.stream(request()).result
+    assert other.run_id != output.run_id and other.output_text == "second"
 
 
 async def test_stream_of_a_failing_run_ends_with_run_failed_not_on_error() -> None:
