@@ -36,6 +36,7 @@ import importlib as _importlib
 import warnings as _warnings
 from typing import Any as _Any
 
+from ._aiter import Dropped as Dropped
 from ._runstream import RunStream as RunStream
 from ._sink import Overflow as Overflow
 from ._sink import SubscriptionStats as SubscriptionStats
@@ -153,6 +154,7 @@ __all__ = (
     "ContextBuilt",
     "Control",
     "DoomLoopDetected",
+    "Dropped",
     "EmitRequest",
     "EventBase",
     "EventKind",
@@ -204,8 +206,8 @@ __all__ = (
     "throttle_latest",
     "to_async_iterator",
     "TokenUsage",
-    "Tool",
     "tool",
+    "Tool",
     "ToolArgumentsError",
     "ToolCall",
     "ToolCallCompleted",

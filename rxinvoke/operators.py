@@ -11,8 +11,7 @@ pass a ``reactivex.testing.TestScheduler`` for virtual time.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import reactivex
@@ -22,6 +21,7 @@ from reactivex.disposable import CompositeDisposable, SerialDisposable
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
+from ._aiter import to_async_iterator
 from .events import EventKind, InvocationEvent, TextDelta
 
 __all__ = (
@@ -325,45 +325,3 @@ def per_run(
         return reactivex.create(subscribe)
 
     return _per_run
-
-
-def to_async_iterator(observable: Observable[_T]) -> AsyncIterator[_T]:
-    """Iterate an Observable with ``async for`` on the running loop (any publishing thread).
-
-    Subscribes at once (call it inside the running loop), so items a hot source publishes
-    before the first step are not lost; they are buffered until consumed. ``on_error`` is
-    raised from the iteration. Leaving the loop early disposes the subscription when the
-    iterator is closed: at once with ``contextlib.aclosing(...)``, else when asyncio finalises it.
-    """
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
-    queue: asyncio.Queue[tuple[int, _T | Exception | None]] = asyncio.Queue()
-
-    def put(item: tuple[int, _T | Exception | None]) -> None:
-        if threading.get_ident() == loop_thread:
-            queue.put_nowait(item)
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    subscription = observable.subscribe(
-        on_next=lambda value: put((0, value)),
-        on_error=lambda error: put((1, error)),
-        on_completed=lambda: put((2, None)),
-    )
-    return _drain(queue, subscription)
-
-
-async def _drain(
-    queue: asyncio.Queue[tuple[int, _T | Exception | None]], subscription: abc.DisposableBase
-) -> AsyncIterator[_T]:
-    try:
-        while True:
-            tag, value = await queue.get()
-            if tag == 0:
-                yield value  # type: ignore[misc]
-            elif tag == 1:
-                raise value  # type: ignore[misc]
-            else:
-                return
-    finally:
-        subscription.dispose()

@@ -12,7 +12,7 @@ only what the layer's rule allows:
 2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _bus,
                 _eventlog, _sessions, _run, _model_call): listed one by one
 3. runtime      runtime
-4. facade       _sink, _runstream, operators, invocation: listed one by one
+4. facade       _sink, _runstream, _aiter, operators, invocation: listed one by one
 5. apps         cli, __main__, notebook*, transports*, otel, testing*, the deprecated
                 provider_openai alias, the package ``__init__``: only ``__main__`` imports the
                 CLI, and nothing imports the package ``__init__``
@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
          "_model_call"),
     ),
     ("runtime", ("runtime",)),
-    ("facade", ("_sink", "_runstream", "operators", "invocation")),
+    ("facade", ("_sink", "_runstream", "_aiter", "operators", "invocation")),
     (
         "apps",
         ("cli", "__main__", "provider_openai", "notebook", "notebook.*", "transports",
@@ -86,7 +86,8 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
     "facade": {
         "_sink": frozenset(),
         "_runstream": frozenset(),
-        "operators": frozenset(),
+        "_aiter": frozenset(),
+        "operators": frozenset({"_aiter"}),
         "invocation": frozenset({"_sink", "_runstream", "operators"}),
     },
 }

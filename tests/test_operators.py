@@ -16,6 +16,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.subject import Subject
 from reactivex.testing import ReactiveTest, TestScheduler
 
+import rxinvoke
 from rxinvoke import (
     ChatTextDelta,
     EventBase,
@@ -526,3 +527,59 @@ def test_per_run_forwards_a_pipeline_error() -> None:
 
     messages, _ = run_pipe(scheduler, [on_next(210, started("a")), on_completed(300)], per_run(explode))
     assert messages == [on_error(210, error)]
+
+
+# --- to_async_iterator with a buffer policy ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overflow", "kept", "dropped"),
+    [
+        ("drop_oldest", [7, 8, 9], 7),
+        ("drop_newest", [0, 1, 2], 7),
+        ("latest", [9], 9),
+        ("block", list(range(10)), 0),  # published on the loop's thread: queued past the bound
+    ],
+)
+async def test_a_full_buffer_follows_its_policy_and_counts_drops(
+    overflow: Any, kept: list[int], dropped: int
+) -> None:
+    subject: Subject[int] = Subject()
+    iterator = to_async_iterator(subject, buffer=3, overflow=overflow)
+    for i in range(10):
+        subject.on_next(i)
+    subject.on_completed()
+    assert [v async for v in iterator] == kept
+    assert iterator.dropped == dropped
+
+
+async def test_markers_announce_drops_in_place() -> None:
+    subject: Subject[int] = Subject()
+    iterator = to_async_iterator(subject, buffer=2, overflow="drop_oldest", markers=True)
+    for i in range(5):
+        subject.on_next(i)
+    subject.on_completed()
+    assert [v async for v in iterator] == [rxinvoke.Dropped(3), 3, 4]
+
+
+async def test_block_makes_a_publisher_on_another_thread_wait_and_loses_nothing() -> None:
+    subject: Subject[int] = Subject()
+    iterator = to_async_iterator(subject, buffer=2, overflow="block")
+
+    def publish() -> None:
+        for i in range(200):
+            subject.on_next(i)
+        subject.on_completed()
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    received = [v async for v in iterator]
+    thread.join(5)
+    assert received == list(range(200)) and iterator.dropped == 0
+
+
+async def test_a_bad_buffer_or_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="buffer"):
+        to_async_iterator(reactivex.empty(), buffer=0)
+    with pytest.raises(ValueError, match="overflow"):
+        to_async_iterator(reactivex.empty(), overflow="spill")  # type: ignore[arg-type]
