@@ -17,6 +17,7 @@ import gc
 import statistics
 import time
 import tracemalloc
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -234,6 +235,40 @@ async def idle_memory(count: int) -> dict[str, float]:
     return out
 
 
+async def run_index_cost(events: int, streams: int = 1000) -> dict[str, float]:
+    """µs per published event of an unrelated run: no run streams open, ``streams`` open
+    RunStreams (the run index), and ``streams`` ``for_run`` filters (one per stream)."""
+    from rxinvoke import RunStarted, RunStream, for_run
+
+    runtime = AgentRuntime()
+    bus = runtime.bus
+    event = TextDelta(run_id="unrelated", delta="x")
+
+    def per_event() -> float:
+        start = time.perf_counter()
+        for _ in range(events):
+            bus.publish(event)
+        return (time.perf_counter() - start) / events * 1e6
+
+    results = {"none": min(per_event() for _ in range(3))}
+    opened = []
+    for i in range(streams):
+        started = RunStarted(run_id=f"run-{i}", session_id=str(uuid.uuid4()), provider="p", model="m")
+        stream = RunStream(runtime, f"run-{i}", uuid.uuid4(), started=started)
+        opened.append(stream.subscribe(lambda e: None))
+    results["indexed"] = min(per_event() for _ in range(3))
+    for subscription in opened:
+        subscription.dispose()
+    filters = [
+        runtime.events.pipe(for_run(f"run-{i}")).subscribe(lambda e: None) for i in range(streams)
+    ]
+    results["filtered"] = min(per_event() for _ in range(3))
+    for subscription in filters:
+        subscription.dispose()
+    results["none"] = min(results["none"], *(per_event() for _ in range(3)))  # warm, again
+    return results
+
+
 async def main(quick: bool) -> None:
     n = 2_000 if quick else 100_000
     print(f"# rxinvoke dispatch benchmark ({'quick' if quick else 'full'})")
@@ -257,6 +292,12 @@ async def main(quick: bool) -> None:
     print(
         f"5. memory per idle subscription: rxinvoke {mem['rx'] / 1024:.2f} KB (target <= 2 KB) · "
         f"naive {mem['naive'] / 1024:.2f} KB"
+    )
+    idx = await run_index_cost(2_000 if quick else 50_000)
+    print(
+        f"6. publishing an unrelated run's event: {idx['none']:.2f} µs with no run streams · "
+        f"{idx['indexed']:.2f} µs with 1000 open RunStreams = {idx['indexed'] / idx['none']:.2f}x "
+        f"(target <= 1.3x) · {idx['filtered']:.2f} µs with 1000 for_run filters instead"
     )
 
 

@@ -80,6 +80,9 @@ class EventLog:
         self._written = 0
         self._deferred: dict[str, list[Message]] = {}
         self._live: Subject[EventEnvelope] = Subject()
+        # run id -> followers (subscribe_run): indexed, so a follower costs nothing for the
+        # envelopes of other runs
+        self._followers: dict[str, tuple[Callable[[EventEnvelope], None], ...]] = {}
         self._attachment = bus.attach(EventKind.ANY, self._on_event)
 
     # --- numbering ---------------------------------------------------------------------------
@@ -98,6 +101,20 @@ class EventLog:
         """True while the events of ``run_id`` are being logged by this log."""
         return run_id in self._runs
 
+    def follow(self, run_id: str, callback: Callable[[EventEnvelope], None]) -> abc.DisposableBase:
+        """Call ``callback(envelope)`` for each envelope of ``run_id`` as it is numbered (it
+        must not raise); dispose the result to stop."""
+        self._followers[run_id] = (*self._followers.get(run_id, ()), callback)
+
+        def stop() -> None:
+            left = tuple(c for c in self._followers.get(run_id, ()) if c is not callback)
+            if left:
+                self._followers[run_id] = left
+            else:
+                self._followers.pop(run_id, None)
+
+        return Disposable(stop)
+
     @property
     def envelopes(self) -> Observable[EventEnvelope]:
         """A hot Observable of every envelope as it is numbered (before it is stored)."""
@@ -113,6 +130,10 @@ class EventLog:
         run.seq += 1
         envelope = EventEnvelope.of(event, run_id, run.session_id, run.seq)
         self._pending.append(envelope)
+        followers = self._followers.get(run_id) if self._followers else None
+        if followers:
+            for follow in followers:
+                follow(envelope)  # followers are guarded: they never raise
         if self._live.observers:
             self._live.on_next(envelope)  # observers of _live are guarded: they never raise
 
@@ -297,7 +318,7 @@ class _Follower:
 
     def start(self) -> abc.DisposableBase:
         log = self._log
-        self._live = log.envelopes.subscribe(self._on_live)
+        self._live = log.follow(self._run_id, self._on_live)
         snapshot = log.unflushed(self._run_id)
         active = log.is_active(self._run_id)
         self._task = asyncio.get_running_loop().create_task(self._catch_up(snapshot, active))
