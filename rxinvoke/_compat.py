@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-__all__ = ("DeadlineExceeded", "cancel_requested", "uncancel", "wait_with_timeout")
+__all__ = ("DeadlineExceeded", "cancel_requested", "uncancel")
 
 _T = TypeVar("_T")
 
@@ -30,43 +29,4 @@ def cancel_requested(task: asyncio.Task[Any]) -> bool:
 
 
 class DeadlineExceeded(asyncio.TimeoutError):
-    """:func:`wait_with_timeout`'s own deadline passed (never the awaitable's TimeoutError)."""
-
-
-if sys.version_info >= (3, 11):
-
-    async def wait_with_timeout(awaitable: Awaitable[_T], timeout: float) -> _T:
-        """Await within ``timeout`` seconds (DeadlineExceeded), without a task per call.
-
-        A TimeoutError the awaitable raises itself propagates as it is.
-        """
-        scope = asyncio.timeout(timeout)
-        try:
-            async with scope:
-                return await awaitable
-        except TimeoutError:
-            if scope.expired():
-                raise DeadlineExceeded from None
-            raise
-
-else:  # pragma: no cover - 3.10
-
-    async def wait_with_timeout(awaitable: Awaitable[_T], timeout: float) -> _T:
-        """Await within ``timeout`` seconds (DeadlineExceeded).
-
-        Not ``asyncio.wait_for``: it swallows a cancellation that races the awaitable's
-        completion (bpo-42130), so a cancelled run could go on. Here cancelling the caller
-        always cancels the awaitable and propagates.
-        """
-        task: asyncio.Future[_T] = asyncio.ensure_future(awaitable)
-        try:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-        except asyncio.CancelledError:
-            task.cancel()
-            await asyncio.wait({task})
-            raise
-        if not done:
-            task.cancel()
-            await asyncio.wait({task})
-            raise DeadlineExceeded
-        return task.result()
+    """A deadline of rxinvoke's own passed (never a TimeoutError the awaited code raised)."""

@@ -13,6 +13,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from reactivex import abc
+
+from ._clock import loop_scheduler
 from .errors import ToolError, ToolExecutionError, ToolTimeout, UnknownTool
 from .events import (
     InvocationEvent,
@@ -37,7 +40,10 @@ class ToolExecutor:
         registry: ToolRegistry,
         policy: RuntimePolicy,
         publish: Callable[[InvocationEvent], None],
+        *,
+        clock: Callable[[], abc.SchedulerBase] | None = None,
     ) -> None:
+        self._clock = clock  # the scheduler tool timeouts are timed on (default: the loop)
         self._registry = registry
         self._policy = policy
         self._publish = publish
@@ -101,15 +107,27 @@ class ToolExecutor:
         # Its own task, awaited with asyncio.wait: a CancelledError the tool raises itself
         # (nothing cancelled it) is told apart from the run's cancellation on every Python.
         task = asyncio.ensure_future(work)
+        expired = False
+        timer: abc.DisposableBase | None = None
+        if timeout is not None:
+
+            def expire(_: abc.SchedulerBase, __: Any = None) -> None:
+                nonlocal expired
+                expired = True
+                task.cancel()
+
+            clock = self._clock() if self._clock is not None else loop_scheduler(None)
+            timer = clock.schedule_relative(timeout, expire)
         try:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
+            await asyncio.wait({task})
         except asyncio.CancelledError:
             task.cancel()
             await asyncio.wait({task})
             raise
-        if not done:
-            task.cancel()
-            await asyncio.wait({task})
+        finally:
+            if timer is not None:
+                timer.dispose()
+        if expired and task.cancelled():
             raise ToolTimeout(call.name, call.id, f"tool {call.name!r} timed out after {timeout:g}s")
         if task.cancelled():
             raise ToolExecutionError(

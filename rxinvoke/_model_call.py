@@ -19,13 +19,15 @@ fragments is joined, a lone surrogate becomes U+FFFD (stores and JSON refuse lon
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Callable
 
+from reactivex import abc
+
 from ._accumulate import Accumulator
-from ._compat import DeadlineExceeded, wait_with_timeout
+from ._clock import deadline, sleep
+from ._compat import DeadlineExceeded
 from .errors import ProviderConnectionError, ProviderError, ProviderHTTPError, RxInvokeError
 from .events import ChatStreamEvent, ChatTextDelta, InvocationEvent, ToolCallCompleted
 from .messages import ChatRequest, TextJoiner
@@ -66,20 +68,18 @@ async def call_model(
     run_id: str,
     policy: RuntimePolicy,
     publish: Callable[[InvocationEvent], None],
+    scheduler: abc.SchedulerBase | None = None,
 ) -> Accumulator:
-    """Stream one model call (retrying per the rule above) and return what it accumulated."""
+    """Stream one model call (retrying per the rule above) and return what it accumulated;
+    the provider timeout and the backoff are timed on ``scheduler`` (default: the loop)."""
     timeout = policy.provider_timeout
     attempt = 0
     while True:
         accumulator = Accumulator(chat.provider, chat.model)
         try:
-            if timeout is None:
+            # not asyncio.wait_for: on 3.11 it swallows a cancel that races completion
+            async with deadline(scheduler, timeout):
                 await _stream(provider, chat, run_id, accumulator, publish)
-            else:
-                # not asyncio.wait_for: on 3.11 it swallows a cancel that races completion
-                await wait_with_timeout(
-                    _stream(provider, chat, run_id, accumulator, publish), timeout
-                )
         except DeadlineExceeded as exc:
             raise ProviderError(
                 chat.provider, chat.model, f"no complete response within {timeout:g}s"
@@ -92,7 +92,7 @@ async def call_model(
             _log.info(
                 "run %s: %s; retry %d of %d in %.2fs", run_id, exc, attempt, policy.max_retries, delay
             )
-            await asyncio.sleep(delay)
+            await sleep(scheduler, delay)
             continue
         return accumulator
 

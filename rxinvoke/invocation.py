@@ -162,7 +162,8 @@ class RuntimeInvocation:
             buffer: events queued for this subscription at most.
             overflow: ``"drop_oldest"`` (counted and reported) or ``"error"`` (the
                 subscription ends with a SubscriberOverflow report).
-            scheduler: the clock of handler timeouts (default: the asyncio loop); pass a
+            scheduler: the clock of handler timeouts (default: the runtime's scheduler, the
+                asyncio loop unless it was given one); pass a
                 ``reactivex.testing.TestScheduler`` to test timeouts in virtual time.
         """
         member = EventKind.parse(kind)
@@ -180,7 +181,7 @@ class RuntimeInvocation:
             report=runtime.bus.report,
             buffer=buffer,
             overflow=overflow,
-            scheduler=scheduler,
+            scheduler=scheduler if scheduler is not None else runtime.scheduler,
         )
         sink.connect(runtime.bus, member)
         return InvocationHandle(sink, control)

@@ -146,7 +146,9 @@ class AgentRuntime:
         self.bus = EventBus(context_for=self.context_for)
         self.log = EventLog(self.store, self.bus)
         """The durable event log of this runtime's runs (``replay``, ``subscribe_run``)."""
-        self._executor = ToolExecutor(self.tools, self.policy, self.bus.publish)
+        self._executor = ToolExecutor(
+            self.tools, self.policy, self.bus.publish, clock=lambda: self.scheduler
+        )
         self._gate = SessionGate()
         self._is_closed = False
         self._scheduler = scheduler
@@ -535,7 +537,8 @@ class AgentRuntime:
                 run_id=run_id,
             )
             accumulated = await call_model(
-                run.provider, chat, run_id=run_id, policy=policy, publish=publish
+                run.provider, chat, run_id=run_id, policy=policy, publish=publish,
+                scheduler=self.scheduler,
             )
             assistant = accumulated.message(run_id)
             if assistant.tool_calls:

@@ -162,7 +162,9 @@ async def test_a_timeout_shortened_below_the_elapsed_time_fires_at_once() -> Non
 async def test_removing_the_timeout_during_the_run_removes_the_deadline() -> None:
     clock = TestScheduler()
     gate = asyncio.Event()
-    runtime, events = make([[gate, *text_turn("ok")]], scheduler=clock)
+    runtime, events = make(
+        [[gate, *text_turn("ok")]], scheduler=clock, policy=RuntimePolicy(provider_timeout=None)
+    )
     control = Control(timeout=5.0)
     task = asyncio.ensure_future(runtime.run(request(), control))
     await until(lambda: "chat_started" in types(events))

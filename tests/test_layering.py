@@ -9,7 +9,7 @@ only what the layer's rule allows:
                 _compat): the imports among them are listed one by one
 1. definitions  tools, providers (and providers.*), stores (and stores.*): a family imports
                 its own members only; providers never import a store, stores never a provider
-2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _bus,
+2. plumbing     the runtime's private parts (_clock, _context, _accumulate, _execute, _bus,
                 _eventlog, _sessions, _run, _model_call): listed one by one
 3. runtime      runtime
 4. facade       _sink, _runstream, _aiter, operators, invocation: listed one by one
@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("definitions", ("tools", "providers", "providers.*", "stores", "stores.*")),
     (
         "plumbing",
-        ("_context", "_accumulate", "_execute", "_bus", "_eventlog", "_sessions", "_run",
+        ("_clock", "_context", "_accumulate", "_execute", "_bus", "_eventlog", "_sessions", "_run",
          "_model_call"),
     ),
     ("runtime", ("runtime",)),
@@ -73,14 +73,15 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "control": frozenset({"_frozen"}),
     },
     "plumbing": {
+        "_clock": frozenset(),
         "_context": frozenset(),
         "_accumulate": frozenset(),
-        "_execute": frozenset(),
+        "_execute": frozenset({"_clock"}),
         "_bus": frozenset(),
         "_eventlog": frozenset({"_bus"}),
         "_sessions": frozenset(),
         "_run": frozenset(),
-        "_model_call": frozenset({"_accumulate"}),
+        "_model_call": frozenset({"_accumulate", "_clock"}),
     },
     "runtime": {"runtime": frozenset()},
     "facade": {
