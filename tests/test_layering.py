@@ -6,10 +6,10 @@ Layers, bottom to top; a module may import modules of lower layers, and inside i
 only what the layer's rule allows:
 
 0. values       errors, messages, events, request, policy, control (+ _frozen, _version,
-                _compat): the imports among them are listed one by one
+                _compat, _clock: time on a scheduler): the imports among them are listed one by one
 1. definitions  tools, providers (and providers.*), stores (and stores.*): a family imports
                 its own members only; providers never import a store, stores never a provider
-2. plumbing     the runtime's private parts (_clock, _context, _accumulate, _execute, _bus,
+2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _bus,
                 _eventlog, _sessions, _run, _model_call): listed one by one
 3. runtime      runtime
 4. facade       _sink, _runstream, _aiter, operators, invocation: listed one by one
@@ -41,13 +41,13 @@ ROOT = "__init__"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "values",
-        ("_version", "_compat", "_frozen", "errors", "messages", "events", "request", "policy",
-         "control"),
+        ("_version", "_compat", "_clock", "_frozen", "errors", "messages", "events", "request",
+         "policy", "control"),
     ),
     ("definitions", ("tools", "providers", "providers.*", "stores", "stores.*")),
     (
         "plumbing",
-        ("_clock", "_context", "_accumulate", "_execute", "_bus", "_eventlog", "_sessions", "_run",
+        ("_context", "_accumulate", "_execute", "_bus", "_eventlog", "_sessions", "_run",
          "_model_call"),
     ),
     ("runtime", ("runtime",)),
@@ -64,6 +64,7 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
     "values": {
         "_version": frozenset(),
         "_compat": frozenset(),
+        "_clock": frozenset({"_compat"}),
         "_frozen": frozenset(),
         "errors": frozenset(),
         "messages": frozenset({"_frozen"}),
@@ -73,15 +74,14 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "control": frozenset({"_frozen"}),
     },
     "plumbing": {
-        "_clock": frozenset(),
         "_context": frozenset(),
         "_accumulate": frozenset(),
-        "_execute": frozenset({"_clock"}),
+        "_execute": frozenset(),
         "_bus": frozenset(),
         "_eventlog": frozenset({"_bus"}),
         "_sessions": frozenset(),
         "_run": frozenset(),
-        "_model_call": frozenset({"_accumulate", "_clock"}),
+        "_model_call": frozenset({"_accumulate"}),
     },
     "runtime": {"runtime": frozenset()},
     "facade": {

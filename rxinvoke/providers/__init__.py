@@ -14,10 +14,20 @@ from typing import Any
 from .base import ChatProvider as ChatProvider
 from .base import ProviderRegistry as ProviderRegistry
 from .offline import OfflineProvider as OfflineProvider
+from .scripted import Pause as Pause
+from .scripted import Refuse as Refuse
 from .scripted import ScriptedProvider as ScriptedProvider
 from .scripted import TurnItem as TurnItem
 
-__all__ = ("ChatProvider", "OfflineProvider", "ProviderRegistry", "ScriptedProvider", "TurnItem")
+__all__ = (
+    "ChatProvider",
+    "OfflineProvider",
+    "Pause",
+    "ProviderRegistry",
+    "Refuse",
+    "ScriptedProvider",
+    "TurnItem",
+)
 
 
 def __getattr__(name: str) -> Any:

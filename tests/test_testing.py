@@ -1,0 +1,221 @@
+"""The testing kit (rxinvoke.testing): probes, marbles, virtual time for whole runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import reactivex
+from reactivex.subject import Subject
+from reactivex.testing import ReactiveTest, TestScheduler
+
+from rxinvoke import (
+    Control,
+    EmitRequest,
+    InvocationTimedOut,
+    ProviderHTTPError,
+    RunCompleted,
+    RunStarted,
+    RuntimePolicy,
+    ScriptedProvider,
+    TextDelta,
+    ToolExecutionFinished,
+    ToolFailure,
+    tool,
+)
+from rxinvoke.messages import FinishReason
+from rxinvoke.providers import Pause, Refuse
+from rxinvoke.testing import EventProbe, Scripted, advance, marbles_of, turn_from_marbles
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- virtual time for whole runs ---------------------------------------------------------------
+
+
+async def test_a_slow_model_with_a_refused_call_runs_in_virtual_time(
+    scripted: Any, virtual_clock: TestScheduler
+) -> None:
+    run: Scripted = scripted(
+        [
+            [Refuse(ProviderHTTPError("scripted", "scripted", 503, "busy", retry_after=5.0))],
+            [Pause(30.0), *ScriptedProvider.text_turn("hi")],
+        ],
+        scheduler=virtual_clock,
+    )
+    result = asyncio.ensure_future(run.inv.emit(EmitRequest("hello")))
+    await advance(virtual_clock, 34.0)
+    assert not result.done()  # 5 s backoff + 30 s latency: not yet
+    await advance(virtual_clock, 2.0)
+    assert (await result).output_text == "hi"
+    assert run.provider.calls == 2
+
+
+async def test_the_run_deadline_and_the_provider_timeout_follow_the_clock(
+    scripted: Any, virtual_clock: TestScheduler
+) -> None:
+    run: Scripted = scripted([[Pause(1000.0)]], scheduler=virtual_clock)
+    result = asyncio.ensure_future(run.inv.emit(EmitRequest("hi"), Control(timeout=60.0)))
+    await advance(virtual_clock, 61.0)
+    with pytest.raises(InvocationTimedOut):
+        await result
+
+    slow: Scripted = scripted(
+        [[Pause(1000.0)]], scheduler=virtual_clock, policy=RuntimePolicy(provider_timeout=120.0)
+    )
+    failed = asyncio.ensure_future(slow.inv.emit(EmitRequest("hi")))
+    await advance(virtual_clock, 121.0)
+    with pytest.raises(Exception, match="no complete response within 120s"):
+        await failed
+
+
+async def test_a_tool_timeout_follows_the_clock(scripted: Any, virtual_clock: TestScheduler) -> None:
+    @tool(timeout=10.0)
+    async def wait_forever() -> str:
+        """Never returns."""
+        await asyncio.Event().wait()
+        return "no"
+
+    run: Scripted = scripted(
+        [ScriptedProvider.tool_call_turn("wait_forever", {}), ScriptedProvider.text_turn("gave up")],
+        tools=[wait_forever],
+        scheduler=virtual_clock,
+    )
+    result = asyncio.ensure_future(run.inv.emit(EmitRequest("go")))
+    await advance(virtual_clock, 11.0)
+    assert (await result).output_text == "gave up"
+    finished = [e for e in run.events if isinstance(e, ToolExecutionFinished)]
+    assert isinstance(finished[0].result, ToolFailure) and "timed out after 10s" in finished[0].result.error
+
+
+async def test_a_scripted_delay_paces_every_fragment(scripted: Any, virtual_clock: TestScheduler) -> None:
+    run: Scripted = scripted(
+        [ScriptedProvider.text_turn("a b c d", pieces=4)], scheduler=virtual_clock, delay=1.0
+    )
+    result = asyncio.ensure_future(run.inv.emit(EmitRequest("hi")))
+    await advance(virtual_clock, 2.5, steps=25)
+    assert [e.delta for e in run.events if isinstance(e, TextDelta)] == ["a ", "b "]
+    await advance(virtual_clock, 5.0)
+    assert (await result).output_text == "a b c d"
+
+
+def test_the_request_log_is_bounded() -> None:
+    provider = ScriptedProvider(lambda request: ScriptedProvider.text_turn("x"), max_requests=2)
+
+    async def three_runs() -> None:
+        from rxinvoke import AgentRuntime, RuntimeInvocation
+
+        inv = RuntimeInvocation(AgentRuntime(providers=[provider]))
+        for text in ("one", "two", "three"):
+            await inv.emit(EmitRequest(text))
+
+    asyncio.run(three_runs())
+    assert [r.messages[-1].content for r in provider.requests] == ["two", "three"]
+    assert provider.calls == 3
+
+
+# --- EventProbe ---------------------------------------------------------------------------------
+
+
+async def test_a_probe_pulls_events_in_order_and_checks_kinds(scripted: Any, probe: Any) -> None:
+    run: Scripted = scripted([ScriptedProvider.text_turn("hello")])
+    events = probe(run.inv.observe())
+    task = asyncio.ensure_future(run.inv.emit(EmitRequest("hi")))
+    started = await events.next("run_started")
+    assert isinstance(started, RunStarted)
+    await events.next("context_built")
+    with pytest.raises(AssertionError, match="expected run_completed, got model_started"):
+        await events.next("run_completed")
+    rest = await events.until_terminal()
+    assert rest[-1].type == "run_completed"
+    events.expect_no_events()
+    await task
+
+
+async def test_a_probe_times_out_and_reports_unconsumed_events() -> None:
+    subject: Subject[Any] = Subject()
+    probe = EventProbe(subject, timeout=0.01)
+    with pytest.raises(AssertionError, match="nothing within"):
+        await probe.next()
+    subject.on_next(TextDelta(run_id="r", delta="x"))
+    with pytest.raises(AssertionError, match="unexpected text_delta"):
+        probe.close()
+    error = RuntimeError("source broke")
+    failing = EventProbe(reactivex.throw(error))
+    with pytest.raises(RuntimeError, match="source broke"):
+        await failing.next()
+
+
+# --- marbles ------------------------------------------------------------------------------------
+
+
+def test_marbles_of_events_and_of_recorded_messages() -> None:
+    started = RunStarted(run_id="r", session_id="s", provider="p", model="m")
+    delta = TextDelta(run_id="r", delta="x")
+    done = RunCompleted(run_id="r", finish_reason=FinishReason.STOP, iterations=1)
+    assert marbles_of([started, delta, done]) == "run_started-text_delta-run_completed"
+    scheduler = TestScheduler()
+    source = scheduler.create_hot_observable(
+        ReactiveTest.on_next(210, started), ReactiveTest.on_next(230, delta),
+        ReactiveTest.on_next(240, done), ReactiveTest.on_completed(250),
+    )
+    results = scheduler.start(lambda: source)
+    assert marbles_of(results.messages) == "run_started-text_delta-run_completed|"
+    assert marbles_of(results.messages, tick=10) == (
+        "---------------------run_started--text_delta-run_completed|"
+    )
+
+
+def test_turn_from_marbles_builds_a_scripted_turn() -> None:
+    turn = turn_from_marbles("Hel-lo-|")
+    assert [getattr(i, "delta", None) for i in turn] == ["Hel", "lo", None]
+    assert turn[-1].type == "chat_finished"  # type: ignore[union-attr]
+    paced = turn_from_marbles("a--b|", tick=0.5)
+    assert [type(i).__name__ for i in paced] == ["ChatTextDelta", "Pause", "Pause", "ChatTextDelta", "ChatFinished"]
+    broken = turn_from_marbles("a-#")
+    assert isinstance(broken[-1], Exception)
+
+
+async def test_a_marble_turn_drives_a_run(scripted: Any) -> None:
+    run: Scripted = scripted([turn_from_marbles("Hel-lo-!|")])
+    out = await run.inv.emit(EmitRequest("hi"))
+    assert out.output_text == "Hello!"
+    assert marbles_of(e for e in run.events if e.type in ("run_started", "text_delta", "run_completed")) == (
+        "run_started-text_delta-text_delta-text_delta-run_completed"
+    )
+
+
+# --- a downstream project --------------------------------------------------------------------
+
+
+def test_a_downstream_project_writes_a_virtual_time_run_test_in_ten_lines(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["rxinvoke.testing"]\n')
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    (tmp_path / "test_downstream.py").write_text(
+        "import asyncio\n"
+        "from rxinvoke import EmitRequest, ScriptedProvider\n"
+        "from rxinvoke.providers import Pause\n"
+        "from rxinvoke.testing import advance\n"
+        "\n"
+        "async def test_slow_model(scripted, virtual_clock):\n"
+        "    run = scripted([[Pause(30.0), *ScriptedProvider.text_turn('hi')]], scheduler=virtual_clock)\n"
+        "    result = asyncio.ensure_future(run.inv.emit(EmitRequest('hello')))\n"
+        "    await advance(virtual_clock, 31.0)\n"
+        "    assert (await result).output_text == 'hi'\n"
+    )
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
