@@ -32,7 +32,6 @@ from rxinvoke.messages import FinishReason
 from rxinvoke.providers import Pause, Refuse
 from rxinvoke.testing import EventProbe, Scripted, advance, marbles_of, turn_from_marbles
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
