@@ -49,6 +49,8 @@ class RunStream(Observable[InvocationEvent]):
         """The run's id (known before it starts)."""
         self.session_id = session_id
         """The run's session."""
+        self.runtime = runtime.name
+        """The name of the runtime that runs it (``AgentRuntime(name=...)``), or None."""
         self._runtime = runtime
         self._request = request  # set: this stream owns its run and starts it
         self._control = control
