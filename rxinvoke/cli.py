@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -224,6 +225,33 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
     return 0
 
 
+async def _interruptible(work: Awaitable[int]) -> int:
+    """Run ``work`` so that Ctrl-C cancels it (the run ends with a stored ``run_cancelled``)
+    and then raises KeyboardInterrupt, on every Python (3.10's asyncio.run would raise
+    KeyboardInterrupt wherever the signal lands, even inside the run)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
+        return await task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rxinvoke`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -237,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.prompt = sys.stdin.read()
     renderer = args.renderer = _Renderer(sys.stdout)
     try:
-        return asyncio.run(_with_store(args, sys.stdout, _run, path=_db_path(args), create=True))
+        return asyncio.run(_interruptible(_with_store(args, sys.stdout, _run, path=_db_path(args), create=True)))
     except RxInvokeError as exc:
         renderer.newline()
         print(f"rxinvoke: error: {exc.message}", file=sys.stderr)
