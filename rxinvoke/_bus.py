@@ -123,20 +123,14 @@ class EventBus:
         ``on_completed`` is called by :meth:`complete`. Dispose the result to detach.
         """
         key = EventKind.parse(kind).value
-        token = _Detach(self, key, deliver, on_completed)
-        with self._route_lock:
-            if self._is_completed:
-                token.on_completed = None
-                if on_completed is not None:
-                    on_completed()
-                return token
+
+        def add() -> None:
             if key == "any":
                 self._any = (*self._any, deliver)
             else:
                 self._routes[key] = (*self._routes.get(key, ()), deliver)
-            if on_completed is not None:
-                self._completers.add(token)
-        return token
+
+        return self._register(_Detach(self, key, deliver, on_completed), add)
 
     def attach_run(
         self,
@@ -148,15 +142,23 @@ class EventBus:
 
         ``on_completed`` is called by :meth:`complete`. Dispose the result to detach.
         """
-        token = _Detach(self, _RUN_KEY + run_id, deliver, on_completed)
+
+        def add() -> None:
+            self._by_run[run_id] = (*self._by_run.get(run_id, ()), deliver)
+
+        return self._register(_Detach(self, _RUN_KEY + run_id, deliver, on_completed), add)
+
+    def _register(self, token: _Detach, add: Callable[[], None]) -> _Detach:
+        """Index ``token``'s callback with ``add`` (under the lock); a completed bus completes
+        the token at once instead."""
         with self._route_lock:
             if self._is_completed:
-                token.on_completed = None
+                on_completed, token.on_completed = token.on_completed, None
                 if on_completed is not None:
                     on_completed()
                 return token
-            self._by_run[run_id] = (*self._by_run.get(run_id, ()), deliver)
-            if on_completed is not None:
+            add()
+            if token.on_completed is not None:
                 self._completers.add(token)
         return token
 
