@@ -19,6 +19,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, TypeAdapter
 
+from ._display import clip, clock, short, short_id
 from ._frozen import Frozen
 from .messages import FinishReason, TokenUsage, ToolCall, utcnow
 
@@ -69,6 +70,20 @@ class EventBase(Frozen):
     """When the event was created, UTC."""
 
     terminal: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        # one line, under 160 characters: kind, short run id, the fields that matter, time
+        parts = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in ("type", "run_id", "timestamp") or value is None:
+                continue
+            shown = short_id(value) if name.endswith("_id") and isinstance(value, str) else short(value)
+            parts.append(f"{name}={shown}")
+        fields = ", ".join(parts)
+        run = f"run {short_id(self.run_id)}, " if self.run_id else ""
+        kind = getattr(self, "type", type(self).__name__)
+        return clip(f"{kind}({run}{fields}{', ' if fields else ''}at {clock(self.timestamp)})", 159)
 
     @property
     def is_terminal(self) -> bool:
@@ -166,6 +181,9 @@ class ToolSuccess(Frozen):
     status: Literal["success"] = "success"
     output: str
 
+    def _brief(self) -> str:
+        return f"ok {clip(self.output, 30)!r}"
+
 
 class ToolFailure(Frozen):
     """Why a tool call failed; ``error_type`` names the ToolError class."""
@@ -173,6 +191,9 @@ class ToolFailure(Frozen):
     status: Literal["failure"] = "failure"
     error: str
     error_type: str = "ToolError"
+
+    def _brief(self) -> str:
+        return f"{self.error_type} {clip(self.error, 40)!r}"
 
 
 ToolResult = Annotated[ToolSuccess | ToolFailure, Field(discriminator="status")]

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from ._display import clip, clock, short_id
 from ._frozen import Frozen as _Frozen
 
 __all__ = (
@@ -102,6 +103,12 @@ class TokenUsage(_Frozen):
     output_tokens: int = Field(default=0, ge=0)
     total_tokens: int = Field(default=0, ge=0)
 
+    def __repr__(self) -> str:
+        return f"TokenUsage(in {self.input_tokens}, out {self.output_tokens}, total {self.total_tokens})"
+
+    def _brief(self) -> str:
+        return f"{self.input_tokens}/{self.output_tokens}/{self.total_tokens}"
+
     def __add__(self, other: TokenUsage) -> TokenUsage:
         if not isinstance(other, TokenUsage):
             return NotImplemented
@@ -119,6 +126,12 @@ class ToolCall(_Frozen):
     id: str
     name: str
     arguments: str = "{}"
+
+    def _brief(self) -> str:
+        return f"{self.name}({clip(self.arguments, 40)})"
+
+    def __repr__(self) -> str:
+        return f"ToolCall({short_id(self.id)}, {self._brief()})"
 
     @field_validator("arguments", mode="before")
     @classmethod
@@ -184,6 +197,18 @@ class Message(_Frozen):
     id: str = Field(default_factory=new_id)
     run_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.tool_calls:
+            count = len(self.tool_calls)
+            extra = f", {count} tool call{'s' if count > 1 else ''}: " + ", ".join(
+                c._brief() for c in self.tool_calls[:2]
+            )
+        if self.tool_call_id:
+            extra += f", answers {short_id(self.tool_call_id)}"
+        text = f"Message({self.role}, {clip(self.content, 60)!r}{extra}, at {clock(self.created_at)})"
+        return clip(text, 159)
 
 
 class ToolSpec(_Frozen):

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
+from ._display import clip, short_id
 from ._frozen import Frozen as _Frozen
 from .messages import FinishReason, ModelName, ProviderId, TokenUsage, ToolChoice
 
@@ -96,3 +97,13 @@ class RunOutput(_Frozen):
     total_usage: TokenUsage
     output_text: str
     """The text of the last assistant message."""
+
+    def __repr__(self) -> str:
+        usage = self.total_usage
+        return clip(
+            f"RunOutput(run {short_id(self.run_id)}, {self.finish_reason.value}, "
+            f"{self.iterations} iteration{'s' if self.iterations != 1 else ''}, tokens "
+            f"{usage.input_tokens}/{usage.output_tokens}/{usage.total_tokens}, "
+            f"{clip(self.output_text, 60)!r})",
+            159,
+        )

@@ -6,13 +6,13 @@ Layers, bottom to top; a module may import modules of lower layers, and inside i
 only what the layer's rule allows:
 
 0. values       errors, messages, events, request, policy, control (+ _frozen, _version,
-                _compat, _clock: time on a scheduler): the imports among them are listed one by one
+                _compat, _clock: time on a scheduler, _display: short reprs): the imports among them are listed one by one
 1. definitions  tools, providers (and providers.*), stores (and stores.*): a family imports
                 its own members only; providers never import a store, stores never a provider
 2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _bus,
                 _eventlog, _sessions, _run, _model_call): listed one by one
 3. runtime      runtime
-4. facade       _sink, _runstream, _aiter, operators, invocation: listed one by one
+4. facade       _sink, _runstream, _aiter, operators, spans, invocation: listed one by one
 5. apps         cli, __main__, notebook*, transports*, otel, testing*, the deprecated
                 provider_openai alias, the package ``__init__``: only ``__main__`` imports the
                 CLI, and nothing imports the package ``__init__``
@@ -41,8 +41,8 @@ ROOT = "__init__"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "values",
-        ("_version", "_compat", "_clock", "_frozen", "errors", "messages", "events", "request",
-         "policy", "control"),
+        ("_version", "_compat", "_clock", "_display", "_frozen", "errors", "messages", "events",
+         "request", "policy", "control"),
     ),
     ("definitions", ("tools", "providers", "providers.*", "stores", "stores.*")),
     (
@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
          "_model_call"),
     ),
     ("runtime", ("runtime",)),
-    ("facade", ("_sink", "_runstream", "_aiter", "operators", "invocation")),
+    ("facade", ("_sink", "_runstream", "_aiter", "operators", "spans", "invocation")),
     (
         "apps",
         ("cli", "__main__", "provider_openai", "notebook", "notebook.*", "transports",
@@ -65,11 +65,12 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "_version": frozenset(),
         "_compat": frozenset(),
         "_clock": frozenset({"_compat"}),
+        "_display": frozenset(),
         "_frozen": frozenset(),
         "errors": frozenset(),
-        "messages": frozenset({"_frozen"}),
-        "events": frozenset({"_frozen", "errors", "messages"}),
-        "request": frozenset({"_frozen", "messages"}),
+        "messages": frozenset({"_display", "_frozen"}),
+        "events": frozenset({"_display", "_frozen", "errors", "messages"}),
+        "request": frozenset({"_display", "_frozen", "messages"}),
         "policy": frozenset({"_frozen"}),
         "control": frozenset({"_frozen"}),
     },
@@ -89,6 +90,7 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "_runstream": frozenset(),
         "_aiter": frozenset(),
         "operators": frozenset({"_aiter"}),
+        "spans": frozenset(),
         "invocation": frozenset({"_sink", "_runstream", "operators"}),
     },
 }

@@ -38,6 +38,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import Field
 
+from .._display import clip, clock, short_id
 from .._frozen import Frozen
 from ..events import InvocationEvent, RunFailed, RunStarted
 from ..messages import Message, TokenUsage, utcnow
@@ -63,6 +64,9 @@ class EventEnvelope(Frozen):
     event: InvocationEvent
     emitted_at: datetime
     """When the event was published (UTC)."""
+
+    def __repr__(self) -> str:
+        return clip(f"EventEnvelope(seq {self.seq}, {self.event!r})", 159)
 
     @classmethod
     def of(
@@ -123,6 +127,17 @@ class RunRecord(Frozen):
     def is_finished(self) -> bool:
         """True once the run has a terminal status."""
         return self.status != "running"
+
+    def __repr__(self) -> str:
+        usage = self.total_usage
+        what = f", {self.error!r}" if self.error and self.status == "failed" else ""
+        return clip(
+            f"RunRecord(run {short_id(self.run_id)}, {self.status}{what}, session "
+            f"{short_id(self.session_id)}, {self.iterations} iteration"
+            f"{'s' if self.iterations != 1 else ''}, tokens {usage.total_tokens}, "
+            f"{clip(self.request.input, 40)!r}, started {clock(self.started_at)})",
+            159,
+        )
 
 
 class RunOutcome(Frozen):

@@ -1,0 +1,241 @@
+"""The span model: a run's events as a tree of timed spans (run → model call → tool execution).
+
+One model serves every view of a run's timing — the notebook's waterfall timeline and, later,
+the OpenTelemetry exporter — so they agree by construction. :func:`spans` is a pure function
+of an event list (live or stored): a span still open when the list ends is ``running``.
+
+- ``run``: ``run_started`` → the terminal event; status ``ok`` / ``error`` / ``cancelled``.
+- ``model_call``: ``model_started`` → its ``usage_recorded`` (or the run's end); attributes
+  ``iteration``, ``provider``, ``model``, ``first_fragment_ms`` (time to the first text or
+  tool-call fragment), ``streaming_ms``, token counts and ``finish_reason``.
+- ``tool_execution``: ``tool_execution_started`` → ``tool_execution_finished``; attributes
+  ``tool_name``, ``call_id``, ``lane`` (0, 1, … so overlapping executions get their own rows)
+  and, on failure, ``error`` / ``error_type``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Literal
+
+from .events import (
+    ChatFinished,
+    InvocationEvent,
+    ModelStarted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStarted,
+    ToolExecutionFinished,
+    ToolExecutionStarted,
+    ToolFailure,
+    UsageRecorded,
+)
+
+__all__ = ("Span", "SpanKind", "SpanStatus", "spans")
+
+SpanKind = Literal["run", "model_call", "tool_execution"]
+SpanStatus = Literal["ok", "error", "cancelled", "running"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """One timed step of a run."""
+
+    kind: SpanKind
+    name: str
+    """``run``, ``chat {model}`` or ``execute_tool {tool}``."""
+    span_id: str
+    parent_id: str | None
+    run_id: str
+    start: datetime
+    end: datetime | None
+    """None while the span is still open (``running``)."""
+    status: SpanStatus
+    attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def duration_ms(self) -> float | None:
+        """Milliseconds from start to end (None while running)."""
+        if self.end is None:
+            return None
+        return (self.end - self.start).total_seconds() * 1000.0
+
+
+def spans(events: Iterable[InvocationEvent]) -> list[Span]:
+    """The spans of the runs in ``events`` (in order of their start): per run, its run span,
+    then its model calls and tool executions."""
+    builders: dict[str, _RunSpans] = {}
+    order: list[str] = []
+    for event in events:
+        run_id = event.run_id
+        if run_id is None:
+            continue
+        builder = builders.get(run_id)
+        if builder is None:
+            builder = builders[run_id] = _RunSpans(run_id)
+            order.append(run_id)
+        builder.add(event)
+    result: list[Span] = []
+    for run_id in order:
+        result.extend(builders[run_id].finish())
+    return result
+
+
+class _Open:
+    __slots__ = ("attributes", "kind", "name", "span_id", "start")
+
+    def __init__(self, kind: SpanKind, name: str, span_id: str, start: datetime) -> None:
+        self.kind, self.name, self.span_id, self.start = kind, name, span_id, start
+        self.attributes: dict[str, Any] = {}
+
+
+class _RunSpans:
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.run: _Open | None = None
+        self.run_span: Span | None = None
+        self.model: _Open | None = None
+        self.tools: dict[str, _Open] = {}
+        self.lanes: list[datetime | None] = []  # per lane: when its last execution ended
+        self.done: list[Span] = []
+        self.first_at: datetime | None = None
+        self.last_at: datetime | None = None
+
+    def _root(self, at: datetime) -> _Open:
+        if self.run is None:
+            self.run = _Open("run", "run", f"{self.run_id}:run", at)
+        return self.run
+
+    def add(self, event: InvocationEvent) -> None:
+        at = event.timestamp
+        self.first_at = self.first_at or at
+        self.last_at = at
+        root = self._root(at)
+        if isinstance(event, RunStarted):
+            root.start = at
+            root.attributes.update(
+                session_id=event.session_id, provider=event.provider, model=event.model
+            )
+            if event.runtime is not None:
+                root.attributes["runtime"] = event.runtime
+        elif isinstance(event, ModelStarted):
+            self._close_model(at)
+            self.model = _Open(
+                "model_call", f"chat {event.model}", f"{self.run_id}:model:{event.iteration}", at
+            )
+            self.model.attributes.update(
+                iteration=event.iteration, provider=event.provider, model=event.model
+            )
+        elif isinstance(event, (TextDelta, ToolCallStarted, ToolCallDelta)):
+            model = self.model
+            if model is not None and "first_fragment_ms" not in model.attributes:
+                model.attributes["first_fragment_ms"] = _ms(model.start, at)
+                model.attributes["_first_at"] = at
+        elif isinstance(event, ChatFinished):
+            if self.model is not None:
+                self.model.attributes["finish_reason"] = event.finish_reason.value
+        elif isinstance(event, UsageRecorded):
+            model = self.model
+            if model is not None:
+                usage = event.usage
+                model.attributes.update(
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    total_tokens=usage.total_tokens,
+                )
+            self._close_model(at)
+        elif isinstance(event, ToolExecutionStarted):
+            lane = next(
+                (i for i, free in enumerate(self.lanes) if free is not None and free <= at), None
+            )
+            if lane is None:
+                lane = len(self.lanes)
+                self.lanes.append(None)
+            self.lanes[lane] = None  # busy
+            span = _Open(
+                "tool_execution",
+                f"execute_tool {event.tool_name}",
+                f"{self.run_id}:tool:{event.call_id}",
+                at,
+            )
+            span.attributes.update(tool_name=event.tool_name, call_id=event.call_id, lane=lane)
+            self.tools[event.call_id] = span
+        elif isinstance(event, ToolExecutionFinished):
+            finished = self.tools.pop(event.call_id, None)
+            if finished is None:
+                return
+            status: SpanStatus = "ok"
+            if isinstance(event.result, ToolFailure):
+                status = "error"
+                finished.attributes.update(
+                    error=event.result.error, error_type=event.result.error_type
+                )
+            self.lanes[finished.attributes["lane"]] = at
+            self.done.append(self._closed(finished, at, status))
+        elif isinstance(event, (RunCompleted, RunFailed, RunCancelled)):
+            self._close_model(at, "cancelled" if isinstance(event, RunCancelled) else None)
+            for span in list(self.tools.values()):
+                self.done.append(self._closed(span, at, "cancelled"))
+            self.tools.clear()
+            final: SpanStatus = "cancelled"
+            if isinstance(event, RunCompleted):
+                final = "ok"
+                root.attributes.update(
+                    finish_reason=event.finish_reason.value, iterations=event.iterations
+                )
+            elif isinstance(event, RunFailed):
+                final = "error"
+                root.attributes["error"] = event.error
+            self.run_span = self._closed(root, at, final, parent=None)
+
+    def _close_model(self, at: datetime, status: SpanStatus | None = None) -> None:
+        model = self.model
+        if model is None:
+            return
+        first = model.attributes.pop("_first_at", None)
+        if first is not None:
+            model.attributes["streaming_ms"] = _ms(first, at)
+        self.done.append(self._closed(model, at, status or "ok"))
+        self.model = None
+
+    def _closed(
+        self, span: _Open, end: datetime | None, status: SpanStatus, parent: str | None = ""
+    ) -> Span:
+        return Span(
+            kind=span.kind,
+            name=span.name,
+            span_id=span.span_id,
+            parent_id=(f"{self.run_id}:run" if parent == "" else parent),
+            run_id=self.run_id,
+            start=span.start,
+            end=end,
+            status=status,
+            attributes=MappingProxyType(
+                {k: v for k, v in span.attributes.items() if not k.startswith("_")}
+            ),
+        )
+
+    def finish(self) -> list[Span]:
+        open_spans = []
+        if self.model is not None:
+            model = self.model
+            model.attributes.pop("_first_at", None)
+            open_spans.append(self._closed(model, None, "running"))
+        open_spans += [self._closed(span, None, "running") for span in self.tools.values()]
+        root = self.run_span
+        if root is None:
+            assert self.run is not None
+            root = self._closed(self.run, None, "running", parent=None)
+        children = sorted([*self.done, *open_spans], key=lambda s: s.start)
+        return [root, *children]
+
+
+def _ms(start: datetime, end: datetime) -> float:
+    return (end - start).total_seconds() * 1000.0
