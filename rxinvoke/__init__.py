@@ -33,6 +33,7 @@ Example:
 """
 
 import importlib as _importlib
+import sys as _sys
 import warnings as _warnings
 from typing import Any as _Any
 
@@ -107,6 +108,9 @@ from .messages import TokenUsage as TokenUsage
 from .messages import ToolCall as ToolCall
 from .messages import ToolChoice as ToolChoice
 from .messages import ToolSpec as ToolSpec
+from .notebook import RunView as RunView
+from .notebook import to_dataframe as to_dataframe
+from .notebook import to_records as to_records
 from .operators import accumulate_text as accumulate_text
 from .operators import coalesce_text as coalesce_text
 from .operators import for_run as for_run
@@ -124,6 +128,8 @@ from .request import EmitRequest as EmitRequest
 from .request import RunOutput as RunOutput
 from .request import RunRequest as RunRequest
 from .runtime import AgentRuntime as AgentRuntime
+from .spans import Span as Span
+from .spans import spans as spans
 from .stores import MemoryStore as MemoryStore
 from .stores import RunRecord as RunRecord
 from .stores import RunStatus as RunStatus
@@ -192,9 +198,12 @@ __all__ = (
     "RunStream",
     "RuntimeInvocation",
     "RuntimePolicy",
+    "RunView",
     "RxInvokeError",
     "ScriptedProvider",
     "SessionContext",
+    "Span",
+    "spans",
     "SqliteStore",
     "Store",
     "StoreError",
@@ -205,9 +214,11 @@ __all__ = (
     "TextDelta",
     "throttle_latest",
     "to_async_iterator",
+    "to_dataframe",
+    "to_records",
     "TokenUsage",
-    "tool",
     "Tool",
+    "tool",
     "ToolArgumentsError",
     "ToolCall",
     "ToolCallCompleted",
@@ -247,6 +258,12 @@ _MOVED: dict[str, str] = {
     "ProviderRegistry": "rxinvoke.providers",
     "ToolRegistry": "rxinvoke.tools",
 }
+
+
+if "IPython" in _sys.modules:  # inside IPython/Jupyter: values render as HTML
+    from .notebook import install as _install_notebook
+
+    _install_notebook()
 
 
 def __getattr__(name: str) -> _Any:

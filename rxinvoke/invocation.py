@@ -29,6 +29,7 @@ from .control import Control, SessionContext
 from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UserError
 from .events import EventKind, InvocationEvent, RunStarted
 from .messages import new_id
+from .notebook.view import RunView
 from .request import EmitRequest, RunOutput
 from .runtime import AgentRuntime
 from .stores.base import EventEnvelope
@@ -229,6 +230,15 @@ class RuntimeInvocation:
             request=run_request,
             control=control.copy() if control is not None else Control(),
         )
+
+    async def view(self, run_id: str, *, chat: bool = False) -> RunView:
+        """The :class:`~rxinvoke.notebook.RunView` of a run (live or finished) from the
+        runtime's store: in a notebook, its header, transcript, timeline and events.
+
+        Raises:
+            UnknownRun: no such run is stored.
+        """
+        return await RunView.load(self.runtime.store, run_id, chat=chat)
 
     def runs(self) -> Observable[RunStream]:
         """A hot Observable of the :class:`RunStream` of every run the runtime starts (by

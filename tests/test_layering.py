@@ -12,8 +12,10 @@ only what the layer's rule allows:
 2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _bus,
                 _eventlog, _sessions, _run, _model_call): listed one by one
 3. runtime      runtime
-4. facade       _sink, _runstream, _aiter, operators, spans, invocation: listed one by one
-5. apps         cli, __main__, notebook*, transports*, otel, testing*, the deprecated
+4. views        spans, notebook*: pure functions of events (the span model, renderings); the
+                notebook may use spans and itself, nothing above the runtime
+5. facade       _sink, _runstream, _aiter, operators, invocation: listed one by one
+6. apps         cli, __main__, transports*, otel, testing*, the deprecated
                 provider_openai alias, the package ``__init__``: only ``__main__`` imports the
                 CLI, and nothing imports the package ``__init__``
 
@@ -51,11 +53,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
          "_model_call"),
     ),
     ("runtime", ("runtime",)),
-    ("facade", ("_sink", "_runstream", "_aiter", "operators", "spans", "invocation")),
+    ("views", ("spans", "notebook", "notebook.*")),
+    ("facade", ("_sink", "_runstream", "_aiter", "operators", "invocation")),
     (
         "apps",
-        ("cli", "__main__", "provider_openai", "notebook", "notebook.*", "transports",
-         "transports.*", "otel", "testing", "testing.*", ROOT),
+        ("cli", "__main__", "provider_openai", "transports", "transports.*", "otel", "testing",
+         "testing.*", ROOT),
     ),
 )
 
@@ -90,13 +93,15 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "_runstream": frozenset(),
         "_aiter": frozenset(),
         "operators": frozenset({"_aiter"}),
-        "spans": frozenset(),
         "invocation": frozenset({"_sink", "_runstream", "operators"}),
     },
 }
 
 # Families of the definitions layer: a member imports members of its own family only.
 FAMILIES: tuple[str, ...] = ("providers", "stores")
+
+# Inside the views layer: the notebook package may use the span model and its own modules.
+VIEWS_ALLOWED: tuple[str, ...] = ("spans", "notebook", "notebook.*")
 
 # Inside the apps layer: the CLI is the entry point of __main__ only.
 ONLY_IMPORTED_BY: Mapping[str, frozenset[str]] = {
@@ -220,6 +225,11 @@ def violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
             elif layer in WITHIN:
                 if dep not in WITHIN[layer].get(importer, frozenset()):
                     problems.append(f"{edge}: not allowed inside the {layer} layer")
+            elif layer == "views":
+                if not (importer.startswith("notebook") and any(
+                    fnmatch.fnmatchcase(dep, p) for p in VIEWS_ALLOWED
+                )):
+                    problems.append(f"{edge}: not allowed inside the views layer")
             elif layer == "definitions":
                 family, dep_family = family_of(importer), family_of(dep)
                 if family is None or family != dep_family:
@@ -280,7 +290,7 @@ def test_the_bottom_values_import_nothing_internal(module: str) -> None:
 def test_plumbing_modules_are_private() -> None:
     plumbing = LAYERS[2][1]
     assert all(name.startswith("_") for name in plumbing)
-    assert "_sink" in LAYERS[4][1]
+    assert "_sink" in LAYERS[5][1]
 
 
 def test_providers_and_stores_stay_apart() -> None:
@@ -386,7 +396,10 @@ def test_collector_resolves_relative_imports_in_subpackages() -> None:
         # the apps sit on top: nothing below imports them; only __main__ imports the CLI
         ("runtime", "notebook"),
         ("runtime", "transports.redis"),
-        ("invocation", "notebook.view"),
+        ("runtime", "spans"),
+        ("spans", "notebook"),
+        ("notebook", "invocation"),
+        ("notebook.view", "_runstream"),
         ("notebook", "cli"),
         ("transports.redis", "cli"),
         ("cli", ROOT),
@@ -413,7 +426,10 @@ def test_checker_reports_a_bad_edge(importer: str, dep: str) -> None:
         ("runtime", "stores.memory"),
         ("invocation", "runtime"),
         ("invocation", "_sink"),
-        ("notebook.view", "invocation"),
+        ("invocation", "notebook.view"),
+        ("notebook.view", "spans"),
+        ("notebook", "notebook.view"),
+        ("notebook.view", "runtime"),
         ("transports.redis", "runtime"),
         ("cli", "invocation"),
         ("__main__", "cli"),

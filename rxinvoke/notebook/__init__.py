@@ -1,0 +1,85 @@
+"""The Jupyter layer: readable objects, run views with a timeline, tables.
+
+- every event, ``RunOutput``, ``RunRecord``, ``EventEnvelope``, ``Message`` and ``TokenUsage``
+  renders as HTML in a notebook (a colour-coded chip per event family — run, model, text,
+  tool, store, safety — with every field one click away); registered with IPython when
+  rxinvoke is imported inside it (or ``%load_ext rxinvoke.notebook``);
+- :class:`RunView` — a run's header, transcript, SVG waterfall timeline and events:
+  ``await inv.view(run_id)``, ``await RunView.load(store, run_id)``, ``RunView.from_events(...)``;
+- :func:`to_records` / :func:`to_dataframe` — events as a flat table (pandas optional).
+
+Everything here is a pure function of values; the runtime never imports this package. Live
+views and marble diagrams are the next steps of this layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .._display import clock, short_id
+from ..events import EventBase
+from ..messages import Message, TokenUsage
+from ..request import RunOutput
+from ..stores.base import EventEnvelope, RunRecord
+from ._html import FAMILY_COLOURS, card, esc, event_table
+from .tables import to_dataframe, to_records
+from .view import Events, RunView
+
+__all__ = ("Events", "RunView", "install", "load_ipython_extension", "to_dataframe", "to_records", "to_html")
+
+_log = logging.getLogger("rxinvoke")
+
+
+def to_html(value: Any) -> str:
+    """The HTML rendering of an rxinvoke value (an event, output, record, envelope, message,
+    usage, a RunView or Events)."""
+    if isinstance(value, (RunView, Events)):
+        return value._repr_html_() or esc(repr(value))
+    if isinstance(value, EventBase):
+        return event_table([(None, value)])
+    if isinstance(value, EventEnvelope):
+        return event_table([(value.seq, value.event)])
+    if isinstance(value, RunOutput):
+        return card("run output", FAMILY_COLOURS["run"], f"{value.finish_reason.value} · {value.output_text}", value.model_dump(mode="json"))
+    if isinstance(value, RunRecord):
+        return card(f"run {value.status}", FAMILY_COLOURS["run"], f"{short_id(value.run_id)} · {value.request.input} · started {clock(value.started_at)}", value.model_dump(mode="json"))
+    if isinstance(value, Message):
+        return card(value.role, FAMILY_COLOURS["store"], value.content or f"{len(value.tool_calls)} tool call(s)", value.model_dump(mode="json"))
+    if isinstance(value, TokenUsage):
+        return card("tokens", FAMILY_COLOURS["model"], f"in {value.input_tokens} · out {value.output_tokens} · total {value.total_tokens}", value.model_dump(mode="json"))
+    raise TypeError(f"no HTML rendering for {type(value).__name__}")
+
+
+def _safe(render: Callable[[Any], str]) -> Callable[[Any], str | None]:
+    def formatter(value: Any) -> str | None:
+        try:
+            return render(value)
+        except Exception:
+            _log.exception("rxinvoke: HTML rendering of %s failed; plain text shown", type(value).__name__)
+            return None  # IPython shows text/plain instead
+
+    return formatter
+
+
+def install(ipython: Any = None) -> bool:
+    """Register the HTML renderings with IPython (the running one by default); False when
+    there is none. Idempotent."""
+    if ipython is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        ipython = get_ipython()
+    if ipython is None:
+        return False
+    html = ipython.display_formatter.formatters["text/html"]
+    for kind in (EventBase, EventEnvelope, RunOutput, RunRecord, Message, TokenUsage):
+        html.for_type(kind, _safe(to_html))
+    return True
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext rxinvoke.notebook``."""
+    install(ipython)
