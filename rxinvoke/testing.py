@@ -38,6 +38,7 @@ import ipaddress
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -77,13 +78,35 @@ async def settle(turns: int = 20) -> None:
 
 
 async def advance(scheduler: TestScheduler, seconds: float, *, steps: int = 100) -> None:
-    """Move ``scheduler`` ``seconds`` ahead in ``steps`` equal steps, letting the loop catch up
-    after each, so work that a timer wakes is itself timed from the right moment."""
+    """Move ``scheduler`` ``seconds`` ahead, letting the loop catch up after every due item,
+    so work a timer wakes (the next fragment's delay, a retry's backoff) is timed from the
+    moment it was woken — exactly as on a real clock.
+
+    It jumps from one due item to the next (the scheduler's queue is peeked); on a scheduler
+    without one it moves in ``steps`` equal steps instead.
+    """
     await settle()
-    step = seconds / steps
-    for _ in range(steps):
-        scheduler.advance_by(step)
+    target = scheduler.now + timedelta(seconds=seconds)
+    queue = getattr(scheduler, "_queue", None)
+    if queue is None or not hasattr(queue, "peek"):
+        for _ in range(steps):
+            scheduler.advance_by(seconds / steps)
+            await settle()
+        return
+    for _ in range(1_000_000):  # bounded: a timer that reschedules itself forever stops here
+        if not queue:
+            break
+        due = queue.peek().duetime
+        if due > target:
+            break
+        scheduler.advance_to(max(due, scheduler.now + _EPSILON))
         await settle()
+    if scheduler.now < target:
+        scheduler.advance_to(target)
+        await settle()
+
+
+_EPSILON = timedelta(microseconds=1)  # runs items due "now" (advance_to(now) runs nothing)
 
 
 class EventProbe:

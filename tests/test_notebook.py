@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -224,3 +225,108 @@ def test_events_render_as_a_compact_elided_table() -> None:
     html = many._repr_html_() or ""
     assert "more events" in html and html.count("<details>") == 120  # 60 first, 60 last
     assert repr(many).startswith("Events(260:")
+
+
+# --- live() and marbles() -----------------------------------------------------------------------
+
+
+class FakeDisplay:
+    """IPython's display/update_display, recorded."""
+
+    def __init__(self) -> None:
+        self.shown: dict[str, list[Any]] = {}
+
+    def display(self, obj: Any, *, display_id: str) -> None:
+        self.shown.setdefault(display_id, []).append(obj)
+
+    def update(self, obj: Any, *, display_id: str) -> None:
+        assert display_id in self.shown, "update before display"
+        self.shown[display_id].append(obj)
+
+
+async def test_live_shows_each_run_throttled_and_ends_on_its_final_state() -> None:
+    from reactivex.testing import TestScheduler
+
+    from rxinvoke.notebook import live
+    from rxinvoke.testing import advance
+
+    clock = TestScheduler()
+    answer = " ".join(f"w{i}" for i in range(100))
+    provider = ScriptedProvider(
+        [ScriptedProvider.text_turn(answer, pieces=100), ScriptedProvider.text_turn("second")],
+        delay=0.01, scheduler=clock,
+    )
+    inv = RuntimeInvocation(AgentRuntime(providers=[provider], scheduler=clock))
+    screen = FakeDisplay()
+    with live(inv, display=screen.display, update=screen.update) as view:
+        first = asyncio.ensure_future(inv.emit(EmitRequest("one")))
+        await advance(clock, 2.0)
+        await first
+        second = asyncio.ensure_future(inv.emit(EmitRequest("two")))
+        await advance(clock, 1.0)
+        await second
+    assert len(screen.shown) == 2  # one output per run
+    outputs = list(screen.shown.values())
+    final = outputs[0][-1]
+    assert isinstance(final, RunView) and final.status == "completed" and final.text == answer
+    assert outputs[1][-1].status == "completed" and outputs[1][-1].text == "second"
+    # ~1 s of streaming at most 10 updates per second (+ the first display and the final one)
+    assert len(outputs[0]) <= 13 and view.updates <= 15
+
+
+async def test_live_of_a_pipeline_shows_its_latest_item() -> None:
+    from reactivex.subject import Subject
+
+    from rxinvoke.notebook import live
+
+    screen = FakeDisplay()
+    source: Subject[str] = Subject()
+    handle = live(source, interval=0.0, display=screen.display, update=screen.update)
+    for text in ("a", "ab", "abc"):
+        source.on_next(text)
+    handle.dispose()
+    (shown,) = screen.shown.values()
+    assert repr(shown[-1]) == "'abc'" and "&#x27;abc&#x27;" in shown[-1]._repr_html_()
+
+
+async def test_marbles_record_lanes_on_the_loop_and_render_svg() -> None:
+    from reactivex import operators as ops
+    from reactivex.testing import TestScheduler
+
+    from rxinvoke import text_of, throttle_latest
+    from rxinvoke.notebook import marbles
+    from rxinvoke.testing import advance
+
+    clock = TestScheduler()
+    provider = ScriptedProvider([ScriptedProvider.text_turn("a b c d e f", pieces=6)], delay=0.05, scheduler=clock)
+    inv = RuntimeInvocation(AgentRuntime(providers=[provider], scheduler=clock))
+    stream = inv.stream(EmitRequest("go"))
+    deltas = stream.pipe(text_of())
+    lanes = {"deltas": deltas, "throttled": deltas.pipe(throttle_latest(0.1, scheduler=clock)), "kinds": stream.pipe(ops.filter(lambda e: e.type == "run_completed"))}
+    recording = asyncio.ensure_future(marbles(lanes, until=1.0, scheduler=clock))
+    await advance(clock, 1.5)
+    diagram = await recording
+    assert [m.label for m in diagram.lanes["deltas"] if m.kind == "N"] == ["a ", "b ", "c ", "d ", "e ", "f"]
+    assert diagram.lanes["deltas"][-1].kind == "C"
+    assert 2 <= sum(m.kind == "N" for m in diagram.lanes["throttled"]) < 6
+    assert [m.label for m in diagram.lanes["kinds"] if m.kind == "N"] == ["run_completed"]
+    svg = ET.fromstring(diagram.svg())
+    assert len(groups(svg, "rxi-marble")) == sum(m.kind == "N" for marks in diagram.lanes.values() for m in marks)
+    assert len(groups(svg, "rxi-completed")) == 3
+
+
+def test_a_test_schedulers_messages_draw_the_same_picture() -> None:
+    from reactivex.testing import ReactiveTest, TestScheduler
+
+    from rxinvoke import throttle_latest
+    from rxinvoke.notebook import MarbleDiagram
+
+    scheduler = TestScheduler()
+    source = scheduler.create_hot_observable(
+        ReactiveTest.on_next(201, "a"), ReactiveTest.on_next(203, "b"), ReactiveTest.on_error(230, ValueError("x"))
+    )
+    results = scheduler.start(lambda: source.pipe(throttle_latest(10, scheduler=scheduler)))
+    diagram = MarbleDiagram.from_messages({"throttled": results.messages}, start=200)
+    assert [(m.time, m.kind, m.label) for m in diagram.lanes["throttled"]] == [(1, "N", "a"), (11, "N", "b"), (30, "E", "x")]
+    svg = ET.fromstring(diagram._repr_html_())
+    assert len(groups(svg, "rxi-error")) == 1

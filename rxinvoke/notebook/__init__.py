@@ -8,8 +8,11 @@
   ``await inv.view(run_id)``, ``await RunView.load(store, run_id)``, ``RunView.from_events(...)``;
 - :func:`to_records` / :func:`to_dataframe` — events as a flat table (pandas optional).
 
-Everything here is a pure function of values; the runtime never imports this package. Live
-views and marble diagrams are the next steps of this layer.
+- :func:`live` — a run's view updated in place while it streams (throttled, ends on the
+  final state); :func:`marbles` — an SVG marble diagram of Observables (or of a
+  TestScheduler's recorded messages: ``MarbleDiagram.from_messages``).
+
+Renderings are pure functions of values; the runtime never imports this package.
 """
 
 from __future__ import annotations
@@ -24,10 +27,24 @@ from ..messages import Message, TokenUsage
 from ..request import RunOutput
 from ..stores.base import EventEnvelope, RunRecord
 from ._html import FAMILY_COLOURS, card, esc, event_table
+from .live import LiveView, live
+from .marbles import MarbleDiagram, marbles
 from .tables import to_dataframe, to_records
 from .view import Events, RunView
 
-__all__ = ("Events", "RunView", "install", "load_ipython_extension", "to_dataframe", "to_records", "to_html")
+__all__ = (
+    "Events",
+    "LiveView",
+    "MarbleDiagram",
+    "RunView",
+    "install",
+    "live",
+    "load_ipython_extension",
+    "marbles",
+    "to_dataframe",
+    "to_html",
+    "to_records",
+)
 
 _log = logging.getLogger("rxinvoke")
 
