@@ -228,8 +228,9 @@ class RunView:
             ("run", self.run_id),
         ]
         cells = "".join(
-            f'<td style="padding:0 10px 0 0"><div style="color:#6b7280;font-size:11px">{esc(k)}</div>'
-            f"<div>{esc(v)}</div></td>"
+            f'<td style="padding:0 12px 0 0;text-align:left;white-space:nowrap" title="{esc(v)}">'
+            f'<div style="color:#6b7280;font-size:11px">{esc(k)}</div>'
+            f'<div style="font-size:12px">{esc(short_id(v) if k in ("session", "run") else v)}</div></td>'
             for k, v in facts
         )
         error = (
