@@ -1,5 +1,10 @@
-"""Notebook benchmark: a RunView of a 10 000-event run (issue 10 targets: HTML built in
-<= 100 ms and <= 300 KB; the event table elides the middle with a count).
+"""Notebook benchmark (issue 10 targets):
+
+1. a RunView of a 10 000-event run: HTML built in <= 100 ms and <= 300 KB (the event table
+   elides the middle with a count);
+2. a run streaming 5 000 fragments (a scripted model at 2 000 fragments/s) with a live view
+   attached (every update rendered to HTML, as Jupyter would) against the same run without:
+   <= 10% slower, and <= 10 display updates per second.
 
     python -m benchmarks.notebook            # full run
     python -m benchmarks.notebook --quick    # smoke run (CI)
@@ -48,6 +53,40 @@ def big_run(events: int) -> list[InvocationEvent]:
     return made
 
 
+async def live_overhead(fragments: int) -> tuple[float, float, float]:
+    """(wall with live / wall without, updates per second, seconds) for one streamed run."""
+
+    from rxinvoke import AgentRuntime, EmitRequest, RuntimeInvocation, ScriptedProvider
+    from rxinvoke.notebook import live
+
+    text = " ".join(f"w{i}" for i in range(fragments))
+
+    async def one(with_live: bool) -> tuple[float, int]:
+        provider = ScriptedProvider([ScriptedProvider.text_turn(text, pieces=fragments)], delay=0.0005)
+        inv = RuntimeInvocation(AgentRuntime(providers=[provider]))
+        renders = [0]
+
+        def render(obj: object, display_id: str) -> None:
+            obj._repr_mimebundle_()  # type: ignore[attr-defined]
+            renders[0] += 1
+
+        begin = time.perf_counter()
+        if with_live:
+            with live(inv, display=render, update=render) as view:
+                await inv.emit(EmitRequest("go"))
+            updates = view.updates
+        else:
+            await inv.emit(EmitRequest("go"))
+            updates = 0
+        return time.perf_counter() - begin, updates
+
+    await one(False)  # warm up
+    plain = min([(await one(False))[0] for _ in range(3)])
+    runs = [await one(True) for _ in range(3)]
+    with_live, updates = min(runs)
+    return with_live / plain, updates / with_live, with_live
+
+
 async def main(quick: bool) -> None:
     count = 1_000 if quick else 10_000
     print(f"# rxinvoke notebook benchmark ({'quick' if quick else 'full'})")
@@ -62,6 +101,11 @@ async def main(quick: bool) -> None:
     print(
         f"1. RunView of a {count:,}-event run: HTML built in {statistics.median(timings):.1f} ms "
         f"(median; target <= 100 ms) · {len(html.encode()) / 1024:.0f} KB (target <= 300 KB)"
+    )
+    ratio, rate, seconds = await live_overhead(500 if quick else 5_000)
+    print(
+        f"2. a {500 if quick else 5_000:,}-fragment run with a live view: {ratio:.2f}x the run without "
+        f"(target <= 1.10x) · {rate:.1f} display updates/s (target <= 10) over {seconds:.2f} s"
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import reactivex
 from reactivex import Observable, abc
@@ -29,7 +30,7 @@ from .control import SessionContext
 from .errors import SubscriberError
 from .events import EventKind, InvocationEvent
 
-__all__ = ("Deliver", "EventBus")
+__all__ = ("Deliver", "EventBus", "SubscriptionStats")
 
 _log = logging.getLogger("rxinvoke")
 
@@ -239,3 +240,19 @@ class EventBus:
             self._errors.on_next(error)
         except Exception:
             _log.exception("an observer of rxinvoke errors raised")
+
+
+@dataclass(frozen=True)
+class SubscriptionStats:
+    """A snapshot of the counters of one ``on`` subscription."""
+
+    delivered: int = 0
+    """Handler calls that returned normally."""
+    dropped: int = 0
+    """Events dropped by the overflow policy."""
+    failed: int = 0
+    """Handler calls that raised or timed out."""
+    in_flight: int = 0
+    """Handler calls running now."""
+    queued: int = 0
+    """Events waiting in the buffer."""

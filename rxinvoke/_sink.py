@@ -15,13 +15,12 @@ import inspect
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from reactivex import abc
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
-from ._bus import EventBus
+from ._bus import EventBus, SubscriptionStats
 from ._compat import cancel_requested, uncancel
 from .control import Control, SessionContext
 from .errors import SubscriberError, SubscriberOverflow
@@ -34,22 +33,6 @@ Overflow = Literal["drop_oldest", "error"]
 
 Handler = Callable[[InvocationEvent, SessionContext, Control], Awaitable[Any] | None]
 """``handler(event, ctx, control)``; sync or async."""
-
-
-@dataclass(frozen=True)
-class SubscriptionStats:
-    """A snapshot of the counters of one ``on`` subscription."""
-
-    delivered: int = 0
-    """Handler calls that returned normally."""
-    dropped: int = 0
-    """Events dropped by the overflow policy."""
-    failed: int = 0
-    """Handler calls that raised or timed out."""
-    in_flight: int = 0
-    """Handler calls running now."""
-    queued: int = 0
-    """Events waiting in the buffer."""
 
 
 _Item = tuple[InvocationEvent, SessionContext]

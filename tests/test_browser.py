@@ -73,7 +73,7 @@ def run_chromium(*args: str) -> str:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("name", "timelines", "diagrams"),
-    [("quickstart", 2, 0), ("pipelines", 0, 3), ("stored-runs", 1, 0), ("testing", 1, 1)],
+    [("quickstart", 2, 0), ("pipelines", 12, 5), ("stored-runs", 4, 0), ("testing", 1, 1)],
 )
 def test_the_notebooks_render_their_svgs_in_a_real_browser(
     name: str, timelines: int, diagrams: int, tmp_path_factory: pytest.TempPathFactory

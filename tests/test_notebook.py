@@ -330,3 +330,16 @@ def test_a_test_schedulers_messages_draw_the_same_picture() -> None:
     assert [(m.time, m.kind, m.label) for m in diagram.lanes["throttled"]] == [(1, "N", "a"), (11, "N", "b"), (30, "E", "x")]
     svg = ET.fromstring(diagram._repr_html_())
     assert len(groups(svg, "rxi-error")) == 1
+
+
+def test_marble_labels_and_subscription_stats_render_escaped() -> None:
+    from rxinvoke import SubscriptionStats
+    from rxinvoke.notebook import MarbleDiagram
+    from rxinvoke.notebook.marbles import Mark
+
+    diagram = MarbleDiagram({EVIL: [Mark(0.1, "N", EVIL, "#000"), Mark(0.2, "E", EVIL, "#f00")]})
+    html = diagram._repr_html_() or ""
+    assert "<script" not in html and "<img" not in html and "&lt;script&gt;" in html
+    ET.fromstring(html)  # well-formed SVG
+    stats = to_html(SubscriptionStats(delivered=3, dropped=1))
+    assert "delivered 3" in stats and "dropped 1" in stats

@@ -42,8 +42,8 @@ def test_every_notebook_is_checked() -> None:
     ("name", "answers", "views", "diagrams"),
     [
         ("quickstart", ["2 + 3 = 5.", "12 * 7 = 84."], 2, 0),
-        ("pipelines", [], 0, 3),
-        ("stored-runs", ["7 * 6 = 42."], 1, 0),
+        ("pipelines", ["2 + 3 = 5.", "4 * 5 = 20."], 12, 5),
+        ("stored-runs", ["7 * 6 = 42.", "2 + 3 = 5."], 4, 0),
         ("testing", ["hello"], 1, 1),
     ],
 )
@@ -69,4 +69,4 @@ def test_the_saved_notebooks_hold_their_outputs() -> None:
         book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         assert any('class="rxi-run-view"' in h and "<svg" in h for h in html_outputs(book)), name
     pipelines = nbformat.read(NOTEBOOKS / "pipelines.ipynb", as_version=4)
-    assert sum('aria-label="marble diagram"' in h for h in html_outputs(pipelines)) == 3
+    assert sum('aria-label="marble diagram"' in h for h in html_outputs(pipelines)) == 5

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .._bus import SubscriptionStats
 from .._display import clock, short_id
 from ..events import EventBase
 from ..messages import Message, TokenUsage
@@ -64,6 +65,9 @@ def to_html(value: Any) -> str:
         return card(f"run {value.status}", FAMILY_COLOURS["run"], f"{short_id(value.run_id)} · {value.request.input} · started {clock(value.started_at)}", value.model_dump(mode="json"))
     if isinstance(value, Message):
         return card(value.role, FAMILY_COLOURS["store"], value.content or f"{len(value.tool_calls)} tool call(s)", value.model_dump(mode="json"))
+    if isinstance(value, SubscriptionStats):
+        fields = {k: getattr(value, k) for k in ("delivered", "dropped", "failed", "in_flight", "queued")}
+        return card("subscription", FAMILY_COLOURS["tool"], " · ".join(f"{k} {v}" for k, v in fields.items()), fields)
     if isinstance(value, TokenUsage):
         return card("tokens", FAMILY_COLOURS["model"], f"in {value.input_tokens} · out {value.output_tokens} · total {value.total_tokens}", value.model_dump(mode="json"))
     raise TypeError(f"no HTML rendering for {type(value).__name__}")
@@ -92,7 +96,7 @@ def install(ipython: Any = None) -> bool:
     if ipython is None:
         return False
     html = ipython.display_formatter.formatters["text/html"]
-    for kind in (EventBase, EventEnvelope, RunOutput, RunRecord, Message, TokenUsage):
+    for kind in (EventBase, EventEnvelope, RunOutput, RunRecord, Message, TokenUsage, SubscriptionStats):
         html.for_type(kind, _safe(to_html))
     return True
 

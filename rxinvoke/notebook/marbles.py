@@ -11,6 +11,7 @@ results.messages})`` (virtual time).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from ..events import EventBase
 from ._html import FAMILY_COLOURS, esc, family_of
 
 __all__ = ("Mark", "MarbleDiagram", "marbles")
+
+_log = logging.getLogger("rxinvoke")
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,12 @@ class MarbleDiagram:
         counts = ", ".join(f"{name}: {sum(m.kind == 'N' for m in marks)}" for name, marks in self.lanes.items())
         return f"MarbleDiagram({counts}; {self.duration:.3g} s)"
 
-    def _repr_html_(self) -> str:
-        return self.svg()
+    def _repr_html_(self) -> str | None:
+        try:
+            return self.svg()
+        except Exception:
+            _log.exception("rxinvoke: rendering a MarbleDiagram failed; plain text shown")
+            return None
 
     def svg(self) -> str:
         """The diagram as inline SVG (escaped labels in ``<title>`` tooltips)."""
