@@ -17,7 +17,6 @@ import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
 
 import pydantic
 from reactivex import Observable, abc
@@ -268,10 +267,3 @@ class RuntimeInvocation:
                 f"build must return an EmitRequest, got {type(request).__name__}"
             )
         return request
-
-
-def _consume_result(task: asyncio.Future[Any]) -> None:
-    # The outcome is already published as the terminal event; retrieve it so asyncio does
-    # not log "exception was never retrieved".
-    if not task.cancelled():
-        task.exception()
