@@ -386,3 +386,15 @@ def test_an_empty_unmarked_file_with_a_user_version_is_refused(tmp_path: Path) -
 
     with pytest.raises(StoreError, match="not an rxinvoke database"):
         _asyncio.run(open_it())
+
+
+async def test_a_finished_runs_log_takes_no_more_events_and_reads_back_whole(store: Store) -> None:
+    rec = await start(store, record())
+    events = [envelope(rec, 1, TextDelta(run_id=rec.run_id, delta="a"))]
+    await store.append_events(events)
+    terminal = envelope(rec, 2, RunCompleted(run_id=rec.run_id, finish_reason=FinishReason.STOP, iterations=1))
+    await store.finish_run(rec.run_id, RunOutcome.completed(output(rec)), events=[terminal])
+    with pytest.raises(StoreError, match="finished"):
+        await store.append_events([envelope(rec, 3, TextDelta(run_id=rec.run_id, delta="late"))])
+    assert await store.read_events(rec.run_id) == [*events, terminal]
+    assert await store.read_events(rec.run_id, after_seq=1) == [terminal]

@@ -707,12 +707,14 @@ class SqliteStore:
 
     def _stored_last_seq(self, conn: sqlite3.Connection, run_id: str) -> int:
         row = conn.execute(
-            "SELECT (SELECT 1 FROM runs WHERE id = ?), (SELECT last_seq FROM event_segments "
+            "SELECT (SELECT status FROM runs WHERE id = ?), (SELECT last_seq FROM event_segments "
             "WHERE run_id = ? ORDER BY first_seq DESC LIMIT 1)",
             (run_id, run_id),
         ).fetchone()
         if row[0] is None:
             raise UnknownRun(run_id)
+        if row[0] != "running":
+            raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
         return int(row[1] or 0)
 
     def _insert_events(self, conn: sqlite3.Connection, events: Sequence[EventEnvelope]) -> None:
