@@ -113,12 +113,14 @@ async def _stream(
                 delta = text.feed(raw.delta)
                 if not delta:
                     continue  # a high surrogate waiting for its pair
-                event = raw.model_copy(update={"run_id": run_id, "delta": delta})
+                event = raw.with_run_id(run_id)
+                if delta is not raw.delta:
+                    event = event.model_copy(update={"delta": delta})
             else:
                 rest = text.flush()
                 if rest:
                     _publish_chat(ChatTextDelta(delta=rest, run_id=run_id), accumulator, publish)
-                event = raw.model_copy(update={"run_id": run_id})
+                event = raw.with_run_id(run_id)
             _publish_chat(event, accumulator, publish)
     except RxInvokeError:
         raise

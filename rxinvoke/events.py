@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, TypeAdapter
 
@@ -61,6 +61,22 @@ __all__ = (
 )
 
 
+_E = TypeVar("_E", bound="EventBase")
+
+
+def _trusted(cls: type[_E], values: dict[str, Any]) -> _E:
+    """An event built from values the runtime itself produced (every field given, known
+    good), without validation: on the publish path of every streamed fragment, where
+    pydantic's validation and ``model_copy`` would cost several µs per event."""
+    event = cls.__new__(cls)
+    setattr_ = object.__setattr__
+    setattr_(event, "__dict__", values)
+    setattr_(event, "__pydantic_fields_set__", set(values))
+    setattr_(event, "__pydantic_extra__", None)
+    setattr_(event, "__pydantic_private__", None)
+    return event
+
+
 class EventBase(Frozen):
     """Fields and behaviour every event shares."""
 
@@ -89,6 +105,10 @@ class EventBase(Frozen):
     def is_terminal(self) -> bool:
         """True for ``run_completed``, ``run_failed`` and ``run_cancelled``."""
         return self.terminal
+
+    def with_run_id(self: _E, run_id: str) -> _E:
+        """A copy of this event carrying ``run_id`` (how the runtime republishes chat events)."""
+        return _trusted(type(self), {**self.__dict__, "run_id": run_id})
 
     def as_agent(self) -> AgentEvent | None:
         """This event as an agent event: itself, or the agent event a chat event maps to.
@@ -295,7 +315,10 @@ class ChatTextDelta(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return TextDelta(run_id=self.run_id, timestamp=self.timestamp, delta=self.delta)
+        return _trusted(
+            TextDelta,
+            {"run_id": self.run_id, "timestamp": self.timestamp, "type": "text_delta", "delta": self.delta},
+        )
 
 
 class ChatToolCallStarted(EventBase):
@@ -308,8 +331,12 @@ class ChatToolCallStarted(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return ToolCallStarted(
-            run_id=self.run_id, timestamp=self.timestamp, call_id=self.id, tool_name=self.name
+        return _trusted(
+            ToolCallStarted,
+            {
+                "run_id": self.run_id, "timestamp": self.timestamp, "type": "tool_call_started",
+                "call_id": self.id, "tool_name": self.name,
+            },
         )
 
 
@@ -323,8 +350,12 @@ class ChatToolCallArgumentsDelta(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return ToolCallDelta(
-            run_id=self.run_id, timestamp=self.timestamp, call_id=self.id, delta=self.delta
+        return _trusted(
+            ToolCallDelta,
+            {
+                "run_id": self.run_id, "timestamp": self.timestamp, "type": "tool_call_delta",
+                "call_id": self.id, "delta": self.delta,
+            },
         )
 
 
@@ -337,7 +368,10 @@ class ChatToolCallCompleted(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return ToolCallCompleted(run_id=self.run_id, timestamp=self.timestamp, call=self.call)
+        return _trusted(
+            ToolCallCompleted,
+            {"run_id": self.run_id, "timestamp": self.timestamp, "type": "tool_call_completed", "call": self.call},
+        )
 
 
 class ChatFinished(EventBase):
