@@ -33,7 +33,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import reactivex
 from reactivex import Observable, abc
@@ -41,6 +40,7 @@ from reactivex.disposable import Disposable
 from reactivex.subject import Subject
 
 from ._bus import EventBus
+from ._futures import retrieve
 from .control import SessionContext
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import EventKind, InvocationEvent
@@ -207,7 +207,7 @@ class EventLog:
         batch, self._pending = self._pending, []
         self._in_flight = batch
         write = asyncio.ensure_future(self._write_batch(batch, write_with, always))
-        write.add_done_callback(_retrieve)
+        write.add_done_callback(retrieve)
         return write
 
     async def _write_batch(
@@ -257,7 +257,7 @@ class EventLog:
                 observer.on_completed()
 
             task = asyncio.get_running_loop().create_task(read())
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(retrieve)
 
             def dispose() -> None:
                 task.cancel()
@@ -322,7 +322,7 @@ class _Follower:
         snapshot = log.unflushed(self._run_id)
         active = log.is_active(self._run_id)
         self._task = asyncio.get_running_loop().create_task(self._catch_up(snapshot, active))
-        self._task.add_done_callback(_retrieve)
+        self._task.add_done_callback(retrieve)
         return Disposable(self._dispose)
 
     def _dispose(self) -> None:
@@ -414,10 +414,3 @@ class _Follower:
                 return
             await asyncio.sleep(delay)
             delay = self._poll_interval if fresh else min(delay * 2, _MAX_POLL)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    # Outcomes are reported elsewhere (raised to the flusher, sent as on_error); retrieve the
-    # exception so asyncio does not log "exception was never retrieved".
-    if not future.cancelled():
-        future.exception()

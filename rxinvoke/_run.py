@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from reactivex import abc
 
+from ._futures import retrieve
 from .control import Control, SessionContext
 from .providers.base import ChatProvider
 from .request import RunOutput, RunRequest
@@ -78,7 +79,7 @@ class Run:
         """What ``run()`` returns or raises, once it does (never left unretrieved)."""
         if self._outcome is None:
             self._outcome = asyncio.get_running_loop().create_future()
-            self._outcome.add_done_callback(_retrieve)
+            self._outcome.add_done_callback(retrieve)
         return self._outcome
 
     def settled(self, result: RunOutput | BaseException) -> None:
@@ -157,8 +158,3 @@ class Run:
                 disposable.dispose()
         self._listener = self._timeout_listener = self._timer = None
         self.ended.set()
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: asyncio never logs "exception was never retrieved"

@@ -22,6 +22,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 from reactivex.subject import ReplaySubject
 
+from ._futures import retrieve
 from .control import Control, SessionContext
 from .errors import InvocationCancelled, InvocationError
 from .events import InvocationEvent, RunStarted
@@ -56,7 +57,7 @@ class RunStream(Observable[InvocationEvent]):
         self._control = control
         self._events: ReplaySubject[InvocationEvent] = ReplaySubject()
         self._result: asyncio.Future[RunOutput] = asyncio.get_running_loop().create_future()
-        self._result.add_done_callback(_retrieve)
+        self._result.add_done_callback(retrieve)
         self._is_started = False
         self._is_ended = False
         self._subscribers = 0
@@ -77,6 +78,11 @@ class RunStream(Observable[InvocationEvent]):
         cancels neither the run nor other awaiters.
         """
         return _Result(self)
+
+    @property
+    def is_started(self) -> bool:
+        """True once the run was started (by a subscription or an awaited ``result``)."""
+        return self._is_started
 
     @property
     def is_finished(self) -> bool:
@@ -112,7 +118,7 @@ class RunStream(Observable[InvocationEvent]):
             return
         self._attach()
         task = asyncio.get_running_loop().create_task(self._run(request, control))
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve)
 
     async def _run(self, request: RunRequest, control: Control) -> None:
         try:
@@ -174,8 +180,3 @@ class _Result:
     def __await__(self) -> Generator[Any, None, RunOutput]:
         self._stream._start()
         return asyncio.shield(self._stream._result).__await__()
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

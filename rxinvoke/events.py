@@ -19,13 +19,14 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, TypeAdapter
 
-from ._display import clip, clock, short, short_id
+from ._display import clip, clock, field_texts, short_id
 from ._frozen import Frozen
 from .messages import FinishReason, TokenUsage, ToolCall, utcnow
 
 __all__ = (
     "AGENT_EVENT",
     "CHAT_STREAM_EVENT",
+    "CHAT_TWINS",
     "INVOCATION_EVENT",
     "AgentEvent",
     "AssistantMessageCommitted",
@@ -89,14 +90,7 @@ class EventBase(Frozen):
 
     def __repr__(self) -> str:
         # one line, under 160 characters: kind, short run id, the fields that matter, time
-        parts = []
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if name in ("type", "run_id", "timestamp") or value is None:
-                continue
-            shown = short_id(value) if name.endswith("_id") and isinstance(value, str) else short(value)
-            parts.append(f"{name}={shown}")
-        fields = ", ".join(parts)
+        fields = ", ".join(field_texts(self))
         run = f"run {short_id(self.run_id)}, " if self.run_id else ""
         kind = getattr(self, "type", type(self).__name__)
         return clip(f"{kind}({run}{fields}{', ' if fields else ''}at {clock(self.timestamp)})", 159)
@@ -399,6 +393,12 @@ InvocationEvent = Annotated[
     Field(discriminator="type"),
 ]
 """Any event published on the runtime's subject."""
+
+CHAT_TWINS: frozenset[str] = frozenset(
+    {"chat_text_delta", "chat_tool_call_started", "chat_tool_call_arguments_delta", "chat_tool_call_completed"}
+)
+"""The chat event kinds the runtime republishes as agent events (``as_agent``): views and
+tables show one of each pair."""
 
 AGENT_EVENT: TypeAdapter[AgentEvent] = TypeAdapter(AgentEvent)
 CHAT_STREAM_EVENT: TypeAdapter[ChatStreamEvent] = TypeAdapter(ChatStreamEvent)

@@ -105,8 +105,6 @@ class _RunSpans:
         self.tools: dict[str, _Open] = {}
         self.lanes: list[datetime | None] = []  # per lane: when its last execution ended
         self.done: list[Span] = []
-        self.first_at: datetime | None = None
-        self.last_at: datetime | None = None
 
     def _root(self, at: datetime) -> _Open:
         if self.run is None:
@@ -115,8 +113,6 @@ class _RunSpans:
 
     def add(self, event: InvocationEvent) -> None:
         at = event.timestamp
-        self.first_at = self.first_at or at
-        self.last_at = at
         root = self._root(at)
         if isinstance(event, RunStarted):
             root.start = at
@@ -223,12 +219,8 @@ class _RunSpans:
         )
 
     def finish(self) -> list[Span]:
-        open_spans = []
-        if self.model is not None:
-            model = self.model
-            model.attributes.pop("_first_at", None)
-            open_spans.append(self._closed(model, None, "running"))
-        open_spans += [self._closed(span, None, "running") for span in self.tools.values()]
+        still_open = [*([self.model] if self.model is not None else []), *self.tools.values()]
+        open_spans = [self._closed(span, None, "running") for span in still_open]
         root = self.run_span
         if root is None:
             assert self.run is not None

@@ -37,6 +37,7 @@ import asyncio
 import ipaddress
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -56,12 +57,14 @@ from .stores import MemoryStore
 
 __all__ = (
     "EventProbe",
+    "OutboundRequestRefused",
     "Scripted",
     "advance",
     "event_capture",
     "marbles_of",
     "no_network",
     "probe",
+    "refuse_outbound_http",
     "scripted",
     "settle",
     "turn_from_marbles",
@@ -352,6 +355,10 @@ def probe() -> Iterator[Callable[..., EventProbe]]:
         created.close(allow_unconsumed=allowed)
 
 
+class OutboundRequestRefused(AssertionError):
+    """A test tried to reach a host that is not on this machine (no real model calls)."""
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost", "127.0.0.1", "::1"):
         return True
@@ -361,18 +368,32 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """httpx requests to hosts that are not loopback fail the test (no real model calls)."""
+@contextmanager
+def refuse_outbound_http() -> Iterator[None]:
+    """While active, an httpx request to a host that is not loopback raises
+    :class:`OutboundRequestRefused` (pydantic-ai's ``ALLOW_MODEL_REQUESTS`` idea, enforced at
+    the transport)."""
     try:
         import httpx
     except ImportError:  # no httpx: nothing can call out through it
+        yield
         return
     real = httpx.AsyncHTTPTransport.handle_async_request
 
     async def guarded(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> Any:
         if not _is_loopback(request.url.host):
-            raise AssertionError(f"a test may only call loopback servers, not {request.url.host!r}")
+            raise OutboundRequestRefused(
+                f"tests may only call loopback servers, not {request.url.host!r}"
+            )
         return await real(self, request)
 
-    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", guarded)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", guarded)
+        yield
+
+
+@pytest.fixture
+def no_network() -> Iterator[None]:
+    """httpx requests to hosts that are not loopback fail the test (no real model calls)."""
+    with refuse_outbound_http():
+        yield

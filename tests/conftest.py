@@ -2,48 +2,18 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-class OutboundRequestRefused(AssertionError):
-    """A test tried to reach a host that is not on this machine (no real model calls)."""
-
-
-def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from rxinvoke.testing import refuse_outbound_http
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _refuse_outbound_http() -> Iterator[None]:
-    """Every httpx request of the test session must go to loopback (pydantic-ai's
-    ``ALLOW_MODEL_REQUESTS`` idea, enforced at the transport): no real model calls."""
-    try:
-        import httpx
-    except ImportError:  # the [openai] extra is not installed: nothing can call out
-        yield
-        return
-    real = httpx.AsyncHTTPTransport.handle_async_request
-
-    async def guarded(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> Any:
-        if not _is_loopback(request.url.host):
-            raise OutboundRequestRefused(
-                f"tests may only call loopback servers, not {request.url.host!r}"
-            )
-        return await real(self, request)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", guarded)
+    """Every httpx request of the test session must go to loopback: no real model calls
+    (the guard of the rxinvoke.testing kit, for the whole session)."""
+    with refuse_outbound_http():
         yield
 
 

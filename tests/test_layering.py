@@ -6,7 +6,7 @@ Layers, bottom to top; a module may import modules of lower layers, and inside i
 only what the layer's rule allows:
 
 0. values       errors, messages, events, request, policy, control (+ _frozen, _version,
-                _compat, _clock: time on a scheduler, _display: short reprs): the imports among them are listed one by one
+                _compat, _clock: time on a scheduler, _display: short reprs, _futures): the imports among them are listed one by one
 1. definitions  tools, providers (and providers.*), stores (and stores.*): a family imports
                 its own members only; providers never import a store, stores never a provider
 2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _bus,
@@ -43,8 +43,8 @@ ROOT = "__init__"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "values",
-        ("_version", "_compat", "_clock", "_display", "_frozen", "errors", "messages", "events",
-         "request", "policy", "control"),
+        ("_version", "_compat", "_clock", "_display", "_frozen", "_futures", "errors", "messages",
+         "events", "request", "policy", "control"),
     ),
     ("definitions", ("tools", "providers", "providers.*", "stores", "stores.*")),
     (
@@ -70,6 +70,7 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "_clock": frozenset({"_compat"}),
         "_display": frozenset(),
         "_frozen": frozenset(),
+        "_futures": frozenset(),
         "errors": frozenset(),
         "messages": frozenset({"_display", "_frozen"}),
         "events": frozenset({"_display", "_frozen", "errors", "messages"}),

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._display import clip, clock, short_id
+from .._display import clock, field_texts
 from ..events import EventBase
 
 __all__ = ("FAMILY_COLOURS", "chip", "esc", "event_row", "family_of", "field_table", "json_text")
@@ -73,21 +73,7 @@ def field_table(fields: Mapping[str, Any]) -> str:
 
 
 def _summary(event: EventBase) -> str:
-    parts = []
-    for name in type(event).model_fields:
-        if name in ("type", "run_id", "timestamp"):
-            continue
-        value = getattr(event, name)
-        if value is None:
-            continue
-        brief = getattr(value, "_brief", None)
-        shown = brief() if callable(brief) else getattr(value, "value", value)
-        if name.endswith("_id") and isinstance(shown, str):
-            shown = short_id(shown)
-        if isinstance(shown, float):
-            shown = f"{shown:.3g}"
-        parts.append(f"{name}={clip(str(shown), 60)}")
-    return " · ".join(parts)
+    return " · ".join(field_texts(event, limit=60, quote=False))
 
 
 def event_row(event: EventBase, *, seq: int | None = None) -> str:

@@ -47,17 +47,23 @@ class _Latest:
 
 
 class _Output:
-    """One displayed output: its display id, what it shows, and its throttle state."""
+    """One displayed output: what it shows (a run's events, or a pipeline's latest item) and
+    its throttle state."""
 
-    __slots__ = ("display_id", "events", "finished", "last_update", "pending", "timer")
+    __slots__ = ("display_id", "events", "last_update", "latest", "run_id", "timer")
 
-    def __init__(self, display_id: str) -> None:
-        self.display_id = display_id
+    def __init__(self, run_id: str | None) -> None:
+        self.display_id = f"rxinvoke-live-{next(_ids)}"
+        self.run_id = run_id
         self.events: list[InvocationEvent] = []
-        self.finished = False
-        self.last_update: float | None = None
-        self.pending: Any = None
+        self.latest: Any = None
+        self.last_update = 0.0
         self.timer: abc.DisposableBase | None = None
+
+    def content(self) -> Any:
+        if self.run_id is None:
+            return _Latest(self.latest)
+        return RunView(self.events, run_id=self.run_id)
 
 
 class LiveView(abc.DisposableBase):
@@ -82,7 +88,7 @@ class LiveView(abc.DisposableBase):
         self._update: Callable[..., Any] = update
         self._interval = interval
         self._scheduler = loop_scheduler(scheduler)
-        self._outputs: dict[str, _Output] = {}
+        self._outputs: dict[str | None, _Output] = {}  # run id -> output; None: a pipeline's items
         self.updates = 0
         """Display updates made so far (the first display of each output not counted)."""
         self._subscription = source.subscribe(self._on_next)
@@ -90,49 +96,29 @@ class LiveView(abc.DisposableBase):
     def _now(self) -> float:
         return self._scheduler.now.timestamp()
 
-    def _output(self, key: str, first: Any) -> _Output:
-        output = self._outputs.get(key)
-        if output is None:
-            output = self._outputs[key] = _Output(f"rxinvoke-live-{next(_ids)}")
-            self._display(first, display_id=output.display_id)
-            output.last_update = self._now()
-        return output
-
     def _on_next(self, item: Any) -> None:
-        if isinstance(item, EventBase) and item.run_id is not None:
-            key = item.run_id
-            output = self._outputs.get(key)
-            if output is None:
-                output = _Output(f"rxinvoke-live-{next(_ids)}")
-                self._outputs[key] = output
-                output.events.append(item)  # type: ignore[arg-type]
-                self._display(RunView(output.events, run_id=key), display_id=output.display_id)
-                output.last_update = self._now()
-                return
-            output.events.append(item)  # type: ignore[arg-type]
-            if item.is_terminal:
-                output.finished = True
-                self._flush(output)  # the final state, at once
-                return
-            self._schedule(output, None)
+        is_event = isinstance(item, EventBase) and item.run_id is not None
+        key = item.run_id if is_event else None
+        output = self._outputs.get(key)
+        fresh = output is None
+        if output is None:
+            output = self._outputs[key] = _Output(key)
+        if is_event:
+            output.events.append(item)
         else:
-            output = self._outputs.get("_latest")
-            if output is None:
-                self._output("_latest", _Latest(item))
-                return
-            self._schedule(output, _Latest(item))
+            output.latest = item
+        if fresh:
+            self._display(output.content(), display_id=output.display_id)
+            output.last_update = self._now()
+        elif is_event and item.is_terminal:
+            self._flush(output)  # the final state, at once
+        else:
+            self._schedule(output)
 
-    def _content(self, output: _Output) -> Any:
-        if output.pending is not None:
-            return output.pending
-        key = next(k for k, v in self._outputs.items() if v is output)
-        return RunView(output.events, run_id=key)
-
-    def _schedule(self, output: _Output, content: Any) -> None:
-        output.pending = content if content is not None else output.pending
+    def _schedule(self, output: _Output) -> None:
         if output.timer is not None:
             return  # an update is due already: it will show the latest state
-        elapsed = self._now() - (output.last_update or 0.0)
+        elapsed = self._now() - output.last_update
         if elapsed >= self._interval:
             self._flush(output)
             return
@@ -147,8 +133,7 @@ class LiveView(abc.DisposableBase):
         if output.timer is not None:
             output.timer.dispose()
             output.timer = None
-        self._update(self._content(output), display_id=output.display_id)
-        output.pending = None
+        self._update(output.content(), display_id=output.display_id)
         output.last_update = self._now()
         self.updates += 1
 

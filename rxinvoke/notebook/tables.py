@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..events import InvocationEvent
+from ..events import CHAT_TWINS, InvocationEvent
 from ..stores.base import EventEnvelope
 
 __all__ = ("to_dataframe", "to_records")
 
-_CHAT_TWINS = frozenset(
-    {"chat_text_delta", "chat_tool_call_started", "chat_tool_call_arguments_delta", "chat_tool_call_completed"}
-)
 COLUMNS = (
     "seq", "timestamp", "run_id", "type", "text", "tool_name", "call_id", "iteration", "provider",
     "model", "status", "error", "duration_ms", "input_tokens", "output_tokens", "total_tokens",
@@ -31,7 +28,7 @@ def to_records(
     for item in events:
         seq = item.seq if isinstance(item, EventEnvelope) else None
         event = item.event if isinstance(item, EventEnvelope) else item
-        if not chat and event.type in _CHAT_TWINS:
+        if not chat and event.type in CHAT_TWINS:
             continue
         row: dict[str, Any] = dict.fromkeys(COLUMNS)
         row.update(seq=seq, timestamp=event.timestamp.isoformat(), run_id=event.run_id, type=event.type)

@@ -16,6 +16,7 @@ from typing import Any
 
 from .._display import clip, short_id
 from ..events import (
+    CHAT_TWINS,
     EventBase,
     InvocationEvent,
     RunCancelled,
@@ -34,14 +35,9 @@ from ..stores.base import RunRecord, Store
 from ._html import FAMILY_COLOURS, chip, esc, event_table
 from ._timeline import FAILURE_COLOUR, timeline_svg
 
-__all__ = ("CHAT_TWINS", "Events", "RunView")
+__all__ = ("Events", "RunView")
 
 _log = logging.getLogger("rxinvoke")
-
-CHAT_TWINS = frozenset(
-    {"chat_text_delta", "chat_tool_call_started", "chat_tool_call_arguments_delta", "chat_tool_call_completed"}
-)
-"""Chat events the runtime republishes as agent events (hidden unless ``chat=True``)."""
 
 _HEAD_ROWS = _TAIL_ROWS = 60
 _TRANSCRIPT_CHARS = 10_000  # of one assistant text block, in the transcript
@@ -188,7 +184,7 @@ class RunView:
         data: dict[str, Any] = {"text/plain": repr(self)}
         try:
             data["text/html"] = self.html()
-            data["application/json"] = self.summary()
+            data["application/json"] = self.to_json()
         except Exception:
             _log.exception("rxinvoke: rendering a RunView failed; plain text shown")
         return data, {"application/json": {"expanded": False}}
@@ -294,7 +290,8 @@ class RunView:
         ]
         hidden = len(self.events) - len(rows)
         caption = f"{len(self.events)} events" + (
-            f" ({hidden} chat-stream twins hidden: RunView(..., chat=True) shows them)" if hidden else ""
+            f" ({hidden} chat-stream twin{'s' if hidden != 1 else ''} hidden: RunView(..., chat=True) "
+            "shows them)" if hidden else ""
         )
         return (
             f'<details class="rxi-events"><summary style="cursor:pointer">{esc(caption)}</summary>'

@@ -251,7 +251,6 @@ class OpenAIProvider:
 
     def _mentions_secret(self, exc: BaseException) -> bool:
         seen: set[int] = set()
-        current: BaseException | None = exc
         pending = [exc]
         while pending:
             current = pending.pop()
