@@ -29,6 +29,7 @@ MEASURE = """
   });
   var pre = document.createElement('pre');
   pre.id = 'rxi-sizes';
+  pre.style.display = 'none';  // for --dump-dom only: the screenshot shows the notebook alone
   pre.textContent = JSON.stringify(found);
   document.body.appendChild(pre);
 })();
@@ -82,7 +83,7 @@ def test_the_notebooks_render_their_svgs_in_a_real_browser(
     folder.mkdir(parents=True, exist_ok=True)
     html = page(name, folder)
     dom = run_chromium("--dump-dom", html.as_uri())
-    found = re.search(r'<pre id="rxi-sizes">(.*?)</pre>', dom, re.S)
+    found = re.search(r'<pre id="rxi-sizes"[^>]*>(.*?)</pre>', dom, re.S)
     assert found, "the page did not render (no measurement)"
     sizes = json.loads(found.group(1).replace("&quot;", '"'))
     timeline_boxes = [(w, h) for label, w, h in sizes if label == "run timeline"]

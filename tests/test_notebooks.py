@@ -1,10 +1,10 @@
 """The notebooks under notebooks/ run as a newcomer would and show what they promise (issue 10):
 every run rendered as an HTML run view with its SVG timeline and its final answer, marble
-diagrams as SVG, in under 30 s each. Runs where the notebook extra (pandas) is installed."""
+diagrams as SVG. (How long each takes is a benchmark figure, not an assertion: BENCHMARKS.md.)
+Runs where the notebook extra (pandas) is installed."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,11 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 
-def execute(name: str) -> tuple[Any, float]:
+def execute(name: str) -> Any:
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    start = time.perf_counter()
+    # timeout: a hang guard per cell, not a speed check
     nbclient.NotebookClient(book, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-    return book, time.perf_counter() - start
+    return book
 
 
 def html_outputs(book: Any) -> list[str]:
@@ -48,8 +48,7 @@ def test_every_notebook_is_checked() -> None:
     ],
 )
 def test_a_notebook_runs_and_shows_its_runs(name: str, answers: list[str], views: int, diagrams: int) -> None:
-    book, seconds = execute(name)
-    assert seconds < 30
+    book = execute(name)
     html = html_outputs(book)
     run_views = [h for h in html if 'class="rxi-run-view"' in h]
     assert len(run_views) >= views

@@ -445,11 +445,18 @@ def test_throttle_latest_bounds_a_burst_to_one_item_per_window() -> None:
 
 async def test_time_operators_default_to_the_running_loop_not_a_thread() -> None:
     threads: list[int] = []
+    both = asyncio.Event()
+
+    def seen(_: Any) -> None:
+        threads.append(threading.get_ident())
+        if len(threads) == 2:
+            both.set()
+
     source: Subject[Any] = Subject()
-    sub = source.pipe(throttle_latest(0.01)).subscribe(lambda _: threads.append(threading.get_ident()))
+    sub = source.pipe(throttle_latest(0.01)).subscribe(seen)
     source.on_next(1)
-    source.on_next(2)
-    await asyncio.sleep(0.05)
+    source.on_next(2)  # goes out when the window closes, from a loop timer (not a thread)
+    await asyncio.wait_for(both.wait(), 5)
     sub.dispose()
     assert threads == [threading.get_ident()] * 2
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import reactivex
 from reactivex import operators as ops
+from reactivex.subject import Subject
 
 from rxinvoke import (
     AgentRuntime,
@@ -48,6 +48,14 @@ async def test_result_is_the_runs_output_and_the_events_complete_after_the_termi
 
 async def _await(observable: Any) -> Any:
     return await observable
+
+
+async def until(predicate: Any, turns: int = 1000) -> None:
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not reached")
 
 
 async def test_result_raises_the_runs_error() -> None:
@@ -90,9 +98,14 @@ async def test_disposing_early_cancels_and_the_result_says_so_once_stored() -> N
 async def test_take_until_cancellation_of_a_stream() -> None:
     gate = asyncio.Event()
     inv, _ = make([[gate, *ScriptedProvider.text_turn("never")]])
-    stop = reactivex.timer(0.01, scheduler=inv.scheduler)
+    stop: Subject[None] = Subject()
     stream = inv.stream(EmitRequest("hi"))
-    events = await stream.pipe(ops.take_until(stop), ops.to_list())
+    calling = asyncio.Event()
+    inv.observe("chat_started").subscribe(lambda e: calling.set())
+    collected = asyncio.ensure_future(_await(stream.pipe(ops.take_until(stop), ops.to_list())))
+    await calling.wait()  # the run is under way: now stop watching it
+    stop.on_next(None)
+    events = await collected
     assert events[0].type == "run_started"
     with pytest.raises(InvocationCancelled):
         await stream.result
@@ -103,7 +116,7 @@ async def test_cancelling_an_awaiter_of_result_touches_nothing_else() -> None:
     inv, _ = make([[gate, *ScriptedProvider.text_turn("done")]])
     stream = inv.stream(EmitRequest("hi"))
     waiter = asyncio.ensure_future(_await(stream.result))
-    await asyncio.sleep(0.01)
+    await until(lambda: stream.is_started)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter

@@ -79,9 +79,11 @@ async def test_spans_of_a_real_run_and_a_cancelled_one() -> None:
     cancelled = RuntimeInvocation(AgentRuntime(providers=[provider]))
     more: list[InvocationEvent] = []
     cancelled.observe().subscribe(more.append)
+    calling = asyncio.Event()
+    cancelled.observe("chat_started").subscribe(lambda e: calling.set())
     stream = cancelled.stream(EmitRequest("hi"))
     subscription = stream.subscribe(lambda e: None)
-    await asyncio.sleep(0.01)
+    await calling.wait()  # the model call is under way
     subscription.dispose()
     with pytest.raises(InvocationCancelled):
         await stream.result
@@ -156,3 +158,11 @@ def rxinvoke_request() -> Any:
     from rxinvoke import RunRequest
 
     return RunRequest("go")
+
+
+def test_chat_twins_are_exactly_the_chat_events_with_an_agent_twin() -> None:
+    from rxinvoke.events import CHAT_TWINS
+
+    chat = [e.with_run_id("r") for e in every_event_kind() if e.type.startswith("chat_")]
+    with_twin = {e.type for e in chat if e.as_agent() is not None}
+    assert with_twin == CHAT_TWINS

@@ -218,3 +218,13 @@ def test_a_downstream_project_writes_a_virtual_time_run_test_in_ten_lines(tmp_pa
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+async def test_no_network_refuses_a_host_that_is_not_loopback(no_network: None) -> None:
+    import httpx
+
+    from rxinvoke.testing import OutboundRequestRefused
+
+    async with httpx.AsyncClient() as client:  # the guard refuses before any connection
+        with pytest.raises(OutboundRequestRefused, match="198.51.100.7"):
+            await client.get("http://198.51.100.7/")
