@@ -444,17 +444,23 @@ class SqliteStore:
         return conn
 
     def _check(self, conn: sqlite3.Connection) -> None:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        # One read snapshot: another process may be migrating a new file at this moment, and
+        # its mark, version and tables must be seen all before or all after its commit.
+        conn.execute("BEGIN")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]
+        finally:
+            conn.execute("COMMIT")  # a read transaction: nothing is written
         if app_id not in (0, APPLICATION_ID):
             raise StoreError(f"{self.path}: not an rxinvoke database (application_id {app_id})")
         if app_id == 0:
             # Not marked as ours: only an empty, unversioned file may become an rxinvoke
             # database (every migration marks the file). Checked before anything is written
             # (the WAL switch included), so another application's file stays as it was.
-            tables = conn.execute(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-            ).fetchone()[0]
             if tables:
                 raise StoreError(f"{self.path}: not an rxinvoke database (it has other tables)")
             if version != 0:
