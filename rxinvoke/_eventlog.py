@@ -1,9 +1,12 @@
 """EventLog: turns a runtime's published events into numbered envelopes and makes them durable.
 
 Numbering: the log listens on the bus (kind ``ANY``) and, for each event of a run it was told
-about (:meth:`EventLog.begin`), builds an :class:`~rxinvoke.store.EventEnvelope` with the run's
-next ``seq`` synchronously, inside ``publish``: the seq order is the publication order. Events
-of runs the log does not know (published by hand for other runs) are not logged.
+about (:meth:`EventLog.begin`), gives it the run's next ``seq`` synchronously, inside
+``publish``: the seq order is the publication order. Events of runs the log does not know
+(published by hand for other runs) are not logged. The
+:class:`~rxinvoke.stores.base.EventEnvelope` of a numbered event is built only when someone
+reads it (a follower, an observer of :attr:`EventLog.envelopes`, a store that iterates its
+batch): writes hand the store an :class:`~rxinvoke.stores.base.EventBatch` of plain entries.
 
 Batching: envelopes wait in memory until a step boundary, where the runtime commits the
 step's messages (a model turn with tool calls, tool results) with
@@ -45,7 +48,7 @@ from .control import SessionContext
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import EventKind, InvocationEvent
 from .messages import Message
-from .stores.base import EventEnvelope, RunOutcome, Store
+from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store
 
 __all__ = ("EventLog",)
 
@@ -74,8 +77,10 @@ class EventLog:
         self.store = store
         self._bus = bus
         self._runs: dict[str, _RunLog] = {}
-        self._pending: list[EventEnvelope] = []
-        self._in_flight: list[EventEnvelope] = []
+        # (run_id, session_id, seq, event) per numbered event: an envelope is built only when
+        # someone reads it (a follower, an observer of envelopes, a store that wants one)
+        self._pending: list[LogEntry] = []
+        self._in_flight: list[LogEntry] = []
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._written = 0
         self._deferred: dict[str, list[Message]] = {}
@@ -127,15 +132,17 @@ class EventLog:
         run = self._runs.get(run_id)
         if run is None:
             return
-        run.seq += 1
-        envelope = EventEnvelope.of(event, run_id, run.session_id, run.seq)
-        self._pending.append(envelope)
+        seq = run.seq = run.seq + 1
+        self._pending.append((run_id, run.session_id, seq, event))
         followers = self._followers.get(run_id) if self._followers else None
-        if followers:
-            for follow in followers:
-                follow(envelope)  # followers are guarded: they never raise
-        if self._live.observers:
-            self._live.on_next(envelope)  # observers of _live are guarded: they never raise
+        observed = bool(self._live.observers)
+        if followers or observed:
+            envelope = EventEnvelope.of(event, run_id, run.session_id, seq)
+            if followers:
+                for follow in followers:
+                    follow(envelope)  # followers are guarded: they never raise
+            if observed:
+                self._live.on_next(envelope)  # observers of _live are guarded: they never raise
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -156,7 +163,7 @@ class EventLog:
         its events are written at once, and the message is committed whole or not at all.
         """
 
-        async def commit(batch: list[EventEnvelope]) -> None:
+        async def commit(batch: Sequence[EventEnvelope]) -> None:
             await self.store.append_messages(session_id, messages, events=batch)
 
         await self._serialized(commit, always=True)
@@ -173,7 +180,7 @@ class EventLog:
         """Write the waiting envelopes, the run's deferred messages and its terminal
         ``outcome`` in one transaction."""
 
-        async def settle(batch: list[EventEnvelope]) -> None:
+        async def settle(batch: Sequence[EventEnvelope]) -> None:
             messages = self._deferred.get(run_id, [])
             await self.store.finish_run(run_id, outcome, events=batch, messages=messages)
             self._deferred.pop(run_id, None)
@@ -181,7 +188,7 @@ class EventLog:
         await self._serialized(settle, always=True)
 
     async def _serialized(
-        self, write_with: Callable[[list[EventEnvelope]], Awaitable[None]], *, always: bool = False
+        self, write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]], *, always: bool = False
     ) -> None:
         # Writes run one at a time, in arrival order. A FIFO lock wakes one waiter per finished
         # write (waiters polling the current write would wake all of them each time: quadratic
@@ -202,7 +209,7 @@ class EventLog:
         await asyncio.shield(write)
 
     def _start(
-        self, write_with: Callable[[list[EventEnvelope]], Awaitable[None]], *, always: bool = False
+        self, write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]], *, always: bool = False
     ) -> asyncio.Future[None]:
         batch, self._pending = self._pending, []
         self._in_flight = batch
@@ -212,13 +219,13 @@ class EventLog:
 
     async def _write_batch(
         self,
-        batch: list[EventEnvelope],
-        write_with: Callable[[list[EventEnvelope]], Awaitable[None]],
+        batch: list[LogEntry],
+        write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]],
         always: bool,
     ) -> None:
         try:
             if batch or always:
-                await write_with(batch)
+                await write_with(EventBatch(batch))
         except BaseException as exc:
             self._pending[:0] = batch  # retried by the next flush, still in seq order
             if isinstance(exc, Exception):
@@ -231,7 +238,11 @@ class EventLog:
 
     def unflushed(self, run_id: str) -> list[EventEnvelope]:
         """The envelopes of ``run_id`` numbered but not yet stored, in seq order."""
-        return [e for e in (*self._in_flight, *self._pending) if e.run_id == run_id]
+        return [
+            EventEnvelope.of(event, run_id, session_id, seq)
+            for rid, session_id, seq, event in (*self._in_flight, *self._pending)
+            if rid == run_id
+        ]
 
     # --- reading ----------------------------------------------------------------------------
 

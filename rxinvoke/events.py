@@ -65,7 +65,7 @@ __all__ = (
 _E = TypeVar("_E", bound="EventBase")
 
 
-def _trusted(cls: type[_E], values: dict[str, Any]) -> _E:
+def trusted(cls: type[_E], values: dict[str, Any]) -> _E:
     """An event built from values the runtime itself produced (every field given, known
     good), without validation: on the publish path of every streamed fragment, where
     pydantic's validation and ``model_copy`` would cost several µs per event."""
@@ -102,7 +102,7 @@ class EventBase(Frozen):
 
     def with_run_id(self: _E, run_id: str) -> _E:
         """A copy of this event carrying ``run_id`` (how the runtime republishes chat events)."""
-        return _trusted(type(self), {**self.__dict__, "run_id": run_id})
+        return trusted(type(self), {**self.__dict__, "run_id": run_id})
 
     def as_agent(self) -> AgentEvent | None:
         """This event as an agent event: itself, or the agent event a chat event maps to.
@@ -309,7 +309,7 @@ class ChatTextDelta(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return _trusted(
+        return trusted(
             TextDelta,
             {"run_id": self.run_id, "timestamp": self.timestamp, "type": "text_delta", "delta": self.delta},
         )
@@ -325,7 +325,7 @@ class ChatToolCallStarted(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return _trusted(
+        return trusted(
             ToolCallStarted,
             {
                 "run_id": self.run_id, "timestamp": self.timestamp, "type": "tool_call_started",
@@ -344,7 +344,7 @@ class ChatToolCallArgumentsDelta(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return _trusted(
+        return trusted(
             ToolCallDelta,
             {
                 "run_id": self.run_id, "timestamp": self.timestamp, "type": "tool_call_delta",
@@ -362,7 +362,7 @@ class ChatToolCallCompleted(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return _trusted(
+        return trusted(
             ToolCallCompleted,
             {"run_id": self.run_id, "timestamp": self.timestamp, "type": "tool_call_completed", "call": self.call},
         )

@@ -32,9 +32,9 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, overload, runtime_checkable
 
 from pydantic import Field
 
@@ -44,7 +44,16 @@ from ..events import InvocationEvent, RunFailed, RunStarted
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
 
-__all__ = ("EventEnvelope", "RunOutcome", "RunRecord", "RunStatus", "Store")
+__all__ = (
+    "EventBatch",
+    "EventEnvelope",
+    "LogEntry",
+    "RunOutcome",
+    "RunRecord",
+    "RunStatus",
+    "Store",
+    "log_entries",
+)
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 """A stored run's status; every status but ``running`` is terminal."""
@@ -99,6 +108,56 @@ class EventEnvelope(Frozen):
 
 
 _ENVELOPE_FIELDS = frozenset(EventEnvelope.model_fields)
+
+LogEntry = tuple[str, "uuid.UUID | None", int, InvocationEvent]
+"""``(run_id, session_id, seq, event)``: an envelope's content before the envelope is built."""
+
+
+class EventBatch(Sequence[EventEnvelope]):
+    """The envelopes of one write, built only when someone reads them.
+
+    The runtime's event log hands its writes to a store as a batch: a store that knows it can
+    take the :attr:`entries` as they are (no envelope object per event, on the publish path of
+    every streamed fragment); any other code sees an ordinary sequence of envelopes.
+    """
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: list[LogEntry]) -> None:
+        self.entries = entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @overload
+    def __getitem__(self, index: int) -> EventEnvelope: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[EventEnvelope]: ...
+
+    def __getitem__(self, index: int | slice) -> EventEnvelope | list[EventEnvelope]:
+        if isinstance(index, slice):
+            return [_envelope(entry) for entry in self.entries[index]]
+        return _envelope(self.entries[index])
+
+    def __iter__(self) -> Iterator[EventEnvelope]:
+        return map(_envelope, self.entries)
+
+    def __repr__(self) -> str:
+        return f"EventBatch({len(self.entries)} envelopes)"
+
+
+def _envelope(entry: LogEntry) -> EventEnvelope:
+    run_id, session_id, seq, event = entry
+    return EventEnvelope.of(event, run_id, session_id, seq)
+
+
+def log_entries(events: Sequence[EventEnvelope]) -> Iterable[LogEntry]:
+    """``(run_id, session_id, seq, event)`` of each envelope of ``events``, in order, without
+    building envelopes for an :class:`EventBatch`."""
+    if isinstance(events, EventBatch):
+        return events.entries
+    return ((e.run_id, e.session_id, e.seq, e.event) for e in events)
 
 
 class RunRecord(Frozen):

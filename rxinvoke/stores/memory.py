@@ -1,26 +1,24 @@
 """MemoryStore: every session, run and event log in dicts; lost when the process ends.
 
-A running run's log is a list of envelopes; when the run finishes, its log is packed into one
-JSON byte string (decoded again when read): a kept finished run costs the garbage collector
-a handful of objects instead of a few hundred, and its memory shrinks several-fold.
+A running run's log is a list of its events (envelopes are built when the log is read); when
+the run finishes, its log is packed (``stores._packed``: a tuple of plain values per event,
+JSON bytes for the few events that hold models), which the garbage collector stops tracking:
+a kept finished run costs it a handful of objects instead of a few hundred.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Sequence
-
-from pydantic import TypeAdapter
 
 from ..errors import StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
-from .base import EventEnvelope, RunOutcome, RunRecord
+from ._packed import PackedLog, pack, unpack
+from .base import EventEnvelope, RunOutcome, RunRecord, log_entries
 
 __all__ = ("MemoryStore",)
-
-_EVENT_LIST: TypeAdapter[list[InvocationEvent]] = TypeAdapter(list[InvocationEvent])
 
 
 class MemoryStore:
@@ -45,13 +43,14 @@ class MemoryStore:
         self._max_finished = max_finished_runs
         self._max_sessions = max_sessions
         self._finished: deque[str] = deque()
-        self._sessions: OrderedDict[uuid.UUID, list[Message]] = OrderedDict()
+        # least recently used first (a plain dict: iterating an OrderedDict hashes every key)
+        self._sessions: dict[uuid.UUID, list[Message]] = {}
         self._running: Counter[uuid.UUID] = Counter()  # sessions with running runs
         self._runs: dict[str, RunRecord] = {}
         self._by_request: dict[str, str] = {}
-        self._events: dict[str, list[EventEnvelope]] = {}  # running runs
-        self._packed: dict[str, bytes] = {}  # finished runs: their events as one JSON array
-        self._usage: dict[str, list[TokenUsage]] = {}
+        self._events: dict[str, list[InvocationEvent]] = {}  # running runs: seq n at n - 1
+        self._packed: dict[str, PackedLog] = {}  # finished runs
+        self._usage: dict[str, list[TokenUsage]] = {}  # running runs (folded into the record)
 
     async def load_history(self, session_id: uuid.UUID) -> list[Message]:
         return list(self._sessions.get(session_id, ()))
@@ -69,23 +68,28 @@ class MemoryStore:
 
     def _history_of(self, session_id: uuid.UUID) -> list[Message]:
         """The session's history (created if new), marked as the most recently used."""
-        history = self._sessions.get(session_id)
+        sessions = self._sessions
+        history = sessions.pop(session_id, None)
         if history is None:
-            history = self._sessions[session_id] = []
+            history = sessions[session_id] = []
             self._forget_idle_sessions()
         else:
-            self._sessions.move_to_end(session_id)
+            sessions[session_id] = history  # now the most recently used
         return history
 
     def _forget_idle_sessions(self) -> None:
-        limit = self._max_sessions
-        if limit is None or len(self._sessions) <= limit:
+        limit, sessions = self._max_sessions, self._sessions
+        if limit is None or len(sessions) <= limit:
             return
-        for session_id in list(self._sessions):
-            if len(self._sessions) <= limit:
-                return
+        excess = len(sessions) - limit
+        idle: list[uuid.UUID] = []
+        for session_id in sessions:  # least recently used first
             if not self._running[session_id]:
-                del self._sessions[session_id]
+                idle.append(session_id)
+                if len(idle) == excess:
+                    break
+        for session_id in idle:
+            del sessions[session_id]
 
     @property
     def session_ids(self) -> tuple[uuid.UUID, ...]:
@@ -146,18 +150,20 @@ class MemoryStore:
         if messages:
             self._history_of(record.session_id).extend(messages)
         self._append(events)
-        log = self._events.pop(run_id)
-        self._packed[run_id] = _EVENT_LIST.dump_json([envelope.event for envelope in log])
+        self._packed[run_id] = pack(self._events.pop(run_id))
         self._running[record.session_id] -= 1
         if self._running[record.session_id] <= 0:
             del self._running[record.session_id]
             self._forget_idle_sessions()
+        usage = self._usage.pop(run_id, [])
         self._runs[run_id] = record.model_copy(
             update={
                 "status": outcome.status,
                 "output": outcome.output,
                 "error": outcome.error,
                 "finished_at": utcnow(),
+                "iterations": len(usage),
+                "total_usage": _total(usage),
             }
         )
         self._finished.append(run_id)
@@ -196,14 +202,15 @@ class MemoryStore:
         after = max(after_seq or 0, 0)
         log = self._events.get(run_id)
         if log is not None:
-            return log[after:]  # seq n is at index n - 1
-        packed = self._packed.get(run_id)
-        if packed is None:
-            raise UnknownRun(run_id)
+            events = log[after:]  # seq n is at index n - 1
+        else:
+            packed = self._packed.get(run_id)
+            if packed is None:
+                raise UnknownRun(run_id)
+            events = unpack(packed, after)
         session_id = self._runs[run_id].session_id
-        events = _EVENT_LIST.validate_json(packed)
         of = EventEnvelope.of
-        return [of(event, run_id, session_id, seq) for seq, event in enumerate(events[after:], after + 1)]
+        return [of(event, run_id, session_id, seq) for seq, event in enumerate(events, after + 1)]
 
     async def recover_interrupted(self) -> list[str]:
         return []
@@ -213,30 +220,37 @@ class MemoryStore:
 
     def _record(self, run_id: str) -> RunRecord:
         record = self._runs[run_id]
-        usage = self._usage.get(run_id, [])
-        total = TokenUsage()
-        for item in usage:
-            total = total + item
-        return record.model_copy(update={"iterations": len(usage), "total_usage": total})
+        usage = self._usage.get(run_id)
+        if usage is None:  # finished: its usage is in the record
+            return record
+        return record.model_copy(update={"iterations": len(usage), "total_usage": _total(usage)})
 
     def _check_seqs(self, events: Sequence[EventEnvelope]) -> None:
         last: dict[str, int] = {}
-        for envelope in events:
-            run_id = envelope.run_id
-            if run_id not in self._events:
-                if run_id in self._packed:
-                    raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
-                raise UnknownRun(run_id)
-            previous = last.get(run_id, len(self._events[run_id]))
-            if envelope.seq != previous + 1:
-                raise StoreError(
-                    f"run {run_id!r}: event seq {envelope.seq} does not follow {previous}"
-                )
-            last[run_id] = envelope.seq
+        logs = self._events
+        for run_id, _session_id, seq, _event in log_entries(events):
+            previous = last.get(run_id)
+            if previous is None:
+                log = logs.get(run_id)
+                if log is None:
+                    if run_id in self._packed:
+                        raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
+                    raise UnknownRun(run_id)
+                previous = len(log)
+            if seq != previous + 1:
+                raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {previous}")
+            last[run_id] = seq
 
     def _append(self, events: Sequence[EventEnvelope]) -> None:
-        for envelope in events:
-            self._events[envelope.run_id].append(envelope)
-            event = envelope.event
-            if isinstance(event, UsageRecorded):
-                self._usage[envelope.run_id].append(event.usage)
+        logs = self._events
+        for run_id, _session_id, _seq, event in log_entries(events):
+            logs[run_id].append(event)
+            if type(event) is UsageRecorded:
+                self._usage[run_id].append(event.usage)
+
+
+def _total(usage: Sequence[TokenUsage]) -> TokenUsage:
+    total = TokenUsage()
+    for item in usage:
+        total = total + item
+    return total

@@ -54,7 +54,14 @@ from ..errors import MigrationError, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, ToolCall, utcnow
 from ..request import RunOutput, RunRequest
-from .base import EventEnvelope, RunOutcome, RunRecord, RunStatus, interrupted_envelopes
+from .base import (
+    EventEnvelope,
+    RunOutcome,
+    RunRecord,
+    RunStatus,
+    interrupted_envelopes,
+    log_entries,
+)
 
 __all__ = ("SCHEMA_VERSION", "SqliteStore", "default_db_path")
 
@@ -732,8 +739,7 @@ class SqliteStore:
         first: dict[str, int] = {}
         batches: dict[str, list[InvocationEvent]] = {}
         usage = []
-        for envelope in events:
-            run_id = envelope.run_id
+        for run_id, _session_id, seq, event in log_entries(events):
             previous = last.get(run_id)
             if previous is None:
                 previous = cached.get(run_id)
@@ -741,11 +747,9 @@ class SqliteStore:
                     previous = self._stored_last_seq(conn, run_id)
                 first[run_id] = previous + 1
                 batches[run_id] = []
-            seq = envelope.seq
             if seq != previous + 1:
                 raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {previous}")
             last[run_id] = seq
-            event = envelope.event
             batches[run_id].append(event)
             if isinstance(event, UsageRecorded):
                 u = event.usage

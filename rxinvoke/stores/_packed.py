@@ -1,0 +1,84 @@
+"""A finished run's event log packed for keeping: cheap to build, invisible to the GC.
+
+An event whose fields are all plain values (str, int, float, bool, datetime, None: a text
+fragment, ``model_started``, ``run_started`` …) is kept as a tuple of its field values (in field
+order: ``run_id``, ``timestamp``, ``type``, …); any other event (one holding a model or an enum: ``chat_finished``, ``usage_recorded``,
+``tool_execution_finished`` …) as its JSON bytes. Python's garbage collector stops tracking a
+tuple of plain values after the first collection that sees it, so a kept log costs it nothing,
+and building the tuples costs a fraction of encoding every event as JSON (~0.2 µs per event
+against ~1.7 µs). Unpacking builds the events again, equal to the originals.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Sequence
+from datetime import datetime
+from operator import itemgetter
+from typing import Any, Literal, Union, get_args, get_origin
+
+from ..events import INVOCATION_EVENT, EventBase, InvocationEvent, trusted
+
+__all__ = ("PackedLog", "pack", "unpack")
+
+PackedLog = tuple[tuple[Any, ...] | bytes, ...]
+"""One item per event: a tuple of plain field values (in field order) or JSON bytes."""
+
+_PLAIN = (str, int, float, bool, datetime, type(None))
+
+
+def _is_plain(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(arg, (str, int, bool)) for arg in get_args(annotation))
+    if origin is Union or origin is types.UnionType:
+        return all(_is_plain(arg) for arg in get_args(annotation))
+    return annotation in _PLAIN
+
+
+def _event_classes() -> list[type[EventBase]]:
+    return [arg for arg in get_args(get_args(InvocationEvent)[0])]
+
+
+_TYPE_AT = 2
+"""Where ``type`` is in every event's fields (after EventBase's ``run_id`` and ``timestamp``)."""
+
+# type -> (class, field names), and class -> getter of those fields from a __dict__, for the
+# event classes whose fields are all plain values
+_FLAT: dict[str, tuple[type[EventBase], tuple[str, ...]]] = {}
+_GETTERS: dict[type[EventBase], itemgetter[Any]] = {}
+for _cls in _event_classes():
+    _names = tuple(_cls.model_fields)
+    if _names[_TYPE_AT] != "type":  # pragma: no cover - a broken event contract
+        raise TypeError(f"{_cls.__name__}: 'type' must be its third field")
+    if all(_is_plain(field.annotation) for field in _cls.model_fields.values()):
+        _FLAT[_cls.model_fields["type"].default] = (_cls, _names)
+        _GETTERS[_cls] = itemgetter(*_names)
+
+
+def pack(events: Sequence[InvocationEvent]) -> PackedLog:
+    """``events`` as a packed log."""
+    getters = _GETTERS
+    packed: list[tuple[Any, ...] | bytes] = []
+    append = packed.append
+    for event in events:
+        getter = getters.get(type(event))
+        if getter is not None:
+            append(getter(event.__dict__))
+        else:
+            append(event.__pydantic_serializer__.to_json(event))
+    return tuple(packed)
+
+
+def unpack(packed: PackedLog, start: int = 0) -> list[InvocationEvent]:
+    """The events of ``packed`` from index ``start`` on."""
+    flat = _FLAT
+    events: list[InvocationEvent] = []
+    append = events.append
+    for item in packed[start:]:
+        if isinstance(item, bytes):
+            append(INVOCATION_EVENT.validate_json(item))
+        else:
+            cls, names = flat[item[_TYPE_AT]]
+            append(trusted(cls, dict(zip(names, item, strict=True))))  # type: ignore[arg-type]
+    return events
