@@ -43,7 +43,7 @@ from reactivex.disposable import Disposable
 from reactivex.subject import Subject
 
 from ._bus import EventBus
-from ._futures import retrieve
+from ._futures import retrieve, start_eagerly
 from .control import SessionContext
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import EventKind, InvocationEvent
@@ -205,7 +205,10 @@ class EventLog:
         except BaseException:
             lock.release()
             raise
-        write.add_done_callback(lambda _: lock.release())
+        if write.done():  # written at once (start_eagerly): the next write need not wait
+            lock.release()
+        else:
+            write.add_done_callback(lambda _: lock.release())
         await asyncio.shield(write)
 
     def _start(
@@ -213,8 +216,9 @@ class EventLog:
     ) -> asyncio.Future[None]:
         batch, self._pending = self._pending, []
         self._in_flight = batch
-        write = asyncio.ensure_future(self._write_batch(batch, write_with, always))
-        write.add_done_callback(retrieve)
+        write = start_eagerly(self._write_batch(batch, write_with, always))
+        if not write.done():
+            write.add_done_callback(retrieve)
         return write
 
     async def _write_batch(

@@ -40,6 +40,7 @@ from ._compat import cancel_requested, uncancel
 from ._context import answer_dangling_calls
 from ._eventlog import EventLog
 from ._execute import ToolExecutor
+from ._futures import start_eagerly
 from ._model_call import call_model
 from ._run import Run
 from ._sessions import SessionGate
@@ -376,9 +377,7 @@ class AgentRuntime:
         # written with its terminal status (EventLog.defer_messages), before the next run of
         # the session reads the history.
         async with self._gate.hold(run.session_id):
-            claim = asyncio.ensure_future(
-                self.store.begin_run(record, opening, preamble=preamble)
-            )
+            claim = start_eagerly(self.store.begin_run(record, opening, preamble=preamble))
             interrupted = False
             try:
                 stored, history = await asyncio.shield(claim)
@@ -450,7 +449,7 @@ class AgentRuntime:
         # ends the run with InvocationFailed naming the StoreError.
         attempt = 0
         while True:
-            write = asyncio.ensure_future(self.log.finish(run_id, outcome))
+            write = start_eagerly(self.log.finish(run_id, outcome))
             while not write.done():
                 try:
                     await asyncio.shield(write)
