@@ -80,7 +80,8 @@ class EventLog:
         # (run_id, session_id, seq, event) per numbered event: an envelope is built only when
         # someone reads it (a follower, an observer of envelopes, a store that wants one)
         self._pending: list[LogEntry] = []
-        self._in_flight: list[LogEntry] = []
+        # id(batch) -> (batch, its write), in write order; a write removes its own entry
+        self._in_flight: dict[int, tuple[list[LogEntry], asyncio.Future[None]]] = {}
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._written = 0
         self._deferred: dict[str, list[Message]] = {}
@@ -152,9 +153,17 @@ class EventLog:
         Raises:
             StoreError: the write failed; the envelopes stay queued for the next flush.
         """
-        target = self._written + len(self._in_flight) + len(self._pending)
+        target = self._written + self._unwritten()
         while self._written < target:
-            await self._serialized(self.store.append_events)
+            if self._pending:
+                await self._serialized(self.store.append_events)
+            elif self._in_flight:  # stores finish writes in order: the last one ends last
+                await asyncio.shield(next(reversed(self._in_flight.values()))[1])
+            else:
+                return  # nothing left: a write failed and its envelopes were numbered over
+
+    def _unwritten(self) -> int:
+        return len(self._pending) + sum(len(batch) for batch, _ in self._in_flight.values())
 
     async def commit_messages(self, session_id: uuid.UUID, messages: Sequence[Message]) -> None:
         """Commit ``messages`` to the session together with every envelope numbered so far.
@@ -190,11 +199,16 @@ class EventLog:
     async def _serialized(
         self, write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]], *, always: bool = False
     ) -> None:
-        # Writes run one at a time, in arrival order. A FIFO lock wakes one waiter per finished
-        # write (waiters polling the current write would wake all of them each time: quadratic
-        # with many concurrent runs). The lock is released when the write is done, not when
-        # this caller leaves: a cancelled caller does not cancel its write (shield), and the
-        # next write cannot start before it ends.
+        # A store that runs its calls in call order (``ordered_calls``) gets each write at
+        # once, behind the writes in flight: its worker commits concurrent runs' writes
+        # together. Any other store gets one write at a time, in arrival order: a FIFO lock
+        # wakes one waiter per finished write (waiters polling the current write would wake
+        # all of them each time: quadratic with many concurrent runs). The lock is released
+        # when the write is done, not when this caller leaves: a cancelled caller does not
+        # cancel its write (shield), and the next write cannot start before it ends.
+        if getattr(self.store, "ordered_calls", False):
+            await asyncio.shield(self._start(write_with, always=always))
+            return
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock[0] is not loop:  # a lock belongs to one loop
             self._lock = (loop, asyncio.Lock())
@@ -215,9 +229,9 @@ class EventLog:
         self, write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]], *, always: bool = False
     ) -> asyncio.Future[None]:
         batch, self._pending = self._pending, []
-        self._in_flight = batch
         write = start_eagerly(self._write_batch(batch, write_with, always))
         if not write.done():
+            self._in_flight[id(batch)] = (batch, write)
             write.add_done_callback(retrieve)
         return write
 
@@ -231,20 +245,25 @@ class EventLog:
             if batch or always:
                 await write_with(EventBatch(batch))
         except BaseException as exc:
-            self._pending[:0] = batch  # retried by the next flush, still in seq order
+            # retried by the next write, each run's envelopes still in seq order (with writes
+            # in flight, envelopes numbered later may be back already)
+            self._pending = sorted((*batch, *self._pending), key=_seq_of) if self._pending else batch
             if isinstance(exc, Exception):
                 _log.warning("event log write failed (%d envelopes kept for retry): %s", len(batch), exc)
             raise
         else:
             self._written += len(batch)
         finally:
-            self._in_flight = []
+            self._in_flight.pop(id(batch), None)
 
     def unflushed(self, run_id: str) -> list[EventEnvelope]:
         """The envelopes of ``run_id`` numbered but not yet stored, in seq order."""
         return [
             EventEnvelope.of(event, run_id, session_id, seq)
-            for rid, session_id, seq, event in (*self._in_flight, *self._pending)
+            for rid, session_id, seq, event in sorted(
+                (*(e for batch, _ in self._in_flight.values() for e in batch), *self._pending),
+                key=_seq_of,
+            )
             if rid == run_id
         ]
 
@@ -429,3 +448,7 @@ class _Follower:
                 return
             await asyncio.sleep(delay)
             delay = self._poll_interval if fresh else min(delay * 2, _MAX_POLL)
+
+
+def _seq_of(entry: LogEntry) -> int:
+    return entry[2]

@@ -24,6 +24,12 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
 - ``finish_run`` writes the run's last events and its :class:`RunOutcome` in one transaction
   (with the run's last messages, if given, committed to the run's session): a stored run has
   a terminal event exactly when its status is not ``running``.
+- Optional: a store whose calls take effect in call order, one at a time (one worker thread,
+  one connection), says so with a class attribute ``ordered_calls = True``; the runtime then
+  hands it a write without waiting for the write before (its worker can commit concurrent
+  runs' writes together). Without it, the runtime's writes wait for each other.
+- Writes are handed over as :class:`EventBatch` (a sequence of envelopes built on demand);
+  :func:`log_entries` gives a store the plain ``(run_id, session_id, seq, event)`` entries.
 - A store keeps an envelope's event, run and seq: ``event_id``, ``session_id``, ``type`` and
   ``emitted_at`` may be derived when it is read (``"{run_id}:{seq}"``, the run's session, the
   event's type and timestamp), as :meth:`EventEnvelope.of` builds them.

@@ -33,6 +33,9 @@ class MemoryStore:
             later run of it starts a new history). None keeps every session.
     """
 
+    ordered_calls = True
+    """Every call completes before it returns: calls take effect in call order."""
+
     def __init__(
         self, *, max_finished_runs: int | None = 1000, max_sessions: int | None = 1000
     ) -> None:

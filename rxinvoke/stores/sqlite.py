@@ -1,12 +1,15 @@
 """SqliteStore: sessions, messages, runs, usage and the event log in one SQLite file.
 
 Threading: the stdlib ``sqlite3`` connection lives on one dedicated worker thread per store and
-every method hands its work to that thread (``loop.run_in_executor``), so the event loop never
-blocks on disk. One thread means the store's calls run one at a time, in call order.
+every method hands its work to that thread (``stores._worker.GroupWorker``), so the event loop
+never blocks on disk. One thread means the store's calls run one at a time, in call order.
 
-Transactions: every write is one ``BEGIN IMMEDIATE`` transaction (a batch of messages, a
-batch of envelopes, a run's terminal events plus its status), so a process killed at any
-moment leaves whole batches only. The file is in WAL mode with ``synchronous=NORMAL``
+Transactions: every write is all or nothing (a batch of messages, a batch of envelopes, a run's
+terminal events plus its status), so a process killed at any moment leaves whole writes only.
+A write alone is one ``BEGIN IMMEDIATE`` transaction; writes that wait for the worker together
+(many concurrent runs) are committed as one group (group commit): one transaction, each write
+in its own savepoint, so a write that fails is rolled back alone and the others commit. A
+write's caller learns its outcome once the group has committed. The file is in WAL mode with ``synchronous=NORMAL``
 (default; ``synchronous="FULL"`` to survive power loss too): a committed transaction survives
 a crash of the process. Several processes may share a file: a writer waits for another
 writer up to ``busy_timeout`` seconds, and a busy error is retried.
@@ -32,7 +35,7 @@ so every stored run ends with exactly one terminal event.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import os
 import socket
@@ -41,19 +44,20 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
+import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import MigrationError, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, ToolCall, utcnow
 from ..request import RunOutput, RunRequest
+from ._worker import GroupWorker, Outcome
 from .base import (
     EventEnvelope,
     RunOutcome,
@@ -211,6 +215,14 @@ def _statements(script: str) -> Iterator[str]:
         raise MigrationError(f"incomplete SQL statement in a migration: {buffer.strip()[:80]}")
 
 
+class _Busy(Exception):
+    """The database was busy (another process writes): the call may be retried."""
+
+    def __init__(self, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
@@ -295,6 +307,11 @@ class SqliteStore:
             survives power loss as well, at a cost per commit).
     """
 
+    ordered_calls = True
+    """Calls run one at a time in call order (one worker thread): the runtime's event log
+    hands it writes without waiting for the previous one, and concurrent runs' writes are
+    committed together."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -309,7 +326,10 @@ class SqliteStore:
         self._create = create
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxinvoke-sqlite")
+        self._worker: GroupWorker[Callable[[sqlite3.Connection], Any]] = GroupWorker(
+            self._run, self._run_group, name="rxinvoke-sqlite"
+        )
+        self._in_group = False  # a group's transaction is open: writes take savepoints
         self._conn: sqlite3.Connection | None = None  # used on the worker thread only
         self._owner = _this_owner()
         self._closed = False
@@ -347,9 +367,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close_connection)
-        self._executor.shutdown(wait=False)
+        await self._worker.close(self._close_connection)
 
     @property
     def schema_version(self) -> int:
@@ -358,30 +376,66 @@ class SqliteStore:
 
     # --- plumbing (worker thread) ---------------------------------------------------------
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _call(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
         if self._closed:
             raise StoreError(f"{self.path}: the store is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, fn)
+        result: _T = await self._worker.submit(fn, write=write)
+        return result
 
     def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run one call (retrying a busy database)."""
         for attempt in range(_BUSY_RETRIES + 1):
             try:
-                return fn(self._connection())
-            except sqlite3.Error as exc:
-                if _is_busy(exc) and attempt < _BUSY_RETRIES:
+                return self._attempt(lambda: fn(self._connection()))
+            except _Busy as busy:
+                if attempt < _BUSY_RETRIES:
                     time.sleep(0.05 * 2**attempt)  # on the worker thread, never the loop
                     continue
-                raise self._translate(exc) from exc
-            except StoreError as exc:
-                if type(exc) is not StoreError or str(self.path) in exc.message:
-                    raise
-                raise StoreError(f"{self.path}: {exc.message}") from exc.__cause__
-            except _DECODE_ERRORS as exc:  # stored data this version cannot read
-                raise StoreError(f"{self.path}: unreadable stored data ({_why(exc)})") from exc
-            except OSError as exc:
-                raise StoreError(f"{self.path}: {exc.strerror or exc}") from exc
+                raise self._translate(busy.error) from busy.error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_group(self, fns: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Outcome]:
+        """Run writes in one transaction, each in a savepoint (its ``_transaction``)."""
+        conn = self._run(lambda conn: conn)  # opened (and migrated) outside the group
+        self._run(self._begin)
+        outcomes: list[Outcome] = []
+        self._in_group = True
+        try:
+            for fn in fns:
+                try:
+                    outcomes.append((True, self._attempt(functools.partial(fn, conn))))
+                except _Busy as busy:
+                    outcomes.append((False, self._translate(busy.error)))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+        finally:
+            self._in_group = False
+        try:
+            self._attempt(lambda: conn.execute("COMMIT"))
+        except (_Busy, StoreError) as exc:
+            self._drop_caches()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = self._translate(exc.error) if isinstance(exc, _Busy) else exc
+            return [(False, error)] * len(fns)  # nothing of the group was committed
+        return outcomes
+
+    def _attempt(self, fn: Callable[[], _T]) -> _T:
+        """``fn()`` with every failure as a StoreError naming the file (_Busy: retry)."""
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise _Busy(exc) from exc
+            raise self._translate(exc) from exc
+        except StoreError as exc:
+            if type(exc) is not StoreError or str(self.path) in exc.message:
+                raise
+            raise StoreError(f"{self.path}: {exc.message}") from exc.__cause__
+        except _DECODE_ERRORS as exc:  # stored data this version cannot read
+            raise StoreError(f"{self.path}: unreadable stored data ({_why(exc)})") from exc
+        except OSError as exc:
+            raise StoreError(f"{self.path}: {exc.strerror or exc}") from exc
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
@@ -393,23 +447,45 @@ class SqliteStore:
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``; a failure rolls back and drops the caches."""
-        conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (a savepoint inside a group's transaction); a
+        failure rolls back (to the savepoint) and drops the caches."""
+        if self._in_group:
+            conn.execute("SAVEPOINT write")
+            try:
+                yield
+                conn.execute("RELEASE write")
+            except BaseException:
+                self._drop_caches()
+                conn.execute("ROLLBACK TO write")
+                conn.execute("RELEASE write")
+                raise
+            return
+        self._begin(conn)
         try:
-            # Another connection (process) committed since our last transaction: the cached
-            # last seqs may be stale. Our own commits leave data_version unchanged.
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:
-                self._last_seq.clear()
-                self._data_version = version
             yield
             conn.execute("COMMIT")
         except BaseException:
-            self._last_seq.clear()
-            self._sessions.clear()
+            self._drop_caches()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        # Another connection (process) committed since our last transaction: the cached
+        # last seqs may be stale. Our own commits leave data_version unchanged.
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if version != self._data_version:
+            self._last_seq.clear()
+            self._data_version = version
+
+    def _drop_caches(self) -> None:
+        self._last_seq.clear()
+        self._sessions.clear()
 
     def _close_connection(self) -> None:
         if self._conn is not None:
@@ -543,7 +619,7 @@ class SqliteStore:
                 self._insert_events(conn, events)
                 self._insert_messages(conn, session_id, rows)
 
-        await self._call(append)
+        await self._call(append, write=True)
 
     def _insert_messages(
         self, conn: sqlite3.Connection, session_id: uuid.UUID, rows: list[tuple[Any, ...]]
@@ -590,7 +666,7 @@ class SqliteStore:
                 history.extend(opening)
                 return owned, history
 
-        return await self._call(begin)
+        return await self._call(begin, write=True)
 
     def _claim(self, conn: sqlite3.Connection, owned: RunRecord) -> RunRecord | None:
         """Insert the running run ``owned``, or return the stored run with its
@@ -649,7 +725,7 @@ class SqliteStore:
                 )
                 self._last_seq.pop(run_id, None)  # a finished run takes no more events
 
-        await self._call(finish)
+        await self._call(finish, write=True)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self._call(lambda conn: self._find(conn, "r.id = ?", run_id))
@@ -684,7 +760,7 @@ class SqliteStore:
             with self._transaction(conn):
                 self._insert_events(conn, events)
 
-        await self._call(append)
+        await self._call(append, write=True)
 
     async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
         after = max(after_seq or 0, 0)
@@ -757,7 +833,9 @@ class SqliteStore:
         conn.executemany(
             "INSERT INTO event_segments (run_id, first_seq, last_seq, events) VALUES (?, ?, ?, ?)",
             [
-                (run_id, first[run_id], last[run_id], _EVENT_LIST.dump_json(batch).decode())
+                # each event by its own model's serializer: the same JSON as the union's
+                # TypeAdapter, ~40% faster (no union dispatch per event)
+                (run_id, first[run_id], last[run_id], pydantic_core.to_json(batch).decode())
                 for run_id, batch in batches.items()
             ],
         )
@@ -772,7 +850,7 @@ class SqliteStore:
     # --- crash recovery -------------------------------------------------------------------
 
     async def recover_interrupted(self) -> list[str]:
-        return await self._call(self._recover)
+        return await self._call(self._recover, write=True)
 
     def _recover(self, conn: sqlite3.Connection) -> list[str]:
         candidates = conn.execute(

@@ -1,0 +1,182 @@
+"""Group commit: SqliteStore's worker commits the writes that wait together, each isolated;
+the event log hands ordered stores its writes without waiting for the write before."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rxinvoke import Message, RunRecord, RunRequest, SqliteStore, StoreError
+from rxinvoke._bus import EventBus
+from rxinvoke._eventlog import EventLog
+from rxinvoke.events import RunStarted, TextDelta
+from rxinvoke.stores import EventEnvelope, MemoryStore
+from rxinvoke.stores._worker import GroupWorker, Outcome
+
+
+def record(session: uuid.UUID | None = None, run_id: str | None = None) -> RunRecord:
+    run_id, session = run_id or str(uuid.uuid4()), session or uuid.uuid4()
+    request = RunRequest(provider="p", model="m", input="hi", run_id=run_id, session_id=session)
+    return RunRecord(run_id=run_id, session_id=session, request=request)
+
+
+async def test_the_worker_groups_consecutive_writes_and_runs_reads_alone_in_order() -> None:
+    log: list[tuple[str, Any]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def run_one(fn: str) -> str:
+        if fn == "block":
+            started.set()
+            release.wait(5)
+        log.append(("one", fn))
+        return fn.upper()
+
+    def run_group(fns: Sequence[str]) -> list[Outcome]:
+        log.append(("group", list(fns)))
+        return [(False, ValueError(fn)) if fn == "bad" else (True, fn.upper()) for fn in fns]
+
+    worker: GroupWorker[str] = GroupWorker(run_one, run_group, name="test-worker")
+    blocker = worker.submit("block", write=False)  # holds the thread while the rest queue up
+    await asyncio.to_thread(started.wait, 5)
+    futures = [
+        worker.submit("w1", write=True),
+        worker.submit("bad", write=True),
+        worker.submit("w3", write=True),
+        worker.submit("read", write=False),
+        worker.submit("w5", write=True),
+    ]
+    release.set()
+    assert await blocker == "BLOCK"
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert outcomes[0] == "W1" and outcomes[2] == "W3" and outcomes[3] == "READ"
+    assert isinstance(outcomes[1], ValueError)
+    assert outcomes[4] == "W5"
+    assert log == [
+        ("one", "block"),
+        ("group", ["w1", "bad", "w3"]),  # consecutive writes: one group
+        ("one", "read"),  # a read runs alone, in its place
+        ("one", "w5"),  # a write alone is not a group
+    ]
+    await worker.close(lambda: None)
+
+
+async def test_a_failing_write_in_a_group_is_rolled_back_alone(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "group.db")
+    await store.open()
+    taken = record()
+    await store.begin_run(taken, [Message(role="user", content="a")])
+    started, release = threading.Event(), threading.Event()
+
+    def block(conn: object) -> None:
+        started.set()
+        release.wait(5)
+
+    groups: list[int] = []
+    run_group = store._worker._run_group
+
+    def counted(fns: Sequence[Any]) -> list[Outcome]:
+        groups.append(len(fns))
+        return run_group(fns)
+
+    store._worker._run_group = counted  # type: ignore[method-assign]
+    blocker = asyncio.ensure_future(store._call(block))
+    await asyncio.to_thread(started.wait, 5)  # the worker is inside the blocker
+    fresh = [record() for _ in range(20)]
+    writes = [store.begin_run(r, [Message(role="user", content="hi")]) for r in fresh[:10]]
+    writes.append(store.begin_run(record(run_id=taken.run_id), []))  # the run id is taken
+    writes.extend(store.begin_run(r, [Message(role="user", content="hi")]) for r in fresh[10:])
+    pending = [asyncio.ensure_future(w) for w in writes]
+    await asyncio.sleep(0)  # each write's task runs to its submit: all queue behind the blocker
+    release.set()
+    await blocker
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], StoreError)
+    assert "already stored" in str(failed[0])
+    assert groups == [21]  # one transaction for all of them
+    for r in fresh:  # all twenty others committed, with their opening message
+        assert (await store.get_run(r.run_id)) is not None
+        assert [m.content for m in await store.load_history(r.session_id)] == ["hi"]
+    await store.close()
+
+
+class _GatedStore(MemoryStore):
+    """A MemoryStore whose message commits wait for a gate (as a worker thread would)."""
+
+    def __init__(self, ordered: bool) -> None:
+        super().__init__()
+        self.ordered_calls = ordered  # type: ignore[misc]
+        self.gate = asyncio.Event()
+        self.entered = 0
+
+    async def append_messages(
+        self,
+        session_id: uuid.UUID,
+        messages: Sequence[Message],
+        *,
+        events: Sequence[EventEnvelope] = (),
+    ) -> None:
+        self.entered += 1
+        await self.gate.wait()
+        await super().append_messages(session_id, messages, events=events)
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+async def test_writes_overlap_only_for_a_store_that_orders_its_calls(ordered: bool) -> None:
+    store = _GatedStore(ordered)
+    bus = EventBus()
+    log = EventLog(store, bus)
+    runs = [record() for _ in range(3)]
+    for r in runs:
+        await store.begin_run(r, [])
+        log.begin(r.run_id, r.session_id)
+        bus.publish(RunStarted(run_id=r.run_id, session_id=str(r.session_id), provider="p", model="m"))
+    commits = [
+        asyncio.ensure_future(log.commit_messages(r.session_id, [Message(role="user", content="x")]))
+        for r in runs
+    ]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert store.entered == (3 if ordered else 1)
+    store.gate.set()
+    await asyncio.gather(*commits)
+    for r in runs:
+        assert [e.seq for e in await store.read_events(r.run_id)] == [1]
+
+
+async def test_a_failed_write_with_later_writes_in_flight_keeps_each_runs_order() -> None:
+    store = _GatedStore(True)
+    bus = EventBus()
+    log = EventLog(store, bus)
+    r = record()
+    await store.begin_run(r, [])
+    log.begin(r.run_id, r.session_id)
+    for i in range(3):
+        bus.publish(TextDelta(run_id=r.run_id, delta=f"a{i}"))
+    fails: list[bool] = [True]
+    original = MemoryStore.append_messages
+
+    async def flaky(self: MemoryStore, *args: Any, **kwargs: Any) -> None:
+        if fails and fails.pop():
+            raise StoreError("disk hiccup")
+        await original(self, *args, **kwargs)
+
+    store.gate.set()
+    MemoryStore.append_messages = flaky  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StoreError, match="hiccup"):
+            await log.commit_messages(r.session_id, [])
+        for i in range(2):
+            bus.publish(TextDelta(run_id=r.run_id, delta=f"b{i}"))
+        await log.commit_messages(r.session_id, [])
+    finally:
+        MemoryStore.append_messages = original  # type: ignore[method-assign]
+    stored = await store.read_events(r.run_id)
+    assert [e.seq for e in stored] == [1, 2, 3, 4, 5]
+    assert [e.event.delta for e in stored] == ["a0", "a1", "a2", "b0", "b1"]  # type: ignore[union-attr]
