@@ -62,8 +62,13 @@ async def deadline(scheduler: abc.SchedulerBase | None, timeout: float | None) -
         task.cancel()
 
     # Single-threaded schedulers run expire only while the block is suspended at an await,
-    # so the cancel lands inside the block, never after it.
-    timer = clock.schedule_relative(timeout, expire)
+    # so the cancel lands inside the block, never after it. On the loop's own clock, a plain
+    # loop timer (what AsyncIOScheduler.schedule_relative makes, without its disposables).
+    timer: abc.DisposableBase | asyncio.TimerHandle
+    if isinstance(clock, AsyncIOScheduler):
+        timer = asyncio.get_running_loop().call_later(timeout, expire, clock)
+    else:
+        timer = clock.schedule_relative(timeout, expire)
     try:
         yield
     except asyncio.CancelledError:
@@ -72,4 +77,7 @@ async def deadline(scheduler: abc.SchedulerBase | None, timeout: float | None) -
         uncancel(task)
         raise DeadlineExceeded from None
     finally:
-        timer.dispose()
+        if isinstance(timer, asyncio.TimerHandle):
+            timer.cancel()
+        else:
+            timer.dispose()

@@ -17,7 +17,7 @@ import enum
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from ._display import clip, clock, field_texts, short_id
 from ._frozen import Frozen
@@ -65,16 +65,25 @@ __all__ = (
 _E = TypeVar("_E", bound="EventBase")
 
 
+# BaseModel's four slots, set through their descriptors (a quarter fewer instructions
+# than object.__setattr__ by name)
+_SLOTS = BaseModel.__dict__
+_set_dict = _SLOTS["__dict__"].__set__
+_set_fields_set = _SLOTS["__pydantic_fields_set__"].__set__
+_set_extra = _SLOTS["__pydantic_extra__"].__set__
+_set_private = _SLOTS["__pydantic_private__"].__set__
+_new = object.__new__
+
+
 def trusted(cls: type[_E], values: dict[str, Any]) -> _E:
     """An event built from values the runtime itself produced (every field given, known
-    good), without validation: on the publish path of every streamed fragment, where
-    pydantic's validation and ``model_copy`` would cost several µs per event."""
-    event = cls.__new__(cls)
-    setattr_ = object.__setattr__
-    setattr_(event, "__dict__", values)
-    setattr_(event, "__pydantic_fields_set__", set(values))
-    setattr_(event, "__pydantic_extra__", None)
-    setattr_(event, "__pydantic_private__", None)
+    good, in field order), without validation: on the publish path of every streamed
+    fragment, where pydantic's validation and ``model_copy`` would cost several µs per event."""
+    event: _E = _new(cls)
+    _set_dict(event, values)
+    _set_fields_set(event, set(values))
+    _set_extra(event, None)
+    _set_private(event, None)
     return event
 
 

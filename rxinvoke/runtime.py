@@ -297,7 +297,8 @@ class AgentRuntime:
             raise InvocationCancelled("cancelled before the run started", run_id=request.run_id)
         run_id = request.run_id or new_id()
         session_id = request.session_id or uuid.uuid4()
-        request = request.model_copy(update={"run_id": run_id, "session_id": session_id})
+        if (request.run_id, request.session_id) != (run_id, session_id):
+            request = request.model_copy(update={"run_id": run_id, "session_id": session_id})
         run = Run(
             request, provider, control, run_id=run_id, session_id=session_id, runtime=self.name
         )

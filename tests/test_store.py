@@ -28,6 +28,7 @@ from rxinvoke import (
 from rxinvoke.events import InvocationEvent, RunCompleted, RunStarted
 from rxinvoke.messages import FinishReason, utcnow
 from rxinvoke.stores import EventEnvelope, RunOutcome
+from rxinvoke.stores.base import EventBatch
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -185,9 +186,15 @@ async def test_events_are_numbered_from_one_without_gaps(store: Store) -> None:
 async def test_a_bad_event_batch_writes_nothing(store: Store) -> None:
     rec = await start(store, record())
     good = envelope(rec, 1, TextDelta(run_id=rec.run_id, delta="a"))
+    usage = envelope(rec, 2, UsageRecorded(run_id=rec.run_id, usage=TokenUsage(input_tokens=1, output_tokens=1, total_tokens=2)))
+    bad = envelope(rec, 4, TextDelta(run_id=rec.run_id, delta="c"))
     with pytest.raises(StoreError):
-        await store.append_events([good, envelope(rec, 3, TextDelta(run_id=rec.run_id, delta="c"))])
+        await store.append_events([good, usage, bad])
+    with pytest.raises(StoreError):  # the same as the runtime's own batch of entries
+        await store.append_events(EventBatch([(e.run_id, e.session_id, e.seq, e.event) for e in (good, usage, bad)]))
     assert await store.read_events(rec.run_id) == []
+    stored = await store.get_run(rec.run_id)
+    assert stored is not None and (stored.iterations, stored.total_usage.total_tokens) == (0, 0)
 
 
 async def test_unknown_runs(store: Store) -> None:

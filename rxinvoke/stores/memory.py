@@ -11,12 +11,13 @@ from __future__ import annotations
 import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
+from itertools import islice
 
 from ..errors import StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ._packed import PackedLog, pack, unpack
-from .base import EventEnvelope, RunOutcome, RunRecord, log_entries
+from .base import EventEnvelope, LogEntry, RunOutcome, RunRecord, log_entries
 
 __all__ = ("MemoryStore",)
 
@@ -65,9 +66,8 @@ class MemoryStore:
         *,
         events: Sequence[EventEnvelope] = (),
     ) -> None:
-        self._check_seqs(events)
-        self._history_of(session_id).extend(messages)
         self._append(events)
+        self._history_of(session_id).extend(messages)
 
     def _history_of(self, session_id: uuid.UUID) -> list[Message]:
         """The session's history (created if new), marked as the most recently used."""
@@ -149,10 +149,9 @@ class MemoryStore:
             raise UnknownRun(run_id)
         if record.is_finished:
             raise StoreError(f"run {run_id!r} is already {record.status}")
-        self._check_seqs(events)
+        self._append(events)
         if messages:
             self._history_of(record.session_id).extend(messages)
-        self._append(events)
         self._packed[run_id] = pack(self._events.pop(run_id))
         self._running[record.session_id] -= 1
         if self._running[record.session_id] <= 0:
@@ -198,7 +197,6 @@ class MemoryStore:
 
 
     async def append_events(self, events: Sequence[EventEnvelope]) -> None:
-        self._check_seqs(events)
         self._append(events)
 
     async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
@@ -228,28 +226,28 @@ class MemoryStore:
             return record
         return record.model_copy(update={"iterations": len(usage), "total_usage": _total(usage)})
 
-    def _check_seqs(self, events: Sequence[EventEnvelope]) -> None:
-        last: dict[str, int] = {}
-        logs = self._events
-        for run_id, _session_id, seq, _event in log_entries(events):
-            previous = last.get(run_id)
-            if previous is None:
-                log = logs.get(run_id)
+    def _append(self, events: Sequence[EventEnvelope]) -> None:
+        """Append each envelope to its run's log (each must be ``last + 1``): all of them, or
+        none (a refused envelope takes back the ones appended before it)."""
+        logs, usage = self._events, self._usage
+        for index, (run_id, _session_id, seq, event) in enumerate(log_entries(events)):
+            log = logs.get(run_id)
+            if log is None or seq != len(log) + 1:
+                self._take_back(list(islice(log_entries(events), index)))
                 if log is None:
                     if run_id in self._packed:
                         raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
                     raise UnknownRun(run_id)
-                previous = len(log)
-            if seq != previous + 1:
-                raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {previous}")
-            last[run_id] = seq
-
-    def _append(self, events: Sequence[EventEnvelope]) -> None:
-        logs = self._events
-        for run_id, _session_id, _seq, event in log_entries(events):
-            logs[run_id].append(event)
+                raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {len(log)}")
+            log.append(event)
             if type(event) is UsageRecorded:
-                self._usage[run_id].append(event.usage)
+                usage[run_id].append(event.usage)
+
+    def _take_back(self, appended: list[LogEntry]) -> None:
+        for run_id, _session_id, _seq, event in reversed(appended):
+            self._events[run_id].pop()
+            if type(event) is UsageRecorded:
+                self._usage[run_id].pop()
 
 
 def _total(usage: Sequence[TokenUsage]) -> TokenUsage:
