@@ -30,14 +30,18 @@ from .control import SessionContext
 from .errors import SubscriberError
 from .events import EventKind, InvocationEvent
 
-__all__ = ("Deliver", "EventBus", "SubscriptionStats")
+__all__ = ("Deliver", "EventBus", "PlainDeliver", "SubscriptionStats")
 
 _log = logging.getLogger("rxinvoke")
 
 _RUN_KEY = "\x00run:"  # index keys of attach_run (never an event kind)
+_PLAIN_KEY = "\x00plain"  # the index key of attach_plain
 
 Deliver = Callable[[InvocationEvent, SessionContext], None]
 """A kind-index callback: ``deliver(event, context)``; it must not raise."""
+
+PlainDeliver = Callable[[InvocationEvent], None]
+"""A callback of every event that needs no session context: ``deliver(event)``."""
 
 
 def _bare_context(run_id: str | None) -> SessionContext:
@@ -53,7 +57,7 @@ class _Detach(abc.DisposableBase):
         self,
         bus: EventBus,
         key: str,
-        deliver: Deliver,
+        deliver: Deliver | PlainDeliver,
         on_completed: Callable[[], None] | None = None,
     ) -> None:
         self._bus, self._key, self._deliver = bus, key, deliver
@@ -75,6 +79,9 @@ class EventBus:
         # so publish iterates them without a lock or a copy.
         self._routes: dict[str, tuple[Deliver, ...]] = {}
         self._any: tuple[Deliver, ...] = ()
+        # every event, no context (the event log, observe("any")): first, and without the
+        # context lookup when nobody else listens
+        self._plain: tuple[PlainDeliver, ...] = ()
         # run id -> callbacks (the run index): a subscription to one run costs nothing for
         # the events of other runs (a filter per subscription would see every event)
         self._by_run: dict[str, tuple[Deliver, ...]] = {}
@@ -84,8 +91,11 @@ class EventBus:
         self._errors: Subject[SubscriberError] = Subject()
 
     def publish(self, event: InvocationEvent) -> None:
-        """Deliver ``event`` synchronously to its kind's subscribers, ``ANY``'s, its run's
-        subscribers (:meth:`attach_run`), and observers."""
+        """Deliver ``event`` synchronously to the plain subscribers (:meth:`attach_plain`),
+        its kind's subscribers, ``ANY``'s, its run's subscribers (:meth:`attach_run`), and
+        observers."""
+        for plain in self._plain:
+            plain(event)
         routes = self._routes.get(event.type)
         every = self._any
         of_run = self._by_run.get(event.run_id) if self._by_run else None  # type: ignore[arg-type]
@@ -133,6 +143,17 @@ class EventBus:
 
         return self._register(_Detach(self, key, deliver, on_completed), add)
 
+    def attach_plain(
+        self, deliver: PlainDeliver, on_completed: Callable[[], None] | None = None
+    ) -> abc.DisposableBase:
+        """Call ``deliver(event)`` for every event, before any context-taking subscriber; it
+        must not raise. ``on_completed`` is called by :meth:`complete`. Dispose to detach."""
+
+        def add() -> None:
+            self._plain = (*self._plain, deliver)
+
+        return self._register(_Detach(self, _PLAIN_KEY, deliver, on_completed), add)
+
     def attach_run(
         self,
         run_id: str,
@@ -168,7 +189,7 @@ class EventBus:
         with self._route_lock:
             self._is_completed = True
             completers, self._completers = list(self._completers), set()
-            self._routes, self._any, self._by_run = {}, (), {}
+            self._routes, self._any, self._by_run, self._plain = {}, (), {}, ()
         for token in completers:
             if token.on_completed is not None:
                 token.on_completed()
@@ -189,6 +210,9 @@ class EventBus:
                         self._by_run[run_id] = left
                     else:
                         del self._by_run[run_id]
+                return
+            if key == _PLAIN_KEY:
+                self._plain = tuple(p for p in self._plain if p is not deliver)
                 return
             current = self._any if key == "any" else self._routes.get(key, ())
             if deliver not in current:
@@ -211,7 +235,7 @@ class EventBus:
             observer: abc.ObserverBase[InvocationEvent],
             scheduler: abc.SchedulerBase | None = None,
         ) -> abc.DisposableBase:
-            def deliver(event: InvocationEvent, context: SessionContext) -> None:
+            def deliver(event: InvocationEvent) -> None:
                 try:
                     observer.on_next(event)
                 except Exception as exc:
@@ -224,7 +248,9 @@ class EventBus:
                         )
                     )
 
-            return self.attach(member, deliver, observer.on_completed)
+            if member is EventKind.ANY:
+                return self.attach_plain(deliver, observer.on_completed)
+            return self.attach(member, lambda event, _context: deliver(event), observer.on_completed)
 
         return reactivex.create(subscribe)
 

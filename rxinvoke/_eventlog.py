@@ -44,9 +44,8 @@ from reactivex.subject import Subject
 
 from ._bus import EventBus
 from ._futures import retrieve, start_eagerly
-from .control import SessionContext
 from .errors import StoreError, SubscriberError, UnknownRun
-from .events import EventKind, InvocationEvent
+from .events import InvocationEvent
 from .messages import Message
 from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store
 
@@ -89,7 +88,7 @@ class EventLog:
         # run id -> followers (subscribe_run): indexed, so a follower costs nothing for the
         # envelopes of other runs
         self._followers: dict[str, tuple[Callable[[EventEnvelope], None], ...]] = {}
-        self._attachment = bus.attach(EventKind.ANY, self._on_event)
+        self._attachment = bus.attach_plain(self._on_event)
 
     # --- numbering ---------------------------------------------------------------------------
 
@@ -126,7 +125,7 @@ class EventLog:
         """A hot Observable of every envelope as it is numbered (before it is stored)."""
         return self._live
 
-    def _on_event(self, event: InvocationEvent, context: SessionContext) -> None:
+    def _on_event(self, event: InvocationEvent) -> None:
         run_id = event.run_id
         if run_id is None:
             return

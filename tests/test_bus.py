@@ -12,6 +12,7 @@ from rxinvoke import (
     EventKind,
     RunCompleted,
     RunStarted,
+    SessionContext,
     SubscriberError,
     TextDelta,
     ToolCallStarted,
@@ -343,3 +344,28 @@ def test_complete_completes_observers_and_errors_and_drops_later_events() -> Non
     bus.observe("text_delta").subscribe(on_completed=lambda: completed.append("late subscriber"))
     assert sorted(completed) == ["any", "errors", "late subscriber", "text"]
     assert seen == []
+
+
+def test_plain_subscribers_see_every_event_first_and_no_context_is_looked_up() -> None:
+    lookups: list[str | None] = []
+
+    def context_for(run_id: str | None) -> SessionContext:
+        lookups.append(run_id)
+        return SessionContext(run_id=run_id)
+
+    bus = EventBus(context_for=context_for)
+    order: list[str] = []
+    done: list[bool] = []
+    plain = bus.attach_plain(lambda e: order.append(f"plain {e.type}"), lambda: done.append(True))
+    bus.publish(_delta(0))
+    assert order == ["plain text_delta"] and lookups == []  # nobody needed a context
+    bus.attach(EventKind.ANY, lambda e, ctx: order.append(f"any {ctx.run_id}"))
+    bus.publish(_delta(1))
+    assert order[1:] == ["plain text_delta", "any r"] and lookups == ["r"]
+    plain.dispose()
+    bus.publish(_delta(2))
+    assert order[3:] == ["any r"]
+    again = bus.attach_plain(lambda e: None, lambda: done.append(True))
+    bus.complete()
+    assert done == [True]  # only the attached one is completed
+    again.dispose()
