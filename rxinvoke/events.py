@@ -81,10 +81,18 @@ def trusted(cls: type[_E], values: dict[str, Any]) -> _E:
     fragment, where pydantic's validation and ``model_copy`` would cost several µs per event."""
     event: _E = _new(cls)
     _set_dict(event, values)
-    _set_fields_set(event, set(values))
+    fields = _ALL_FIELDS.get(cls)
+    if fields is None:
+        fields = _ALL_FIELDS[cls] = set(cls.model_fields)
+    # one set per class, shared: frozen events never change theirs (model_copy copies it
+    # first), and a run's events make one tracked object each fewer for the collector
+    _set_fields_set(event, fields if len(values) == len(fields) else set(values))
     _set_extra(event, None)
     _set_private(event, None)
     return event
+
+
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
 
 
 class EventBase(Frozen):

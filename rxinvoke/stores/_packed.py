@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from ..events import INVOCATION_EVENT, EventBase, InvocationEvent, trusted
 
-__all__ = ("PackedLog", "pack", "unpack")
+__all__ = ("PackedEvent", "PackedLog", "pack", "pack_one", "unpack")
 
 PackedLog = tuple[tuple[Any, ...] | bytes, ...]
 """One item per event: a tuple of plain field values (in field order) or JSON bytes."""
@@ -56,21 +56,24 @@ for _cls in _event_classes():
         _GETTERS[_cls] = itemgetter(*_names)
 
 
+PackedEvent = tuple[Any, ...] | bytes
+"""One event of a packed log."""
+
+
+def pack_one(event: InvocationEvent) -> PackedEvent:
+    """``event`` as an item of a packed log."""
+    getter = _GETTERS.get(type(event))
+    if getter is not None:
+        return getter(event.__dict__)  # type: ignore[no-any-return]
+    return event.__pydantic_serializer__.to_json(event)
+
+
 def pack(events: Sequence[InvocationEvent]) -> PackedLog:
     """``events`` as a packed log."""
-    getters = _GETTERS
-    packed: list[tuple[Any, ...] | bytes] = []
-    append = packed.append
-    for event in events:
-        getter = getters.get(type(event))
-        if getter is not None:
-            append(getter(event.__dict__))
-        else:
-            append(event.__pydantic_serializer__.to_json(event))
-    return tuple(packed)
+    return tuple(map(pack_one, events))
 
 
-def unpack(packed: PackedLog, start: int = 0) -> list[InvocationEvent]:
+def unpack(packed: Sequence[PackedEvent], start: int = 0) -> list[InvocationEvent]:
     """The events of ``packed`` from index ``start`` on."""
     flat = _FLAT
     events: list[InvocationEvent] = []

@@ -1,9 +1,10 @@
 """MemoryStore: every session, run and event log in dicts; lost when the process ends.
 
-A running run's log is a list of its events (envelopes are built when the log is read); when
-the run finishes, its log is packed (``stores._packed``: a tuple of plain values per event,
-JSON bytes for the few events that hold models), which the garbage collector stops tracking:
-a kept finished run costs it a handful of objects instead of a few hundred.
+A run's log is kept packed from the moment each event is stored (``stores._packed``: a tuple of
+plain values per event, JSON bytes for the few events that hold models; envelopes and events
+are built again when the log is read), which the garbage collector stops tracking: a run,
+running or kept after it finished, costs it a handful of objects instead of a few hundred, and
+the events themselves die young.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Sequence
 from itertools import islice
 
 from ..errors import StoreError, UnknownRun
-from ..events import InvocationEvent, UsageRecorded
+from ..events import UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
-from ._packed import PackedLog, pack, unpack
+from ._packed import PackedEvent, PackedLog, pack_one, unpack
 from .base import EventEnvelope, LogEntry, RunOutcome, RunRecord, log_entries
 
 __all__ = ("MemoryStore",)
@@ -52,7 +53,7 @@ class MemoryStore:
         self._running: Counter[uuid.UUID] = Counter()  # sessions with running runs
         self._runs: dict[str, RunRecord] = {}
         self._by_request: dict[str, str] = {}
-        self._events: dict[str, list[InvocationEvent]] = {}  # running runs: seq n at n - 1
+        self._events: dict[str, list[PackedEvent]] = {}  # running runs: seq n at n - 1
         self._packed: dict[str, PackedLog] = {}  # finished runs
         self._usage: dict[str, list[TokenUsage]] = {}  # running runs (folded into the record)
 
@@ -152,7 +153,7 @@ class MemoryStore:
         self._append(events)
         if messages:
             self._history_of(record.session_id).extend(messages)
-        self._packed[run_id] = pack(self._events.pop(run_id))
+        self._packed[run_id] = tuple(self._events.pop(run_id))
         self._running[record.session_id] -= 1
         if self._running[record.session_id] <= 0:
             del self._running[record.session_id]
@@ -201,14 +202,12 @@ class MemoryStore:
 
     async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
         after = max(after_seq or 0, 0)
-        log = self._events.get(run_id)
-        if log is not None:
-            events = log[after:]  # seq n is at index n - 1
-        else:
+        packed: Sequence[PackedEvent] | None = self._events.get(run_id)  # seq n at index n - 1
+        if packed is None:
             packed = self._packed.get(run_id)
             if packed is None:
                 raise UnknownRun(run_id)
-            events = unpack(packed, after)
+        events = unpack(packed, after)
         session_id = self._runs[run_id].session_id
         of = EventEnvelope.of
         return [of(event, run_id, session_id, seq) for seq, event in enumerate(events, after + 1)]
@@ -239,7 +238,7 @@ class MemoryStore:
                         raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
                     raise UnknownRun(run_id)
                 raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {len(log)}")
-            log.append(event)
+            log.append(pack_one(event))
             if type(event) is UsageRecorded:
                 usage[run_id].append(event.usage)
 
