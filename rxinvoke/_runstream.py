@@ -20,11 +20,10 @@ from typing import Any
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
-from reactivex.subject import ReplaySubject
 
 from ._futures import retrieve
 from .control import Control, SessionContext
-from .errors import InvocationCancelled, InvocationError
+from .errors import InvocationCancelled, InvocationError, SubscriberError
 from .events import InvocationEvent, RunStarted
 from .request import RunOutput, RunRequest
 from .runtime import AgentRuntime
@@ -55,7 +54,7 @@ class RunStream(Observable[InvocationEvent]):
         self._runtime = runtime
         self._request = request  # set: this stream owns its run and starts it
         self._control = control
-        self._events: ReplaySubject[InvocationEvent] = ReplaySubject()
+        self._events = _Replay(runtime, run_id)
         self._result: asyncio.Future[RunOutput] = asyncio.get_running_loop().create_future()
         self._result.add_done_callback(retrieve)
         self._is_started = False
@@ -93,7 +92,7 @@ class RunStream(Observable[InvocationEvent]):
         self, observer: abc.ObserverBase[InvocationEvent], scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
         self._subscribers += 1
-        subscription = self._events.subscribe(observer, scheduler=scheduler)
+        subscription = self._events.subscribe(observer)
         self._start()
 
         def dispose() -> None:
@@ -167,6 +166,80 @@ class RunStream(Observable[InvocationEvent]):
     def __repr__(self) -> str:
         state = "finished" if self._is_ended else "running" if self._is_started else "not started"
         return f"RunStream(run {self.run_id[:8]}…, {state})"
+
+
+class _Replay:
+    """The run's events for any number of observers, each from the first event on: what a
+    ``ReplaySubject`` does, without its scheduler hop per event and observer (~20 µs each).
+    Delivery is synchronous, in order; an observer that raises is reported on the runtime's
+    ``errors`` and keeps receiving."""
+
+    def __init__(self, runtime: AgentRuntime, run_id: str) -> None:
+        self._runtime = runtime
+        self._label = f"stream({run_id[:8]})"
+        self._events: list[InvocationEvent] = []
+        self._observers: list[abc.ObserverBase[InvocationEvent]] = []
+        self._end: tuple[Exception | None] | None = None
+
+    def subscribe(self, observer: abc.ObserverBase[InvocationEvent]) -> abc.DisposableBase:
+        index = 0
+        while index < len(self._events):  # events published meanwhile are caught up too
+            self._send(observer, self._events[index])
+            index += 1
+        if self._end is not None:
+            self._finish(observer, self._end[0])
+            return Disposable()
+        self._observers.append(observer)
+
+        def dispose() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return Disposable(dispose)
+
+    def on_next(self, event: InvocationEvent) -> None:
+        self._events.append(event)
+        for observer in tuple(self._observers):
+            self._send(observer, event)
+
+    def on_completed(self) -> None:
+        self._close(None)
+
+    def on_error(self, error: Exception) -> None:
+        self._close(error)
+
+    def _close(self, error: Exception | None) -> None:
+        if self._end is not None:
+            return
+        self._end = (error,)
+        observers, self._observers = self._observers, []
+        for observer in observers:
+            self._finish(observer, error)
+
+    def _send(self, observer: abc.ObserverBase[InvocationEvent], event: InvocationEvent) -> None:
+        try:
+            observer.on_next(event)
+        except Exception as exc:
+            self._report(exc, event)
+
+    def _finish(self, observer: abc.ObserverBase[InvocationEvent], error: Exception | None) -> None:
+        try:
+            if error is None:
+                observer.on_completed()
+            else:
+                observer.on_error(error)
+        except Exception as exc:
+            self._report(exc, None)
+
+    def _report(self, exc: Exception, event: InvocationEvent | None) -> None:
+        self._runtime.bus.report(
+            SubscriberError(
+                f"{self._label} observer raised {type(exc).__name__}: {exc}",
+                subscription=self._label,
+                event=event,
+                cause=exc,
+            )
+        )
 
 
 class _Result:

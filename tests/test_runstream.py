@@ -58,6 +58,32 @@ async def until(predicate: Any, turns: int = 1000) -> None:
     raise AssertionError("not reached")
 
 
+async def test_every_subscriber_sees_every_event_and_one_that_raises_is_reported() -> None:
+    inv, _ = make([ScriptedProvider.text_turn("a b c", pieces=3)])
+    stream = inv.stream(EmitRequest("hi"))
+    errors: list[Any] = []
+    inv.errors.subscribe(errors.append)
+    early: list[str] = []
+    broken: list[str] = []
+
+    def fragile(event: Any) -> None:
+        broken.append(event.type)
+        if event.type == "text_delta":
+            raise RuntimeError("boom")
+
+    stream.subscribe(lambda e: early.append(e.type))
+    stream.subscribe(fragile)
+    await stream.result
+    late: list[str] = []
+    done: list[bool] = []
+    stream.subscribe(late.append, on_completed=lambda: done.append(True))  # after the end
+    assert early == broken  # the raising observer kept receiving
+    assert [e.type for e in late] == early and done == [True]  # the whole run, then completed
+    assert early[0] == "run_started" and early[-1] == "run_completed"
+    assert len(errors) == early.count("text_delta") == 3
+    assert all("boom" in e.message for e in errors)
+
+
 async def test_result_raises_the_runs_error() -> None:
     inv, _ = make([[RuntimeError("broke")]])
     stream = inv.stream(EmitRequest("hi"))
