@@ -1,6 +1,6 @@
 """EventLog: turns a runtime's published events into numbered envelopes and makes them durable.
 
-Numbering: the log listens on the bus (kind ``ANY``) and, for each event of a run it was told
+Numbering: the log listens on the bus (every event, ``attach_plain``) and, for each event of a run it was told
 about (:meth:`EventLog.begin`), gives it the run's next ``seq`` synchronously, inside
 ``publish``: the seq order is the publication order. Events of runs the log does not know
 (published by hand for other runs) are not logged. The
@@ -14,8 +14,11 @@ step's messages (a model turn with tool calls, tool results) with
 one store transaction (group commit). A run's opening (its user message) is committed by
 ``Store.begin_run`` before its first event, so its first events (``run_started``,
 ``context_built``, …) go with its next write. :meth:`EventLog.flush` writes waiting envelopes
-alone. Writes are strictly ordered (one at a time), and a write outlives a cancelled flusher,
-so a cancelled run never writes half a batch or the same batch twice.
+alone. Writes are strictly ordered: one at a time, or, for a store that runs its calls in call
+order (``ordered_calls``: MemoryStore, SqliteStore), handed over at once behind the writes in
+flight, so its worker commits concurrent runs' writes together; a failed write's envelopes go
+back to the queue in seq order. A write outlives a cancelled flusher, so a cancelled run never
+writes half a batch or the same batch twice.
 :meth:`EventLog.finish` writes the last envelopes together with the run's terminal status
 (``Store.finish_run``) and is awaited before ``run()`` returns: the stored log of a run is
 always a prefix of what it published, and complete once it has ended. The run's last
