@@ -55,7 +55,10 @@ class _Channel(Generic[_T]):
         self.overflow = overflow
         self.markers = markers
         self.items: deque[_T] = deque()
-        self.lock = threading.Condition()
+        # the item path takes the plain lock (C); the Condition on it is for blocked publishers
+        self.mutex = threading.RLock()
+        self.lock = threading.Condition(self.mutex)
+        self.blocked = 0  # publishers waiting for room
         self.ready = asyncio.Event()
         self.end: tuple[Exception | None] | None = None
         self.closed = False
@@ -63,7 +66,7 @@ class _Channel(Generic[_T]):
         self.unreported = 0
 
     def on_next(self, value: _T) -> None:
-        with self.lock:
+        with self.mutex:
             if self.closed:
                 return
             limit = self.buffer
@@ -79,8 +82,12 @@ class _Channel(Generic[_T]):
                     self._drop(len(self.items))
                     self.items.clear()
                 elif threading.get_ident() != self.thread:  # block: wait for room
-                    while len(self.items) >= limit and not self.closed:
-                        self.lock.wait()
+                    self.blocked += 1
+                    try:
+                        while len(self.items) >= limit and not self.closed:
+                            self.lock.wait()
+                    finally:
+                        self.blocked -= 1
                     if self.closed:
                         return
             self.items.append(value)
@@ -91,12 +98,12 @@ class _Channel(Generic[_T]):
         self.unreported += count
 
     def on_error(self, error: Exception) -> None:
-        with self.lock:
+        with self.mutex:
             self.end = (error,)
         self.wake()
 
     def on_completed(self) -> None:
-        with self.lock:
+        with self.mutex:
             self.end = (None,)
         self.wake()
 
@@ -141,13 +148,14 @@ class ObservableIterator(AsyncIterator[_T], Generic[_T]):
     async def __anext__(self) -> Any:
         channel = self._channel
         while True:
-            with channel.lock:
+            with channel.mutex:
                 if channel.markers and channel.unreported:
                     count, channel.unreported = channel.unreported, 0
                     return Dropped(count)
                 if channel.items:
                     value = channel.items.popleft()
-                    channel.lock.notify()
+                    if channel.blocked:
+                        channel.lock.notify()
                     return value
                 if channel.end is not None:
                     error = channel.end[0]
@@ -160,7 +168,7 @@ class ObservableIterator(AsyncIterator[_T], Generic[_T]):
 
     async def aclose(self) -> None:
         """Dispose the subscription and drop what is queued."""
-        with self._channel.lock:
+        with self._channel.mutex:
             self._close()
 
     def _close(self) -> None:  # holding the lock
