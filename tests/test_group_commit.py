@@ -180,3 +180,22 @@ async def test_a_failed_write_with_later_writes_in_flight_keeps_each_runs_order(
     stored = await store.read_events(r.run_id)
     assert [e.seq for e in stored] == [1, 2, 3, 4, 5]
     assert [e.event.delta for e in stored] == ["a0", "a1", "a2", "b0", "b1"]  # type: ignore[union-attr]
+
+
+async def test_a_store_dropped_without_close_is_collected_and_its_thread_ends(tmp_path: Path) -> None:
+    import gc
+    import warnings
+    import weakref
+
+    store = SqliteStore(tmp_path / "dropped.db")
+    await store.begin_run(record(), [Message(role="user", content="hi")])
+    thread = store._worker._thread
+    assert thread is not None and thread.is_alive()
+    ref = weakref.ref(store)
+    del store
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the connection was left open, as asked
+        gc.collect()
+    assert ref() is None  # the thread does not keep the store (nor its connection) alive
+    await asyncio.to_thread(thread.join, 5)
+    assert not thread.is_alive()

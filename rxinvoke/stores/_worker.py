@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -90,21 +91,23 @@ class GroupWorker(Generic[_C]):
             return
         with self._lock:
             if self._thread is None:
-                thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                # the thread holds the worker weakly: a store dropped without close() is
+                # collected as before (its connection with it) and the thread then ends
+                thread = threading.Thread(
+                    target=_serve, args=(weakref.ref(self), self._queue), name=self._name,
+                    daemon=True,
+                )
                 thread.start()
                 self._thread = thread
 
-    def _work(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < self._max_batch and batch[-1].final is None:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._hand_back(batch, self._execute(batch))
-            if batch[-1].final is not None:
-                return
+    def _drain(self, first: _Call[_C]) -> list[_Call[_C]]:
+        batch = [first]
+        while len(batch) < self._max_batch and batch[-1].final is None:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
 
     def _execute(self, batch: list[_Call[_C]]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -142,6 +145,30 @@ class GroupWorker(Generic[_C]):
                 loop.call_soon_threadsafe(_resolve, results)
             except RuntimeError:  # that loop is closed: nobody awaits these any more
                 pass
+
+
+_IDLE_CHECK = 1.0
+"""Seconds between checks, while idle, that the worker still exists."""
+
+
+def _serve(ref: weakref.ref[GroupWorker[Any]], calls: queue.SimpleQueue[_Call[Any]]) -> None:
+    """The worker thread: run batches until the final call, or until the worker is gone."""
+    while True:
+        try:
+            first = calls.get(timeout=_IDLE_CHECK)
+        except queue.Empty:
+            if ref() is None:
+                return
+            continue
+        worker = ref()
+        if worker is None:  # pragma: no cover - a queued call keeps its store alive
+            return
+        batch = worker._drain(first)
+        worker._hand_back(batch, worker._execute(batch))
+        final = batch[-1].final is not None
+        del worker, batch, first  # nothing of the store is held while waiting
+        if final:
+            return
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
