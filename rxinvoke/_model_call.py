@@ -113,7 +113,8 @@ async def _stream(
                 delta = text.feed(raw.delta)
                 if not delta:
                     continue  # a high surrogate waiting for its pair
-                event = raw.with_run_id(run_id)
+                # a provider may stamp the run id itself (ChatRequest.run_id): no copy then
+                event = raw if raw.run_id == run_id else raw.with_run_id(run_id)
                 if delta is not raw.delta:
                     event = event.model_copy(update={"delta": delta})
             else:

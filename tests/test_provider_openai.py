@@ -359,6 +359,16 @@ async def test_plain_text_streams_as_deltas_then_finishes_with_usage(
         timestamp=events[-1].timestamp,
     )
     assert server.requests[0].path == "/v1/chat/completions"
+    assert {e.run_id for e in events} == {None}  # a request without a run: nothing stamped
+
+
+async def test_text_fragments_carry_the_requests_run_id(
+    server: ChatServer, providers: Callable[..., OpenAIProvider]
+) -> None:
+    server.script(text_reply("Hello, loopback!", size=4))
+    events = await collect(providers(server.url), chat(run_id="run-7"))
+    deltas = [e for e in events if isinstance(e, ChatTextDelta)]
+    assert len(deltas) == 4 and {e.run_id for e in deltas} == {"run-7"}  # the runtime copies none
 
 
 @pytest.mark.parametrize("count", [1, 3], ids=["one-call", "three-parallel-calls"])

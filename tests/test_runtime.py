@@ -1445,3 +1445,40 @@ async def test_history_is_the_sessions_stored_messages() -> None:
     await runtime.run(request("b", session_id=first.session_id))
     assert [m.content for m in await runtime.history(first.session_id)] == ["a", "one", "b", "two"]
     assert await runtime.history(uuid.uuid4()) == []
+
+
+class _Stamping:
+    """Yields its text fragments with the request's run id (``stamp``) or without."""
+
+    def __init__(self, stamp: bool) -> None:
+        self.stamp = stamp
+        self.yielded: list[ChatTextDelta] = []
+
+    @property
+    def id(self) -> str:
+        return "stamping"
+
+    @property
+    def models(self) -> Sequence[str]:
+        return ("m",)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Any]:
+        for word in ("a ", "b"):
+            event = ChatTextDelta(delta=word, run_id=request.run_id if self.stamp else None)
+            self.yielded.append(event)
+            yield event
+        yield ChatFinished(finish_reason=FinishReason.STOP)
+
+
+@pytest.mark.parametrize("stamp", [True, False], ids=["stamped", "unstamped"])
+async def test_a_fragment_stamped_with_the_run_id_is_published_as_it_is(stamp: bool) -> None:
+    provider = _Stamping(stamp)
+    runtime = AgentRuntime(providers=[provider])
+    seen: list[Any] = []
+    runtime.events.subscribe(seen.append)
+    out = await runtime.run(RunRequest(input="hi"))
+    published = [e for e in seen if e.type == "chat_text_delta"]
+    assert [e.run_id for e in published] == [out.run_id] * 2
+    assert [e.delta for e in published] == ["a ", "b"] and out.output_text == "a b"
+    same = [p is y for p, y in zip(published, provider.yielded, strict=True)]
+    assert same == [stamp, stamp]  # stamped: no copy; unstamped: a copy with the run id

@@ -73,7 +73,7 @@ class OfflineProvider:
         words = re.findall(r"\S+\s*", answer)
         for word in words:
             await self._pause()
-            yield ChatTextDelta(delta=word)
+            yield ChatTextDelta(delta=word, run_id=request.run_id)
         output = len(words)
         yield ChatFinished(
             finish_reason=FinishReason.STOP,

@@ -297,7 +297,7 @@ class OpenAIProvider:
                     "(does the server support stream=true?)",
                 )
             yield ChatStarted(provider=self._id, model=model)
-            parser = _ChunkParser(self._id, model, self._redact)
+            parser = _ChunkParser(self._id, model, self._redact, request.run_id)
             sse_events = EventSource(response).aiter_sse()
             try:
                 async for sse in sse_events:
@@ -451,10 +451,17 @@ class _Call:
 class _ChunkParser:
     """Folds ``chat.completion.chunk`` payloads into chat events (choice 0 only)."""
 
-    def __init__(self, provider: str, model: str, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        redact: Callable[[str], str],
+        run_id: str | None = None,
+    ) -> None:
         self._provider = provider
         self._model = model
         self._redact = redact
+        self._run_id = run_id  # stamped on text fragments: the runtime need not copy them
         self._calls: dict[int, _Call] = {}
         self._ids: set[str] = set()
         self._finish: str | None = None
@@ -508,7 +515,7 @@ class _ChunkParser:
                     raise self._error("content received after finish_reason")
             else:
                 if content:
-                    events.append(ChatTextDelta(delta=content))
+                    events.append(ChatTextDelta(delta=content, run_id=self._run_id))
                 if tool_calls:
                     self._fold_tool_calls(tool_calls, events)
         finish = choice.get("finish_reason")
