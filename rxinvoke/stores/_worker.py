@@ -164,9 +164,15 @@ def _serve(ref: weakref.ref[GroupWorker[Any]], calls: queue.SimpleQueue[_Call[An
         if worker is None:  # pragma: no cover - a queued call keeps its store alive
             return
         batch = worker._drain(first)
-        worker._hand_back(batch, worker._execute(batch))
+        outcomes = worker._execute(batch)
         final = batch[-1].final is not None
-        del worker, batch, first  # nothing of the store is held while waiting
+        # let go of the store (the worker, the calls' closures) before any caller learns its
+        # outcome: a caller that then drops the store sees it collected
+        del worker
+        for call in batch:
+            call.fn = call.final = None
+        GroupWorker._hand_back(batch, outcomes)
+        del batch, first, outcomes
         if final:
             return
 
