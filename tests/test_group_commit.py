@@ -199,3 +199,32 @@ async def test_a_store_dropped_without_close_is_collected_and_its_thread_ends(tm
     assert ref() is None  # the thread does not keep the store (nor its connection) alive
     await asyncio.to_thread(thread.join, 5)
     assert not thread.is_alive()
+
+
+async def test_a_group_whose_transaction_sqlite_ended_writes_nothing(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "aborted.db")
+    await store.open()
+    started, release = threading.Event(), threading.Event()
+
+    def block(conn: object) -> None:
+        started.set()
+        release.wait(5)
+
+    blocker = asyncio.ensure_future(store._call(block))
+    await asyncio.to_thread(started.wait, 5)
+    first, last = record(), record()
+    pending = [
+        asyncio.ensure_future(store.begin_run(first, [Message(role="user", content="a")])),
+        # as SQLite does on a full disk or an I/O error: the whole transaction rolled back
+        asyncio.ensure_future(store._call(lambda conn: conn.execute("ROLLBACK"), write=True)),
+        asyncio.ensure_future(store.begin_run(last, [Message(role="user", content="b")])),
+    ]
+    await asyncio.sleep(0)
+    release.set()
+    await blocker
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+    assert await store.get_run(first.run_id) is None and await store.get_run(last.run_id) is None
+    fresh = record()  # the store goes on working
+    assert (await store.begin_run(fresh, []))[0].run_id == fresh.run_id
+    await store.close()

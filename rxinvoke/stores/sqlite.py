@@ -9,9 +9,9 @@ terminal events plus its status), so a process killed at any moment leaves whole
 A write alone is one ``BEGIN IMMEDIATE`` transaction; writes that wait for the worker together
 (many concurrent runs) are committed as one group (group commit): one transaction, each write
 in its own savepoint, so a write that fails is rolled back alone and the others commit. A
-write's caller learns its outcome once the group has committed. The file is in WAL mode with ``synchronous=NORMAL``
-(default; ``synchronous="FULL"`` to survive power loss too): a committed transaction survives
-a crash of the process. Several processes may share a file: a writer waits for another
+write's caller learns its outcome once the group has committed. The file is in WAL mode with
+``synchronous=NORMAL`` (default; ``synchronous="FULL"`` to survive power loss too): a committed
+transaction survives a crash of the process. Several processes may share a file: a writer waits for another
 writer up to ``busy_timeout`` seconds, and a busy error is retried.
 
 Event log: stored in segments, one ``event_segments`` row per written batch and run
@@ -408,6 +408,14 @@ class SqliteStore:
                     outcomes.append((False, self._translate(busy.error)))
                 except Exception as exc:
                     outcomes.append((False, exc))
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (a full disk, an I/O error):
+                    # nothing of the group is written, and nothing more may run in it
+                    self._drop_caches()
+                    error = outcomes[-1][1] if not outcomes[-1][0] else StoreError(
+                        f"{self.path}: the group's transaction ended early"
+                    )
+                    return [(False, error)] * len(fns)
         finally:
             self._in_group = False
         try:
