@@ -464,8 +464,9 @@ class SqliteStore:
                 conn.execute("RELEASE write")
             except BaseException:
                 self._drop_caches()
-                conn.execute("ROLLBACK TO write")
-                conn.execute("RELEASE write")
+                if conn.in_transaction:  # else SQLite rolled the whole group back already
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
                 raise
             return
         self._begin(conn)
