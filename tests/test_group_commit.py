@@ -150,8 +150,23 @@ async def test_writes_overlap_only_for_a_store_that_orders_its_calls(ordered: bo
         assert [e.seq for e in await store.read_events(r.run_id)] == [1]
 
 
-async def test_a_failed_write_with_later_writes_in_flight_keeps_each_runs_order() -> None:
-    store = _GatedStore(True)
+class _FailsTwice(_GatedStore):
+    """Its first two message commits wait for the gate, then fail."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+        self.failures = 2
+
+    async def append_messages(self, *args: Any, **kwargs: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            await self.gate.wait()
+            raise StoreError("disk hiccup")
+        await super().append_messages(*args, **kwargs)
+
+
+async def test_two_failed_writes_in_flight_put_back_each_runs_envelopes_in_seq_order() -> None:
+    store = _FailsTwice()
     bus = EventBus()
     log = EventLog(store, bus)
     r = record()
@@ -159,24 +174,18 @@ async def test_a_failed_write_with_later_writes_in_flight_keeps_each_runs_order(
     log.begin(r.run_id, r.session_id)
     for i in range(3):
         bus.publish(TextDelta(run_id=r.run_id, delta=f"a{i}"))
-    fails: list[bool] = [True]
-    original = MemoryStore.append_messages
-
-    async def flaky(self: MemoryStore, *args: Any, **kwargs: Any) -> None:
-        if fails and fails.pop():
-            raise StoreError("disk hiccup")
-        await original(self, *args, **kwargs)
-
+    first = asyncio.ensure_future(log.commit_messages(r.session_id, []))
+    await asyncio.sleep(0)  # the write of a0..a2 is in flight, waiting
+    for i in range(2):
+        bus.publish(TextDelta(run_id=r.run_id, delta=f"b{i}"))  # numbered while it waits
+    second = asyncio.ensure_future(log.commit_messages(r.session_id, []))
+    await asyncio.sleep(0)  # the write of b0, b1 is in flight behind it
     store.gate.set()
-    MemoryStore.append_messages = flaky  # type: ignore[method-assign]
-    try:
+    for write in (first, second):  # they fail in write order
         with pytest.raises(StoreError, match="hiccup"):
-            await log.commit_messages(r.session_id, [])
-        for i in range(2):
-            bus.publish(TextDelta(run_id=r.run_id, delta=f"b{i}"))
-        await log.commit_messages(r.session_id, [])
-    finally:
-        MemoryStore.append_messages = original  # type: ignore[method-assign]
+            await write
+    assert [e.seq for e in log.unflushed(r.run_id)] == [1, 2, 3, 4, 5]  # back in seq order
+    await log.commit_messages(r.session_id, [])
     stored = await store.read_events(r.run_id)
     assert [e.seq for e in stored] == [1, 2, 3, 4, 5]
     assert [e.event.delta for e in stored] == ["a0", "a1", "a2", "b0", "b1"]  # type: ignore[union-attr]
