@@ -235,7 +235,8 @@ class EventBus:
             observer: abc.ObserverBase[InvocationEvent],
             scheduler: abc.SchedulerBase | None = None,
         ) -> abc.DisposableBase:
-            def deliver(event: InvocationEvent) -> None:
+            # one callback for both indexes: the kind index passes a context it ignores
+            def deliver(event: InvocationEvent, context: SessionContext | None = None) -> None:
                 try:
                     observer.on_next(event)
                 except Exception as exc:
@@ -250,7 +251,7 @@ class EventBus:
 
             if member is EventKind.ANY:
                 return self.attach_plain(deliver, observer.on_completed)
-            return self.attach(member, lambda event, _context: deliver(event), observer.on_completed)
+            return self.attach(member, deliver, observer.on_completed)
 
         return reactivex.create(subscribe)
 

@@ -64,11 +64,10 @@ async def deadline(scheduler: abc.SchedulerBase | None, timeout: float | None) -
     # Single-threaded schedulers run expire only while the block is suspended at an await,
     # so the cancel lands inside the block, never after it. On the loop's own clock, a plain
     # loop timer (what AsyncIOScheduler.schedule_relative makes, without its disposables).
-    timer: abc.DisposableBase | asyncio.TimerHandle
     if isinstance(clock, AsyncIOScheduler):
-        timer = asyncio.get_running_loop().call_later(timeout, expire, clock)
+        stop = asyncio.get_running_loop().call_later(timeout, expire, clock).cancel
     else:
-        timer = clock.schedule_relative(timeout, expire)
+        stop = clock.schedule_relative(timeout, expire).dispose
     try:
         yield
     except asyncio.CancelledError:
@@ -77,7 +76,4 @@ async def deadline(scheduler: abc.SchedulerBase | None, timeout: float | None) -
         uncancel(task)
         raise DeadlineExceeded from None
     finally:
-        if isinstance(timer, asyncio.TimerHandle):
-            timer.cancel()
-        else:
-            timer.dispose()
+        stop()

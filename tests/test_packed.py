@@ -1,17 +1,22 @@
-"""Packed event logs (MemoryStore's finished runs) and event batches (the log's writes)."""
+"""Packed event logs (MemoryStore's run logs) and event batches (the log's writes)."""
 
 from __future__ import annotations
 
 import gc
 import uuid
+from collections.abc import Sequence
 
 import pytest
 from test_events import ALL_EXAMPLES, RUN
 
 from rxinvoke import TextDelta
 from rxinvoke.events import EventBase
-from rxinvoke.stores._packed import pack, unpack
+from rxinvoke.stores._packed import PackedLog, pack_one, unpack
 from rxinvoke.stores.base import EventBatch, EventEnvelope, log_entries
+
+
+def pack(events: Sequence[EventBase]) -> PackedLog:
+    return tuple(pack_one(e) for e in events)  # type: ignore[arg-type]
 
 
 def test_every_event_type_round_trips_equal_with_its_fields_in_order() -> None:

@@ -340,7 +340,7 @@ async def test_memory_store_keeps_finished_runs_and_idle_sessions_out_of_the_col
     await store.finish_run(rec.run_id, RunOutcome.completed(output(rec)), events=[terminal])
     gc.collect()
     gc.collect()
-    kept = [store._runs[rec.run_id], store._sessions[session], store._packed[rec.run_id]]
+    kept = [store._runs[rec.run_id], store._sessions[session], store._logs[rec.run_id]]
     assert not any(gc.is_tracked(item) for item in kept)  # bytes, and tuples of plain values
     assert await store.load_history(session) == before  # decoded equal
     got = await store.get_run(rec.run_id)

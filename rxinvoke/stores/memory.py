@@ -67,8 +67,9 @@ class MemoryStore:
         self._runs: dict[str, RunRecord | bytes] = {}  # finished: the record as JSON bytes
         self._by_request: dict[str, str] = {}
         self._key_of: dict[str, str] = {}  # run id -> its client_request_id
-        self._events: dict[str, list[PackedEvent]] = {}  # running runs: seq n at n - 1
-        self._packed: dict[str, PackedLog] = {}  # finished runs
+        # each run's log, packed, seq n at index n - 1: a list while the run runs, a tuple
+        # once it finished
+        self._logs: dict[str, list[PackedEvent] | PackedLog] = {}
         self._usage: dict[str, list[TokenUsage]] = {}  # running runs (folded into the record)
 
     async def load_history(self, session_id: uuid.UUID) -> list[Message]:
@@ -156,7 +157,7 @@ class MemoryStore:
     def _claim(self, record: RunRecord) -> None:
         key = record.client_request_id
         self._runs[record.run_id] = record
-        self._events[record.run_id] = []
+        self._logs[record.run_id] = []
         self._usage[record.run_id] = []
         if key is not None:
             self._by_request[key] = record.run_id
@@ -179,7 +180,7 @@ class MemoryStore:
         session_id = record.session_id
         if messages:
             self._history_of(session_id).extend(messages)
-        self._packed[run_id] = tuple(self._events.pop(run_id))
+        self._logs[run_id] = tuple(self._logs[run_id])
         self._running[session_id] -= 1
         if self._running[session_id] <= 0:
             del self._running[session_id]
@@ -193,7 +194,7 @@ class MemoryStore:
                 "error": outcome.error,
                 "finished_at": utcnow(),
                 "iterations": len(usage),
-                "total_usage": _total(usage),
+                "total_usage": sum(usage, TokenUsage()),
             }
         )
         self._runs[run_id] = finished.__pydantic_serializer__.to_json(finished)
@@ -203,8 +204,7 @@ class MemoryStore:
 
     def _forget(self, run_id: str) -> None:
         del self._runs[run_id]
-        self._events.pop(run_id, None)
-        self._packed.pop(run_id, None)
+        self._logs.pop(run_id, None)
         self._usage.pop(run_id, None)
         key = self._key_of.pop(run_id, None)
         if key is not None and self._by_request.get(key) == run_id:
@@ -230,12 +230,10 @@ class MemoryStore:
 
     async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
         after = max(after_seq or 0, 0)
-        packed: Sequence[PackedEvent] | None = self._events.get(run_id)  # seq n at index n - 1
-        if packed is None:
-            packed = self._packed.get(run_id)
-            if packed is None:
-                raise UnknownRun(run_id)
-        events = unpack(packed, after)
+        log = self._logs.get(run_id)
+        if log is None:
+            raise UnknownRun(run_id)
+        events = unpack(log, after)
         session_id = self._record(run_id).session_id
         of = EventEnvelope.of
         return [of(event, run_id, session_id, seq) for seq, event in enumerate(events, after + 1)]
@@ -250,23 +248,23 @@ class MemoryStore:
         record = self._runs[run_id]
         if isinstance(record, bytes):  # finished: its usage is in the record
             return RunRecord.model_validate_json(record)
-        usage = self._usage.get(run_id)
-        if usage is None:
-            return record
-        return record.model_copy(update={"iterations": len(usage), "total_usage": _total(usage)})
+        usage = self._usage[run_id]
+        return record.model_copy(
+            update={"iterations": len(usage), "total_usage": sum(usage, TokenUsage())}
+        )
 
     def _append(self, events: Sequence[EventEnvelope]) -> None:
         """Append each envelope to its run's log (each must be ``last + 1``): all of them, or
         none (a refused envelope takes back the ones appended before it)."""
-        logs, usage = self._events, self._usage
+        logs, usage = self._logs, self._usage
         for index, (run_id, _session_id, seq, event) in enumerate(log_entries(events)):
             log = logs.get(run_id)
-            if log is None or seq != len(log) + 1:
+            if type(log) is not list or seq != len(log) + 1:
                 self._take_back(list(islice(log_entries(events), index)))
                 if log is None:
-                    if run_id in self._packed:
-                        raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
                     raise UnknownRun(run_id)
+                if type(log) is tuple:
+                    raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
                 raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {len(log)}")
             log.append(pack_one(event))
             if type(event) is UsageRecorded:
@@ -274,13 +272,7 @@ class MemoryStore:
 
     def _take_back(self, appended: list[LogEntry]) -> None:
         for run_id, _session_id, _seq, event in reversed(appended):
-            self._events[run_id].pop()
+            self._logs[run_id].pop()  # type: ignore[union-attr]  # a running run's list
             if type(event) is UsageRecorded:
                 self._usage[run_id].pop()
 
-
-def _total(usage: Sequence[TokenUsage]) -> TokenUsage:
-    total = TokenUsage()
-    for item in usage:
-        total = total + item
-    return total
