@@ -131,6 +131,7 @@ from .runtime import AgentRuntime as AgentRuntime
 from .spans import Span as Span
 from .spans import spans as spans
 from .stores import MemoryStore as MemoryStore
+from .stores import PostgresStore as PostgresStore
 from .stores import RunRecord as RunRecord
 from .stores import RunStatus as RunStatus
 from .stores import SqliteStore as SqliteStore
@@ -183,6 +184,7 @@ __all__ = (
     "OfflineProvider",
     "Overflow",
     "per_run",
+    "PostgresStore",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderHTTPError",

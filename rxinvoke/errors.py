@@ -47,6 +47,7 @@ __all__ = (
     "ProviderHTTPError",
     "ProviderStreamError",
     "RxInvokeError",
+    "SessionBusy",
     "StoreError",
     "SubscriberError",
     "SubscriberOverflow",
@@ -207,6 +208,16 @@ class StoreError(RxInvokeError):
 
 class MigrationError(StoreError):
     """The database cannot be brought to this version's schema (e.g. it is from a newer one)."""
+
+
+class SessionBusy(StoreError):
+    """A run of the session is running in another process (a store shared between
+    processes): nothing was written; the runtime waits (``wait_session``) and tries again."""
+
+    def __init__(self, session_id: str, run_id: str) -> None:
+        super().__init__(f"session {session_id}: run {run_id!r} of another process is running")
+        self.session_id = session_id
+        self.run_id = run_id
 
 
 class UnknownRun(StoreError, LookupError):

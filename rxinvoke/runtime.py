@@ -52,6 +52,7 @@ from .errors import (
     InvocationFailed,
     InvocationTimedOut,
     ProviderError,
+    SessionBusy,
     StoreError,
     SubscriberError,
     UserError,
@@ -377,19 +378,36 @@ class AgentRuntime:
         # event (_begun). The gate is held until the run is settled: its last messages are
         # written with its terminal status (EventLog.defer_messages), before the next run of
         # the session reads the history.
+        # A store shared between processes refuses the claim while another process runs the
+        # session (SessionBusy, nothing written): wait for it (cancellable) and claim again.
         async with self._gate.hold(run.session_id):
-            claim = start_eagerly(self.store.begin_run(record, opening, preamble=preamble))
-            interrupted = False
-            try:
-                stored, history = await asyncio.shield(claim)
-            except asyncio.CancelledError:
-                (stored, history), interrupted = await claim, True
+            while True:
+                claim = start_eagerly(self.store.begin_run(record, opening, preamble=preamble))
+                interrupted = False
+                try:
+                    stored, history = await asyncio.shield(claim)
+                except SessionBusy:
+                    await self._wait_session(run.session_id)
+                    continue
+                except asyncio.CancelledError:
+                    try:
+                        (stored, history), interrupted = await claim, True
+                    except SessionBusy:
+                        raise asyncio.CancelledError from None
+                break
             if stored.run_id == run.run_id:
                 return await self._begun(run, history, interrupted=interrupted)
         # an earlier emit with the same client_request_id: its outcome, outside the gate
         if interrupted:
             raise asyncio.CancelledError
         return await self._rejoin(stored)
+
+    async def _wait_session(self, session_id: uuid.UUID) -> None:
+        wait = getattr(self.store, "wait_session", None)
+        if wait is not None:
+            await wait(session_id)
+        else:
+            await asyncio.sleep(0.1)
 
     async def _begun(self, run: Run, history: list[Message], *, interrupted: bool) -> RunOutput:
         """The claimed run, from ``run_started`` to its settled terminal event."""

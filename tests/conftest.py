@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import tests_support_servers as servers
+from tests_support_servers import PostgresServer, RedisServer
 
+from rxinvoke import MemoryStore, PostgresStore, SqliteStore, Store
 from rxinvoke.testing import refuse_outbound_http
 
 
@@ -23,3 +28,33 @@ def _private_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     data_home = tmp_path_factory.mktemp("xdg-data")
     monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
     monkeypatch.setenv("RXINVOKE_DB", str(data_home / "rxinvoke" / "rxinvoke.db"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster on 127.0.0.1 for this test session (tests/tests_support_servers.py)."""
+    with servers.postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server on 127.0.0.1 for this test session (tests/tests_support_servers.py)."""
+    with servers.redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each store of the conformance suite (tests/test_store.py, tests/test_replay.py): a
+    MemoryStore, a SqliteStore file, a PostgresStore in a schema of its own."""
+    made: Store
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        made = PostgresStore(server.dsn, schema=f"t_{uuid.uuid4().hex[:12]}")
+    elif request.param == "sqlite":
+        made = SqliteStore(tmp_path / "store.db")
+    else:
+        made = MemoryStore()
+    yield made
+    await made.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,6 @@ from rxinvoke.stores import EventEnvelope, RunOutcome
 
 text_turn = ScriptedProvider.text_turn
 tool_call_turn = ScriptedProvider.tool_call_turn
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "r.db")
-    yield made
-    await made.close()
 
 
 def emit_request(text: str = "hi", **kw: Any) -> EmitRequest:

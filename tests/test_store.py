@@ -1,9 +1,9 @@
-"""The Store contract, run on MemoryStore and SqliteStore (a tmp_path file) alike."""
+"""The Store contract, run on MemoryStore, SqliteStore (a tmp_path file) and PostgresStore (a
+private server, a schema per test) alike: the ``store`` fixture of conftest.py."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rxinvoke import (
     MemoryStore,
     Message,
+    PostgresStore,
     RunOutput,
     RunRecord,
     RunRequest,
@@ -29,13 +30,6 @@ from rxinvoke.events import InvocationEvent, RunCompleted, RunStarted
 from rxinvoke.messages import FinishReason, utcnow
 from rxinvoke.stores import EventEnvelope, RunOutcome
 from rxinvoke.stores.base import EventBatch
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.db")
-    yield made
-    await made.close()
 
 
 def record(run_id: str | None = None, session: uuid.UUID | None = None, key: str | None = None, **kw: object) -> RunRecord:
@@ -64,9 +58,10 @@ def output(rec: RunRecord) -> RunOutput:
     )
 
 
-def test_both_stores_implement_the_protocol(tmp_path: Path) -> None:
+def test_every_store_implements_the_protocol(tmp_path: Path) -> None:
     assert isinstance(MemoryStore(), Store)
     assert isinstance(SqliteStore(tmp_path / "x.db"), Store)
+    assert isinstance(PostgresStore("postgresql://u@127.0.0.1/db"), Store)
 
 
 async def test_messages_round_trip_in_commit_order(store: Store) -> None:

@@ -28,6 +28,11 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
   one connection), says so with a class attribute ``ordered_calls = True``; the runtime then
   hands it a write without waiting for the write before (its worker can commit concurrent
   runs' writes together). Without it, the runtime's writes wait for each other.
+- A store shared between processes keeps one run per session running at a time across
+  them: while another process's run of the session is running, ``begin_run`` writes nothing
+  and raises :class:`~rxinvoke.errors.SessionBusy`, and the store's optional
+  ``wait_session(session_id)`` coroutine returns when it is worth trying again (the runtime
+  waits 0.1 s without it). Runs of one process are ordered by its runtime.
 - Writes are handed over as :class:`EventBatch` (a sequence of envelopes built on demand);
   :func:`log_entries` gives a store the plain ``(run_id, session_id, seq, event)`` entries.
 - A store keeps an envelope's event, run and seq: ``event_id``, ``session_id``, ``type`` and

@@ -51,12 +51,12 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import pydantic_core
-from pydantic import TypeAdapter, ValidationError
 
 from ..errors import MigrationError, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, ToolCall, utcnow
 from ..request import RunOutput, RunRequest
+from ._rows import DECODE_ERRORS, EVENT_LIST, TERMINAL_STATUS, why
 from ._worker import GroupWorker, Outcome
 from .base import (
     EventEnvelope,
@@ -146,9 +146,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this rxinvoke writes (``PRAGMA user_version``)."""
 
 _BUSY_RETRIES = 5
-
-_EVENT_LIST: TypeAdapter[list[InvocationEvent]] = TypeAdapter(list[InvocationEvent])
-"""Encodes a run's batch of events as one segment (a JSON array) and decodes it."""
 
 _SESSION_CACHE = 10_000
 
@@ -254,24 +251,11 @@ def _message_rows(session_id: uuid.UUID, messages: Sequence[Message]) -> list[tu
     ]
 
 
-def _why(exc: Exception) -> str:
-    """A one-line reason for a decoding failure."""
-    if isinstance(exc, ValidationError):
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "value"
-        return f"{where}: {first['msg']}"[:160]
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]
-
-
-_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
-
-
 def _run_record(row: Sequence[Any]) -> RunRecord:
     try:
         return _decode_run_record(row)
-    except _DECODE_ERRORS as exc:
-        raise StoreError(f"run {row[0]!r}: its stored run row is corrupted ({_why(exc)})") from exc
+    except DECODE_ERRORS as exc:
+        raise StoreError(f"run {row[0]!r}: its stored run row is corrupted ({why(exc)})") from exc
 
 
 def _decode_run_record(row: Sequence[Any]) -> RunRecord:
@@ -440,8 +424,8 @@ class SqliteStore:
             if type(exc) is not StoreError or str(self.path) in exc.message:
                 raise
             raise StoreError(f"{self.path}: {exc.message}") from exc.__cause__
-        except _DECODE_ERRORS as exc:  # stored data this version cannot read
-            raise StoreError(f"{self.path}: unreadable stored data ({_why(exc)})") from exc
+        except DECODE_ERRORS as exc:  # stored data this version cannot read
+            raise StoreError(f"{self.path}: unreadable stored data ({why(exc)})") from exc
         except OSError as exc:
             raise StoreError(f"{self.path}: {exc.strerror or exc}") from exc
 
@@ -607,10 +591,10 @@ class SqliteStore:
                         created_at=_dt(row[6]),
                     )
                 )
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 raise StoreError(
                     f"session {session_id}: stored message {row[0]!r} (run {row[1]!r}) is "
-                    f"corrupted ({_why(exc)})"
+                    f"corrupted ({why(exc)})"
                 ) from exc
         return messages
 
@@ -788,11 +772,11 @@ class SqliteStore:
             envelopes: list[EventEnvelope] = []
             for first, text in rows:
                 try:
-                    events = _EVENT_LIST.validate_json(text)
-                except _DECODE_ERRORS as exc:
+                    events = EVENT_LIST.validate_json(text)
+                except DECODE_ERRORS as exc:
                     raise StoreError(
                         f"run {run_id!r}: its stored event segment from seq {first} is "
-                        f"corrupted ({_why(exc)})"
+                        f"corrupted ({why(exc)})"
                     ) from exc
                 skip = after - first + 1 if after >= first else 0  # only the first segment
                 seq = first + skip
@@ -880,11 +864,9 @@ class SqliteStore:
                 last = (segment[0], json.loads(segment[1])[-1]["type"]) if segment else None
                 status: RunStatus = "failed"
                 error: str | None = "interrupted"
-                if last is not None and last[1] in ("run_completed", "run_failed", "run_cancelled"):
+                if last is not None and last[1] in TERMINAL_STATUS:
                     # the terminal event is stored already: only the status lagged
-                    status = {"run_completed": "completed", "run_cancelled": "cancelled"}.get(
-                        last[1], "failed"
-                    )  # type: ignore[assignment]
+                    status = TERMINAL_STATUS[last[1]]  # type: ignore[assignment]
                     error = None if status == "completed" else error
                 else:
                     last_seq = last[0] if last is not None else 0

@@ -1,0 +1,899 @@
+"""PostgresStore: sessions, messages, runs, usage and the event log in PostgreSQL (psycopg 3).
+
+For runtimes on several processes and machines sharing one durable store (the ``[postgres]``
+extra: ``psycopg`` with its ``pool``). Everything lives in one schema (``rxinvoke`` unless
+told), created on first use.
+
+Connections: an :class:`psycopg_pool.AsyncConnectionPool` for the store's calls (concurrent:
+reads and writes of different runs run side by side), and one connection of the store's own
+that holds the store's **liveness lock** for its lifetime and listens for freed sessions.
+
+Transactions: every write is one transaction, all or nothing (a batch of messages with its
+envelopes, a run's terminal events with its status). A call whose connection turns out broken
+before it commits is retried once on a fresh connection; a failure to reach the server within
+``timeout`` seconds is a :class:`~rxinvoke.errors.StoreError`, never a hang.
+
+Event log: one ``event_segments`` row per written batch and run (``first_seq``, ``last_seq``,
+the batch's events as one JSON array), as in SqliteStore. Each run row holds its ``last_seq``:
+a write moves it from ``first_seq - 1`` to ``last_seq`` in one conditional ``UPDATE``, so a
+gap, a duplicate, an unknown or a finished run is refused by the database itself, whichever
+process writes.
+
+One run per session, across processes: a session row names its ``active_run``. ``begin_run``
+locks the session row (``SELECT … FOR UPDATE``); when another process's run is active it writes
+nothing and raises :class:`~rxinvoke.errors.SessionBusy`; the runtime then waits with
+:meth:`PostgresStore.wait_session` (woken by ``NOTIFY`` when that run finishes, or after
+``session_poll`` seconds) and tries again, so runs of one session never overlap.
+
+Crash recovery: a store takes a PostgreSQL advisory lock with a random key on its own
+connection and records it in the runs it owns (``owner = "host:pid:pg:<key>"``). PostgreSQL
+releases the lock when that connection ends — the process exited, was killed, or its machine
+went away (after the server's TCP keepalive gives up on it). A ``running`` run whose owner's
+lock is free is interrupted: :meth:`PostgresStore.recover_interrupted` (also run when the
+store opens, and by ``begin_run`` for a session held by such a run) appends its terminal
+``run_failed`` ("interrupted") with the next seq. If the store's own connection breaks, it
+reconnects and takes its lock again; a run recovered by another process in that window keeps
+its terminal event, and the owner's later writes to it are refused.
+
+Schema: versioned migrations (``MIGRATIONS``), recorded in the schema's ``rxinvoke_schema``
+table and applied under an advisory lock, so processes opening a new database at once migrate
+it once. A schema from a newer rxinvoke raises :class:`~rxinvoke.errors.MigrationError`; a
+schema holding other tables but no version table raises :class:`~rxinvoke.errors.StoreError`.
+
+The connection string's password never appears in an error, a log line or ``repr``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pydantic_core
+
+from ..errors import MigrationError, SessionBusy, StoreError, UnknownRun
+from ..events import InvocationEvent, UsageRecorded
+from ..messages import Message, TokenUsage, ToolCall, utcnow
+from ..request import RunOutput, RunRequest
+from ._rows import DECODE_ERRORS, EVENT_LIST, TERMINAL_STATUS, why
+from .base import (
+    EventEnvelope,
+    RunOutcome,
+    RunRecord,
+    RunStatus,
+    interrupted_envelopes,
+    log_entries,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+__all__ = ("MIGRATIONS", "SCHEMA_VERSION", "PostgresStore")
+
+_T = TypeVar("_T")
+
+_LOCK_CLASS = 0x5258  # "RX": the first key of every advisory lock this store takes
+_MIGRATION_LOCK = 0
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: sessions, messages, runs, usage, the event log in segments
+    """
+    CREATE TABLE sessions (
+        id uuid PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        active_run text
+    );
+    CREATE TABLE messages (
+        pk bigserial PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        session_id uuid NOT NULL REFERENCES sessions (id),
+        run_id text,
+        role text NOT NULL,
+        content text NOT NULL,
+        tool_calls json NOT NULL,
+        tool_call_id text,
+        created_at timestamptz NOT NULL
+    );
+    CREATE INDEX messages_by_session ON messages (session_id, pk);
+    CREATE TABLE runs (
+        id text PRIMARY KEY,
+        session_id uuid NOT NULL REFERENCES sessions (id),
+        status text NOT NULL
+            CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
+        request json NOT NULL,
+        output json,
+        error text,
+        client_request_id text UNIQUE,
+        owner text,
+        started_at timestamptz NOT NULL,
+        finished_at timestamptz,
+        last_seq integer NOT NULL DEFAULT 0,
+        pk bigserial NOT NULL
+    );
+    CREATE INDEX runs_by_start ON runs (started_at, pk);
+    CREATE INDEX runs_running ON runs (status) WHERE status = 'running';
+    CREATE INDEX runs_by_session ON runs (session_id, started_at, pk);
+    CREATE TABLE usage (
+        run_id text NOT NULL REFERENCES runs (id),
+        seq integer NOT NULL,
+        input_tokens integer NOT NULL,
+        output_tokens integer NOT NULL,
+        total_tokens integer NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE event_segments (
+        run_id text NOT NULL REFERENCES runs (id),
+        first_seq integer NOT NULL CHECK (first_seq >= 1),
+        last_seq integer NOT NULL CHECK (last_seq >= first_seq),
+        events json NOT NULL,
+        PRIMARY KEY (run_id, first_seq)
+    );
+    """,
+)
+"""One SQL script per schema version; version ``n`` is ``MIGRATIONS[n - 1]``. Append only."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this rxinvoke writes (the ``rxinvoke_schema`` table)."""
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+
+_RUN_SELECT = (
+    "SELECT r.id, r.session_id, r.status, r.request::text, r.output::text, r.error, "
+    "r.client_request_id, r.owner, r.started_at, r.finished_at, "
+    "u.n, u.input_tokens, u.output_tokens, u.total_tokens "
+    "FROM runs r CROSS JOIN LATERAL (SELECT count(*) AS n, "
+    "coalesce(sum(input_tokens), 0) AS input_tokens, "
+    "coalesce(sum(output_tokens), 0) AS output_tokens, "
+    "coalesce(sum(total_tokens), 0) AS total_tokens FROM usage WHERE run_id = r.id) u "
+)
+
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, session_id, run_id, role, content, tool_calls, tool_call_id, "
+    "created_at) VALUES (%s, %s, %s, %s, %s, %s::json, %s, %s)"
+)
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc)
+
+
+def _run_record(row: Sequence[Any]) -> RunRecord:
+    try:
+        status: RunStatus = row[2]
+        return RunRecord(
+            run_id=row[0],
+            session_id=row[1],
+            status=status,
+            request=RunRequest.model_validate_json(row[3]),
+            output=RunOutput.model_validate_json(row[4]) if row[4] is not None else None,
+            error=row[5],
+            client_request_id=row[6],
+            owner=row[7],
+            started_at=_utc(row[8]),
+            finished_at=_utc(row[9]) if row[9] is not None else None,
+            iterations=row[10],
+            total_usage=TokenUsage(
+                input_tokens=row[11], output_tokens=row[12], total_tokens=row[13]
+            ),
+        )
+    except DECODE_ERRORS as exc:
+        raise StoreError(f"run {row[0]!r}: its stored run row is corrupted ({why(exc)})") from exc
+
+
+def _message_rows(session_id: uuid.UUID, messages: Sequence[Message]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            m.id,
+            session_id,
+            m.run_id,
+            m.role,
+            m.content,
+            pydantic_core.to_json([c.model_dump() for c in m.tool_calls]).decode(),
+            m.tool_call_id,
+            m.created_at,
+        )
+        for m in messages
+    ]
+
+
+def _owner_key(owner: str | None) -> int | None:
+    """The advisory lock key of a PostgresStore owner (``host:pid:pg:<key>``), else None."""
+    if not owner:
+        return None
+    head, _, key = owner.rpartition(":pg:")
+    if not head or not key.lstrip("-").isdigit():
+        return None
+    return int(key)
+
+
+class PostgresStore:
+    """A :class:`~rxinvoke.stores.Store` in PostgreSQL, shared by processes on many machines.
+
+    Opened on first use (or by :meth:`open`); use ``async with PostgresStore(dsn)`` or call
+    :meth:`close` when done.
+
+    Args:
+        dsn: a libpq connection string or URL (``postgresql://user:password@host/db``).
+        schema: the schema holding the tables (created if missing); lowercase letters, digits
+            and ``_``.
+        min_size, max_size: the connection pool's bounds.
+        timeout: seconds a call waits for a connection (the server unreachable, the pool
+            exhausted) before it fails with a :class:`~rxinvoke.errors.StoreError`.
+        session_poll: the longest :meth:`wait_session` waits for a ``NOTIFY`` before the
+            runtime tries the session again (it also notices a dead owner that way).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "rxinvoke",
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 10.0,
+        session_poll: float = 1.0,
+    ) -> None:
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(
+                f"schema must be lowercase letters, digits and '_' (at most 48), got {schema!r}"
+            )
+        if not 1 <= min_size <= max_size:
+            raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError as exc:  # pragma: no cover - the extra is missing
+            raise ImportError(
+                "PostgresStore needs psycopg: pip install 'rxinvoke[postgres]'"
+            ) from exc
+        try:
+            params = conninfo_to_dict(dsn)
+        except Exception:
+            raise ValueError("dsn is not a valid PostgreSQL connection string") from None
+        self._secret = str(params.get("password") or "")
+        self.where = (
+            f"postgresql://{params.get('user') or ''}@{params.get('host') or 'localhost'}:"
+            f"{params.get('port') or 5432}/{params.get('dbname') or ''}#{schema}"
+        )
+        """Where the store is, for messages: no password."""
+        self._dsn = dsn
+        self.schema = schema
+        self._min_size, self._max_size = min_size, max_size
+        self._timeout = timeout
+        self._session_poll = session_poll
+        self._key = random.randint(1, 2**31 - 1)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}"
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._own: psycopg.AsyncConnection[Any] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self._waiters: dict[uuid.UUID, list[asyncio.Future[None]]] = {}
+        self._closed = False
+        self.recovered: tuple[str, ...] = ()
+        """Runs marked failed ("interrupted") when this store opened."""
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this store writes."""
+        return SCHEMA_VERSION
+
+    @property
+    def owner(self) -> str:
+        """What this store records as the owner of the runs it begins."""
+        return self._owner
+
+    # --- opening and closing ----------------------------------------------------------------
+
+    async def open(self) -> PostgresStore:
+        """Connect, migrate and recover now rather than on first use.
+
+        Raises:
+            StoreError: the server is unreachable, refuses the login, or the schema is not
+                rxinvoke's.
+            MigrationError: the schema is from a newer rxinvoke.
+        """
+        if self._closed:
+            raise StoreError(f"{self.where}: the store is closed")
+        if self._pool is not None:
+            return self
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        try:
+            await asyncio.shield(self._opening)
+        except BaseException:
+            if self._opening.done():
+                self._opening = None  # a failed open may be tried again
+            raise
+        return self
+
+    async def _open(self) -> None:
+        import psycopg
+        from psycopg_pool import AsyncConnectionPool
+
+        try:
+            own = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            )
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        try:
+            await self._migrate(own)
+            await self._lock_owner(own)
+            await own.execute(f'LISTEN "rxinvoke_{self.schema}"')
+        except BaseException:
+            await own.close()
+            raise
+        self._own = own
+        self._listener = asyncio.ensure_future(self._listen())
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self._dsn,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._timeout,
+            open=False,
+            kwargs={
+                "autocommit": True,
+                "options": f"-c search_path={self.schema} -c timezone=UTC",
+            },
+        )
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+        except (psycopg.Error, asyncio.TimeoutError) as exc:
+            await pool.close()
+            await self._close_own()
+            raise self._error(exc) from None
+        self._pool = pool
+        self.recovered = tuple(await self.recover_interrupted())
+
+    async def _migrate(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        schema = self.schema
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _MIGRATION_LOCK))
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            await conn.execute(f"SET LOCAL search_path = {schema}")
+            cur = await conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE tablename = 'rxinvoke_schema') "
+                "FROM pg_tables WHERE schemaname = %s",
+                (schema,),
+            )
+            tables, marked = (await cur.fetchone()) or (0, 0)
+            if tables and not marked:
+                raise StoreError(
+                    f"{self.where}: not an rxinvoke schema (it has other tables and no "
+                    "rxinvoke_schema table)"
+                )
+            version = 0
+            if marked:
+                cur = await conn.execute("SELECT version FROM rxinvoke_schema")
+                row = await cur.fetchone()
+                version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise MigrationError(
+                    f"{self.where}: database schema version {version} is newer than this "
+                    f"rxinvoke supports ({SCHEMA_VERSION}); upgrade rxinvoke to open it"
+                )
+            if not marked:
+                await conn.execute("CREATE TABLE rxinvoke_schema (version integer NOT NULL)")
+                await conn.execute("INSERT INTO rxinvoke_schema (version) VALUES (0)")
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                await conn.execute(MIGRATIONS[number - 1])
+                await conn.execute("UPDATE rxinvoke_schema SET version = %s", (number,))
+
+    async def _lock_owner(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Take this store's liveness lock (a new key if another store holds this one)."""
+        for _ in range(100):
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, self._key)
+            )
+            row = await cur.fetchone()
+            if row and row[0]:
+                return
+            if self._pool is not None:  # reconnecting: our runs are recorded under this key
+                raise StoreError(f"{self.where}: the store's liveness lock is taken")
+            self._key = random.randint(1, 2**31 - 1)
+            self._owner = f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}"
+        raise StoreError(f"{self.where}: no free advisory lock key")  # pragma: no cover
+
+    async def _listen(self) -> None:
+        """Wake waiters of freed sessions; reconnect (with backoff) if the connection breaks."""
+        import psycopg
+
+        delay = 0.05
+        while not self._closed:
+            own = self._own
+            try:
+                if own is None or own.closed:
+                    own = await psycopg.AsyncConnection.connect(
+                        self._dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
+                    )
+                    await self._lock_owner(own)
+                    await own.execute(f'LISTEN "rxinvoke_{self.schema}"')
+                    self._own = own
+                    self._wake_all()  # a notice may have been missed
+                delay = 0.05
+                async for notice in own.notifies():
+                    self._wake(notice.payload)
+            except (psycopg.Error, StoreError):
+                if own is not None and not own.closed:
+                    await own.close()
+                self._own = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _wake(self, payload: str) -> None:
+        try:
+            session_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        for waiter in self._waiters.pop(session_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_all(self) -> None:
+        for session_id in list(self._waiters):
+            self._wake(str(session_id))
+
+    async def _close_own(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._listener = None
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
+
+    async def close(self) -> None:
+        """Close the pool and the store's own connection (idempotent); the liveness lock is
+        released with it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._opening is not None and not self._opening.done():
+            try:
+                await self._opening
+            except Exception:
+                pass
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        await self._close_own()
+        self._wake_all()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _error(self, exc: BaseException) -> StoreError:
+        """``exc`` as a StoreError naming the store, with the password scrubbed."""
+        if isinstance(exc, UnknownRun):
+            return exc
+        if isinstance(exc, StoreError):
+            if self.where in exc.message:
+                return exc
+            return type(exc)(f"{self.where}: {exc.message}")
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return StoreError(f"{self.where}: {text}")
+
+    async def _call(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """``fn(conn)`` in one transaction; retried once on a fresh connection if the one it
+        got was broken before the commit."""
+        import psycopg
+
+        if self._closed:
+            raise StoreError(f"{self.where}: the store is closed")
+        if self._pool is None:
+            await self.open()
+        pool = self._pool
+        assert pool is not None
+        for attempt in (1, 2):
+            committing = False
+            try:
+                async with pool.connection() as conn:
+                    try:
+                        async with conn.transaction():
+                            result = await fn(conn)
+                            committing = True
+                    except psycopg.OperationalError:
+                        if conn.broken and not committing and attempt == 1:
+                            continue  # the pool drops the broken connection
+                        raise
+                return result
+            except SessionBusy:
+                raise
+            except (StoreError, psycopg.Error) as exc:
+                error = self._error(exc)
+            except DECODE_ERRORS as exc:
+                error = StoreError(f"{self.where}: unreadable stored data ({why(exc)})")
+            raise error from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- sessions and messages ------------------------------------------------------------------
+
+    async def load_history(self, session_id: uuid.UUID) -> list[Message]:
+        return await self._call(lambda conn: self._history(conn, session_id))
+
+    @staticmethod
+    async def _history(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID) -> list[Message]:
+        cur = await conn.execute(
+            "SELECT id, run_id, role, content, tool_calls::text, tool_call_id, created_at "
+            "FROM messages WHERE session_id = %s ORDER BY pk",
+            (session_id,),
+        )
+        messages: list[Message] = []
+        for row in await cur.fetchall():
+            try:
+                messages.append(
+                    Message(
+                        id=row[0],
+                        run_id=row[1],
+                        role=row[2],
+                        content=row[3],
+                        tool_calls=tuple(
+                            ToolCall.model_validate(c) for c in pydantic_core.from_json(row[4])
+                        ),
+                        tool_call_id=row[5],
+                        created_at=_utc(row[6]),
+                    )
+                )
+            except DECODE_ERRORS as exc:
+                raise StoreError(
+                    f"session {session_id}: stored message {row[0]!r} (run {row[1]!r}) is "
+                    f"corrupted ({why(exc)})"
+                ) from exc
+        return messages
+
+    async def append_messages(
+        self,
+        session_id: uuid.UUID,
+        messages: Sequence[Message],
+        *,
+        events: Sequence[EventEnvelope] = (),
+    ) -> None:
+        rows = _message_rows(session_id, messages)
+
+        async def append(conn: psycopg.AsyncConnection[Any]) -> None:
+            await self._insert_events(conn, events)
+            await self._insert_messages(conn, session_id, rows)
+
+        await self._call(append)
+
+    @staticmethod
+    async def _insert_messages(
+        conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID, rows: list[tuple[Any, ...]]
+    ) -> None:
+        if not rows:
+            return
+        await conn.execute(
+            "INSERT INTO sessions (id) VALUES (%s) ON CONFLICT DO NOTHING", (session_id,)
+        )
+        async with conn.cursor() as cur:
+            await cur.executemany(_INSERT_MESSAGE, rows)
+
+    async def wait_session(self, session_id: uuid.UUID) -> None:
+        """Wait until the session's active run (another process's) may have finished: its
+        ``NOTIFY``, or ``session_poll`` seconds. Cancelling the wait writes nothing."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(session_id, []).append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self._session_poll)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            left = [w for w in self._waiters.get(session_id, ()) if w is not waiter]
+            if left:
+                self._waiters[session_id] = left
+            else:
+                self._waiters.pop(session_id, None)
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    async def begin_run(
+        self,
+        record: RunRecord,
+        messages: Sequence[Message],
+        *,
+        preamble: Sequence[Message] = (),
+    ) -> tuple[RunRecord, list[Message]]:
+        owned = record.model_copy(update={"owner": self._owner, "status": "running"})
+        session_id = owned.session_id
+        key = owned.client_request_id
+
+        async def begin(conn: psycopg.AsyncConnection[Any]) -> tuple[RunRecord, list[Message]]:
+            if key is not None:
+                existing = await self._find(conn, "r.client_request_id = %s", key)
+                if existing is not None:
+                    return existing, []
+            await conn.execute(
+                "INSERT INTO sessions (id) VALUES (%s) ON CONFLICT DO NOTHING", (session_id,)
+            )
+            cur = await conn.execute(
+                "SELECT s.active_run, r.status, r.owner FROM sessions s "
+                "LEFT JOIN runs r ON r.id = s.active_run WHERE s.id = %s FOR UPDATE OF s",
+                (session_id,),
+            )
+            active = await cur.fetchone()
+            if active is not None and active[1] == "running" and active[2] != self._owner:
+                # this process's own runs of the session are ordered by its runtime's gate
+                if not await self._owner_is_gone(conn, active[2]):
+                    raise SessionBusy(str(session_id), active[0])
+                await self._recover_run(conn, active[0])
+            cur = await conn.execute(
+                "INSERT INTO runs (id, session_id, status, request, client_request_id, owner, "
+                "started_at) VALUES (%s, %s, 'running', %s::json, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    owned.run_id,
+                    session_id,
+                    owned.request.model_dump_json(),
+                    key,
+                    owned.owner,
+                    owned.started_at,
+                ),
+            )
+            if cur.rowcount != 1:
+                # another process claimed this client_request_id a moment ago: its run
+                existing = None
+                if key is not None:
+                    existing = await self._find(conn, "r.client_request_id = %s", key)
+                if existing is None or existing.run_id == owned.run_id:
+                    raise StoreError(f"run {owned.run_id!r} is already stored")
+                return existing, []
+            await conn.execute(
+                "UPDATE sessions SET active_run = %s WHERE id = %s", (owned.run_id, session_id)
+            )
+            history = await self._history(conn, session_id)
+            opening = [*preamble, *messages] if not history else list(messages)
+            await self._insert_messages(conn, session_id, _message_rows(session_id, opening))
+            history.extend(opening)
+            return owned, history
+
+        return await self._call(begin)
+
+    async def finish_run(
+        self,
+        run_id: str,
+        outcome: RunOutcome,
+        *,
+        events: Sequence[EventEnvelope] = (),
+        messages: Sequence[Message] = (),
+    ) -> None:
+        status, error = outcome.status, outcome.error
+        output_json = outcome.output.model_dump_json() if outcome.output is not None else None
+
+        async def finish(conn: psycopg.AsyncConnection[Any]) -> None:
+            cur = await conn.execute(
+                "SELECT status, session_id FROM runs WHERE id = %s FOR UPDATE", (run_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise UnknownRun(run_id)
+            if row[0] != "running":
+                raise StoreError(f"run {run_id!r} is already {row[0]}")
+            await self._insert_events(conn, events)
+            if messages:
+                await self._insert_messages(conn, row[1], _message_rows(row[1], messages))
+            await self._settle(conn, run_id, row[1], status, error, output_json)
+
+        await self._call(finish)
+
+    @staticmethod
+    async def _settle(
+        conn: psycopg.AsyncConnection[Any],
+        run_id: str,
+        session_id: uuid.UUID,
+        status: str,
+        error: str | None,
+        output_json: str | None,
+    ) -> None:
+        """Record the terminal status and free the session (waiters hear it on commit)."""
+        await conn.execute(
+            "UPDATE runs SET status = %s, output = %s::json, error = %s, finished_at = %s "
+            "WHERE id = %s",
+            (status, output_json, error, utcnow(), run_id),
+        )
+        cur = await conn.execute(
+            "UPDATE sessions SET active_run = NULL WHERE id = %s AND active_run = %s",
+            (session_id, run_id),
+        )
+        if cur.rowcount:
+            await conn.execute(
+                "SELECT pg_notify('rxinvoke_' || current_schema(), %s)", (str(session_id),)
+            )
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await self._call(lambda conn: self._find(conn, "r.id = %s", run_id))
+
+    async def list_runs(
+        self, *, limit: int = 20, session_id: uuid.UUID | None = None
+    ) -> list[RunRecord]:
+        where, args = ("WHERE r.session_id = %s ", (session_id,)) if session_id else ("", ())
+
+        async def runs(conn: psycopg.AsyncConnection[Any]) -> list[RunRecord]:
+            cur = await conn.execute(
+                f"{_RUN_SELECT}{where}ORDER BY r.started_at DESC, r.pk DESC LIMIT %s",
+                (*args, max(limit, 0)),
+            )
+            return [_run_record(row) for row in await cur.fetchall()]
+
+        return await self._call(runs)
+
+    @staticmethod
+    async def _find(
+        conn: psycopg.AsyncConnection[Any], condition: str, value: str
+    ) -> RunRecord | None:
+        cur = await conn.execute(f"{_RUN_SELECT}WHERE {condition}", (value,))
+        row = await cur.fetchone()
+        return _run_record(row) if row is not None else None
+
+    # --- the event log ----------------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[EventEnvelope]) -> None:
+        if not events:
+            return
+        await self._call(lambda conn: self._insert_events(conn, events))
+
+    async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
+        after = max(after_seq or 0, 0)
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[EventEnvelope]:
+            cur = await conn.execute("SELECT session_id FROM runs WHERE id = %s", (run_id,))
+            run = await cur.fetchone()
+            if run is None:
+                raise UnknownRun(run_id)
+            cur = await conn.execute(
+                "SELECT first_seq, events::text FROM event_segments "
+                "WHERE run_id = %s AND last_seq > %s ORDER BY first_seq",
+                (run_id, after),
+            )
+            session_id: uuid.UUID = run[0]
+            of = EventEnvelope.of
+            envelopes: list[EventEnvelope] = []
+            for first, text in await cur.fetchall():
+                try:
+                    events = EVENT_LIST.validate_json(text)
+                except DECODE_ERRORS as exc:
+                    raise StoreError(
+                        f"run {run_id!r}: its stored event segment from seq {first} is "
+                        f"corrupted ({why(exc)})"
+                    ) from exc
+                skip = after - first + 1 if after >= first else 0
+                seq = first + skip
+                for event in events[skip:] if skip else events:
+                    envelopes.append(of(event, run_id, session_id, seq))
+                    seq += 1
+            return envelopes
+
+        return await self._call(read)
+
+    async def _insert_events(
+        self, conn: psycopg.AsyncConnection[Any], events: Sequence[EventEnvelope]
+    ) -> None:
+        """One segment per run of the batch, each run's ``last_seq`` moved forward only if it
+        is where the batch starts; call inside a transaction."""
+        if not events:
+            return
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        batches: dict[str, list[InvocationEvent]] = {}
+        usage = []
+        for run_id, _session_id, seq, event in log_entries(events):
+            previous = last.get(run_id)
+            if previous is None:
+                first[run_id] = seq
+                batches[run_id] = []
+            elif seq != previous + 1:
+                raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {previous}")
+            last[run_id] = seq
+            batches[run_id].append(event)
+            if isinstance(event, UsageRecorded):
+                u = event.usage
+                usage.append((run_id, seq, u.input_tokens, u.output_tokens, u.total_tokens))
+        async with conn.cursor() as cur:
+            for run_id, start in first.items():
+                await cur.execute(
+                    "UPDATE runs SET last_seq = %s WHERE id = %s AND last_seq = %s "
+                    "AND status = 'running'",
+                    (last[run_id], run_id, start - 1),
+                )
+                if cur.rowcount != 1:
+                    await self._refuse(conn, run_id, start)
+            await cur.executemany(
+                "INSERT INTO event_segments (run_id, first_seq, last_seq, events) "
+                "VALUES (%s, %s, %s, %s::json)",
+                [
+                    (run_id, first[run_id], last[run_id], pydantic_core.to_json(batch).decode())
+                    for run_id, batch in batches.items()
+                ],
+            )
+            if usage:
+                await cur.executemany(
+                    "INSERT INTO usage (run_id, seq, input_tokens, output_tokens, total_tokens) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    usage,
+                )
+
+    @staticmethod
+    async def _refuse(conn: psycopg.AsyncConnection[Any], run_id: str, start: int) -> None:
+        cur = await conn.execute("SELECT status, last_seq FROM runs WHERE id = %s", (run_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise UnknownRun(run_id)
+        if row[0] != "running":
+            raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
+        raise StoreError(f"run {run_id!r}: event seq {start} does not follow {row[1]}")
+
+    # --- crash recovery ---------------------------------------------------------------------
+
+    async def _owner_is_gone(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> bool:
+        """True if ``owner`` is a PostgresStore whose liveness lock is free (its connection
+        ended). The probe takes the lock for this transaction only."""
+        key = _owner_key(owner)
+        if key is None or owner == self._owner:
+            return False
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, key))
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def recover_interrupted(self) -> list[str]:
+        async def candidates(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
+            cur = await conn.execute("SELECT id, owner FROM runs WHERE status = 'running'")
+            return [(row[0], row[1]) for row in await cur.fetchall()]
+
+        recovered: list[str] = []
+        for run_id, owner in await self._call(candidates):
+            if _owner_key(owner) is None or owner == self._owner:
+                continue
+
+            async def recover(conn: psycopg.AsyncConnection[Any], run_id: str = run_id) -> bool:
+                cur = await conn.execute(
+                    "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE",
+                    (run_id,),
+                )
+                row = await cur.fetchone()
+                if row is None or not await self._owner_is_gone(conn, row[0]):
+                    return False  # finished, recovered by another process, or alive
+                await self._recover_run(conn, run_id)
+                return True
+
+            if await self._call(recover):
+                recovered.append(run_id)
+        return recovered
+
+    async def _recover_run(self, conn: psycopg.AsyncConnection[Any], run_id: str) -> None:
+        """Give the running run ``run_id`` (its owner is gone) its terminal event and status;
+        call inside a transaction."""
+        record = await self._find(conn, "r.id = %s", run_id)
+        assert record is not None
+        cur = await conn.execute(
+            "SELECT r.last_seq, s.events -> -1 ->> 'type' FROM runs r LEFT JOIN event_segments s "
+            "ON s.run_id = r.id AND s.last_seq = r.last_seq WHERE r.id = %s",
+            (run_id,),
+        )
+        row = await cur.fetchone()
+        last_seq, last_type = (row[0], row[1]) if row else (0, None)
+        status: str = "failed"
+        error: str | None = "interrupted"
+        if last_type in TERMINAL_STATUS:
+            status = TERMINAL_STATUS[last_type]  # the terminal event is stored: only the status lagged
+            error = None if status == "completed" else error
+        else:
+            await self._insert_events(conn, interrupted_envelopes(record, last_seq))
+        await self._settle(conn, run_id, record.session_id, status, error, None)

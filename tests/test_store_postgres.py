@@ -1,0 +1,348 @@
+"""PostgresStore beyond the shared contract (tests/test_store.py runs that on it too): several
+processes on one database, crash recovery by liveness lock, migrations, connection faults and
+the password. Against a real PostgreSQL server (tests/tests_support_servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests_support_servers import PostgresServer, postgres_server
+
+from rxinvoke import (
+    AgentRuntime,
+    EmitRequest,
+    InvocationCancelled,
+    InvocationFailed,
+    Message,
+    MigrationError,
+    PostgresStore,
+    RunRecord,
+    RunRequest,
+    RuntimeInvocation,
+    ScriptedProvider,
+    StoreError,
+)
+from rxinvoke.errors import SessionBusy
+from rxinvoke.events import RunStarted
+from rxinvoke.stores import EventEnvelope, RunOutcome
+
+text_turn = ScriptedProvider.text_turn
+
+
+def record(session: uuid.UUID, key: str | None = None) -> RunRecord:
+    run_id = str(uuid.uuid4())
+    request = RunRequest(
+        provider="p", model="m", input="hi", run_id=run_id, session_id=session, client_request_id=key
+    )
+    return RunRecord(run_id=run_id, session_id=session, request=request, client_request_id=key)
+
+
+def started(rec: RunRecord, seq: int = 1) -> EventEnvelope:
+    event = RunStarted(run_id=rec.run_id, session_id=str(rec.session_id), provider="p", model="m")
+    return EventEnvelope.of(event, rec.run_id, rec.session_id, seq)
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def two(postgres_server: PostgresServer, schema: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one schema: what two processes see (each has its own liveness lock)."""
+    a = await PostgresStore(postgres_server.dsn, schema=schema, session_poll=30).open()
+    b = await PostgresStore(postgres_server.dsn, schema=schema, session_poll=30).open()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def psql(server: PostgresServer, sql: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
+        cur = await conn.execute(sql)
+        return list(await cur.fetchall()) if cur.description else []
+
+
+# --- one run per session across processes --------------------------------------------------------
+
+
+async def test_a_session_runs_one_run_at_a_time_across_stores(two: tuple[PostgresStore, PostgresStore]) -> None:
+    a, b = two
+    session = uuid.uuid4()
+    first = record(session)
+    await a.begin_run(first, [Message(role="user", content="one", run_id=first.run_id)])
+    second = record(session)
+    with pytest.raises(SessionBusy) as busy:
+        await b.begin_run(second, [Message(role="user", content="two", run_id=second.run_id)])
+    assert busy.value.run_id == first.run_id
+    assert await b.get_run(second.run_id) is None  # nothing written
+    assert [m.content for m in await b.load_history(session)] == ["one"]
+
+    waiting = asyncio.ensure_future(b.wait_session(session))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await a.finish_run(first.run_id, RunOutcome.failed("x"), events=[started(first)])
+    # woken by the NOTIFY of the commit, long before session_poll (30 s)
+    await asyncio.wait_for(waiting, 10)
+    stored, history = await b.begin_run(second, [Message(role="user", content="two", run_id=second.run_id)])
+    assert stored.run_id == second.run_id
+    assert [m.content for m in history] == ["one", "two"]
+
+
+async def test_a_runtime_waits_for_another_processes_run_of_the_session(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    session = uuid.uuid4()
+    gate = asyncio.Event()
+    inv_a = RuntimeInvocation(AgentRuntime(providers=[ScriptedProvider([[gate, *text_turn("first")]])], store=a))
+    inv_b = RuntimeInvocation(AgentRuntime(providers=[ScriptedProvider([text_turn("second")])], store=b))
+
+    def build(text: str) -> EmitRequest:
+        return EmitRequest(provider="scripted", model="scripted", input=text, session_id=session)
+
+    begun = asyncio.Event()
+    inv_a.runtime.events.subscribe(lambda e: begun.set() if e.type == "run_started" else None)
+    run_a = asyncio.ensure_future(inv_a.emit(build("one")))
+    await begun.wait()
+    run_b = asyncio.ensure_future(inv_b.emit(build("two")))
+    await asyncio.sleep(0.2)
+    assert not run_b.done()
+    assert len(await b.list_runs(session_id=session)) == 1  # b claimed nothing yet
+    gate.set()
+    out_a, out_b = await asyncio.wait_for(asyncio.gather(run_a, run_b), 20)
+    assert (out_a.output_text, out_b.output_text) == ("first", "second")
+    history = [(m.role, m.content) for m in await b.load_history(session)]
+    assert history == [("user", "one"), ("assistant", "first"), ("user", "two"), ("assistant", "second")]
+
+
+async def test_a_run_cancelled_while_it_waits_for_another_process_stores_nothing(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    session = uuid.uuid4()
+    held = record(session)
+    await a.begin_run(held, [])
+    inv_b = RuntimeInvocation(AgentRuntime(providers=[ScriptedProvider([text_turn("x")])], store=b))
+    waiting = asyncio.ensure_future(
+        inv_b.emit(EmitRequest(provider="scripted", model="scripted", input="two", session_id=session))
+    )
+    await asyncio.sleep(0.2)
+    waiting.cancel()
+    with pytest.raises((asyncio.CancelledError, InvocationCancelled)):
+        await waiting
+    assert [r.run_id for r in await b.list_runs(session_id=session)] == [held.run_id]
+
+
+async def test_two_processes_claiming_one_client_request_id_get_one_run(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    claims = [record(uuid.uuid4(), key="same-key") for _ in range(2)]
+    (one, _), (other, _) = await asyncio.gather(a.begin_run(claims[0], []), b.begin_run(claims[1], []))
+    assert one.run_id == other.run_id
+    assert len(await a.list_runs(limit=10)) == 1
+
+
+# --- crash recovery ------------------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, uuid
+    from rxinvoke import Message, PostgresStore, RunRecord, RunRequest
+    from rxinvoke.events import RunStarted
+    from rxinvoke.stores import EventEnvelope
+
+    async def main():
+        store = await PostgresStore(sys.argv[1], schema=sys.argv[2]).open()
+        session, run_id = uuid.UUID(sys.argv[3]), sys.argv[4]
+        request = RunRequest(provider="p", model="m", input="hi", run_id=run_id, session_id=session)
+        record = RunRecord(run_id=run_id, session_id=session, request=request)
+        await store.begin_run(record, [Message(role="user", content="hi", run_id=run_id)])
+        event = RunStarted(run_id=run_id, session_id=str(session), provider="p", model="m")
+        await store.append_events([EventEnvelope.of(event, run_id, session, 1)])
+        print("ready", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_killed_processes_run_is_recovered_once_its_lock_is_free(
+    postgres_server: PostgresServer, schema: str, tmp_path: Path
+) -> None:
+    session, run_id = uuid.uuid4(), str(uuid.uuid4())
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), postgres_server.dsn, schema, str(session), run_id,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert child.stdout is not None
+        assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
+        async with PostgresStore(postgres_server.dsn, schema=schema, session_poll=0.2) as other:
+            assert await other.recover_interrupted() == []  # alive: left alone
+            with pytest.raises(SessionBusy):
+                await other.begin_run(record(session), [])
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+            for _ in range(100):  # the server notices the dead backend
+                recovered = await other.recover_interrupted()
+                if recovered:
+                    break
+                await asyncio.sleep(0.05)
+            assert recovered == [run_id]
+            stored = await other.get_run(run_id)
+            assert stored is not None and (stored.status, stored.error) == ("failed", "interrupted")
+            log = await other.read_events(run_id)
+            assert [(e.seq, e.type) for e in log] == [(1, "run_started"), (2, "run_failed")]
+            assert await other.recover_interrupted() == []  # once
+            # the session is free again
+            nxt, history = await other.begin_run(record(session), [])
+            assert [m.content for m in history] == ["hi"]
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+
+
+async def test_begin_run_recovers_a_session_held_by_a_dead_owner(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    session = uuid.uuid4()
+    held = record(session)
+    await a.begin_run(held, [])
+    await a.close()  # its liveness lock goes with its connection
+    mine, _ = await b.begin_run(record(session), [])
+    stored = await b.get_run(held.run_id)
+    assert stored is not None and stored.error == "interrupted"
+    assert [e.type for e in await b.read_events(held.run_id)] == ["run_started", "run_failed"]
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+async def test_concurrent_first_opens_migrate_once(postgres_server: PostgresServer, schema: str) -> None:
+    stores = [PostgresStore(postgres_server.dsn, schema=schema) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    rows = await psql(postgres_server, f"SELECT version FROM {schema}.rxinvoke_schema")
+    assert rows == [(stores[0].schema_version,)]
+    for s in stores:
+        await s.close()
+
+
+async def test_a_newer_schema_is_refused(postgres_server: PostgresServer, schema: str) -> None:
+    async with PostgresStore(postgres_server.dsn, schema=schema):
+        pass
+    await psql(postgres_server, f"UPDATE {schema}.rxinvoke_schema SET version = 99")
+    with pytest.raises(MigrationError, match="version 99 is newer"):
+        await PostgresStore(postgres_server.dsn, schema=schema).open()
+
+
+async def test_another_applications_schema_is_refused_and_left_unchanged(
+    postgres_server: PostgresServer, schema: str
+) -> None:
+    await psql(postgres_server, f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.runs (x int)")
+    with pytest.raises(StoreError, match="not an rxinvoke schema"):
+        await PostgresStore(postgres_server.dsn, schema=schema).open()
+    tables = await psql(postgres_server, f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}'")
+    assert tables == [("runs",)]
+
+
+def test_a_bad_schema_name_or_dsn_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="schema must be"):
+        PostgresStore("postgresql://u@h/db", schema="Robert'); DROP TABLE")
+    with pytest.raises(ValueError, match="not a valid PostgreSQL connection string"):
+        PostgresStore("postgresql://u:pw@h:notaport/db?x==")
+
+
+# --- faults and the password ---------------------------------------------------------------------
+
+
+async def test_the_password_is_in_no_error_and_no_repr(postgres_server: PostgresServer) -> None:
+    secret = postgres_server.password
+    wrong = postgres_server.dsn.replace(secret, secret + "-wrong")
+    store = PostgresStore(wrong, timeout=2)
+    assert secret not in repr(store) and secret not in store.where
+    with pytest.raises(StoreError) as failed:
+        await store.open()
+    assert "password authentication failed" in str(failed.value)
+    text = f"{failed.value!s} {failed.value!r} {failed.value.__cause__!r} {failed.value.__context__!r}"
+    assert secret not in text
+
+
+async def test_an_unreachable_server_fails_within_the_timeout() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = PostgresStore(f"postgresql://u:pw@127.0.0.1:{port}/db", timeout=1)
+    with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
+        await asyncio.wait_for(store.open(), 20)
+    await store.close()
+
+
+async def test_connections_killed_by_the_server_are_replaced_without_losing_a_write(
+    postgres_server: PostgresServer, schema: str
+) -> None:
+    async with PostgresStore(postgres_server.dsn, schema=schema, max_size=2) as store:
+        session = uuid.uuid4()
+        rec = record(session)
+        await store.begin_run(rec, [])
+        await psql(
+            postgres_server,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE pid <> pg_backend_pid() AND datname = '{postgres_server.database}'",
+        )
+        await store.append_events([started(rec)])  # a dead pooled connection: retried
+        await store.finish_run(rec.run_id, RunOutcome.failed("x"))
+        assert [e.seq for e in await store.read_events(rec.run_id)] == [1]
+        # the store's own connection (its liveness lock) came back too: nobody recovers its runs
+        other = record(uuid.uuid4())
+        await store.begin_run(other, [])
+        for _ in range(100):
+            rows = await psql(
+                postgres_server,
+                f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {store.owner.rsplit(':', 1)[1]}",
+            )
+            if rows == [(1,)]:
+                break
+            await asyncio.sleep(0.05)
+        assert rows == [(1,)]
+
+
+async def test_a_run_whose_server_goes_away_fails_with_a_clear_error(tmp_path: Path) -> None:
+    with postgres_server() as server:
+        store = PostgresStore(server.dsn, timeout=2)
+        gate = asyncio.Event()
+        inv = RuntimeInvocation(AgentRuntime(providers=[ScriptedProvider([[gate, *text_turn("x")]])], store=store))
+        begun = asyncio.Event()
+        inv.runtime.events.subscribe(lambda e: begun.set() if e.type == "run_started" else None)
+        run = asyncio.ensure_future(
+            inv.emit(lambda c, _: EmitRequest(provider="scripted", model="scripted", input="hi"))
+        )
+        await begun.wait()
+        server.stop()
+        gate.set()
+        with pytest.raises(InvocationFailed, match="the store could not record it") as failed:
+            await asyncio.wait_for(run, 60)  # never a hang: the pool's timeout (2 s) ends it
+        assert isinstance(failed.value.__cause__, StoreError)
+        assert f"postgresql://{server.user}@127.0.0.1:{server.port}" in str(failed.value)
+        assert server.password not in str(failed.value)
+        await store.close()
