@@ -13,11 +13,14 @@ subscribers → stores / transports / notebook):
   ``_execute`` (tools), ``_context`` (history → context)
 - ``_bus``                  the hot, kind-indexed Subject every event is published on
 - ``_eventlog``             numbers each run's events (seq) and writes them to the store
-- ``stores/``               where sessions, runs and event logs live: memory, sqlite
+- ``stores/``               where sessions, runs and event logs live: memory, sqlite, postgres
 - ``invocation``            the facade: ``emit`` / ``on`` (``_sink``) / ``observe`` / ``stream`` and
   ``runs`` (``_runstream``: one run as a ``RunStream``)
 - ``operators``             pipeable operators over event streams
-- ``cli``                   the ``rxinvoke`` command (``run``, ``runs``, ``events``)
+- ``transports/``           runs across processes: the transport seam, Redis Streams, the event
+  mirror, remote submit / observe / cancel, workers (imported on demand)
+- ``cli``                   the ``rxinvoke`` command (``run``, ``runs``, ``events``, ``worker``,
+  ``submit``, ``cancel``)
 
 Example:
     >>> import asyncio, rxinvoke

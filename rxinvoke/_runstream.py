@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Protocol, runtime_checkable
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
@@ -28,7 +28,26 @@ from .events import InvocationEvent, RunStarted
 from .request import RunOutput, RunRequest
 from .runtime import AgentRuntime
 
-__all__ = ("RunStream",)
+__all__ = ("RunStream", "RunStreamLike")
+
+
+@runtime_checkable
+class RunStreamLike(Protocol):
+    """What every run stream offers, wherever its run executes: :class:`RunStream` (this
+    process) and :class:`~rxinvoke.transports.remote.RemoteRunStream` (a worker)."""
+
+    run_id: str
+    session_id: uuid.UUID
+
+    @property
+    def result(self) -> Awaitable[RunOutput]: ...
+
+    @property
+    def is_finished(self) -> bool: ...
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> abc.DisposableBase: ...
+
+    def pipe(self, *operators: Any) -> Any: ...
 
 
 class RunStream(Observable[InvocationEvent]):
@@ -54,7 +73,7 @@ class RunStream(Observable[InvocationEvent]):
         self._runtime = runtime
         self._request = request  # set: this stream owns its run and starts it
         self._control = control
-        self._events = _Replay(runtime, run_id)
+        self._events = _Replay(runtime.bus.report, run_id)
         self._result: asyncio.Future[RunOutput] = asyncio.get_running_loop().create_future()
         self._result.add_done_callback(retrieve)
         self._is_started = False
@@ -174,8 +193,8 @@ class _Replay:
     Delivery is synchronous, in order; an observer that raises is reported on the runtime's
     ``errors`` and keeps receiving."""
 
-    def __init__(self, runtime: AgentRuntime, run_id: str) -> None:
-        self._runtime = runtime
+    def __init__(self, report: Callable[[SubscriberError], None], run_id: str) -> None:
+        self._report_to = report
         self._label = f"stream({run_id[:8]})"
         self._events: list[InvocationEvent] = []
         self._observers: list[abc.ObserverBase[InvocationEvent]] = []
@@ -232,7 +251,7 @@ class _Replay:
             self._report(exc, None)
 
     def _report(self, exc: Exception, event: InvocationEvent | None) -> None:
-        self._runtime.bus.report(
+        self._report_to(
             SubscriberError(
                 f"{self._label} observer raised {type(exc).__name__}: {exc}",
                 subscription=self._label,

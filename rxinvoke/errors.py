@@ -46,6 +46,7 @@ __all__ = (
     "ProviderError",
     "ProviderHTTPError",
     "ProviderStreamError",
+    "ResumeGap",
     "RxInvokeError",
     "SessionBusy",
     "StoreError",
@@ -226,6 +227,20 @@ class UnknownRun(StoreError, LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"unknown run {run_id!r}")
         self.run_id = run_id
+
+
+class ResumeGap(RxInvokeError):
+    """A run's live event stream no longer holds what was asked for: retention trimmed the
+    envelopes after ``after_seq`` up to ``first_available - 1`` (read them from the store)."""
+
+    def __init__(self, run_id: str, after_seq: int, first_available: int) -> None:
+        super().__init__(
+            f"run {run_id!r}: events after seq {after_seq} were trimmed from its stream; "
+            f"the first available is seq {first_available}"
+        )
+        self.run_id = run_id
+        self.after_seq = after_seq
+        self.first_available = first_available
 
 
 class SubscriberError(RxInvokeError):

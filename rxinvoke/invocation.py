@@ -17,23 +17,24 @@ import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Protocol
 
 import pydantic
 from reactivex import Observable, abc
 from reactivex import operators as ops
 
-from ._runstream import RunStream
+from ._runstream import RunStream, RunStreamLike
 from ._sink import Handler, HandlerSink, Overflow, SubscriptionStats
 from .control import Control, SessionContext
 from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UserError
 from .events import EventKind, InvocationEvent, RunStarted
 from .messages import new_id
 from .notebook.view import RunView
-from .request import EmitRequest, RunOutput
+from .request import EmitRequest, RunOutput, RunRequest
 from .runtime import AgentRuntime
 from .stores.base import EventEnvelope
 
-__all__ = ("Build", "Handler", "InvocationHandle", "RuntimeInvocation")
+__all__ = ("Build", "Handler", "InvocationHandle", "Remote", "RuntimeInvocation")
 
 Build = Callable[[SessionContext, Control], EmitRequest | Awaitable[EmitRequest]]
 """``build(ctx, control)`` returns (or resolves to) the EmitRequest to run."""
@@ -94,11 +95,27 @@ class InvocationHandle(abc.DisposableBase):
         return f"InvocationHandle({self.name!r}, finished={self.is_finished}, stats={self.stats})"
 
 
-class RuntimeInvocation:
-    """The invocation facade over an :class:`~rxinvoke.runtime.AgentRuntime`."""
+class Remote(Protocol):
+    """Where ``submit`` sends runs and ``cancel`` reaches them: workers behind a transport
+    (:class:`~rxinvoke.transports.remote.RemoteRuns`)."""
 
-    def __init__(self, runtime: AgentRuntime) -> None:
+    def submit(self, request: RunRequest) -> RunStreamLike: ...
+
+    async def cancel(self, run_id: str) -> None: ...
+
+
+class RuntimeInvocation:
+    """The invocation facade over an :class:`~rxinvoke.runtime.AgentRuntime`.
+
+    Args:
+        runtime: runs ``emit`` and ``stream`` here and publishes their events.
+        remote: workers elsewhere (:class:`~rxinvoke.transports.remote.RemoteRuns`), for
+            ``submit`` and for ``cancel`` of runs that do not run here.
+    """
+
+    def __init__(self, runtime: AgentRuntime, *, remote: Remote | None = None) -> None:
         self.runtime = runtime
+        self.remote = remote
 
     @property
     def errors(self) -> Observable[SubscriberError]:
@@ -229,6 +246,38 @@ class RuntimeInvocation:
             request=run_request,
             control=control.copy() if control is not None else Control(),
         )
+
+    def submit(self, request: EmitRequest) -> RunStreamLike:
+        """Queue one run for a worker (``remote``) and return its stream: the shape of
+        :meth:`stream`'s (events from the first for every subscriber, ``run_id``,
+        ``session_id``, ``await result``), fed from the transport.
+
+        Unlike :meth:`stream`, the run is queued at once and goes on whether or not anyone
+        watches; cancel it with :meth:`cancel`.
+
+        Raises:
+            UserError: this invocation has no ``remote``.
+        """
+        if self.remote is None:
+            raise UserError(
+                "submit needs workers: RuntimeInvocation(runtime, remote=RemoteRuns(transport))"
+            )
+        session_id = request.session_id or uuid.uuid4()
+        run_request = request.into_run_request(run_id=new_id(), session_id=session_id)
+        return self.remote.submit(run_request)
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel the run ``run_id``: at once if it runs here (as its ``Control.cancel()``),
+        else by a request to the workers (``remote``), which cancel it where it runs.
+
+        Returns False if it does not run here and there is no ``remote`` to ask.
+        """
+        if self.runtime.cancel(run_id):
+            return True
+        if self.remote is None:
+            return False
+        await self.remote.cancel(run_id)
+        return True
 
     async def view(self, run_id: str, *, chat: bool = False) -> RunView:
         """The :class:`~rxinvoke.notebook.RunView` of a run (live or finished) from the

@@ -211,6 +211,15 @@ class AgentRuntime:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def cancel(self, run_id: str) -> bool:
+        """Cancel the run ``run_id`` if this runtime runs it (as its ``Control.cancel()``
+        would); False if it does not (not started here, or already ended)."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return False
+        run.control.cancel()
+        return True
+
     def context_for(self, run_id: str | None) -> SessionContext:
         """The session and run of an active run's event (empty context for unknown runs)."""
         if run_id is not None:

@@ -73,7 +73,8 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log: 
 
 @dataclass
 class RedisServer:
-    """A private ``redis-server`` on 127.0.0.1 (no persistence); :meth:`restart` keeps its port."""
+    """A private ``redis-server`` on 127.0.0.1 with an append-only file (as production runs
+    it: a restart keeps the streams); :meth:`restart` keeps its port."""
 
     binary: str
     directory: Path
@@ -93,7 +94,8 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--dir", str(self.directory),
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
                 "--logfile", str(log),
             ],
             stdout=subprocess.DEVNULL,

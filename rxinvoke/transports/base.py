@@ -1,0 +1,139 @@
+"""The transport seam: what the event mirror, the remote client and the worker need of a broker.
+
+A transport moves three things between processes, and nothing else (the durable state stays in
+the :class:`~rxinvoke.stores.Store`):
+
+- **run event streams**: per run, an append-only sequence of :class:`Segment` (consecutive
+  envelopes of the run, by rxinvoke's own ``seq``), read from any position and followed live;
+- **the run queue**: submitted :class:`RunRequest` jobs taken by workers, each held under a
+  **lease** while it runs, re-delivered only when its lease is gone;
+- **cancel requests** for runs executing anywhere.
+
+:class:`~rxinvoke.transports.redis.RedisTransport` implements it on Redis Streams; another
+broker (NATS JetStream, say) implements this protocol and the mirror, client and worker work on
+it unchanged. Implementations must be safe to use from many tasks of one event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ("Job", "Lease", "Segment", "Transport")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Consecutive envelopes ``first_seq .. last_seq`` of one run, as sent: ``events`` is the
+    JSON array of their events, ``types`` their types (a reader can spot a terminal event
+    without decoding)."""
+
+    first_seq: int
+    last_seq: int
+    types: tuple[str, ...]
+    events: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A queued run: the transport's id of the delivery, the run, and how many times it was
+    delivered (1 the first time)."""
+
+    job_id: str
+    run_id: str
+    request: bytes
+    """The :class:`~rxinvoke.request.RunRequest` as JSON."""
+    deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on a run; ``token`` fences it (a refresh with a stale token fails)."""
+
+    run_id: str
+    token: str
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A broker between runtimes, workers and observers (see the module docstring)."""
+
+    # run event streams
+    async def append(self, segments: Sequence[tuple[str, Segment]]) -> None:
+        """Append each ``(run_id, segment)`` to its run's stream, in order (runs' streams
+        expire some time after their last write)."""
+        ...
+
+    def read(self, run_id: str, after_seq: int) -> AsyncIterator[Segment]:
+        """The run's kept segments in order (``after_seq`` is a hint: segments before it may
+        come too), then live ones as they come, until the caller stops iterating; it ends if
+        the run's stream expires. The caller skips what it has and detects gaps by seq.
+
+        Raises (when iterated):
+            UnknownRun: the transport never heard of the run (nor of its submission).
+        """
+        ...
+
+    async def last_seq(self, run_id: str) -> int:
+        """The last seq the run's stream holds (0 if none)."""
+        ...
+
+    async def announce(self, run_id: str) -> None:
+        """Note that the run exists before its first segment (submitted, or begun)."""
+        ...
+
+    # the run queue
+    async def enqueue(self, run_id: str, request: bytes) -> str:
+        """Queue a run; returns its job id."""
+        ...
+
+    async def take(self, worker: str, count: int, wait: float) -> list[Job]:
+        """Up to ``count`` new jobs for ``worker``, waiting up to ``wait`` seconds for one."""
+        ...
+
+    async def reclaim(self, worker: str, min_idle: float, count: int) -> list[Job]:
+        """Jobs whose worker stopped heartbeating for ``min_idle`` seconds **and whose lease
+        is gone**, now delivered to ``worker`` (their ``deliveries`` counted)."""
+        ...
+
+    async def heartbeat(self, worker: str, job_ids: Sequence[str]) -> None:
+        """Keep ``job_ids`` (held by ``worker``) from looking idle."""
+        ...
+
+    async def ack(self, job_id: str) -> None:
+        """The job is done (whatever its run's outcome): it is never delivered again."""
+        ...
+
+    async def dead_letter(self, job: Job, reason: str) -> None:
+        """Move a job that keeps failing out of the queue, keeping it for inspection."""
+        ...
+
+    async def acquire(self, run_id: str, ttl: float) -> Lease | None:
+        """Take the run's lease for ``ttl`` seconds, or None if someone holds it."""
+        ...
+
+    async def refresh(self, lease: Lease, ttl: float) -> bool:
+        """Extend the lease; False if it expired or another holder has it (stop the run)."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease back (only if it is still this holder's)."""
+        ...
+
+    # cancel requests
+    async def request_cancel(self, run_id: str) -> None:
+        """Ask whoever runs (or will run) the run to cancel it: a marker first, then a notice."""
+        ...
+
+    async def is_cancel_requested(self, run_id: str) -> bool:
+        """True if the run's cancel marker is set."""
+        ...
+
+    def cancel_notices(self) -> AsyncIterator[str]:
+        """Run ids whose cancel was requested, as the notices arrive (reconnecting as needed)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,182 @@
+"""EventMirror: a runtime's envelopes mirrored to a transport's run streams, batched, off the run.
+
+:meth:`EventMirror.attach` observes the runtime's numbered envelopes (``runtime.log.envelopes``:
+the seq of the durable log). Observing only appends to a buffer — the run never waits for the
+transport. A flusher task on the loop takes everything buffered every ``interval`` seconds
+(20 ms by default), groups each run's consecutive envelopes into segments (a streamed answer's
+fragments become one entry) and writes them in one pipelined round trip.
+
+A slow or unreachable transport never blocks a run: the buffer keeps up to ``max_buffer``
+envelopes; past that the oldest are dropped, counted in :attr:`EventMirror.stats` and reported
+once per overflow on the runtime's ``errors`` (a :class:`~rxinvoke.errors.SubscriberOverflow`
+of the subscription ``"mirror"``); a reader of the run's stream then meets a gap in the seqs
+(:class:`~rxinvoke.errors.ResumeGap`) and can read the durable store instead. A failed write is
+retried with exponential backoff (50 ms doubling to 2 s), its envelopes kept in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from reactivex import abc
+from reactivex.disposable import Disposable
+
+from ..errors import SubscriberOverflow
+from ..runtime import AgentRuntime
+from ..stores.base import EventEnvelope
+from ._wire import segments_of
+from .base import Transport
+
+__all__ = ("EventMirror", "MirrorStats")
+
+_log = logging.getLogger("rxinvoke")
+
+
+@dataclass(frozen=True)
+class MirrorStats:
+    """Counters of one mirror."""
+
+    mirrored: int = 0
+    """Envelopes written to the transport."""
+    dropped: int = 0
+    """Envelopes dropped because the buffer was full."""
+    failed_writes: int = 0
+    """Writes that failed (and were retried)."""
+    buffered: int = 0
+    """Envelopes waiting now."""
+
+
+class EventMirror:
+    """Mirrors every envelope of one runtime to ``transport`` (see the module docstring).
+
+    Args:
+        transport: where the run streams live.
+        interval: seconds envelopes wait to be written together (the batching window).
+        max_buffer: envelopes kept at most while the transport is slow or away.
+    """
+
+    def __init__(
+        self, transport: Transport, *, interval: float = 0.02, max_buffer: int = 100_000
+    ) -> None:
+        if interval < 0 or max_buffer < 1:
+            raise ValueError("interval must be >= 0 and max_buffer >= 1")
+        self.transport = transport
+        self.interval = interval
+        self.max_buffer = max_buffer
+        self._buffer: deque[EventEnvelope] = deque()
+        self._mirrored = 0
+        self._dropped = 0
+        self._unreported = 0
+        self._failed = 0
+        self._runtime: AgentRuntime | None = None
+        self._subscription: abc.DisposableBase | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def stats(self) -> MirrorStats:
+        return MirrorStats(self._mirrored, self._dropped, self._failed, len(self._buffer))
+
+    def attach(self, runtime: AgentRuntime) -> abc.DisposableBase:
+        """Mirror ``runtime``'s envelopes from now on (call inside its running loop); dispose
+        the result to stop observing (what is buffered is still written: :meth:`aclose`)."""
+        if self._subscription is not None:
+            raise RuntimeError("this mirror is attached already")
+        self._runtime = runtime
+        self._loop = asyncio.get_running_loop()
+        self._subscription = runtime.log.envelopes.subscribe(on_next=self._on_envelope)
+
+        def detach() -> None:
+            if self._subscription is not None:
+                self._subscription.dispose()
+                self._subscription = None
+
+        return Disposable(detach)
+
+    def _on_envelope(self, envelope: EventEnvelope) -> None:
+        buffer = self._buffer
+        buffer.append(envelope)
+        if len(buffer) > self.max_buffer:
+            buffer.popleft()
+            self._dropped += 1
+            self._unreported += 1
+        self._idle.clear()
+        if self._timer is None and self._flusher is None and self._loop is not None:
+            self._timer = self._loop.call_later(self.interval, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._timer = None
+        if self._flusher is None and self._loop is not None:
+            self._flusher = self._loop.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        delay = 0.05
+        try:
+            while self._buffer:
+                self._report_drops()
+                taken = list(self._buffer)
+                self._buffer.clear()
+                try:
+                    await self.transport.append(list(segments_of(taken)))
+                except asyncio.CancelledError:
+                    self._buffer.extendleft(reversed(taken))
+                    raise
+                except Exception as exc:
+                    self._failed += 1
+                    _log.warning("rxinvoke: mirroring %d events failed (%s); retrying", len(taken), exc)
+                    self._requeue(taken)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                delay = 0.05
+                self._mirrored += len(taken)
+        finally:
+            self._flusher = None
+            if self._buffer and self._loop is not None and not self._loop.is_closed():
+                self._timer = self._loop.call_later(self.interval, self._start_flush)
+            else:
+                self._idle.set()
+
+    def _requeue(self, taken: list[EventEnvelope]) -> None:
+        """Put a failed write's envelopes back in front, in order, within the bound."""
+        self._buffer.extendleft(reversed(taken))
+        excess = len(self._buffer) - self.max_buffer
+        for _ in range(max(excess, 0)):
+            self._buffer.popleft()
+            self._dropped += 1
+            self._unreported += 1
+
+    def _report_drops(self) -> None:
+        if not self._unreported or self._runtime is None:
+            return
+        dropped, self._unreported = self._unreported, 0
+        self._runtime.bus.report(
+            SubscriberOverflow(
+                f"mirror to {self.transport!r}: buffer of {self.max_buffer} events full; "
+                f"dropped the {dropped} oldest",
+                subscription="mirror",
+                dropped=dropped,
+            )
+        )
+
+    async def flush(self) -> None:
+        """Write everything buffered now and wait until it is written (or dropped)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buffer and self._flusher is None:
+            self._start_flush()
+        await self._idle.wait()
+
+    async def aclose(self) -> None:
+        """Stop observing, write what is buffered (waiting for the transport) and stop."""
+        if self._subscription is not None:
+            self._subscription.dispose()
+            self._subscription = None
+        await self.flush()

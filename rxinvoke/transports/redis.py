@@ -1,0 +1,381 @@
+"""RedisTransport: the transport seam on Redis Streams (redis-py's asyncio client; ``[redis]``).
+
+Keys (``prefix`` ``rx:`` unless told):
+
+- ``rx:run:{run_id}``: the run's event stream, one entry per :class:`Segment` (fields ``seq``,
+  ``last``, ``types``, ``json``; ``seq`` is rxinvoke's own per-run sequence, the dedup key),
+  ``XADD … MAXLEN ~ maxlen``; ``rx:run:{run_id}:meta`` (a hash) says the run exists before its
+  first segment. Both expire ``retention`` seconds after their last write.
+- ``rx:runs``: the run queue, a stream read by the consumer group ``workers``; ``rx:dead``:
+  jobs delivered too often (dead letters).
+- ``rx:lease:{run_id}``: a worker's lease (``SET NX PX``), holding a fencing token; refreshed
+  and released only by a script that checks the token.
+- ``rx:cancel:{run_id}`` (a marker, ``EX cancel_ttl``) and the channel ``rx:cancel``: a cancel
+  request sets the marker *before* it publishes the notice, so a worker that subscribes late
+  still finds it.
+
+Reclaiming a dead worker's jobs: a live worker ``XCLAIM``s its own jobs every heartbeat
+(``JUSTID``: idle time reset, delivery count untouched); :meth:`RedisTransport.reclaim`
+``XAUTOCLAIM``s jobs idle longer than ``min_idle`` and keeps only those whose lease key is
+gone — never idle time alone. ``XAUTOCLAIM`` answers ``[cursor, entries]`` on Redis 6.2 and
+``[cursor, entries, deleted ids]`` on 7.0+; both are handled (:func:`parse_autoclaim`).
+
+Connection failures are retried by redis-py with exponential backoff; what still fails raises
+``redis.exceptions.ConnectionError`` to the caller (the mirror and the worker retry on their
+own). The URL's password never appears in ``repr`` or in an error this module raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import UnknownRun
+from .base import Job, Lease, Segment
+
+__all__ = ("RedisTransport", "parse_autoclaim")
+
+_TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
+_GROUP = "workers"
+
+_REFRESH = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_autoclaim(reply: Sequence[Any]) -> tuple[str, list[tuple[str, dict[bytes, bytes] | None]], list[str]]:
+    """``XAUTOCLAIM``'s raw reply as ``(cursor, [(id, fields or None)], deleted ids)``.
+
+    Redis 6.2 answers ``[cursor, entries]`` (an entry whose data was trimmed comes back with
+    nil fields); Redis 7.0+ answers ``[cursor, entries, deleted ids]``.
+    """
+    if len(reply) not in (2, 3):
+        raise ValueError(f"unexpected XAUTOCLAIM reply of {len(reply)} elements")
+    cursor = _text(reply[0])
+    entries: list[tuple[str, dict[bytes, bytes] | None]] = []
+    for entry in reply[1] or ():
+        if entry is None:
+            continue
+        entry_id, raw = entry[0], entry[1]
+        if raw is None:
+            entries.append((_text(entry_id), None))
+        elif isinstance(raw, dict):
+            entries.append((_text(entry_id), raw))
+        else:
+            pairs = list(raw)
+            entries.append((_text(entry_id), dict(zip(pairs[::2], pairs[1::2], strict=True))))
+    deleted = [_text(d) for d in reply[2]] if len(reply) == 3 and reply[2] else []
+    return cursor, entries, deleted
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class RedisTransport:
+    """The :class:`~rxinvoke.transports.base.Transport` on one Redis server.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``).
+        prefix: the prefix of every key and channel (several deployments can share a server).
+        maxlen: entries each run stream keeps at least (``MAXLEN ~``); older ones are trimmed
+            and a reader asking for them gets :class:`~rxinvoke.errors.ResumeGap`.
+        retention: seconds a run stream (and its meta key) lives after its last write.
+        cancel_ttl: seconds a cancel marker lives.
+        block: seconds one blocking read waits before it looks again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "rx:",
+        maxlen: int = 10_000,
+        retention: float = 24 * 3600.0,
+        cancel_ttl: float = 3600.0,
+        block: float = 1.0,
+    ) -> None:
+        try:
+            import redis.asyncio as aioredis
+            from redis.backoff import ExponentialBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+            from redis.retry import Retry
+        except ImportError as exc:  # pragma: no cover - the extra is missing
+            raise ImportError("RedisTransport needs redis: pip install 'rxinvoke[redis]'") from exc
+        if maxlen < 1 or retention <= 0 or cancel_ttl <= 0 or block <= 0:
+            raise ValueError("maxlen, retention, cancel_ttl and block must be positive")
+        self.where = _without_password(url)
+        """The server's URL, for messages: no password."""
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self.retention = retention
+        self.cancel_ttl = cancel_ttl
+        self.block = block
+        # Any: redis-py types replies as unions of every protocol shape; they are parsed here
+        self._client: Any = aioredis.Redis.from_url(
+            url,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 6),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        self._refresh = self._client.register_script(_REFRESH)
+        self._release = self._client.register_script(_RELEASE)
+        self._queue = f"{prefix}runs"
+        self._dead = f"{prefix}dead"
+        self._channel = f"{prefix}cancel"
+        self._group_ready = False
+
+    def __repr__(self) -> str:
+        return f"RedisTransport({self.where!r}, prefix={self.prefix!r})"
+
+    @property
+    def client(self) -> Any:
+        """The ``redis.asyncio.Redis`` client (for inspection and tests)."""
+        return self._client
+
+    def _stream(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}"
+
+    def _meta(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}:meta"
+
+    def _lease(self, run_id: str) -> str:
+        return f"{self.prefix}lease:{run_id}"
+
+    def _marker(self, run_id: str) -> str:
+        return f"{self.prefix}cancel:{run_id}"
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    # --- run event streams --------------------------------------------------------------------
+
+    async def append(self, segments: Sequence[tuple[str, Segment]]) -> None:
+        """Append each ``(run_id, segment)`` to its run's stream, in one pipelined round trip."""
+        if not segments:
+            return
+        ttl = int(self.retention)
+        async with self._client.pipeline(transaction=False) as pipe:
+            touched: set[str] = set()
+            for run_id, segment in segments:
+                key = self._stream(run_id)
+                pipe.xadd(
+                    key,
+                    {
+                        "seq": segment.first_seq,
+                        "last": segment.last_seq,
+                        "types": ",".join(segment.types),
+                        "json": segment.events,
+                    },
+                    maxlen=self.maxlen,
+                    approximate=True,
+                )
+                touched.add(run_id)
+            for run_id in touched:
+                pipe.expire(self._stream(run_id), ttl)
+                pipe.hset(self._meta(run_id), "state", "live")
+                pipe.expire(self._meta(run_id), ttl)
+            await pipe.execute()
+
+    async def announce(self, run_id: str) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(self._meta(run_id), "state", "queued")
+            pipe.expire(self._meta(run_id), int(self.retention))
+            await pipe.execute()
+
+    async def last_seq(self, run_id: str) -> int:
+        """The last seq the run's stream holds (0 if none)."""
+        entries = await self._client.xrevrange(self._stream(run_id), count=1)
+        return int(entries[0][1][b"last"]) if entries else 0
+
+    async def read(self, run_id: str, after_seq: int) -> AsyncIterator[Segment]:
+        """The run's segments in stream order from its first kept entry, then live ones.
+
+        The caller skips seqs it has (``after_seq``) and detects gaps; this only reads.
+        """
+        key = self._stream(run_id)
+        if not await self._client.exists(key, self._meta(run_id)):
+            raise UnknownRun(run_id)
+        cursor = "0-0"
+        block = int(self.block * 1000)
+        while True:
+            reply = await self._client.xread({key: cursor}, count=500, block=block)
+            if not reply:
+                if not await self._client.exists(key, self._meta(run_id)):
+                    return  # expired while followed: nothing more will come
+                continue
+            for entry_id, fields in reply[0][1]:
+                cursor = _text(entry_id)
+                types = _text(fields[b"types"])
+                yield Segment(
+                    int(fields[b"seq"]),
+                    int(fields[b"last"]),
+                    tuple(types.split(",")) if types else (),
+                    fields[b"json"],
+                )
+
+    # --- the run queue --------------------------------------------------------------------------
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._client.xgroup_create(self._queue, _GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def enqueue(self, run_id: str, request: bytes) -> str:
+        await self._ensure_group()
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(self._meta(run_id), "state", "queued")
+            pipe.expire(self._meta(run_id), int(self.retention))
+            pipe.xadd(self._queue, {"run_id": run_id, "request": request})
+            replies = await pipe.execute()
+        return _text(replies[-1])
+
+    def _job(self, entry_id: Any, fields: dict[bytes, bytes], deliveries: int = 1) -> Job:
+        return Job(_text(entry_id), _text(fields[b"run_id"]), fields[b"request"], deliveries)
+
+    async def take(self, worker: str, count: int, wait: float) -> list[Job]:
+        from redis.exceptions import ResponseError
+
+        await self._ensure_group()
+        try:
+            reply = await self._client.xreadgroup(
+                _GROUP, worker, {self._queue: ">"}, count=count, block=max(1, int(wait * 1000))
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False  # the server lost the group (a restart without data)
+            return []
+        if not reply:
+            return []
+        return [self._job(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+    async def reclaim(self, worker: str, min_idle: float, count: int) -> list[Job]:
+        await self._ensure_group()
+        reply = await self._client.execute_command(
+            "XAUTOCLAIM", self._queue, _GROUP, worker, int(min_idle * 1000), "0-0", "COUNT", count
+        )
+        _cursor, entries, _deleted = parse_autoclaim(reply)
+        if not entries:
+            return []
+        live = [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+        for entry_id, fields in entries:
+            if fields is None:  # trimmed from the queue: nothing to run
+                await self._client.xack(self._queue, _GROUP, entry_id)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _entry_id, fields in live:
+                pipe.exists(self._lease(_text(fields[b"run_id"])))
+            for entry_id, _fields in live:
+                pipe.xpending_range(self._queue, _GROUP, min=entry_id, max=entry_id, count=1)
+            replies = await pipe.execute()
+        held, pending = replies[: len(live)], replies[len(live) :]
+        jobs: list[Job] = []
+        for (entry_id, fields), has_lease, info in zip(live, held, pending, strict=True):
+            if has_lease:
+                continue  # its worker is alive (its lease says so): not ours to run
+            deliveries = int(info[0]["times_delivered"]) if info else 1
+            jobs.append(self._job(entry_id, fields, deliveries))
+        return jobs
+
+    async def heartbeat(self, worker: str, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            await self._client.xclaim(
+                self._queue, _GROUP, worker, 0, list(job_ids), justid=True
+            )
+
+    async def ack(self, job_id: str) -> None:
+        await self._client.xack(self._queue, _GROUP, job_id)
+
+    async def dead_letter(self, job: Job, reason: str) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                self._dead,
+                {
+                    "run_id": job.run_id,
+                    "request": job.request,
+                    "job_id": job.job_id,
+                    "deliveries": job.deliveries,
+                    "reason": reason,
+                },
+            )
+            pipe.xack(self._queue, _GROUP, job.job_id)
+            await pipe.execute()
+
+    async def dead_letters(self) -> list[dict[str, str]]:
+        """The dead-letter stream's entries (run id, job id, deliveries, reason)."""
+        entries = await self._client.xrange(self._dead)
+        return [
+            {_text(k): _text(v) for k, v in fields.items() if k != b"request"}
+            for _entry_id, fields in entries
+        ]
+
+    async def acquire(self, run_id: str, ttl: float) -> Lease | None:
+        token = uuid.uuid4().hex
+        taken = await self._client.set(self._lease(run_id), token, nx=True, px=int(ttl * 1000))
+        return Lease(run_id, token) if taken else None
+
+    async def refresh(self, lease: Lease, ttl: float) -> bool:
+        done = await self._refresh(keys=[self._lease(lease.run_id)], args=[lease.token, int(ttl * 1000)])
+        return bool(done)
+
+    async def release(self, lease: Lease) -> None:
+        await self._release(keys=[self._lease(lease.run_id)], args=[lease.token])
+
+    # --- cancel requests --------------------------------------------------------------------------
+
+    async def request_cancel(self, run_id: str) -> None:
+        await self._client.set(self._marker(run_id), "1", ex=int(self.cancel_ttl))
+        await self._client.publish(self._channel, run_id)
+
+    async def is_cancel_requested(self, run_id: str) -> bool:
+        return bool(await self._client.exists(self._marker(run_id)))
+
+    async def cancel_notices(self) -> AsyncIterator[str]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        delay = 0.05
+        while True:
+            pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(timeout=self.block)
+                    if message is not None and message.get("type") == "message":
+                        yield _text(message["data"])
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                await pubsub.aclose()

@@ -1,0 +1,271 @@
+"""RemoteRuns: submit runs to workers, observe any run live with resume, cancel it anywhere.
+
+- :meth:`RemoteRuns.observe_run` is a cold Observable of a run's envelopes read from its
+  transport stream: what is kept after ``after_seq``, then live, each seq exactly once and in
+  order (segments are deduplicated by seq), completing after the terminal envelope. If the
+  stream no longer holds a seq that was asked for (retention trimmed it, or a mirror dropped
+  it), it ends with ``on_error(ResumeGap)`` naming the first available seq — never a silent
+  jump; the durable store still has the whole log.
+- :meth:`RemoteRuns.submit` queues a run and returns a :class:`RemoteRunStream`: the shape
+  of ``RuntimeInvocation.stream()``'s :class:`~rxinvoke.RunStream` (an Observable of the
+  run's events from its first one for every subscriber, ``run_id``, ``session_id``, ``await
+  stream.result``), fed by the transport. The run is queued at once and runs whether or not
+  anyone watches; disposing a subscription only stops delivery (cancel with
+  :meth:`RemoteRuns.cancel`).
+- :meth:`RemoteRuns.cancel` reaches the worker running the run (or the one that will take it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Generator
+from typing import Any
+
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
+
+from .._futures import retrieve
+from .._runstream import _Replay
+from ..errors import (
+    InvocationCancelled,
+    InvocationFailed,
+    InvocationTimedOut,
+    ResumeGap,
+    RxInvokeError,
+    SubscriberError,
+)
+from ..events import (
+    InvocationEvent,
+    ModelStarted,
+    RunCompleted,
+    RunFailed,
+    TextDelta,
+    UsageRecorded,
+)
+from ..messages import TokenUsage
+from ..request import RunOutput, RunRequest
+from ..stores.base import EventEnvelope
+from ._wire import TERMINAL, decode
+from .base import Transport
+
+__all__ = ("RemoteRunStream", "RemoteRuns")
+
+_log = logging.getLogger("rxinvoke")
+
+
+def _report(error: SubscriberError) -> None:
+    _log.warning("%s", error.message)
+
+
+class RemoteRuns:
+    """Runs on workers, through ``transport`` (see the module docstring)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def observe_run(
+        self, run_id: str, after_seq: int | None = None, *, session_id: uuid.UUID | None = None
+    ) -> Observable[EventEnvelope]:
+        """The run's envelopes after ``after_seq``, then live, each seq once, in order.
+
+        Subscribe inside the running asyncio loop. Errors: ``UnknownRun`` (the transport never
+        heard of the run), ``ResumeGap`` (seqs asked for are gone from the stream).
+        """
+        transport = self.transport
+        start = max(after_seq or 0, 0)
+
+        def subscribe(
+            observer: abc.ObserverBase[EventEnvelope], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            async def follow() -> None:
+                try:
+                    async for envelope in _envelopes(transport, run_id, start, session_id):
+                        observer.on_next(envelope)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    observer.on_error(exc)
+                else:
+                    observer.on_completed()
+
+            task = asyncio.get_running_loop().create_task(follow())
+            task.add_done_callback(retrieve)
+
+            def stop() -> None:
+                task.cancel()
+
+            return Disposable(stop)
+
+        return Observable(subscribe)
+
+    def submit(self, request: RunRequest) -> RemoteRunStream:
+        """Queue ``request`` (its ``run_id`` and ``session_id`` set) for a worker; its events
+        and result arrive through the transport."""
+        if request.run_id is None or request.session_id is None:
+            raise ValueError("a submitted request needs its run_id and session_id")
+        return RemoteRunStream(self, request.run_id, request.session_id, request=request)
+
+    def follow(self, run_id: str, session_id: uuid.UUID) -> RemoteRunStream:
+        """A :class:`RemoteRunStream` of a run submitted earlier (by any process)."""
+        return RemoteRunStream(self, run_id, session_id)
+
+    async def cancel(self, run_id: str) -> None:
+        """Ask the worker running ``run_id`` (or the one that takes it) to cancel it; the run
+        ends with ``run_cancelled`` on its stream."""
+        await self.transport.request_cancel(run_id)
+
+
+async def _envelopes(
+    transport: Transport, run_id: str, after_seq: int, session_id: uuid.UUID | None
+) -> Any:
+    """The run's envelopes after ``after_seq`` (async generator), deduplicated, gap-checked,
+    ending after the terminal one."""
+    cursor = after_seq
+    async for segment in transport.read(run_id, after_seq):
+        if segment.last_seq <= cursor:
+            continue  # a duplicate, or before what was asked for
+        if segment.first_seq > cursor + 1:
+            raise ResumeGap(run_id, cursor, segment.first_seq)
+        for envelope in decode(run_id, session_id, segment, cursor):
+            cursor = envelope.seq
+            yield envelope
+            if envelope.type in TERMINAL:
+                return
+
+
+class _Outcome:
+    """Folds a run's events into its RunOutput (the runtime's own arithmetic: the text of the
+    last assistant message, the sum of the recorded usage)."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self.usage = TokenUsage()
+
+    def add(self, event: InvocationEvent) -> None:
+        if isinstance(event, ModelStarted):
+            self._text = []
+        elif isinstance(event, TextDelta):
+            self._text.append(event.delta)
+        elif isinstance(event, UsageRecorded):
+            self.usage = self.usage + event.usage
+
+    def settle(self, event: InvocationEvent, run_id: str, session_id: uuid.UUID) -> RunOutput | RxInvokeError:
+        if isinstance(event, RunCompleted):
+            return RunOutput(
+                run_id=run_id,
+                session_id=session_id,
+                iterations=event.iterations,
+                finish_reason=event.finish_reason,
+                total_usage=self.usage,
+                output_text="".join(self._text),
+            )
+        if isinstance(event, RunFailed):
+            kind = InvocationTimedOut if event.error.startswith("timed out after") else InvocationFailed
+            return kind(f"run {run_id} failed: {event.error}", run_id=run_id)
+        return InvocationCancelled(f"run {run_id} was cancelled", run_id=run_id)
+
+
+class RemoteRunStream(Observable[InvocationEvent]):
+    """A run on a worker, as a :class:`~rxinvoke.RunStream` is a run in this process: an
+    Observable of its events (every subscriber from the first, completing after the terminal
+    event), ``run_id``, ``session_id`` and ``await stream.result``.
+
+    The submission and the reading start when the stream is made (inside the running loop).
+    """
+
+    def __init__(
+        self,
+        remote: RemoteRuns,
+        run_id: str,
+        session_id: uuid.UUID,
+        *,
+        request: RunRequest | None = None,
+    ) -> None:
+        super().__init__()
+        self.run_id = run_id
+        """The run's id."""
+        self.session_id = session_id
+        """The run's session."""
+        self.runtime: str | None = None
+        """The runtime running it: a worker elsewhere (None here)."""
+        self._remote = remote
+        self._events = _Replay(_report, run_id)
+        self._result: asyncio.Future[RunOutput] = asyncio.get_running_loop().create_future()
+        self._result.add_done_callback(retrieve)
+        self._is_ended = False
+        self._task = asyncio.get_running_loop().create_task(self._follow(request))
+        self._task.add_done_callback(retrieve)
+
+    @property
+    def result(self) -> _Result:
+        """An awaitable of the run's ``RunOutput`` (raises the run's ``InvocationError``, or
+        ``ResumeGap`` / ``StoreError``-like transport errors)."""
+        return _Result(self._result)
+
+    @property
+    def is_started(self) -> bool:
+        """True: a submitted run is queued as the stream is made."""
+        return True
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the run's terminal event was delivered."""
+        return self._is_ended
+
+    def _subscribe_core(
+        self, observer: abc.ObserverBase[InvocationEvent], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        return self._events.subscribe(observer)
+
+    async def _follow(self, request: RunRequest | None) -> None:
+        transport = self._remote.transport
+        outcome = _Outcome()
+        try:
+            if request is not None:
+                await transport.enqueue(self.run_id, request.model_dump_json().encode())
+            async for envelope in _envelopes(transport, self.run_id, 0, self.session_id):
+                event = envelope.event
+                outcome.add(event)
+                self._events.on_next(event)
+                if envelope.type in TERMINAL:
+                    settled = outcome.settle(event, self.run_id, self.session_id)
+                    self._is_ended = True
+                    if isinstance(settled, RunOutput):
+                        self._result.set_result(settled)
+                    else:
+                        self._result.set_exception(settled)
+                    self._events.on_completed()
+                    return
+            raise InvocationFailed(
+                f"run {self.run_id}: its stream expired before its terminal event",
+                run_id=self.run_id,
+            )
+        except asyncio.CancelledError:
+            if not self._result.done():
+                self._result.cancel()
+            raise
+        except Exception as exc:
+            self._is_ended = True
+            if not self._result.done():
+                self._result.set_exception(exc)
+            self._events.on_error(exc)
+
+    def close(self) -> None:
+        """Stop reading the run's stream (the run goes on)."""
+        self._task.cancel()
+
+    def __repr__(self) -> str:
+        state = "finished" if self._is_ended else "running"
+        return f"RemoteRunStream(run {self.run_id[:8]}, {state})"
+
+
+class _Result:
+    __slots__ = ("_future",)
+
+    def __init__(self, future: asyncio.Future[RunOutput]) -> None:
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, RunOutput]:
+        return asyncio.shield(self._future).__await__()

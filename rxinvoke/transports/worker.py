@@ -1,0 +1,346 @@
+"""Worker: executes queued runs on a runtime, under leases, with crash recovery and remote cancel.
+
+A worker takes jobs from the transport's run queue (at most ``concurrency`` at a time) and runs
+each on its runtime, whose envelopes an :class:`~rxinvoke.transports.mirror.EventMirror`
+mirrors to the run's stream. Around each run:
+
+- **Lease.** Before it runs a job the worker takes the run's lease (``lease_ttl`` seconds,
+  refreshed every third of it). A refresh that fails — the lease expired, or another worker
+  holds it now — cancels the run at once: a run never goes on without its lease (fencing).
+- **Recovery.** A job whose worker died stays pending in the queue; a live worker keeps its
+  own jobs fresh with every heartbeat, so only a dead worker's jobs go idle, and the reaper
+  (every ``lease_ttl``) reclaims those idle for two lease lifetimes *whose lease is gone*.
+  What the worker then finds in the store decides: a run never begun is run now; a finished
+  run is only acknowledged; a run still ``running`` whose owner is gone is settled by the
+  store's recovery (``run_failed`` "interrupted": ``on_worker_loss="fail"``, the policy
+  implemented here) — one terminal event either way, mirrored to the stream; a run still
+  ``running`` under a live owner (a worker that lost its lease but not its life) is left to
+  it. A job delivered more than ``max_deliveries`` times goes to the dead letters, its run
+  settled as failed.
+- **Cancel.** A cancel request (marker + notice) cancels the run where it runs; the worker also
+  checks the markers of its runs at every heartbeat (a notice missed while reconnecting), and
+  before it starts one. A run cancelled before it began, or whose request is invalid, gets a
+  ``run_started`` and its terminal event on its stream (nothing is stored: it never began).
+
+Workers need a store shared with each other (a :class:`~rxinvoke.stores.SqliteStore` file on
+one host, a :class:`~rxinvoke.stores.PostgresStore` across machines): recovery reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pydantic
+
+from .._futures import retrieve
+from ..control import Control
+from ..errors import InvocationError, UserError
+from ..events import InvocationEvent, RunCancelled, RunFailed, RunStarted
+from ..request import RunRequest
+from ..runtime import AgentRuntime
+from ..stores.base import EventEnvelope
+from ..stores.memory import MemoryStore
+from ._wire import segments_of
+from .base import Job, Lease, Transport
+from .mirror import EventMirror
+
+__all__ = ("Worker", "WorkerStats")
+
+_log = logging.getLogger("rxinvoke")
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """Counters of one worker."""
+
+    executed: int = 0
+    """Runs it executed to their end."""
+    recovered: int = 0
+    """Runs of dead workers it settled (``on_worker_loss="fail"``)."""
+    dead_lettered: int = 0
+    lease_lost: int = 0
+    """Runs it cancelled because their lease was lost."""
+    cancelled_remotely: int = 0
+
+
+@dataclass
+class _Held:
+    job: Job
+    lease: Lease
+    control: Control | None = None
+    cancel_requested: bool = False
+    lease_lost: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Worker:
+    """Executes queued runs (see the module docstring).
+
+    Args:
+        runtime: the runtime the runs execute on (its providers, tools, policy and store).
+        transport: the queue, the run streams and the cancel requests.
+        name: this worker's consumer name (default ``host:pid:random``).
+        concurrency: runs executing at once at most.
+        lease_ttl: seconds a lease lives without a refresh.
+        on_worker_loss: what becomes of a run whose worker died mid-run: ``"fail"`` (it
+            ends with ``run_failed`` "interrupted").
+        max_deliveries: deliveries of one job before it goes to the dead letters.
+    """
+
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        transport: Transport,
+        *,
+        name: str | None = None,
+        concurrency: int = 4,
+        lease_ttl: float = 10.0,
+        on_worker_loss: Literal["fail"] = "fail",
+        max_deliveries: int = 5,
+    ) -> None:
+        if isinstance(runtime.store, MemoryStore):
+            raise UserError(
+                "a worker needs a store shared with the other workers (SqliteStore on one "
+                "host, PostgresStore across machines), not a MemoryStore"
+            )
+        if concurrency < 1 or lease_ttl <= 0 or max_deliveries < 1:
+            raise ValueError("concurrency, lease_ttl and max_deliveries must be positive")
+        if on_worker_loss != "fail":
+            raise ValueError(f"on_worker_loss must be 'fail', got {on_worker_loss!r}")
+        self.runtime = runtime
+        self.transport = transport
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.concurrency = concurrency
+        self.lease_ttl = lease_ttl
+        self.on_worker_loss = on_worker_loss
+        self.max_deliveries = max_deliveries
+        self.mirror = EventMirror(transport)
+        self._held: dict[str, _Held] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stats = WorkerStats()
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self._stats
+
+    @property
+    def active(self) -> list[str]:
+        """Ids of the runs this worker holds now."""
+        return list(self._held)
+
+    def _count(self, **more: int) -> None:
+        stats = self._stats
+        self._stats = dataclasses.replace(
+            stats, **{name: getattr(stats, name) + n for name, n in more.items()}
+        )
+
+    # --- the loops --------------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Take and run jobs until ``stop`` is set (then finish the runs going) or the task is
+        cancelled (then cancel them: each ends with ``run_cancelled``)."""
+        stop = stop or asyncio.Event()
+        attachment = self.mirror.attach(self.runtime)
+        helpers = [
+            asyncio.ensure_future(self._listen_for_cancels()),
+            asyncio.ensure_future(self._heartbeats()),
+            asyncio.ensure_future(self._reaper()),
+        ]
+        try:
+            await self._take_loop(stop)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            attachment.dispose()
+            await self.mirror.aclose()
+
+    async def _take_loop(self, stop: asyncio.Event) -> None:
+        delay = 0.05
+        while not stop.is_set():
+            free = self.concurrency - len(self._tasks)
+            if free <= 0:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                jobs = await self.transport.take(self.name, free, wait=0.5)
+            except Exception as exc:  # the broker is away: back off and try again
+                _log.warning("rxinvoke worker %s: taking jobs failed (%s); retrying", self.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.05
+            for job in jobs:
+                self._spawn(job)
+
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.ensure_future(self._handle(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(retrieve)
+
+    async def _listen_for_cancels(self) -> None:
+        async for run_id in self.transport.cancel_notices():
+            held = self._held.get(run_id)
+            if held is not None:
+                self._cancel(held, remote=True)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            with contextlib.suppress(Exception):
+                await self.beat()
+
+    async def beat(self) -> None:
+        """One heartbeat: refresh every lease (cancelling runs whose lease is lost), keep their
+        jobs fresh, look at their cancel markers."""
+        held = list(self._held.values())
+        if not held:
+            return
+        for item in held:
+            if not await self.transport.refresh(item.lease, self.lease_ttl):
+                if not item.lease_lost:
+                    item.lease_lost = True
+                    self._count(lease_lost=1)
+                    _log.warning(
+                        "rxinvoke worker %s: lost the lease of run %s; cancelling it",
+                        self.name, item.lease.run_id,
+                    )
+                    self._cancel(item, remote=False)
+            elif await self.transport.is_cancel_requested(item.lease.run_id):
+                self._cancel(item, remote=True)
+        await self.transport.heartbeat(self.name, [h.job.job_id for h in held if not h.lease_lost])
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl)
+            with contextlib.suppress(Exception):
+                await self.reap()
+
+    async def reap(self, min_idle: float | None = None) -> int:
+        """Reclaim dead workers' jobs (idle ``min_idle`` seconds, default two lease lifetimes,
+        and without a lease) and handle them; returns how many were reclaimed."""
+        free = max(self.concurrency - len(self._tasks), 1)
+        idle = 2 * self.lease_ttl if min_idle is None else min_idle
+        jobs = await self.transport.reclaim(self.name, idle, free)
+        for job in jobs:
+            self._spawn(job)
+        return len(jobs)
+
+    def _cancel(self, held: _Held, *, remote: bool) -> None:
+        if remote and not held.cancel_requested:
+            held.cancel_requested = True
+            self._count(cancelled_remotely=1)
+        if held.control is not None:
+            held.control.cancel()
+
+    # --- one job ----------------------------------------------------------------------------
+
+    async def _handle(self, job: Job) -> None:
+        try:
+            lease = await self.transport.acquire(job.run_id, self.lease_ttl)
+        except Exception as exc:
+            _log.warning("rxinvoke worker %s: no lease for run %s (%s)", self.name, job.run_id, exc)
+            return
+        if lease is None:
+            return  # another worker holds the run: the job stays pending
+        held = self._held[job.run_id] = _Held(job, lease)
+        try:
+            await self._run_job(job, held)
+        finally:
+            held.done.set()
+            self._held.pop(job.run_id, None)
+            with contextlib.suppress(Exception):
+                await self.transport.release(lease)
+
+    async def _run_job(self, job: Job, held: _Held) -> None:
+        store = self.runtime.store
+        record = await store.get_run(job.run_id)
+        if job.deliveries > self.max_deliveries:
+            await self._dead_letter(job, record is not None and not record.is_finished)
+            return
+        if record is not None:
+            if not record.is_finished:
+                await store.recover_interrupted()
+                record = await store.get_run(job.run_id)
+                if record is None or not record.is_finished:
+                    return  # its owner lives (it lost its lease, not its life): its run
+                self._count(recovered=1)
+            await self._mirror_stored(job.run_id)
+            await self.transport.ack(job.job_id)
+            return
+        try:
+            request = RunRequest.model_validate_json(job.request)
+            if request.run_id != job.run_id:
+                raise ValueError(f"the request's run_id is {request.run_id!r}")
+            self.runtime.validate(request)
+        except (pydantic.ValidationError, ValueError, InvocationError) as exc:
+            reason = str(exc).splitlines()[0][:300]
+            await self._end_unstarted(job, RunFailed(run_id=job.run_id, error=f"invalid request: {reason}"))
+            await self.transport.ack(job.job_id)
+            return
+        if await self.transport.is_cancel_requested(job.run_id):
+            held.cancel_requested = True
+            self._count(cancelled_remotely=1)
+            await self._end_unstarted(job, RunCancelled(run_id=job.run_id), request)
+            await self.transport.ack(job.job_id)
+            return
+        held.control = Control()
+        try:
+            await self.runtime.run(request, held.control)
+        except InvocationError:
+            pass  # the outcome is in the run's events (and the store)
+        self._count(executed=1)
+        await self.mirror.flush()
+        await self.transport.ack(job.job_id)
+
+    async def _mirror_stored(self, run_id: str) -> None:
+        """Mirror what the store has of the run beyond what its stream holds."""
+        last = await self.transport.last_seq(run_id)
+        envelopes = await self.runtime.store.read_events(run_id, after_seq=last)
+        await self.transport.append(list(segments_of(envelopes)))
+
+    async def _end_unstarted(
+        self, job: Job, terminal: InvocationEvent, request: RunRequest | None = None
+    ) -> None:
+        """``run_started`` and ``terminal`` on the stream of a run that never began."""
+        session = request.session_id if request is not None else None
+        started = RunStarted(
+            run_id=job.run_id,
+            session_id=str(session) if session else "",
+            provider=request.provider or "" if request is not None else "",
+            model=request.model or "" if request is not None else "",
+            runtime=self.runtime.name,
+        )
+        envelopes = [
+            EventEnvelope.of(started, job.run_id, session, 1),
+            EventEnvelope.of(terminal, job.run_id, session, 2),
+        ]
+        await self.transport.append(list(segments_of(envelopes)))
+
+    async def _dead_letter(self, job: Job, running: bool) -> None:
+        reason = f"delivered {job.deliveries} times (max_deliveries={self.max_deliveries})"
+        _log.warning("rxinvoke worker %s: run %s %s: dead letter", self.name, job.run_id, reason)
+        if running:
+            await self.runtime.store.recover_interrupted()
+        await self.transport.dead_letter(job, reason)  # before the terminal event is seen
+        self._count(dead_lettered=1)
+        record = await self.runtime.store.get_run(job.run_id)
+        if record is None:
+            await self._end_unstarted(job, RunFailed(run_id=job.run_id, error=f"dead letter: {reason}"))
+        else:
+            await self._mirror_stored(job.run_id)

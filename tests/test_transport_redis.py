@@ -1,0 +1,390 @@
+"""Scale-out on Redis Streams: the event mirror, observe with resume, the run queue and its
+workers (leases, recovery, dead letters), remote cancel. Against a real redis-server started by
+the fixtures (tests/tests_support_servers.py); the XAUTOCLAIM reply parsing also without one."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reactivex import operators as ops
+from tests_support_servers import RedisServer, redis_server
+
+from rxinvoke import (
+    AgentRuntime,
+    EmitRequest,
+    InvocationCancelled,
+    InvocationFailed,
+    MemoryStore,
+    OfflineProvider,
+    RuntimeInvocation,
+    ScriptedProvider,
+    SqliteStore,
+    Store,
+    UnknownRun,
+    builtin_tools,
+    tool,
+)
+from rxinvoke.errors import ResumeGap, SubscriberError, SubscriberOverflow, UserError
+from rxinvoke.messages import ChatRequest
+from rxinvoke.stores import EventEnvelope
+from rxinvoke.transports.base import Transport
+from rxinvoke.transports.mirror import EventMirror
+from rxinvoke.transports.redis import RedisTransport, parse_autoclaim
+from rxinvoke.transports.remote import RemoteRuns, RemoteRunStream
+from rxinvoke.transports.worker import Worker
+
+text_turn = ScriptedProvider.text_turn
+tool_call_turn = ScriptedProvider.tool_call_turn
+
+
+# --- XAUTOCLAIM replies (no server) --------------------------------------------------------------
+
+
+def test_autoclaim_replies_of_redis_6_2_and_7_are_both_read() -> None:
+    fields = [b"run_id", b"r1", b"request", b"{}"]
+    six = [b"0-0", [[b"1-0", fields], [b"2-0", None]]]
+    seven = [b"0-0", [[b"1-0", fields]], [b"2-0"]]
+    assert parse_autoclaim(six) == ("0-0", [("1-0", {b"run_id": b"r1", b"request": b"{}"}), ("2-0", None)], [])
+    assert parse_autoclaim(seven) == ("0-0", [("1-0", {b"run_id": b"r1", b"request": b"{}"})], ["2-0"])
+    with pytest.raises(ValueError, match="4 elements"):
+        parse_autoclaim([b"0-0", [], [], []])
+
+
+def test_the_redis_password_is_not_in_the_repr() -> None:
+    transport = RedisTransport("redis://user:s3cret-pw@127.0.0.1:1/0")
+    assert "s3cret-pw" not in repr(transport) and "***" in transport.where
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def transport(redis_server: RedisServer) -> AsyncIterator[RedisTransport]:
+    made = RedisTransport(redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}:", block=0.2)
+    yield made
+    await made.close()
+
+
+def request(text: str = "what is 2 + 3?", **kw: Any) -> EmitRequest:
+    return EmitRequest(provider="offline", model="offline", input=text, **kw)
+
+
+async def collect(observable: Any) -> list[Any]:
+    return list(await observable.pipe(ops.to_list()))
+
+
+def shape(envelopes: list[EventEnvelope]) -> list[tuple[int, str]]:
+    return [(e.seq, e.type) for e in envelopes]
+
+
+# --- the mirror and observe_run ------------------------------------------------------------------
+
+
+async def test_a_mirrored_run_reads_back_from_another_client_exactly_as_stored(
+    transport: RedisTransport, redis_server: RedisServer
+) -> None:
+    runtime = AgentRuntime(providers=[OfflineProvider()], tools=builtin_tools())
+    mirror = EventMirror(transport)
+    mirror.attach(runtime)
+    out = await RuntimeInvocation(runtime).emit(request())
+    await mirror.flush()
+    stored = await runtime.store.read_events(out.run_id)
+    other = RedisTransport(redis_server.url, prefix=transport.prefix)
+    try:
+        seen = await collect(RemoteRuns(other).observe_run(out.run_id))
+    finally:
+        await other.close()
+    assert shape(seen) == shape(stored)
+    assert [e.event for e in seen] == [e.event for e in stored]
+    assert mirror.stats.mirrored == len(stored) and mirror.stats.dropped == 0
+    # batched: far fewer stream entries than events (a streamed answer is one segment)
+    assert await transport.client.xlen(f"{transport.prefix}run:{out.run_id}") < len(stored) / 3
+
+
+async def test_an_observer_that_disconnects_resumes_at_its_seq_and_sees_each_event_once(
+    transport: RedisTransport,
+) -> None:
+    gate = asyncio.Event()
+    provider = ScriptedProvider([[*text_turn("first half ", pieces=3)[:-1], gate, *text_turn("second", pieces=3)]])
+    runtime = AgentRuntime(providers=[provider])
+    mirror = EventMirror(transport, interval=0.005)
+    mirror.attach(runtime)
+    inv = RuntimeInvocation(runtime)
+    remote = RemoteRuns(transport)
+    streaming = asyncio.Event()
+    runtime.events.subscribe(lambda e: streaming.set() if e.type == "text_delta" else None)
+    stream = inv.stream(EmitRequest(provider="scripted", model="scripted", input="hi"))
+    running = asyncio.ensure_future(stream.result)
+    await asyncio.wait_for(streaming.wait(), 10)
+    await mirror.flush()  # the run's stream exists once its first events are mirrored
+    first: list[EventEnvelope] = []
+    got_some = asyncio.Event()
+
+    def keep(envelope: EventEnvelope) -> None:
+        first.append(envelope)
+        if envelope.type == "text_delta":
+            got_some.set()
+
+    subscription = remote.observe_run(stream.run_id).subscribe(on_next=keep)
+    await asyncio.wait_for(got_some.wait(), 10)
+    subscription.dispose()  # the observer goes away mid-run
+    resume_at = first[-1].seq
+    gate.set()
+    await running
+    await mirror.flush()
+    rest = await collect(remote.observe_run(stream.run_id, after_seq=resume_at))
+    stored = await runtime.store.read_events(stream.run_id)
+    assert [e.seq for e in first + rest] == list(range(1, len(stored) + 1))
+    assert [e.event for e in first + rest] == [e.event for e in stored]
+
+
+async def test_a_trimmed_stream_is_a_resume_gap_not_a_silent_jump(redis_server: RedisServer) -> None:
+    # maxlen 1: XADD MAXLEN ~ trims whole nodes, so keep writing until the head is gone
+    transport = RedisTransport(redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}:", maxlen=1, block=0.2)
+    try:
+        runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("x " * 400, pieces=400)])])
+        mirror = EventMirror(transport, interval=0)
+        runtime.bus.observe("any").subscribe(lambda e: None)
+        mirror.attach(runtime)
+        out = await RuntimeInvocation(runtime).emit(EmitRequest(provider="scripted", model="scripted", input="hi"))
+        await mirror.flush()
+        await transport.client.xtrim(f"{transport.prefix}run:{out.run_id}", maxlen=1, approximate=False)
+        with pytest.raises(ResumeGap) as gap:
+            await collect(RemoteRuns(transport).observe_run(out.run_id, after_seq=3))
+        assert gap.value.after_seq == 3 and gap.value.first_available > 4
+        # asking from what is kept works
+        kept = await collect(RemoteRuns(transport).observe_run(out.run_id, after_seq=gap.value.first_available - 1))
+        assert kept[-1].type == "run_completed"
+    finally:
+        await transport.close()
+
+
+async def test_observing_an_unknown_run_is_an_error(transport: RedisTransport) -> None:
+    with pytest.raises(UnknownRun):
+        await collect(RemoteRuns(transport).observe_run("no-such-run"))
+
+
+async def test_an_unreachable_redis_never_blocks_a_run_and_the_loss_is_reported() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    transport = RedisTransport(f"redis://127.0.0.1:{port}/0")
+    runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("a b c d e f", pieces=6)] * 3)])
+    mirror = EventMirror(transport, interval=0.001, max_buffer=5)
+    mirror.attach(runtime)
+    reports: list[SubscriberError] = []
+    runtime.errors.subscribe(reports.append)
+    inv = RuntimeInvocation(runtime)
+    for _ in range(3):
+        out = await asyncio.wait_for(inv.emit(EmitRequest(provider="scripted", model="scripted", input="hi")), 10)
+        assert out.output_text == "a b c d e f"
+    stats = mirror.stats
+    assert stats.buffered <= 5 and stats.dropped > 0 and stats.mirrored == 0
+    await asyncio.sleep(0.3)  # the flusher retries (and reports the drops it met)
+    assert any(isinstance(r, SubscriberOverflow) and r.subscription == "mirror" for r in reports)
+    await transport.close()
+
+
+async def test_a_redis_restart_mid_run_loses_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with redis_server(tmp_path_factory.mktemp("redis-restart")) as server:
+        transport = RedisTransport(server.url, block=0.2)
+        gate = asyncio.Event()
+        runtime = AgentRuntime(providers=[ScriptedProvider([[*text_turn("one two", pieces=2)[:-1], gate, *text_turn(" three", pieces=2)]])])
+        mirror = EventMirror(transport, interval=0.005)
+        mirror.attach(runtime)
+        streaming = asyncio.Event()
+        runtime.events.subscribe(lambda e: streaming.set() if e.type == "text_delta" else None)
+        stream = RuntimeInvocation(runtime).stream(EmitRequest(provider="scripted", model="scripted", input="hi"))
+        running = asyncio.ensure_future(stream.result)
+        await asyncio.wait_for(streaming.wait(), 10)
+        await mirror.flush()
+        assert mirror.stats.mirrored > 0
+        server.stop()
+        gate.set()
+        out = await asyncio.wait_for(running, 10)  # the run never waits for Redis
+        assert mirror.stats.buffered > 0
+        server.start()  # same port, its append-only file kept the stream
+        await asyncio.wait_for(mirror.flush(), 30)
+        stored = await runtime.store.read_events(out.run_id)
+        seen = await collect(RemoteRuns(transport).observe_run(out.run_id))
+        assert shape(seen) == shape(stored) and mirror.stats.dropped == 0
+        await transport.close()
+
+
+# --- queue, workers, cancel ----------------------------------------------------------------------
+
+
+async def worker_for(store: Store, transport: Transport, runtime_tools: Any = (), provider: Any = None, **kw: Any) -> tuple[Worker, asyncio.Event, asyncio.Task[None]]:
+    runtime = AgentRuntime(
+        providers=[provider or OfflineProvider()], tools=runtime_tools or builtin_tools(), store=store
+    )
+    worker = Worker(runtime, transport, **kw)
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(worker.serve(stop))
+    return worker, stop, task
+
+
+async def test_submitted_runs_execute_on_a_worker_with_the_shape_of_a_local_stream(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "w.db")
+    worker, stop, task = await worker_for(store, transport, concurrency=3)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    local = await RuntimeInvocation(AgentRuntime(providers=[OfflineProvider()], tools=builtin_tools())).emit(request())
+    streams = [inv.submit(request()) for _ in range(5)]
+    assert all(isinstance(s, RemoteRunStream) for s in streams)
+    outs = await asyncio.wait_for(asyncio.gather(*(s.result for s in streams)), 30)
+    assert {o.output_text for o in outs} == {local.output_text}
+    assert all(o.total_usage == local.total_usage and o.iterations == local.iterations for o in outs)
+    events = await collect(streams[0])  # from the first event, after the end too
+    stored = await store.read_events(streams[0].run_id)
+    assert [e.type for e in events] == [e.type for e in stored]
+    assert streams[0].is_finished and worker.stats.executed == 5
+    stop.set()
+    await task
+    await store.close()
+
+
+async def test_a_remote_cancel_during_a_tool_lands(transport: RedisTransport, tmp_path: Path) -> None:
+    entered = asyncio.Event()
+    calls: list[str] = []
+
+    @tool
+    async def wait_here() -> str:
+        """Wait until cancelled."""
+        calls.append("wait")
+        entered.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    def turns(req: ChatRequest) -> Any:
+        return tool_call_turn("wait_here", {}) if req.messages[-1].role == "user" else text_turn("done")
+
+    store = SqliteStore(tmp_path / "c.db")
+    worker, stop, task = await worker_for(store, transport, [wait_here], ScriptedProvider(turns))
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+    await asyncio.wait_for(entered.wait(), 20)
+    assert await inv.cancel(stream.run_id)
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(stream.result, 20)
+    types = [e.type for e in await collect(stream)]
+    assert types[-1] == "run_cancelled" and types.count("run_cancelled") == 1
+    record = await store.get_run(stream.run_id)
+    assert record is not None and record.status == "cancelled" and calls == ["wait"]
+    stop.set()
+    await task
+    await store.close()
+
+
+async def test_a_run_cancelled_before_a_worker_takes_it_ends_cancelled_on_its_stream(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(request())
+    await asyncio.sleep(0.05)  # queued
+    await inv.cancel(stream.run_id)
+    store = SqliteStore(tmp_path / "q.db")
+    worker, stop, task = await worker_for(store, transport)
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(stream.result, 20)
+    assert [e.type for e in await collect(stream)] == ["run_started", "run_cancelled"]
+    assert await store.get_run(stream.run_id) is None  # it never began
+    stop.set()
+    await task
+    await store.close()
+
+
+async def test_an_invalid_request_fails_on_its_stream(transport: RedisTransport, tmp_path: Path) -> None:
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(EmitRequest(provider="nope", model="x", input="hi"))
+    store = SqliteStore(tmp_path / "i.db")
+    worker, stop, task = await worker_for(store, transport)
+    with pytest.raises(InvocationFailed, match="invalid request"):
+        await asyncio.wait_for(stream.result, 20)
+    stop.set()
+    await task
+    await store.close()
+
+
+async def test_a_worker_that_loses_its_lease_stops_and_the_run_never_runs_twice(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    entered = asyncio.Event()
+    calls: list[str] = []
+
+    @tool
+    async def slow() -> str:
+        """Take a while."""
+        calls.append("slow")
+        entered.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    def turns(req: ChatRequest) -> Any:
+        return tool_call_turn("slow", {}) if req.messages[-1].role == "user" else text_turn("done")
+
+    path = tmp_path / "fence.db"
+    store_a, store_b = SqliteStore(path), SqliteStore(path)
+    # lease_ttl long: the heartbeats of this test are called by hand
+    a, stop_a, task_a = await worker_for(store_a, transport, [slow], ScriptedProvider(turns), lease_ttl=600, name="a")
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+    await asyncio.wait_for(entered.wait(), 20)
+    # a's lease expires (a GC pause, a frozen VM) and b takes the run's lease
+    await transport.client.delete(f"{transport.prefix}lease:{stream.run_id}")
+    b, stop_b, task_b = await worker_for(store_b, transport, [slow], ScriptedProvider(turns), lease_ttl=600, name="b")
+    assert await b.reap(min_idle=0) == 1
+    for _ in range(100):
+        if stream.run_id in b.active:
+            break
+        await asyncio.sleep(0.01)
+    await a.beat()  # a's refresh fails: fenced out, it cancels its run
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(stream.result, 20)
+    assert a.stats.lease_lost == 1 and calls == ["slow"]  # b never executed it
+    assert b.stats.executed == 0
+    types = [e.type for e in await store_b.read_events(stream.run_id)]
+    assert sum(t in ("run_completed", "run_failed", "run_cancelled") for t in types) == 1
+    for stop, task in ((stop_a, task_a), (stop_b, task_b)):
+        stop.set()
+        await task
+    await store_a.close()
+    await store_b.close()
+
+
+async def test_a_job_delivered_too_often_goes_to_the_dead_letters(transport: RedisTransport, tmp_path: Path) -> None:
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(request())
+    await asyncio.sleep(0.05)
+    # three workers took it and died without a trace (no lease, no store row)
+    for name in ("x", "y", "z"):
+        taken = await transport.take(name, 1, wait=0.1) or await transport.reclaim(name, 0, 1)
+        assert [j.run_id for j in taken] == [stream.run_id]
+    store = SqliteStore(tmp_path / "d.db")
+    worker, stop, task = await worker_for(store, transport, max_deliveries=2)
+    assert await worker.reap(min_idle=0) == 1
+    with pytest.raises(InvocationFailed, match="dead letter"):
+        await asyncio.wait_for(stream.result, 20)
+    letters = await transport.dead_letters()
+    assert [(d["run_id"], d["deliveries"]) for d in letters] == [(stream.run_id, "4")]
+    stop.set()
+    await task
+    await store.close()
+
+
+def test_a_worker_refuses_a_store_it_cannot_share() -> None:
+    with pytest.raises(UserError, match="shared"):
+        Worker(AgentRuntime(store=MemoryStore()), RedisTransport("redis://127.0.0.1:1/0"))
+
+
+def test_submit_without_workers_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="submit needs workers"):
+        RuntimeInvocation(AgentRuntime()).submit(request())
