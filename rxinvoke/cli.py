@@ -5,35 +5,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import math
-import os
-import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from ._terminal import (
+    Renderer,
+    add_provider_options,
+    describe,
+    interruptible,
+    positive,
+    provider_from_args,
+)
 from ._version import __version__
 from .errors import RxInvokeError, UserError
 from .events import (
     INVOCATION_EVENT,
     EventKind,
     InvocationEvent,
-    RunFailed,
-    TextDelta,
-    ToolCallCompleted,
-    ToolExecutionFinished,
-    ToolSuccess,
 )
 from .invocation import RuntimeInvocation
 from .operators import to_async_iterator
-from .providers import ChatProvider, OfflineProvider
-from .request import EmitRequest, RunOutput
+from .request import EmitRequest
 from .runtime import AgentRuntime
-from .stores import EventEnvelope, RunRecord, SqliteStore, Store, default_db_path
+from .stores import RunRecord, SqliteStore, Store, default_db_path
 from .tools import builtin_tools
+from .transports import commands as scale_out
 
 __all__ = ("main",)
 
@@ -62,115 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "start it)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON event per line")
-    run.add_argument(
-        "--delay", type=_seconds, default=0.02, metavar="SECONDS",
-        help="pause between streamed fragments of the offline model (default 0.02)",
-    )
-    run.add_argument(
-        "--provider", choices=("offline", "openai"), default="offline",
-        help="offline: the embedded model (default); openai: an OpenAI-compatible server",
-    )
-    run.add_argument(
-        "--model", metavar="NAME", help="the model name (required with --provider openai)"
-    )
-    run.add_argument(
-        "--base-url", metavar="URL",
-        help=f"API root of the OpenAI-compatible server (default {_OPENAI_URL})",
-    )
-    run.add_argument(
-        "--api-key-env", metavar="VAR",
-        help="environment variable holding the API key (default OPENAI_API_KEY; "
-        "a server other than OpenAI's may need none)",
-    )
+    add_provider_options(run)
     _add_db_option(run)
     _add_store_commands(commands)
+    scale_out.add_commands(commands, _add_db_option)
     return parser
-
-
-_OPENAI_URL = "https://api.openai.com/v1"
-
-
-def _openai_provider(args: argparse.Namespace) -> ChatProvider:
-    try:
-        from .providers.openai import OpenAIProvider
-    except ImportError as exc:
-        raise UserError(
-            f"--provider openai needs the openai extra (pip install 'rxinvoke[openai]'): {exc}"
-        ) from exc
-    variable = args.api_key_env or "OPENAI_API_KEY"
-    base_url = args.base_url or _OPENAI_URL
-    if not os.environ.get(variable) and (args.api_key_env or base_url == _OPENAI_URL):
-        raise UserError(f"no API key: the environment variable {variable} is not set")
-    return OpenAIProvider(base_url=base_url, api_key_env=variable)
-
-
-_ECHO_LIMIT = 200
-"""Characters of a tool call's arguments or result echoed on one line."""
-
-
-def _clip(text: str, limit: int = _ECHO_LIMIT) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class _Renderer:
-    """Human-readable live rendering of a run's events.
-
-    Writes in whatever encoding the terminal has: characters it cannot encode are replaced
-    (``→ ← · …`` become ``-> <- | ...`` on an ASCII terminal), never an error.
-    """
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._line_open = False
-        self.run_id: str | None = None
-        """The run being rendered (from its ``run_started``)."""
-        encoding = getattr(out, "encoding", None) or "utf-8"
-        try:
-            "→←·…".encode(encoding)
-            self._fancy = True
-        except (UnicodeEncodeError, LookupError):
-            self._fancy = False
-        self._encoding = encoding
-
-    def _write(self, text: str) -> None:
-        if not self._fancy:
-            for fancy, plain in (("→", "->"), ("←", "<-"), ("·", "|"), ("…", "...")):
-                text = text.replace(fancy, plain)
-            text = text.encode(self._encoding, "replace").decode(self._encoding)
-        self._out.write(text)
-
-    def __call__(self, event: InvocationEvent) -> None:
-        if event.type == "run_started":
-            self.run_id = event.run_id
-        if isinstance(event, TextDelta):
-            self._write(event.delta)
-            self._line_open = True
-        elif isinstance(event, ToolCallCompleted):
-            self.newline()
-            self._write(f"→ {event.call.name}({_clip(event.call.arguments)})\n")
-        elif isinstance(event, ToolExecutionFinished):
-            result = event.result
-            shown = result.output if isinstance(result, ToolSuccess) else f"error: {result.error}"
-            self._write(f"← {event.tool_name}: {_clip(shown)} ({event.duration_ms:.1f} ms)\n")
-        elif isinstance(event, RunFailed):
-            self.newline()
-        self._out.flush()
-
-    def newline(self) -> None:
-        """End a partial line of streamed text."""
-        if self._line_open:
-            self._out.write("\n")
-            self._line_open = False
-
-    def finish(self, output: RunOutput) -> None:
-        self.newline()
-        usage = output.total_usage
-        self._write(
-            f"[{output.finish_reason.value} · {output.iterations} iteration(s) · tokens "
-            f"in {usage.input_tokens} / out {usage.output_tokens} / total {usage.total_tokens} · "
-            f"session {output.session_id} · run {output.run_id}]\n"
-        )
 
 
 async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
@@ -182,15 +77,11 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
             f"rxinvoke: warning: session {session} has no stored history; starting it",
             file=sys.stderr,
         )
-    provider: ChatProvider
-    if args.provider == "openai":
-        provider = _openai_provider(args)
-    else:
-        provider = OfflineProvider(delay=args.delay)
+    provider = provider_from_args(args)
     model = args.model or "offline"
     runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store)
     invocation = RuntimeInvocation(runtime)
-    renderer: _Renderer = args.renderer
+    renderer: Renderer = args.renderer
 
     def print_json(event: InvocationEvent) -> None:
         out.write(INVOCATION_EVENT.dump_json(event).decode() + "\n")
@@ -225,33 +116,6 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
     return 0
 
 
-async def _interruptible(work: Awaitable[int]) -> int:
-    """Run ``work`` so that Ctrl-C cancels it (the run ends with a stored ``run_cancelled``)
-    and then raises KeyboardInterrupt, on every Python (3.10's asyncio.run would raise
-    KeyboardInterrupt wherever the signal lands, even inside the run)."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(work)
-    interrupted = False
-
-    def interrupt() -> None:
-        nonlocal interrupted
-        interrupted = True
-        task.cancel()
-
-    try:
-        loop.add_signal_handler(signal.SIGINT, interrupt)
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
-        return await task
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if interrupted:
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rxinvoke`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -263,9 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _store_command(args)
     if args.prompt == "-":
         args.prompt = sys.stdin.read()
-    renderer = args.renderer = _Renderer(sys.stdout)
+    renderer = args.renderer = Renderer(sys.stdout)
     try:
-        return asyncio.run(_interruptible(_with_store(args, sys.stdout, _run, path=_db_path(args), create=True)))
+        return asyncio.run(interruptible(_with_store(args, sys.stdout, _run, path=_db_path(args), create=True)))
     except RxInvokeError as exc:
         renderer.newline()
         print(f"rxinvoke: error: {exc.message}", file=sys.stderr)
@@ -291,29 +155,6 @@ def _add_db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_MAX_LIMIT = 1_000_000
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
-    if not 1 <= value <= _MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {_MAX_LIMIT:,}, got {text[:40]}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= 3600):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 3600, got {text[:40]}")
-    return value
-
-
 def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     runs = commands.add_parser(
         "runs",
@@ -321,7 +162,7 @@ def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         description="List the most recently started runs: id, session, status, iterations, "
         "tokens and start time (UTC).",
     )
-    runs.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N runs (default 20)")
+    runs.add_argument("--limit", type=positive, default=20, metavar="N", help="at most N runs (default 20)")
     runs.add_argument("--session", metavar="UUID", help="only the runs of this session")
     runs.add_argument("--json", action="store_true", help="print one JSON run record per line")
     _add_db_option(runs)
@@ -337,6 +178,7 @@ def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--json", action="store_true", help="print one JSON envelope (seq, event, ...) per line"
     )
     _add_db_option(events)
+    scale_out.add_follow_options(events)
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -379,13 +221,21 @@ def _invalid_options(args: argparse.Namespace) -> str | None:
 
 
 def _store_command(args: argparse.Namespace) -> int:
+    remote = args.command in scale_out.COMMANDS or (
+        args.command == "events" and args.follow and args.redis
+    )
     command = _list_runs if args.command == "runs" else _replay_events
     try:
+        if remote:
+            return scale_out.run_command(args, sys.stdout, _db_path)
         return asyncio.run(
             _with_store(args, sys.stdout, command, path=_db_path(args), create=False)
         )
     except RxInvokeError as exc:
         print(f"rxinvoke: error: {exc.message}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        print(f"rxinvoke: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0
@@ -395,6 +245,11 @@ def _store_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("rxinvoke: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not type(exc).__module__.startswith("redis"):
+            raise
+        print(f"rxinvoke: error: redis: {exc}", file=sys.stderr)  # the server is away
+        return 1
 
 
 def _when(record: RunRecord) -> str:
@@ -417,20 +272,24 @@ async def _list_runs(args: argparse.Namespace, out: TextIO, store: Store) -> int
     return 0
 
 
-def _describe(envelope: EventEnvelope) -> str:
-    fields = envelope.event.model_dump(mode="json", exclude={"run_id", "timestamp", "type"})
-    return " ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in fields.items())
-
-
 async def _replay_events(args: argparse.Namespace, out: TextIO, store: Store) -> int:
     runtime = AgentRuntime(store=store)
     kind: EventKind | None = getattr(args, "kind_member", None)
-    async for envelope in to_async_iterator(RuntimeInvocation(runtime).replay(args.run_id)):
+    invocation = RuntimeInvocation(runtime)
+    after = args.after or None
+    envelopes = (
+        invocation.subscribe_run(args.run_id, after)
+        if args.follow
+        else invocation.replay(args.run_id, after)
+    )
+    async for envelope in to_async_iterator(envelopes):
         if kind is not None and not kind.matches(envelope.event):
             continue
         if args.json:
             out.write(envelope.model_dump_json() + "\n")
         else:
             moment = envelope.emitted_at.strftime("%H:%M:%S.%f")[:-3]
-            out.write(f"{envelope.seq:>5}  {moment}  {envelope.type:<30}  {_describe(envelope)}\n")
+            out.write(f"{envelope.seq:>5}  {moment}  {envelope.type:<30}  {describe(envelope)}\n")
+        if args.follow:
+            out.flush()
     return 0

@@ -15,7 +15,7 @@ only what the layer's rule allows:
 4. views        spans, notebook*: pure functions of events (the span model, renderings); the
                 notebook may use spans and itself, nothing above the runtime
 5. facade       _sink, _runstream, _aiter, operators, invocation: listed one by one
-6. apps         cli, __main__, transports*, otel, testing*, the deprecated
+6. apps         cli, _terminal, __main__, transports*, otel, testing*, the deprecated
                 provider_openai alias, the package ``__init__``: only ``__main__`` imports the
                 CLI, and nothing imports the package ``__init__``
 
@@ -57,7 +57,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("facade", ("_sink", "_runstream", "_aiter", "operators", "invocation")),
     (
         "apps",
-        ("cli", "__main__", "provider_openai", "transports", "transports.*", "otel", "testing",
+        ("cli", "_terminal", "__main__", "provider_openai", "transports", "transports.*", "otel",
+         "testing",
          "testing.*", ROOT),
     ),
 )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import TypeAdapter, ValidationError
 
 from ..events import InvocationEvent
+from .base import EventEnvelope
 
-__all__ = ("DECODE_ERRORS", "EVENT_LIST", "TERMINAL_STATUS", "why")
+__all__ = ("DECODE_ERRORS", "EVENT_LIST", "TERMINAL_STATUS", "continuing", "why")
 
 DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 """What decoding stored data this version cannot read raises."""
@@ -26,3 +29,18 @@ def why(exc: Exception) -> str:
         return f"{where}: {first['msg']}"[:160]
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:160]
+
+
+def continuing(envelopes: Sequence[EventEnvelope], last_seq: int) -> list[EventEnvelope]:
+    """The envelopes of ``envelopes`` that continue a log ending at ``last_seq`` (``last_seq +
+    1``, ``+ 2``, … without a gap; earlier ones skipped, anything after a gap dropped)."""
+    kept: list[EventEnvelope] = []
+    expected = last_seq + 1
+    for envelope in envelopes:
+        if envelope.seq < expected:
+            continue
+        if envelope.seq != expected:
+            break
+        kept.append(envelope)
+        expected += 1
+    return kept

@@ -61,7 +61,7 @@ from ..errors import MigrationError, SessionBusy, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, ToolCall, utcnow
 from ..request import RunOutput, RunRequest
-from ._rows import DECODE_ERRORS, EVENT_LIST, TERMINAL_STATUS, why
+from ._rows import DECODE_ERRORS, EVENT_LIST, TERMINAL_STATUS, continuing, why
 from .base import (
     EventEnvelope,
     RunOutcome,
@@ -877,9 +877,33 @@ class PostgresStore:
                 recovered.append(run_id)
         return recovered
 
-    async def _recover_run(self, conn: psycopg.AsyncConnection[Any], run_id: str) -> None:
-        """Give the running run ``run_id`` (its owner is gone) its terminal event and status;
-        call inside a transaction."""
+    async def recover_run(self, run_id: str, salvage: Sequence[EventEnvelope] = ()) -> bool:
+        """Recover the one run ``run_id`` if it is ``running`` and its owner is gone: first
+        append the envelopes of ``salvage`` that continue its stored log (what observers saw
+        of it elsewhere, a run stream, say), then settle it as :meth:`recover_interrupted`
+        does. Returns False, writing nothing, if the run is not running or its owner lives."""
+
+        async def recover(conn: psycopg.AsyncConnection[Any]) -> bool:
+            cur = await conn.execute(
+                "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE",
+                (run_id,),
+            )
+            row = await cur.fetchone()
+            if row is None or not await self._owner_is_gone(conn, row[0]):
+                return False
+            await self._recover_run(conn, run_id, salvage)
+            return True
+
+        return await self._call(recover)
+
+    async def _recover_run(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        run_id: str,
+        salvage: Sequence[EventEnvelope] = (),
+    ) -> None:
+        """Give the running run ``run_id`` (its owner is gone) its terminal event and status,
+        after the envelopes of ``salvage`` that continue its log; call inside a transaction."""
         record = await self._find(conn, "r.id = %s", run_id)
         assert record is not None
         cur = await conn.execute(
@@ -889,6 +913,10 @@ class PostgresStore:
         )
         row = await cur.fetchone()
         last_seq, last_type = (row[0], row[1]) if row else (0, None)
+        kept = continuing(salvage, last_seq)
+        if kept:
+            await self._insert_events(conn, kept)
+            last_seq, last_type = kept[-1].seq, kept[-1].type
         status: str = "failed"
         error: str | None = "interrupted"
         if last_type in TERMINAL_STATUS:

@@ -56,7 +56,7 @@ from ..errors import MigrationError, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, ToolCall, utcnow
 from ..request import RunOutput, RunRequest
-from ._rows import DECODE_ERRORS, EVENT_LIST, TERMINAL_STATUS, why
+from ._rows import DECODE_ERRORS, EVENT_LIST, TERMINAL_STATUS, continuing, why
 from ._worker import GroupWorker, Outcome
 from .base import (
     EventEnvelope,
@@ -845,35 +845,52 @@ class SqliteStore:
     async def recover_interrupted(self) -> list[str]:
         return await self._call(self._recover, write=True)
 
+    async def recover_run(self, run_id: str, salvage: Sequence[EventEnvelope] = ()) -> bool:
+        """Recover the one run ``run_id`` if it is ``running`` and its owner is gone: first
+        append the envelopes of ``salvage`` that continue its stored log (what observers saw
+        of it elsewhere, a run stream, say), then settle it as :meth:`recover_interrupted`
+        does. Returns False, writing nothing, if the run is not running or its owner lives."""
+
+        def recover(conn: sqlite3.Connection) -> bool:
+            return self._recover_one(conn, run_id, salvage)
+
+        return await self._call(recover, write=True)
+
     def _recover(self, conn: sqlite3.Connection) -> list[str]:
         candidates = conn.execute(
             "SELECT id, owner FROM runs WHERE status = 'running'"
         ).fetchall()
         gone = [run_id for run_id, owner in candidates if _owner_is_gone(owner)]
-        recovered: list[str] = []
-        for run_id in gone:
-            with self._transaction(conn):
-                record = self._find(conn, "r.id = ? AND r.status = 'running'", run_id)
-                if record is None:
-                    continue  # recovered by another process meanwhile
-                segment = conn.execute(
-                    "SELECT last_seq, events FROM event_segments WHERE run_id = ? "
-                    "ORDER BY first_seq DESC LIMIT 1",
-                    (run_id,),
-                ).fetchone()
-                last = (segment[0], json.loads(segment[1])[-1]["type"]) if segment else None
-                status: RunStatus = "failed"
-                error: str | None = "interrupted"
-                if last is not None and last[1] in TERMINAL_STATUS:
-                    # the terminal event is stored already: only the status lagged
-                    status = TERMINAL_STATUS[last[1]]  # type: ignore[assignment]
-                    error = None if status == "completed" else error
-                else:
-                    last_seq = last[0] if last is not None else 0
-                    self._insert_events(conn, interrupted_envelopes(record, last_seq))
-                conn.execute(
-                    "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
-                    (status, error, _ts(utcnow()), run_id),
-                )
-                recovered.append(run_id)
-        return recovered
+        return [run_id for run_id in gone if self._recover_one(conn, run_id, ())]
+
+    def _recover_one(
+        self, conn: sqlite3.Connection, run_id: str, salvage: Sequence[EventEnvelope]
+    ) -> bool:
+        with self._transaction(conn):
+            record = self._find(conn, "r.id = ? AND r.status = 'running'", run_id)
+            if record is None or not _owner_is_gone(record.owner):
+                return False  # finished (recovered by another process meanwhile), or alive
+            segment = conn.execute(
+                "SELECT last_seq, events FROM event_segments WHERE run_id = ? "
+                "ORDER BY first_seq DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+            last = (segment[0], json.loads(segment[1])[-1]["type"]) if segment else None
+            kept = continuing(salvage, last[0] if last is not None else 0)
+            if kept:
+                self._insert_events(conn, kept)
+                last = (kept[-1].seq, kept[-1].type)
+            status: RunStatus = "failed"
+            error: str | None = "interrupted"
+            if last is not None and last[1] in TERMINAL_STATUS:
+                # the terminal event is stored already: only the status lagged
+                status = TERMINAL_STATUS[last[1]]  # type: ignore[assignment]
+                error = None if status == "completed" else error
+            else:
+                last_seq = last[0] if last is not None else 0
+                self._insert_events(conn, interrupted_envelopes(record, last_seq))
+            conn.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+                (status, error, _ts(utcnow()), run_id),
+            )
+            return True

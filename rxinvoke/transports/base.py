@@ -75,8 +75,8 @@ class Transport(Protocol):
         """
         ...
 
-    async def last_seq(self, run_id: str) -> int:
-        """The last seq the run's stream holds (0 if none)."""
+    async def tail(self, run_id: str) -> Segment | None:
+        """The last segment the run's stream holds (None if none)."""
         ...
 
     async def announce(self, run_id: str) -> None:

@@ -28,6 +28,7 @@ own). The URL's password never appears in ``repr`` or in an error this module ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -84,6 +85,32 @@ def parse_autoclaim(reply: Sequence[Any]) -> tuple[str, list[tuple[str, dict[byt
     return cursor, entries, deleted
 
 
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Follower:
+    """One reader of a run's live tail: its stream, the last entry it has, its inbox."""
+
+    __slots__ = ("cursor", "key", "queue")
+
+    def __init__(self, key: str, cursor: str) -> None:
+        self.key = key
+        self.cursor = cursor
+        self.queue: asyncio.Queue[dict[bytes, bytes] | None] = asyncio.Queue()
+
+
+def _segment(fields: dict[bytes, bytes]) -> Segment:
+    types = _text(fields[b"types"])
+    return Segment(
+        int(fields[b"seq"]),
+        int(fields[b"last"]),
+        tuple(types.split(",")) if types else (),
+        fields[b"json"],
+    )
+
+
 def _without_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -104,6 +131,8 @@ class RedisTransport:
         retention: seconds a run stream (and its meta key) lives after its last write.
         cancel_ttl: seconds a cancel marker lives.
         block: seconds one blocking read waits before it looks again.
+        max_connections: connections to the server at most (commands wait for a free one).
+        timeout: seconds a command waits for a free connection.
     """
 
     def __init__(
@@ -115,17 +144,21 @@ class RedisTransport:
         retention: float = 24 * 3600.0,
         cancel_ttl: float = 3600.0,
         block: float = 1.0,
+        max_connections: int = 50,
+        timeout: float = 20.0,
     ) -> None:
         try:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
             from redis.backoff import ExponentialBackoff
             from redis.exceptions import ConnectionError as RedisConnectionError
             from redis.exceptions import TimeoutError as RedisTimeoutError
-            from redis.retry import Retry
         except ImportError as exc:  # pragma: no cover - the extra is missing
             raise ImportError("RedisTransport needs redis: pip install 'rxinvoke[redis]'") from exc
-        if maxlen < 1 or retention <= 0 or cancel_ttl <= 0 or block <= 0:
-            raise ValueError("maxlen, retention, cancel_ttl and block must be positive")
+        if min(maxlen, retention, cancel_ttl, block, max_connections, timeout) <= 0:
+            raise ValueError(
+                "maxlen, retention, cancel_ttl, block, max_connections and timeout must be positive"
+            )
         self.where = _without_password(url)
         """The server's URL, for messages: no password."""
         self.prefix = prefix
@@ -133,14 +166,27 @@ class RedisTransport:
         self.retention = retention
         self.cancel_ttl = cancel_ttl
         self.block = block
-        # Any: redis-py types replies as unions of every protocol shape; they are parsed here
-        self._client: Any = aioredis.Redis.from_url(
+        # Any: redis-py types replies as unions of every protocol shape; they are parsed here.
+        # A blocking pool: past max_connections a command waits for a free connection (up to
+        # `timeout` seconds) instead of failing.
+        pool: Any = aioredis.BlockingConnectionPool.from_url(
             url,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 6),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            max_connections=max_connections,
+            timeout=timeout,
             socket_connect_timeout=5,
             health_check_interval=30,
         )
+        self._client: Any = aioredis.Redis(
+            connection_pool=pool,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 6),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        # the shared live tail blocks on a connection of its own
+        self._tail_client: Any = aioredis.Redis.from_url(
+            url, socket_connect_timeout=5, health_check_interval=30
+        )
+        self._followers: set[_Follower] = set()
+        self._tail: asyncio.Future[None] | None = None
         self._refresh = self._client.register_script(_REFRESH)
         self._release = self._client.register_script(_RELEASE)
         self._queue = f"{prefix}runs"
@@ -169,7 +215,12 @@ class RedisTransport:
         return f"{self.prefix}cancel:{run_id}"
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._tail is not None:
+            self._tail.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._tail
+        await self._tail_client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     # --- run event streams --------------------------------------------------------------------
 
@@ -206,36 +257,80 @@ class RedisTransport:
             pipe.expire(self._meta(run_id), int(self.retention))
             await pipe.execute()
 
-    async def last_seq(self, run_id: str) -> int:
-        """The last seq the run's stream holds (0 if none)."""
+    async def tail(self, run_id: str) -> Segment | None:
+        """The last segment the run's stream holds (None if none)."""
         entries = await self._client.xrevrange(self._stream(run_id), count=1)
-        return int(entries[0][1][b"last"]) if entries else 0
+        return _segment(entries[0][1]) if entries else None
 
     async def read(self, run_id: str, after_seq: int) -> AsyncIterator[Segment]:
         """The run's segments in stream order from its first kept entry, then live ones.
 
-        The caller skips seqs it has (``after_seq``) and detects gaps; this only reads.
+        The caller skips seqs it has (``after_seq``) and detects gaps; this only reads. What
+        is kept is read with ``XRANGE`` pages; the live tail of every run followed through this
+        transport shares one blocking ``XREAD`` over all their streams (one connection, not
+        one per follower).
         """
         key = self._stream(run_id)
         if not await self._client.exists(key, self._meta(run_id)):
             raise UnknownRun(run_id)
         cursor = "0-0"
-        block = int(self.block * 1000)
-        while True:
-            reply = await self._client.xread({key: cursor}, count=500, block=block)
-            if not reply:
-                if not await self._client.exists(key, self._meta(run_id)):
-                    return  # expired while followed: nothing more will come
-                continue
-            for entry_id, fields in reply[0][1]:
+        while True:  # what is kept, page by page (an exclusive start: Redis >= 6.2)
+            entries = await self._client.xrange(key, min=f"({cursor}", count=500)
+            for entry_id, fields in entries:
                 cursor = _text(entry_id)
-                types = _text(fields[b"types"])
-                yield Segment(
-                    int(fields[b"seq"]),
-                    int(fields[b"last"]),
-                    tuple(types.split(",")) if types else (),
-                    fields[b"json"],
-                )
+                yield _segment(fields)
+            if len(entries) < 500:
+                break
+        follower = _Follower(key, cursor)
+        self._followers.add(follower)
+        if self._tail is None or self._tail.done():
+            self._tail = asyncio.ensure_future(self._follow_all())
+        try:
+            while True:
+                fields = await follower.queue.get()
+                if fields is None:
+                    return  # the stream expired while followed: nothing more will come
+                yield _segment(fields)
+        finally:
+            self._followers.discard(follower)
+
+    async def _follow_all(self) -> None:
+        """One blocking XREAD for every follower's stream, handing each its new entries."""
+        block = int(self.block * 1000)
+        idle = 0
+        delay = 0.05
+        while self._followers:
+            followers = list(self._followers)
+            streams: dict[str, str] = {}
+            for f in followers:
+                known = streams.get(f.key)
+                streams[f.key] = f.cursor if known is None else min(known, f.cursor, key=_entry_key)
+            try:
+                reply = await self._tail_client.xread(streams, count=500, block=block)
+            except Exception as exc:  # the server is away: followers wait for it
+                if isinstance(exc, asyncio.CancelledError):  # pragma: no cover
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.05
+            for raw_key, entries in reply or ():
+                stream_key = _text(raw_key)
+                for f in followers:
+                    if f.key != stream_key:
+                        continue
+                    for entry_id, fields in entries:
+                        text_id = _text(entry_id)
+                        if _entry_key(text_id) > _entry_key(f.cursor):
+                            f.cursor = text_id
+                            f.queue.put_nowait(fields)
+            idle = idle + 1 if not reply else 0
+            if idle >= 10:  # quiet for a while: has a followed stream expired?
+                idle = 0
+                for f in followers:
+                    if not await self._tail_client.exists(f.key):
+                        f.queue.put_nowait(None)
+                        self._followers.discard(f)
 
     # --- the run queue --------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from ..request import RunRequest
 from ..runtime import AgentRuntime
 from ..stores.base import EventEnvelope
 from ..stores.memory import MemoryStore
-from ._wire import segments_of
+from ._wire import TERMINAL, decode, segments_of
 from .base import Job, Lease, Transport
 from .mirror import EventMirror
 
@@ -275,9 +275,7 @@ class Worker:
             return
         if record is not None:
             if not record.is_finished:
-                await store.recover_interrupted()
-                record = await store.get_run(job.run_id)
-                if record is None or not record.is_finished:
+                if not await self._recover(job.run_id):
                     return  # its owner lives (it lost its lease, not its life): its run
                 self._count(recovered=1)
             await self._mirror_stored(job.run_id)
@@ -308,10 +306,57 @@ class Worker:
         await self.mirror.flush()
         await self.transport.ack(job.job_id)
 
+    async def _recover(self, run_id: str) -> bool:
+        """Settle a dead worker's run in the store (``on_worker_loss="fail"``), keeping what its
+        stream shows beyond the stored log: events observers saw but the dead process never
+        committed are salvaged into the store first. False if its owner lives."""
+        store = self.runtime.store
+        recover_run = getattr(store, "recover_run", None)
+        if recover_run is None:  # a store without it: its own recovery, nothing salvaged
+            await store.recover_interrupted()
+            record = await store.get_run(run_id)
+            return record is not None and record.is_finished
+        stored = await store.read_events(run_id)
+        salvage = await self._stream_after(run_id, stored[-1].seq if stored else 0)
+        if await recover_run(run_id, salvage):
+            return True
+        record = await store.get_run(run_id)
+        return record is not None and record.is_finished  # settled meanwhile by another process
+
+    async def _stream_after(self, run_id: str, after_seq: int) -> list[EventEnvelope]:
+        """The envelopes the run's stream holds after ``after_seq`` (what is kept now)."""
+        tail = await self.transport.tail(run_id)
+        if tail is None or tail.last_seq <= after_seq:
+            return []
+        found: list[EventEnvelope] = []
+        cursor = after_seq
+        async for segment in self.transport.read(run_id, after_seq):
+            if segment.first_seq > cursor + 1 and segment.last_seq > cursor:
+                break  # trimmed: nothing to salvage past a gap
+            for envelope in decode(run_id, None, segment, cursor):
+                found.append(envelope)
+                cursor = envelope.seq
+            if cursor >= tail.last_seq:
+                break
+        return found
+
     async def _mirror_stored(self, run_id: str) -> None:
-        """Mirror what the store has of the run beyond what its stream holds."""
-        last = await self.transport.last_seq(run_id)
-        envelopes = await self.runtime.store.read_events(run_id, after_seq=last)
+        """Complete the run's stream from the store: what it has beyond the stream, or, if the
+        stream went further than the store's log (events of a dead process that were never
+        committed) and holds no terminal event, the store's terminal event after the stream's
+        last seq — so every stream ends with exactly one terminal event."""
+        tail = await self.transport.tail(run_id)
+        if tail is not None and TERMINAL.intersection(tail.types):
+            return
+        last = tail.last_seq if tail is not None else 0
+        store = self.runtime.store
+        envelopes = await store.read_events(run_id, after_seq=last)
+        if not envelopes:
+            stored = await store.read_events(run_id)
+            if not stored or stored[-1].type not in TERMINAL:
+                return  # still running: its owner mirrors the rest
+            terminal = stored[-1]
+            envelopes = [EventEnvelope.of(terminal.event, run_id, terminal.session_id, last + 1)]
         await self.transport.append(list(segments_of(envelopes)))
 
     async def _end_unstarted(

@@ -1,0 +1,197 @@
+"""What the command line's commands share: the live rendering of a run, argument types, the
+provider options, Ctrl-C handling (the ``rxinvoke`` commands of ``cli`` and ``transports``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+from collections.abc import Awaitable
+from typing import TextIO
+
+from .errors import UserError
+from .events import (
+    InvocationEvent,
+    RunFailed,
+    TextDelta,
+    ToolCallCompleted,
+    ToolExecutionFinished,
+    ToolSuccess,
+)
+from .providers import ChatProvider, OfflineProvider
+from .request import RunOutput
+from .stores import EventEnvelope
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def openai_provider(args: argparse.Namespace) -> ChatProvider:
+    try:
+        from .providers.openai import OpenAIProvider
+    except ImportError as exc:
+        raise UserError(
+            f"--provider openai needs the openai extra (pip install 'rxinvoke[openai]'): {exc}"
+        ) from exc
+    variable = args.api_key_env or "OPENAI_API_KEY"
+    base_url = args.base_url or OPENAI_URL
+    if not os.environ.get(variable) and (args.api_key_env or base_url == OPENAI_URL):
+        raise UserError(f"no API key: the environment variable {variable} is not set")
+    return OpenAIProvider(base_url=base_url, api_key_env=variable)
+
+
+ECHO_LIMIT = 200
+"""Characters of a tool call's arguments or result echoed on one line."""
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Renderer:
+    """Human-readable live rendering of a run's events.
+
+    Writes in whatever encoding the terminal has: characters it cannot encode are replaced
+    (``→ ← · …`` become ``-> <- | ...`` on an ASCII terminal), never an error.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._line_open = False
+        self.run_id: str | None = None
+        """The run being rendered (from its ``run_started``)."""
+        encoding = getattr(out, "encoding", None) or "utf-8"
+        try:
+            "→←·…".encode(encoding)
+            self._fancy = True
+        except (UnicodeEncodeError, LookupError):
+            self._fancy = False
+        self._encoding = encoding
+
+    def _write(self, text: str) -> None:
+        if not self._fancy:
+            for fancy, plain in (("→", "->"), ("←", "<-"), ("·", "|"), ("…", "...")):
+                text = text.replace(fancy, plain)
+            text = text.encode(self._encoding, "replace").decode(self._encoding)
+        self._out.write(text)
+
+    def __call__(self, event: InvocationEvent) -> None:
+        if event.type == "run_started":
+            self.run_id = event.run_id
+        if isinstance(event, TextDelta):
+            self._write(event.delta)
+            self._line_open = True
+        elif isinstance(event, ToolCallCompleted):
+            self.newline()
+            self._write(f"→ {event.call.name}({clip(event.call.arguments)})\n")
+        elif isinstance(event, ToolExecutionFinished):
+            result = event.result
+            shown = result.output if isinstance(result, ToolSuccess) else f"error: {result.error}"
+            self._write(f"← {event.tool_name}: {clip(shown)} ({event.duration_ms:.1f} ms)\n")
+        elif isinstance(event, RunFailed):
+            self.newline()
+        self._out.flush()
+
+    def newline(self) -> None:
+        """End a partial line of streamed text."""
+        if self._line_open:
+            self._out.write("\n")
+            self._line_open = False
+
+    def finish(self, output: RunOutput) -> None:
+        self.newline()
+        usage = output.total_usage
+        self._write(
+            f"[{output.finish_reason.value} · {output.iterations} iteration(s) · tokens "
+            f"in {usage.input_tokens} / out {usage.output_tokens} / total {usage.total_tokens} · "
+            f"session {output.session_id} · run {output.run_id}]\n"
+        )
+
+
+async def interruptible(work: Awaitable[int]) -> int:
+    """Run ``work`` so that Ctrl-C cancels it (the run ends with a stored ``run_cancelled``)
+    and then raises KeyboardInterrupt, on every Python (3.10's asyncio.run would raise
+    KeyboardInterrupt wherever the signal lands, even inside the run)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
+        return await task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+MAX_LIMIT = 1_000_000
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_LIMIT:,}, got {text[:40]}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
+    if not (math.isfinite(value) and 0 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 3600, got {text[:40]}")
+    return value
+
+
+def describe(envelope: EventEnvelope) -> str:
+    fields = envelope.event.model_dump(mode="json", exclude={"run_id", "timestamp", "type"})
+    return " ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in fields.items())
+
+
+def add_provider_options(parser: argparse.ArgumentParser) -> None:
+    """``--delay``, ``--provider``, ``--model``, ``--base-url``, ``--api-key-env``."""
+    parser.add_argument(
+        "--delay", type=seconds, default=0.02, metavar="SECONDS",
+        help="pause between streamed fragments of the offline model (default 0.02)",
+    )
+    parser.add_argument(
+        "--provider", choices=("offline", "openai"), default="offline",
+        help="offline: the embedded model (default); openai: an OpenAI-compatible server",
+    )
+    parser.add_argument(
+        "--model", metavar="NAME", help="the model name (required with --provider openai)"
+    )
+    parser.add_argument(
+        "--base-url", metavar="URL",
+        help=f"API root of the OpenAI-compatible server (default {OPENAI_URL})",
+    )
+    parser.add_argument(
+        "--api-key-env", metavar="VAR",
+        help="environment variable holding the API key (default OPENAI_API_KEY; "
+        "a server other than OpenAI's may need none)",
+    )
+
+
+def provider_from_args(args: argparse.Namespace) -> ChatProvider:
+    """The provider the options of :func:`add_provider_options` name."""
+    if args.provider == "openai":
+        return openai_provider(args)
+    return OfflineProvider(delay=args.delay)

@@ -1,0 +1,270 @@
+"""The scale-out commands of ``rxinvoke``: ``worker``, ``submit``, ``cancel`` and ``events --follow``.
+
+``rxinvoke worker --redis URL [--db PATH | --postgres DSN]`` executes queued runs until SIGINT
+or SIGTERM (then it finishes the runs it holds and exits 0); ``rxinvoke submit PROMPT --redis
+URL`` queues one and streams it as ``rxinvoke run`` does (``--detach``: print the run id and
+exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the workers to cancel a run and waits for its
+terminal event; ``rxinvoke events RUN_ID --follow --redis URL [--after SEQ]`` follows a run's
+stream live from anywhere. ``--redis`` defaults to ``$RXINVOKE_REDIS``, ``--postgres`` to
+``$RXINVOKE_POSTGRES`` (keep the password out of the command line: ``PGPASSWORD`` or
+``~/.pgpass`` are read by libpq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from .._terminal import (
+    Renderer,
+    add_provider_options,
+    describe,
+    positive,
+    provider_from_args,
+    seconds,
+)
+from ..errors import InvocationError, ResumeGap, UserError
+from ..events import INVOCATION_EVENT, InvocationEvent
+from ..invocation import RuntimeInvocation
+from ..request import EmitRequest
+from ..runtime import AgentRuntime
+from ..stores import EventEnvelope, SqliteStore, Store
+from ..tools import builtin_tools
+
+__all__ = ("COMMANDS", "add_commands", "run_command")
+
+COMMANDS = frozenset({"worker", "submit", "cancel"})
+"""The commands this module runs (``events --follow --redis`` too)."""
+
+
+def _add_redis_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis", metavar="URL", default=os.environ.get("RXINVOKE_REDIS"),
+        help="the Redis server of the run queue and the run streams (default $RXINVOKE_REDIS)",
+    )
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    add_db_option: Callable[[Any], None],
+) -> None:
+    """Add ``worker``, ``submit`` and ``cancel`` to the ``rxinvoke`` parser."""
+    worker = commands.add_parser(
+        "worker",
+        help="execute queued runs (scale-out: Redis + a shared store)",
+        description="Take runs from the Redis queue and execute them, mirroring their events "
+        "to their Redis streams. The store must be shared by all workers: --db (a SQLite file, "
+        "workers on one host) or --postgres (machines).",
+    )
+    _add_redis_option(worker)
+    where = worker.add_mutually_exclusive_group()
+    add_db_option(where)
+    where.add_argument(
+        "--postgres", metavar="DSN", default=os.environ.get("RXINVOKE_POSTGRES"),
+        help="a PostgreSQL store (default $RXINVOKE_POSTGRES; password from PGPASSWORD)",
+    )
+    worker.add_argument("--concurrency", type=positive, default=4, metavar="N", help="runs at once (default 4)")
+    worker.add_argument(
+        "--lease-ttl", type=seconds, default=10.0, metavar="SECONDS",
+        help="seconds a run's lease lives without a heartbeat (default 10)",
+    )
+    worker.add_argument("--name", metavar="NAME", help="the worker's name (default host:pid:random)")
+    add_provider_options(worker)
+
+    submit = commands.add_parser(
+        "submit",
+        help="queue one prompt for a worker, streaming the answer",
+        description="Queue PROMPT for `rxinvoke worker` and stream its events as `rxinvoke run` does.",
+    )
+    submit.add_argument("prompt", metavar="PROMPT", help="the user message (- reads it from stdin)")
+    _add_redis_option(submit)
+    submit.add_argument("--session", metavar="UUID", help="continue this session id")
+    submit.add_argument("--json", action="store_true", help="print one JSON event per line")
+    submit.add_argument("--detach", action="store_true", help="print the run id and exit")
+    submit.add_argument("--provider", default="offline", help="the provider id the worker uses (default offline)")
+    submit.add_argument("--model", default=None, help="the model (default: the provider's)")
+
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a run a worker executes",
+        description="Ask the workers to cancel RUN_ID and wait for its terminal event.",
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    _add_redis_option(cancel)
+    cancel.add_argument("--no-wait", action="store_true", help="do not wait for the outcome")
+
+
+def add_follow_options(events: argparse.ArgumentParser) -> None:
+    """``--follow``, ``--after`` and ``--redis`` of ``rxinvoke events``."""
+    events.add_argument(
+        "--follow", action="store_true",
+        help="keep printing events as the run publishes them, until its end",
+    )
+    events.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after SEQ")
+    _add_redis_option(events)
+
+
+def _transport(args: argparse.Namespace) -> Any:
+    if not args.redis:
+        raise UserError(f"{args.command} needs --redis URL (or $RXINVOKE_REDIS)")
+    from .redis import RedisTransport
+
+    return RedisTransport(args.redis)
+
+
+def run_command(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:
+    """Run ``worker``, ``submit``, ``cancel`` or ``events --follow --redis``; the exit code."""
+    work = {
+        "worker": _worker,
+        "submit": _submit,
+        "cancel": _cancel,
+        "events": _follow,
+    }[args.command]
+    return asyncio.run(work(args, out, db_path))
+
+
+async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:
+    from .worker import Worker
+
+    transport = _transport(args)
+    store: Store
+    if args.postgres:
+        from ..stores.postgres import PostgresStore
+
+        store = PostgresStore(args.postgres)
+    else:
+        store = SqliteStore(db_path(args))
+    provider = provider_from_args(args)
+    try:
+        runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store)
+        worker = Worker(
+            runtime, transport, name=args.name, concurrency=args.concurrency, lease_ttl=args.lease_ttl
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(
+            f"rxinvoke worker {worker.name}: {transport.where}, store {store!r}, "
+            f"concurrency {args.concurrency}",
+            file=sys.stderr,
+            flush=True,
+        )
+        await worker.serve(stop)
+        stats = worker.stats
+        print(
+            f"rxinvoke worker {worker.name}: stopped ({stats.executed} runs executed, "
+            f"{stats.recovered} recovered)",
+            file=sys.stderr,
+        )
+        return 0
+    finally:
+        aclose = getattr(provider, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await store.close()
+        await transport.close()
+
+
+async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:
+    from .remote import RemoteRuns
+
+    if args.prompt == "-":
+        args.prompt = sys.stdin.read()
+    session = uuid.UUID(args.session) if args.session else uuid.uuid4()
+    transport = _transport(args)
+    try:
+        remote = RemoteRuns(transport)
+        request = EmitRequest(
+            provider=args.provider, model=args.model or args.provider, input=args.prompt,
+            session_id=session,
+        )
+        if args.detach:
+            run_request = request.into_run_request(run_id=str(uuid.uuid4()), session_id=session)
+            await transport.enqueue(run_request.run_id or "", run_request.model_dump_json().encode())
+            out.write(f"{run_request.run_id}\n")
+            return 0
+        stream = RuntimeInvocation(AgentRuntime(), remote=remote).submit(request)
+        renderer = Renderer(out)
+
+        def show(event: InvocationEvent) -> None:
+            if args.json:
+                out.write(INVOCATION_EVENT.dump_json(event).decode() + "\n")
+                out.flush()
+            else:
+                renderer(event)
+
+        stream.subscribe(on_next=show, on_error=lambda exc: None)
+        try:
+            output = await stream.result
+        except InvocationError:
+            renderer.newline()
+            raise
+        if not args.json:
+            renderer.finish(output)
+        return 0
+    finally:
+        await transport.close()
+
+
+async def _cancel(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:
+    from .remote import RemoteRuns
+
+    transport = _transport(args)
+    try:
+        remote = RemoteRuns(transport)
+        await remote.cancel(args.run_id)
+        if args.no_wait:
+            out.write(f"cancel requested: run {args.run_id}\n")
+            return 0
+        last: EventEnvelope | None = None
+        tail = await transport.tail(args.run_id)
+        start = max(tail.last_seq - 1, 0) if tail is not None else 0
+        async for envelope in _iterate(remote.observe_run(args.run_id, after_seq=start)):
+            last = envelope
+        ended = last.type if last is not None else "no terminal event"
+        out.write(f"run {args.run_id}: {ended}\n")
+        return 0 if ended == "run_cancelled" else 1
+    finally:
+        await transport.close()
+
+
+async def _follow(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:
+    from .remote import RemoteRuns
+
+    transport = _transport(args)
+    kind = getattr(args, "kind_member", None)
+    try:
+        try:
+            async for envelope in _iterate(RemoteRuns(transport).observe_run(args.run_id, after_seq=args.after)):
+                if kind is not None and not kind.matches(envelope.event):
+                    continue
+                if args.json:
+                    out.write(envelope.model_dump_json() + "\n")
+                else:
+                    moment = envelope.emitted_at.strftime("%H:%M:%S.%f")[:-3]
+                    out.write(f"{envelope.seq:>5}  {moment}  {envelope.type:<30}  {describe(envelope)}\n")
+                out.flush()
+        except ResumeGap as gap:
+            raise UserError(
+                f"{gap.message}: read them from the store (`rxinvoke events {args.run_id}`) or "
+                f"follow from there (--after {gap.first_available - 1})"
+            ) from None
+        return 0
+    finally:
+        await transport.close()
+
+
+async def _iterate(observable: Any) -> Any:
+    """An Observable's items as an async iterator (errors raised)."""
+    from ..operators import to_async_iterator
+
+    async for item in to_async_iterator(observable):
+        yield item
+

@@ -1,0 +1,118 @@
+"""Scale-out end to end: `rxinvoke worker` processes on a real Redis and PostgreSQL, runs
+submitted from this process, one worker killed with SIGKILL mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from tests_support_servers import PostgresServer, RedisServer
+
+from rxinvoke import AgentRuntime, EmitRequest, InvocationFailed, PostgresStore, RuntimeInvocation
+from rxinvoke.transports.redis import RedisTransport
+from rxinvoke.transports.remote import RemoteRuns
+
+TERMINAL = ("run_completed", "run_failed", "run_cancelled")
+
+
+async def start_worker(name: str, env: dict[str, str], *extra: str) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rxinvoke", "worker", "--name", name, "--delay", "0.01",
+        "--concurrency", "8", "--lease-ttl", "1", *extra,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    line = await asyncio.wait_for(process.stderr.readline(), 30)  # its banner: it is serving
+    assert name.encode() in line, line
+    return process
+
+
+@pytest.fixture
+async def env(redis_server: RedisServer, postgres_server: PostgresServer) -> AsyncIterator[dict[str, str]]:
+    yield {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "RXINVOKE_REDIS": redis_server.url,
+        "RXINVOKE_POSTGRES": postgres_server.dsn,
+    }
+
+
+async def test_four_workers_two_hundred_runs_one_killed_mid_run(
+    redis_server: RedisServer, postgres_server: PostgresServer, env: dict[str, str]
+) -> None:
+    workers = [await start_worker(f"w{i}", env) for i in range(4)]
+    transport = RedisTransport(redis_server.url, block=0.2)
+    store = PostgresStore(postgres_server.dsn)
+    try:
+        inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+        streams = [
+            inv.submit(EmitRequest(provider="offline", model="offline", input="what is 2 + 3?"))
+            for _ in range(200)
+        ]
+        # kill w0 once it runs runs that have begun (stored as running, owned by its process)
+        mine = f":{workers[0].pid}:pg:"
+        for _ in range(1000):
+            running = [r for r in await store.list_runs(limit=1000) if r.status == "running" and mine in (r.owner or "")]
+            if len(running) >= 3:
+                break
+            await asyncio.sleep(0.005)
+        assert len(running) >= 3
+        workers[0].send_signal(signal.SIGKILL)
+        await workers[0].wait()
+
+        outcomes: list[Any] = await asyncio.wait_for(
+            asyncio.gather(*(s.result for s in streams), return_exceptions=True), 120
+        )
+        completed = [o for o in outcomes if not isinstance(o, BaseException)]
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(f, InvocationFailed) and "interrupted" in str(f) for f in failed), failed
+        assert len(completed) + len(failed) == 200 and failed  # the killed worker's runs
+        assert {o.output_text for o in completed} == {"2 + 3 = 5."}
+
+        for stream in streams:
+            log = await store.read_events(stream.run_id)
+            types = [e.type for e in log]
+            assert [e.seq for e in log] == list(range(1, len(log) + 1))
+            assert types[0] == "run_started" and types.count("run_started") == 1  # begun once
+            assert sum(t in TERMINAL for t in types) == 1 and types[-1] in TERMINAL
+            streamed = [e.type for e in await _collect(stream)]
+            assert streamed == types  # the stream saw what the store keeps
+        records = await store.list_runs(limit=1000)
+        interrupted = [r for r in records if r.error == "interrupted"]
+        assert len(interrupted) == len(failed)
+        # only w0's runs were interrupted (on_worker_loss="fail"); the rest of its runs it had
+        # completed before it died
+        assert all(mine in (r.owner or "") for r in interrupted)
+        assert {r.status for r in records if mine in (r.owner or "")} <= {"completed", "failed"}
+        assert not any(r.status == "running" for r in records)
+        assert await transport.client.xpending("rx:runs", "workers") == {
+            "pending": 0, "min": None, "max": None, "consumers": []
+        }
+    finally:
+        for process in workers:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in workers:
+            await asyncio.wait_for(process.wait(), 30)
+        assert [p.returncode for p in workers[1:]] == [0, 0, 0]  # SIGTERM: a clean stop
+        await transport.close()
+        await store.close()
+
+
+async def _collect(stream: Any) -> list[Any]:
+    items: list[Any] = []
+    done = asyncio.get_running_loop().create_future()
+    stream.subscribe(
+        on_next=items.append,
+        on_completed=lambda: done.done() or done.set_result(None),
+        on_error=lambda exc: done.done() or done.set_result(None),
+    )
+    await done
+    return items
