@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +39,7 @@ async def start_worker(name: str, env: dict[str, str], *extra: str) -> asyncio.s
 async def env(redis_server: RedisServer, postgres_server: PostgresServer) -> AsyncIterator[dict[str, str]]:
     yield {
         **os.environ,
+        "RXINVOKE_REDIS_PREFIX": f"s{uuid.uuid4().hex[:8]}:",
         "PYTHONPATH": os.pathsep.join(sys.path),
         "RXINVOKE_REDIS": redis_server.url,
         "RXINVOKE_POSTGRES": postgres_server.dsn,
@@ -48,7 +50,8 @@ async def test_four_workers_two_hundred_runs_one_killed_mid_run(
     redis_server: RedisServer, postgres_server: PostgresServer, env: dict[str, str]
 ) -> None:
     workers = [await start_worker(f"w{i}", env) for i in range(4)]
-    transport = RedisTransport(redis_server.url, block=0.2)
+    prefix = env["RXINVOKE_REDIS_PREFIX"]
+    transport = RedisTransport(redis_server.url, prefix=prefix, block=0.2)
     store = PostgresStore(postgres_server.dsn)
     try:
         inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
@@ -92,7 +95,7 @@ async def test_four_workers_two_hundred_runs_one_killed_mid_run(
         assert all(mine in (r.owner or "") for r in interrupted)
         assert {r.status for r in records if mine in (r.owner or "")} <= {"completed", "failed"}
         assert not any(r.status == "running" for r in records)
-        assert await transport.client.xpending("rx:runs", "workers") == {
+        assert await transport.client.xpending(f"{prefix}runs", "workers") == {
             "pending": 0, "min": None, "max": None, "consumers": []
         }
     finally:

@@ -32,7 +32,7 @@ from rxinvoke import (
     StoreError,
 )
 from rxinvoke.errors import SessionBusy
-from rxinvoke.events import RunStarted
+from rxinvoke.events import RunStarted, TextDelta
 from rxinvoke.stores import EventEnvelope, RunOutcome
 
 text_turn = ScriptedProvider.text_turn
@@ -161,7 +161,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys, uuid
     from rxinvoke import Message, PostgresStore, RunRecord, RunRequest
-    from rxinvoke.events import RunStarted
+    from rxinvoke.events import RunStarted, TextDelta
     from rxinvoke.stores import EventEnvelope
 
     async def main():
@@ -232,6 +232,27 @@ async def test_begin_run_recovers_a_session_held_by_a_dead_owner(
     stored = await b.get_run(held.run_id)
     assert stored is not None and stored.error == "interrupted"
     assert [e.type for e in await b.read_events(held.run_id)] == ["run_started", "run_failed"]
+
+
+async def test_recover_run_salvages_a_dead_owners_unstored_events(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    held = record(uuid.uuid4())
+    await a.begin_run(held, [])
+    await a.append_events([started(held)])
+    seen = [
+        started(held),
+        EventEnvelope.of(TextDelta(run_id=held.run_id, delta="a"), held.run_id, held.session_id, 2),
+        EventEnvelope.of(TextDelta(run_id=held.run_id, delta="b"), held.run_id, held.session_id, 3),
+    ]
+    assert not await b.recover_run(held.run_id, seen)  # a lives
+    await a.close()
+    assert await b.recover_run(held.run_id, seen)
+    assert [(e.seq, e.type) for e in await b.read_events(held.run_id)] == [
+        (1, "run_started"), (2, "text_delta"), (3, "text_delta"), (4, "run_failed"),
+    ]
+    assert not await b.recover_run(held.run_id, seen)
 
 
 # --- schema --------------------------------------------------------------------------------------

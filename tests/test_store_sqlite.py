@@ -274,6 +274,31 @@ async def test_open_fails_runs_of_a_dead_process_with_one_terminal_event(tmp_pat
         assert await store.recover_interrupted() == []
 
 
+async def test_recover_run_salvages_what_observers_saw_then_settles_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SqliteStore(path) as store:
+        orphan = (await store.begin_run(record(), []))[0]
+        run_id, session = orphan.run_id, orphan.session_id
+        started = RunStarted(run_id=run_id, session_id=str(session), provider="p", model="m")
+        await store.append_events([EventEnvelope.of(started, run_id, session, 1)])
+        seen = [  # what a run stream showed of it
+            EventEnvelope.of(started, run_id, session, 1),  # stored already: skipped
+            EventEnvelope.of(TextDelta(run_id=run_id, delta="a"), run_id, session, 2),
+            EventEnvelope.of(TextDelta(run_id=run_id, delta="b"), run_id, session, 3),
+            EventEnvelope.of(TextDelta(run_id=run_id, delta="z"), run_id, session, 9),  # after a gap: dropped
+        ]
+        assert not await store.recover_run(run_id, seen)  # its owner (this process) lives
+        assert [e.seq for e in await store.read_events(run_id)] == [1]
+        with connect(path) as conn:  # its owner dies
+            conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:{dead_pid()}:", run_id))
+        assert await store.recover_run(run_id, seen)
+        log = await store.read_events(run_id)
+        assert [(e.seq, e.type) for e in log] == [
+            (1, "run_started"), (2, "text_delta"), (3, "text_delta"), (4, "run_failed"),
+        ]
+        assert not await store.recover_run(run_id, seen)  # once
+
+
 def test_a_run_killed_mid_run_leaves_a_clean_database(tmp_path: Path) -> None:
     db = tmp_path / "crash.db"
     proc = subprocess.Popen(

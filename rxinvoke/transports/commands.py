@@ -5,7 +5,8 @@ or SIGTERM (then it finishes the runs it holds and exits 0); ``rxinvoke submit P
 URL`` queues one and streams it as ``rxinvoke run`` does (``--detach``: print the run id and
 exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the workers to cancel a run and waits for its
 terminal event; ``rxinvoke events RUN_ID --follow --redis URL [--after SEQ]`` follows a run's
-stream live from anywhere. ``--redis`` defaults to ``$RXINVOKE_REDIS``, ``--postgres`` to
+stream live from anywhere. ``--redis`` defaults to ``$RXINVOKE_REDIS`` (``--redis-prefix`` to
+``$RXINVOKE_REDIS_PREFIX``, else ``rx:``), ``--postgres`` to
 ``$RXINVOKE_POSTGRES`` (keep the password out of the command line: ``PGPASSWORD`` or
 ``~/.pgpass`` are read by libpq).
 """
@@ -47,6 +48,10 @@ def _add_redis_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis", metavar="URL", default=os.environ.get("RXINVOKE_REDIS"),
         help="the Redis server of the run queue and the run streams (default $RXINVOKE_REDIS)",
+    )
+    parser.add_argument(
+        "--redis-prefix", metavar="PREFIX", default=os.environ.get("RXINVOKE_REDIS_PREFIX", "rx:"),
+        help="the prefix of rxinvoke's Redis keys (default $RXINVOKE_REDIS_PREFIX or rx:)",
     )
 
 
@@ -115,7 +120,7 @@ def _transport(args: argparse.Namespace) -> Any:
         raise UserError(f"{args.command} needs --redis URL (or $RXINVOKE_REDIS)")
     from .redis import RedisTransport
 
-    return RedisTransport(args.redis)
+    return RedisTransport(args.redis, prefix=args.redis_prefix)
 
 
 def run_command(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:

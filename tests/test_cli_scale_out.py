@@ -1,0 +1,110 @@
+"""The scale-out commands as a user runs them: `rxinvoke worker`, `submit`, `cancel` and
+`events --follow`, as subprocesses against a real redis-server (tests/tests_support_servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests_support_servers import RedisServer
+
+PROMPT = "what is 2 + 3?"
+
+
+async def rxinvoke(env: dict[str, str], *argv: str, timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rxinvoke", *argv, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "RXINVOKE_REDIS": redis_server.url,
+        "RXINVOKE_REDIS_PREFIX": f"c{uuid.uuid4().hex[:8]}:",
+        "RXINVOKE_DB": str(tmp_path / "shared.db"),
+    }
+
+
+@pytest.fixture
+async def worker(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`rxinvoke worker` on the offline model (0.2 s between fragments: runs last seconds)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rxinvoke", "worker", "--delay", "0.2", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    banner = await asyncio.wait_for(process.stderr.readline(), 30)
+    assert b"rxinvoke worker" in banner and b"concurrency 4" in banner
+    yield process
+    process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(process.wait(), 60)
+    assert process.returncode == 0
+
+
+async def test_submit_streams_the_answer_from_a_worker(env: dict[str, str], worker: asyncio.subprocess.Process) -> None:
+    code, out, err = await rxinvoke(env, "submit", PROMPT)
+    assert code == 0, err
+    assert '→ calculate({"expression": "2 + 3"})' in out and "2 + 3 = 5." in out
+    assert "[stop · 2 iteration(s)" in out
+
+
+async def test_a_detached_run_is_followed_from_redis_and_from_the_store(
+    env: dict[str, str], worker: asyncio.subprocess.Process
+) -> None:
+    code, out, err = await rxinvoke(env, "submit", "--detach", PROMPT)
+    assert code == 0, err
+    run_id = out.strip()
+    uuid.UUID(run_id)
+    code, live, err = await rxinvoke(env, "events", run_id, "--follow", "--redis", env["RXINVOKE_REDIS"])
+    assert code == 0, err
+    lines = live.splitlines()
+    assert lines[0].split()[:3] == ["1", lines[0].split()[1], "run_started"]
+    assert "run_completed" in lines[-1]
+    code, stored, err = await rxinvoke(env, "events", run_id, "--follow")  # the shared store
+    assert code == 0, err
+    assert [line.split()[2] for line in stored.splitlines()] == [line.split()[2] for line in lines]
+    code, after, err = await rxinvoke(env, "events", run_id, "--follow", "--redis", env["RXINVOKE_REDIS"], "--after", "5")
+    assert code == 0 and after.splitlines() == lines[5:]
+
+
+async def test_cancel_reaches_the_worker_and_the_submitter_sees_it(
+    env: dict[str, str], worker: asyncio.subprocess.Process
+) -> None:
+    submit = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rxinvoke", "submit", "--json", "tell me something long", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert submit.stdout is not None
+    first = await asyncio.wait_for(submit.stdout.readline(), 30)  # run_started: it runs
+    run_id = json.loads(first)["run_id"]
+    code, out, err = await rxinvoke(env, "cancel", run_id)
+    assert (code, out.strip()) == (0, f"run {run_id}: run_cancelled"), err
+    rest, err_submit = await asyncio.wait_for(submit.communicate(), 30)
+    assert submit.returncode == 1 and "cancelled" in err_submit.decode()
+    assert '"type":"run_cancelled"' in rest.decode().splitlines()[-1]
+
+
+async def test_scale_out_commands_fail_in_one_line(env: dict[str, str]) -> None:
+    bare = {k: v for k, v in env.items() if k != "RXINVOKE_REDIS"}
+    code, _, err = await rxinvoke(bare, "submit", PROMPT)
+    assert code == 1 and err == "rxinvoke: error: submit needs --redis URL (or $RXINVOKE_REDIS)\n"
+    code, _, err = await rxinvoke(env, "events", "no-such-run", "--follow", "--redis", env["RXINVOKE_REDIS"])
+    assert code == 1 and err == "rxinvoke: error: unknown run 'no-such-run'\n"
+    dead = {**env, "RXINVOKE_REDIS": "redis://:pw-secret-1@127.0.0.1:1/0"}
+    code, _, err = await rxinvoke(dead, "cancel", "r1", timeout=120)
+    assert code == 1 and err.startswith("rxinvoke: error: redis:") and err.count("\n") == 1
+    assert "pw-secret-1" not in err
