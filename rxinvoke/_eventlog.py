@@ -91,6 +91,7 @@ class EventLog:
         # run id -> followers (subscribe_run): indexed, so a follower costs nothing for the
         # envelopes of other runs
         self._followers: dict[str, tuple[Callable[[EventEnvelope], None], ...]] = {}
+        self._taps: tuple[Callable[[LogEntry], None], ...] = ()
         self._attachment = bus.attach_plain(self._on_event)
 
     # --- numbering ---------------------------------------------------------------------------
@@ -123,6 +124,16 @@ class EventLog:
 
         return Disposable(stop)
 
+    def tap(self, callback: Callable[[LogEntry], None]) -> abc.DisposableBase:
+        """Call ``callback((run_id, session_id, seq, event))`` for every event as it is numbered,
+        without building an envelope (it must not raise); dispose the result to stop."""
+        self._taps = (*self._taps, callback)
+
+        def stop() -> None:
+            self._taps = tuple(t for t in self._taps if t is not callback)
+
+        return Disposable(stop)
+
     @property
     def envelopes(self) -> Observable[EventEnvelope]:
         """A hot Observable of every envelope as it is numbered (before it is stored)."""
@@ -136,7 +147,11 @@ class EventLog:
         if run is None:
             return
         seq = run.seq = run.seq + 1
-        self._pending.append((run_id, run.session_id, seq, event))
+        entry = (run_id, run.session_id, seq, event)
+        self._pending.append(entry)
+        if self._taps:
+            for tap in self._taps:
+                tap(entry)  # taps are guarded: they never raise
         followers = self._followers.get(run_id) if self._followers else None
         observed = bool(self._live.observers)
         if followers or observed:

@@ -388,3 +388,13 @@ def test_a_worker_refuses_a_store_it_cannot_share() -> None:
 def test_submit_without_workers_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="submit needs workers"):
         RuntimeInvocation(AgentRuntime()).submit(request())
+
+
+async def test_closing_a_transport_ends_its_live_followers(redis_server: RedisServer) -> None:
+    transport = RedisTransport(redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}:", block=0.2)
+    await transport.announce("endless")  # a run that never ends
+    ended = asyncio.Event()
+    RemoteRuns(transport).observe_run("endless").subscribe(on_completed=ended.set, on_error=lambda e: ended.set())
+    await asyncio.sleep(0.3)  # its live tail is blocked in XREAD
+    await asyncio.wait_for(transport.close(), 10)
+    await asyncio.wait_for(ended.wait(), 10)

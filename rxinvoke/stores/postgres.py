@@ -159,6 +159,7 @@ _INSERT_MESSAGE = (
     "created_at) VALUES (%s, %s, %s, %s, %s, %s::json, %s, %s)"
 )
 
+
 def _utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc)
 
@@ -806,29 +807,36 @@ class PostgresStore:
             if isinstance(event, UsageRecorded):
                 u = event.usage
                 usage.append((run_id, seq, u.input_tokens, u.output_tokens, u.total_tokens))
-        async with conn.cursor() as cur:
-            for run_id, start in first.items():
-                await cur.execute(
-                    "UPDATE runs SET last_seq = %s WHERE id = %s AND last_seq = %s "
-                    "AND status = 'running'",
-                    (last[run_id], run_id, start - 1),
-                )
-                if cur.rowcount != 1:
-                    await self._refuse(conn, run_id, start)
+        # set-based: one statement each for the runs' seqs, the segments and the usage rows,
+        # whatever the number of runs in the batch (round trips, not rows, cost here)
+        runs = list(first)
+        cur = await conn.execute(
+            "UPDATE runs r SET last_seq = v.last_seq "
+            "FROM unnest(%s::text[], %s::int[], %s::int[]) AS v(id, first_seq, last_seq) "
+            "WHERE r.id = v.id AND r.last_seq = v.first_seq - 1 AND r.status = 'running' "
+            "RETURNING r.id",
+            (runs, [first[r] for r in runs], [last[r] for r in runs]),
+        )
+        moved = {row[0] for row in await cur.fetchall()}
+        for run_id in runs:
+            if run_id not in moved:
+                await self._refuse(conn, run_id, first[run_id])
+        async with conn.cursor() as cur:  # executemany: pipelined, and no array escaping
             await cur.executemany(
                 "INSERT INTO event_segments (run_id, first_seq, last_seq, events) "
                 "VALUES (%s, %s, %s, %s::json)",
                 [
-                    (run_id, first[run_id], last[run_id], pydantic_core.to_json(batch).decode())
-                    for run_id, batch in batches.items()
+                    (r, first[r], last[r], pydantic_core.to_json(batches[r]).decode())
+                    for r in runs
                 ],
             )
-            if usage:
-                await cur.executemany(
-                    "INSERT INTO usage (run_id, seq, input_tokens, output_tokens, total_tokens) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    usage,
-                )
+        if usage:
+            columns = list(zip(*usage, strict=True))
+            await conn.execute(
+                "INSERT INTO usage (run_id, seq, input_tokens, output_tokens, total_tokens) "
+                "SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::int[], %s::int[])",
+                tuple(list(c) for c in columns),
+            )
 
     @staticmethod
     async def _refuse(conn: psycopg.AsyncConnection[Any], run_id: str, start: int) -> None:

@@ -9,7 +9,7 @@ import pydantic_core
 from pydantic import TypeAdapter
 
 from ..events import InvocationEvent
-from ..stores.base import EventEnvelope
+from ..stores.base import EventEnvelope, LogEntry
 from .base import Segment
 
 __all__ = ("TERMINAL", "decode", "segments_of")
@@ -22,26 +22,24 @@ MAX_SEGMENT = 500
 """Envelopes in one segment at most."""
 
 
-def segments_of(envelopes: Sequence[EventEnvelope]) -> Iterator[tuple[str, Segment]]:
-    """``(run_id, segment)`` for each run's consecutive envelopes, in order."""
+def segments_of(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
+    """``(run_id, segment)`` for each run's consecutive ``(run_id, session_id, seq, event)``
+    entries, in order."""
     start = 0
-    count = len(envelopes)
+    count = len(entries)
     while start < count:
-        first = envelopes[start]
+        run_id, _session, first, _event = entries[start]
         end = start + 1
-        while (
-            end < count
-            and end - start < MAX_SEGMENT
-            and envelopes[end].run_id == first.run_id
-            and envelopes[end].seq == envelopes[end - 1].seq + 1
-        ):
+        seq = first
+        while end < count and end - start < MAX_SEGMENT:
+            entry = entries[end]
+            if entry[0] != run_id or entry[2] != seq + 1:
+                break
+            seq += 1
             end += 1
-        run = envelopes[start:end]
-        yield first.run_id, Segment(
-            first.seq,
-            run[-1].seq,
-            tuple(e.type for e in run),
-            pydantic_core.to_json([e.event for e in run]),
+        events = [entry[3] for entry in entries[start:end]]
+        yield run_id, Segment(
+            first, seq, tuple(e.type for e in events), pydantic_core.to_json(events)
         )
         start = end
 

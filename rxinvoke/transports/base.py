@@ -113,8 +113,9 @@ class Transport(Protocol):
         """Take the run's lease for ``ttl`` seconds, or None if someone holds it."""
         ...
 
-    async def refresh(self, lease: Lease, ttl: float) -> bool:
-        """Extend the lease; False if it expired or another holder has it (stop the run)."""
+    async def refresh(self, leases: Sequence[Lease], ttl: float) -> list[bool]:
+        """Extend each lease (in one round trip); False for one that expired or that another
+        holder has now (stop its run)."""
         ...
 
     async def release(self, lease: Lease) -> None:
@@ -126,8 +127,8 @@ class Transport(Protocol):
         """Ask whoever runs (or will run) the run to cancel it: a marker first, then a notice."""
         ...
 
-    async def is_cancel_requested(self, run_id: str) -> bool:
-        """True if the run's cancel marker is set."""
+    async def cancel_requested(self, run_ids: Sequence[str]) -> list[bool]:
+        """For each run, whether its cancel marker is set (in one round trip)."""
         ...
 
     def cancel_notices(self) -> AsyncIterator[str]:

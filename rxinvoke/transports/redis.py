@@ -4,8 +4,9 @@ Keys (``prefix`` ``rx:`` unless told):
 
 - ``rx:run:{run_id}``: the run's event stream, one entry per :class:`Segment` (fields ``seq``,
   ``last``, ``types``, ``json``; ``seq`` is rxinvoke's own per-run sequence, the dedup key),
-  ``XADD … MAXLEN ~ maxlen``; ``rx:run:{run_id}:meta`` (a hash) says the run exists before its
-  first segment. Both expire ``retention`` seconds after their last write.
+  ``XADD … MAXLEN ~ maxlen``, expiring ``retention`` seconds after its last write;
+  ``rx:run:{run_id}:meta`` (a hash, as long) says a submitted run exists before its first
+  segment.
 - ``rx:runs``: the run queue, a stream read by the consumer group ``workers``; ``rx:dead``:
   jobs delivered too often (dead letters).
 - ``rx:lease:{run_id}``: a worker's lease (``SET NX PX``), holding a fencing token; refreshed
@@ -193,6 +194,7 @@ class RedisTransport:
         self._dead = f"{prefix}dead"
         self._channel = f"{prefix}cancel"
         self._group_ready = False
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"RedisTransport({self.where!r}, prefix={self.prefix!r})"
@@ -215,6 +217,11 @@ class RedisTransport:
         return f"{self.prefix}cancel:{run_id}"
 
     async def close(self) -> None:
+        # redis-py may finish a blocking read it was cancelled in: the tail loop also stops
+        # when it sees the flag, and its followers end
+        self._closed = True
+        for follower in self._followers:
+            follower.queue.put_nowait(None)
         if self._tail is not None:
             self._tail.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -247,8 +254,6 @@ class RedisTransport:
                 touched.add(run_id)
             for run_id in touched:
                 pipe.expire(self._stream(run_id), ttl)
-                pipe.hset(self._meta(run_id), "state", "live")
-                pipe.expire(self._meta(run_id), ttl)
             await pipe.execute()
 
     async def announce(self, run_id: str) -> None:
@@ -299,7 +304,7 @@ class RedisTransport:
         block = int(self.block * 1000)
         idle = 0
         delay = 0.05
-        while self._followers:
+        while self._followers and not self._closed:
             followers = list(self._followers)
             streams: dict[str, str] = {}
             for f in followers:
@@ -307,9 +312,7 @@ class RedisTransport:
                 streams[f.key] = f.cursor if known is None else min(known, f.cursor, key=_entry_key)
             try:
                 reply = await self._tail_client.xread(streams, count=500, block=block)
-            except Exception as exc:  # the server is away: followers wait for it
-                if isinstance(exc, asyncio.CancelledError):  # pragma: no cover
-                    raise
+            except Exception:  # the server is away: followers wait for it
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -439,9 +442,15 @@ class RedisTransport:
         taken = await self._client.set(self._lease(run_id), token, nx=True, px=int(ttl * 1000))
         return Lease(run_id, token) if taken else None
 
-    async def refresh(self, lease: Lease, ttl: float) -> bool:
-        done = await self._refresh(keys=[self._lease(lease.run_id)], args=[lease.token, int(ttl * 1000)])
-        return bool(done)
+    async def refresh(self, leases: Sequence[Lease], ttl: float) -> list[bool]:
+        if not leases:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._refresh(
+                    keys=[self._lease(lease.run_id)], args=[lease.token, int(ttl * 1000)], client=pipe
+                )
+            return [bool(done) for done in await pipe.execute()]
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self._lease(lease.run_id)], args=[lease.token])
@@ -452,8 +461,13 @@ class RedisTransport:
         await self._client.set(self._marker(run_id), "1", ex=int(self.cancel_ttl))
         await self._client.publish(self._channel, run_id)
 
-    async def is_cancel_requested(self, run_id: str) -> bool:
-        return bool(await self._client.exists(self._marker(run_id)))
+    async def cancel_requested(self, run_ids: Sequence[str]) -> list[bool]:
+        if not run_ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.exists(self._marker(run_id))
+            return [bool(n) for n in await pipe.execute()]
 
     async def cancel_notices(self) -> AsyncIterator[str]:
         from redis.exceptions import ConnectionError as RedisConnectionError

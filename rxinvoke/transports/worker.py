@@ -46,7 +46,7 @@ from ..errors import InvocationError, UserError
 from ..events import InvocationEvent, RunCancelled, RunFailed, RunStarted
 from ..request import RunRequest
 from ..runtime import AgentRuntime
-from ..stores.base import EventEnvelope
+from ..stores.base import EventEnvelope, log_entries
 from ..stores.memory import MemoryStore
 from ._wire import TERMINAL, decode, segments_of
 from .base import Job, Lease, Transport
@@ -211,8 +211,10 @@ class Worker:
         held = list(self._held.values())
         if not held:
             return
-        for item in held:
-            if not await self.transport.refresh(item.lease, self.lease_ttl):
+        kept = await self.transport.refresh([h.lease for h in held], self.lease_ttl)
+        asked = await self.transport.cancel_requested([h.lease.run_id for h in held])
+        for item, still_held, cancel in zip(held, kept, asked, strict=True):
+            if not still_held:
                 if not item.lease_lost:
                     item.lease_lost = True
                     self._count(lease_lost=1)
@@ -221,7 +223,7 @@ class Worker:
                         self.name, item.lease.run_id,
                     )
                     self._cancel(item, remote=False)
-            elif await self.transport.is_cancel_requested(item.lease.run_id):
+            elif cancel:
                 self._cancel(item, remote=True)
         await self.transport.heartbeat(self.name, [h.job.job_id for h in held if not h.lease_lost])
 
@@ -291,7 +293,7 @@ class Worker:
             await self._end_unstarted(job, RunFailed(run_id=job.run_id, error=f"invalid request: {reason}"))
             await self.transport.ack(job.job_id)
             return
-        if await self.transport.is_cancel_requested(job.run_id):
+        if (await self.transport.cancel_requested([job.run_id]))[0]:
             held.cancel_requested = True
             self._count(cancelled_remotely=1)
             await self._end_unstarted(job, RunCancelled(run_id=job.run_id), request)
@@ -357,7 +359,7 @@ class Worker:
                 return  # still running: its owner mirrors the rest
             terminal = stored[-1]
             envelopes = [EventEnvelope.of(terminal.event, run_id, terminal.session_id, last + 1)]
-        await self.transport.append(list(segments_of(envelopes)))
+        await self.transport.append(list(segments_of(list(log_entries(envelopes)))))
 
     async def _end_unstarted(
         self, job: Job, terminal: InvocationEvent, request: RunRequest | None = None
@@ -375,7 +377,7 @@ class Worker:
             EventEnvelope.of(started, job.run_id, session, 1),
             EventEnvelope.of(terminal, job.run_id, session, 2),
         ]
-        await self.transport.append(list(segments_of(envelopes)))
+        await self.transport.append(list(segments_of(list(log_entries(envelopes)))))
 
     async def _dead_letter(self, job: Job, running: bool) -> None:
         reason = f"delivered {job.deliveries} times (max_deliveries={self.max_deliveries})"

@@ -1,0 +1,280 @@
+"""Scale-out benchmark: the Redis mirror, cross-process latency, the run queue on 4 workers.
+
+Starts a private redis-server and PostgreSQL on 127.0.0.1 (tests/tests_support_servers.py;
+Debian's packages) unless ``RXINVOKE_BENCH_REDIS`` and ``RXINVOKE_BENCH_POSTGRES`` name servers.
+
+1. mirror throughput: envelopes of 200 runs (50-fragment bursts, as a streamed answer
+   publishes them) through an ``EventMirror`` into Redis, events/s until all are written
+   (target >= 50 000/s per process);
+2. latency: one process publishes 2 000 events/s through a mirror, another observes the run
+   with ``observe_run``: publish -> observer delay, p50 / p99 (target p99 <= 10 ms);
+3. the queue: 1 000 W1 runs (10 ms model latency) submitted to 4 worker processes
+   (PostgresStore) against 1 000 concurrent W1 runs in one process (MemoryStore), wall times
+   (target ratio <= 1.5);
+4. the publish path: sequential W1 runs with the mirror attached against without, per run
+   (target ratio <= 1.10).
+
+    python -m benchmarks.scale_out            # full run
+    python -m benchmarks.scale_out --quick    # smoke run with tiny counts (CI)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks._common import cli, machine_line
+from benchmarks.runtime import W1Provider, lookup
+from rxinvoke import AgentRuntime, EmitRequest, MemoryStore, PostgresStore, RuntimeInvocation
+from rxinvoke.events import TextDelta
+from rxinvoke.stores import EventEnvelope
+from rxinvoke.transports.mirror import EventMirror
+from rxinvoke.transports.redis import RedisTransport
+from rxinvoke.transports.remote import RemoteRuns
+from rxinvoke.transports.worker import Worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[tuple[str, str]]:
+    redis_url = os.environ.get("RXINVOKE_BENCH_REDIS")
+    dsn = os.environ.get("RXINVOKE_BENCH_POSTGRES")
+    if redis_url and dsn:
+        yield redis_url, dsn
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tempfile
+
+    from tests_support_servers import postgres_server, redis_server
+
+    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis, postgres_server() as pg:
+        yield redis.url, pg.dsn
+
+
+def w1_request() -> EmitRequest:
+    return EmitRequest(provider="w1", model="w1", input="look abc up")
+
+
+# --- 1. mirror throughput -------------------------------------------------------------------
+
+
+async def mirror_throughput(url: str, runs: int, fragments: int) -> float:
+    transport = RedisTransport(url, prefix=f"b{uuid.uuid4().hex[:6]}:")
+    runtime = AgentRuntime()
+    mirror = EventMirror(transport)
+    mirror.attach(runtime)
+    session = uuid.uuid4()
+    bursts = [
+        [(f"r{r}", session, seq, TextDelta(run_id=f"r{r}", delta="word ")) for seq in range(b * 50 + 1, b * 50 + 51)]
+        for b in range(fragments // 50)
+        for r in range(runs)
+    ]
+    total = sum(len(b) for b in bursts)
+    started = time.perf_counter()
+    for burst in bursts:
+        for entry in burst:
+            mirror.add(entry)  # what runtime.log.tap hands the mirror
+        await asyncio.sleep(0)  # the publisher's loop turns between bursts
+    await mirror.flush()
+    elapsed = time.perf_counter() - started
+    assert mirror.stats.mirrored == total and mirror.stats.dropped == 0
+    await transport.close()
+    return total / elapsed
+
+
+# --- 2. latency across processes --------------------------------------------------------------
+
+
+async def observe(url: str, prefix: str, run_id: str, count: int) -> None:
+    """The observer process: print the publish -> receive delays (ms) as JSON."""
+    transport = RedisTransport(url, prefix=prefix, block=0.05)
+    delays: list[float] = []
+    done = asyncio.get_running_loop().create_future()
+
+    def seen(envelope: EventEnvelope) -> None:
+        delays.append((time.time() - envelope.event.timestamp.timestamp()) * 1000)
+        if len(delays) == count and not done.done():
+            done.set_result(None)
+
+    print("ready", flush=True)
+    RemoteRuns(transport).observe_run(run_id).subscribe(on_next=seen, on_error=done.set_exception)
+    await done
+    print(json.dumps(delays), flush=True)
+    await transport.close()
+
+
+async def latency(url: str, rate: int, seconds: float) -> tuple[float, float, float]:
+    prefix = f"l{uuid.uuid4().hex[:6]}:"
+    transport = RedisTransport(url, prefix=prefix)
+    runtime = AgentRuntime()
+    mirror = EventMirror(transport)
+    mirror.attach(runtime)
+    run_id, session = str(uuid.uuid4()), uuid.uuid4()
+    await transport.announce(run_id)
+    per_tick, tick = rate // 100, 0.01
+    count = int(rate * seconds)
+    observer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.scale_out", "--observe", url, prefix, run_id, str(count),
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )
+    assert observer.stdout is not None
+    assert (await observer.stdout.readline()).strip() == b"ready"
+    await asyncio.sleep(0.3)  # its first read is waiting
+    seq = 0
+    start = time.perf_counter()
+    while seq < count:
+        for _ in range(per_tick):
+            seq += 1
+            mirror.add((run_id, session, seq, TextDelta(run_id=run_id, delta="w ")))
+        next_tick = start + (seq // per_tick) * tick
+        await asyncio.sleep(max(next_tick - time.perf_counter(), 0))
+    await mirror.flush()
+    delays = json.loads(await asyncio.wait_for(observer.stdout.readline(), 60))
+    await observer.wait()
+    await transport.close()
+    delays.sort()
+    return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], delays[-1]
+
+
+# --- 3. the queue on 4 workers ----------------------------------------------------------------
+
+
+async def serve(url: str, prefix: str, dsn: str, schema: str, concurrency: int) -> None:
+    """A worker process: W1 runs with 10 ms model latency on a PostgresStore."""
+    store = PostgresStore(dsn, schema=schema, max_size=10)
+    transport = RedisTransport(url, prefix=prefix)
+    runtime = AgentRuntime(providers=[W1Provider(latency=0.01)], tools=[lookup], store=store)
+    worker = Worker(runtime, transport, concurrency=concurrency)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await store.open()
+    print("ready", flush=True)
+    await worker.serve(stop)
+    await store.close()
+    await transport.close()
+
+
+async def queue(url: str, dsn: str, runs: int, workers: int) -> float:
+    prefix, schema = f"q{uuid.uuid4().hex[:6]}:", f"b_{uuid.uuid4().hex[:8]}"
+    async with PostgresStore(dsn, schema=schema):
+        pass  # migrate once, before the workers open it
+    processes = []
+    for _ in range(workers):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.scale_out", "--serve", url, prefix, dsn, schema,
+            str(-(-runs // workers)),
+            stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        )
+        assert process.stdout is not None
+        assert (await asyncio.wait_for(process.stdout.readline(), 60)).strip() == b"ready"
+        processes.append(process)
+    transport = RedisTransport(url, prefix=prefix, max_connections=100)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    try:
+        started = time.perf_counter()
+        streams = [inv.submit(w1_request()) for _ in range(runs)]
+        outs = await asyncio.gather(*(s.result for s in streams))
+        elapsed = time.perf_counter() - started
+        assert all(o.output_text.startswith("word0 ") for o in outs)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            await process.wait()
+        await transport.close()
+    return elapsed
+
+
+async def in_process(runs: int) -> float:
+    runtime = AgentRuntime(providers=[W1Provider(latency=0.01)], tools=[lookup], store=MemoryStore())
+    inv = RuntimeInvocation(runtime)
+    started = time.perf_counter()
+    await asyncio.gather(*(inv.emit(w1_request()) for _ in range(runs)))
+    return time.perf_counter() - started
+
+
+# --- 4. the publish path with the mirror attached ----------------------------------------------
+
+
+async def publish_path(url: str, runs: int) -> tuple[float, float]:
+    transport = RedisTransport(url, prefix=f"p{uuid.uuid4().hex[:6]}:")
+
+    async def per_run(mirrored: bool) -> float:
+        runtime = AgentRuntime(providers=[W1Provider()], tools=[lookup])
+        mirror = EventMirror(transport)
+        if mirrored:
+            mirror.attach(runtime)
+        inv = RuntimeInvocation(runtime)
+        runtime.bus.observe("any").subscribe(lambda e: None)
+        for _ in range(20):
+            await inv.emit(w1_request())
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(runs):
+                await inv.emit(w1_request())
+            await mirror.flush()
+            best = min(best, (time.perf_counter() - started) / runs)
+        return best * 1e6
+
+    plain, mirrored = [], []
+    for _ in range(3):  # interleaved: the machine's drift hits both
+        plain.append(await per_run(False))
+        mirrored.append(await per_run(True))
+    await transport.close()
+    return min(plain), min(mirrored)
+
+
+async def main(quick: bool) -> None:
+    import psycopg
+    import redis
+
+    print(machine_line(redis=redis.__version__, psycopg=psycopg.__version__))
+    with servers() as (url, dsn):
+        rate = await mirror_throughput(url, 20 if quick else 200, 100 if quick else 500)
+        print(f"1. mirror throughput: {rate:,.0f} events/s per process (target >= 50,000)")
+        p50, p99, worst = await latency(url, 2000, 0.5 if quick else 5.0)
+        print(
+            f"2. publish -> observer in another process at 2,000 events/s: p50 {p50:.2f} ms, "
+            f"p99 {p99:.2f} ms, max {worst:.2f} ms (target p99 <= 10 ms)"
+        )
+        runs = 40 if quick else 1000
+        local = await in_process(runs)
+        remote = await queue(url, dsn, runs, 4)
+        print(
+            f"3. {runs} W1 runs, 10 ms model latency: 4 workers via the queue {remote:.2f} s, "
+            f"one process {local:.2f} s: {remote / local:.2f}x (target <= 1.5x)"
+        )
+        plain, mirrored = await publish_path(url, 20 if quick else 300)
+        print(
+            f"4. sequential W1 per run: {plain:.0f} µs, with the Redis mirror {mirrored:.0f} µs: "
+            f"{mirrored / plain:.2f}x (target <= 1.10x)"
+        )
+
+
+def _entry() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--observe"]:
+        url, prefix, run_id, count = args[1:5]
+        asyncio.run(observe(url, prefix, run_id, int(count)))
+    elif args[:1] == ["--serve"]:
+        url, prefix, dsn, schema, concurrency = args[1:6]
+        asyncio.run(serve(url, prefix, dsn, schema, int(concurrency)))
+    else:
+        cli(main, __doc__)
+
+
+if __name__ == "__main__":
+    _entry()
