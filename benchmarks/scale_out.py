@@ -108,7 +108,7 @@ async def observe(url: str, prefix: str, run_id: str, count: int) -> None:
     print("ready", flush=True)
     RemoteRuns(transport).observe_run(run_id).subscribe(on_next=seen, on_error=done.set_exception)
     await done
-    print(json.dumps(delays), flush=True)
+    print(json.dumps([round(d, 3) for d in delays]), flush=True)
     await transport.close()
 
 
@@ -138,7 +138,7 @@ async def latency(url: str, rate: int, seconds: float) -> tuple[float, float, fl
         next_tick = start + (seq // per_tick) * tick
         await asyncio.sleep(max(next_tick - time.perf_counter(), 0))
     await mirror.flush()
-    delays = json.loads(await asyncio.wait_for(observer.stdout.readline(), 60))
+    delays = json.loads(await asyncio.wait_for(observer.stdout.read(), 60))  # until it exits
     await observer.wait()
     await transport.close()
     delays.sort()

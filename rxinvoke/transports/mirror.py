@@ -5,8 +5,8 @@ the durable log, no envelope built). Observing only appends to a buffer — the 
 transport. A flusher task on the loop takes everything buffered, groups each run's consecutive
 envelopes into segments (a burst of a streamed answer's fragments becomes one entry) and writes
 them in one pipelined round trip; what arrives meanwhile waits for the next write. A batch
-waits ``interval`` seconds (5 ms by default) from its first envelope, and writes are at least
-that far apart: under any load the mirror makes at most ~200 round trips a second (each costs
+waits ``interval`` seconds (3 ms by default) from its first envelope, and writes are at least
+that far apart: under any load the mirror makes at most ~300 round trips a second (each costs
 the loop a few hundred µs), and an observer in another process sees an event within about
 ``interval`` plus one round trip (measured: ``benchmarks/scale_out.py``). ``interval=0``
 writes on the next loop iteration and back to back (lowest latency, most round trips).
@@ -65,7 +65,7 @@ class EventMirror:
     """
 
     def __init__(
-        self, transport: Transport, *, interval: float = 0.005, max_buffer: int = 100_000
+        self, transport: Transport, *, interval: float = 0.003, max_buffer: int = 100_000
     ) -> None:
         if interval < 0 or max_buffer < 1:
             raise ValueError("interval must be >= 0 and max_buffer >= 1")
