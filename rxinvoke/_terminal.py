@@ -161,6 +161,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def envelope_line(envelope: EventEnvelope, as_json: bool) -> str:
+    """One line of ``rxinvoke events``: seq, time, type, fields (or the envelope as JSON)."""
+    if as_json:
+        return envelope.model_dump_json() + "\n"
+    moment = envelope.emitted_at.strftime("%H:%M:%S.%f")[:-3]
+    return f"{envelope.seq:>5}  {moment}  {envelope.type:<30}  {describe(envelope)}\n"
+
+
 def describe(envelope: EventEnvelope) -> str:
     fields = envelope.event.model_dump(mode="json", exclude={"run_id", "timestamp", "type"})
     return " ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in fields.items())

@@ -14,7 +14,7 @@ from typing import TextIO
 from ._terminal import (
     Renderer,
     add_provider_options,
-    describe,
+    envelope_line,
     interruptible,
     positive,
     provider_from_args,
@@ -285,11 +285,7 @@ async def _replay_events(args: argparse.Namespace, out: TextIO, store: Store) ->
     async for envelope in to_async_iterator(envelopes):
         if kind is not None and not kind.matches(envelope.event):
             continue
-        if args.json:
-            out.write(envelope.model_dump_json() + "\n")
-        else:
-            moment = envelope.emitted_at.strftime("%H:%M:%S.%f")[:-3]
-            out.write(f"{envelope.seq:>5}  {moment}  {envelope.type:<30}  {describe(envelope)}\n")
+        out.write(envelope_line(envelope, args.json))
         if args.follow:
             out.flush()
     return 0

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
 
+import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 
+from ..errors import StoreError
 from ..events import InvocationEvent
+from ..messages import Message, ToolCall
 from .base import EventEnvelope
 
-__all__ = ("DECODE_ERRORS", "EVENT_LIST", "TERMINAL_STATUS", "continuing", "why")
+__all__ = (
+    "DECODE_ERRORS",
+    "EVENT_LIST",
+    "TERMINAL_STATUS",
+    "continuing",
+    "envelopes_of",
+    "message_of",
+    "why",
+)
 
 DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 """What decoding stored data this version cannot read raises."""
@@ -44,3 +58,59 @@ def continuing(envelopes: Sequence[EventEnvelope], last_seq: int) -> list[EventE
         kept.append(envelope)
         expected += 1
     return kept
+
+
+def message_of(
+    row: Sequence[Any], session_id: uuid.UUID, moment: Callable[[Any], datetime]
+) -> Message:
+    """A stored message row ``(id, run_id, role, content, tool_calls JSON, tool_call_id,
+    created_at)``, its time read by ``moment``.
+
+    Raises:
+        StoreError: the row does not decode (naming the session, the message and its run).
+    """
+    try:
+        return Message(
+            id=row[0],
+            run_id=row[1],
+            role=row[2],
+            content=row[3],
+            tool_calls=tuple(ToolCall.model_validate(c) for c in pydantic_core.from_json(row[4])),
+            tool_call_id=row[5],
+            created_at=moment(row[6]),
+        )
+    except DECODE_ERRORS as exc:
+        raise StoreError(
+            f"session {session_id}: stored message {row[0]!r} (run {row[1]!r}) is "
+            f"corrupted ({why(exc)})"
+        ) from exc
+
+
+def envelopes_of(
+    run_id: str,
+    session_id: uuid.UUID,
+    segments: Iterable[tuple[int, str | bytes]],
+    after_seq: int,
+) -> list[EventEnvelope]:
+    """The envelopes after ``after_seq`` of stored segments ``(first_seq, events JSON)``, in
+    order (the first segment may start before ``after_seq``).
+
+    Raises:
+        StoreError: a segment does not decode (naming the run and the segment).
+    """
+    of = EventEnvelope.of
+    envelopes: list[EventEnvelope] = []
+    for first, text in segments:
+        try:
+            events = EVENT_LIST.validate_json(text)
+        except DECODE_ERRORS as exc:
+            raise StoreError(
+                f"run {run_id!r}: its stored event segment from seq {first} is "
+                f"corrupted ({why(exc)})"
+            ) from exc
+        skip = after_seq - first + 1 if after_seq >= first else 0
+        seq = first + skip
+        for event in events[skip:] if skip else events:
+            envelopes.append(of(event, run_id, session_id, seq))
+            seq += 1
+    return envelopes

@@ -59,9 +59,9 @@ import pydantic_core
 
 from ..errors import MigrationError, SessionBusy, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
-from ..messages import Message, TokenUsage, ToolCall, utcnow
+from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._rows import DECODE_ERRORS, EVENT_LIST, TERMINAL_STATUS, continuing, why
+from ._rows import DECODE_ERRORS, TERMINAL_STATUS, continuing, envelopes_of, message_of, why
 from .base import (
     EventEnvelope,
     RunOutcome,
@@ -538,28 +538,7 @@ class PostgresStore:
             "FROM messages WHERE session_id = %s ORDER BY pk",
             (session_id,),
         )
-        messages: list[Message] = []
-        for row in await cur.fetchall():
-            try:
-                messages.append(
-                    Message(
-                        id=row[0],
-                        run_id=row[1],
-                        role=row[2],
-                        content=row[3],
-                        tool_calls=tuple(
-                            ToolCall.model_validate(c) for c in pydantic_core.from_json(row[4])
-                        ),
-                        tool_call_id=row[5],
-                        created_at=_utc(row[6]),
-                    )
-                )
-            except DECODE_ERRORS as exc:
-                raise StoreError(
-                    f"session {session_id}: stored message {row[0]!r} (run {row[1]!r}) is "
-                    f"corrupted ({why(exc)})"
-                ) from exc
-        return messages
+        return [message_of(row, session_id, _utc) for row in await cur.fetchall()]
 
     async def append_messages(
         self,
@@ -764,23 +743,7 @@ class PostgresStore:
                 "WHERE run_id = %s AND last_seq > %s ORDER BY first_seq",
                 (run_id, after),
             )
-            session_id: uuid.UUID = run[0]
-            of = EventEnvelope.of
-            envelopes: list[EventEnvelope] = []
-            for first, text in await cur.fetchall():
-                try:
-                    events = EVENT_LIST.validate_json(text)
-                except DECODE_ERRORS as exc:
-                    raise StoreError(
-                        f"run {run_id!r}: its stored event segment from seq {first} is "
-                        f"corrupted ({why(exc)})"
-                    ) from exc
-                skip = after - first + 1 if after >= first else 0
-                seq = first + skip
-                for event in events[skip:] if skip else events:
-                    envelopes.append(of(event, run_id, session_id, seq))
-                    seq += 1
-            return envelopes
+            return envelopes_of(run_id, run[0], await cur.fetchall(), after)
 
         return await self._call(read)
 

@@ -54,9 +54,9 @@ import pydantic_core
 
 from ..errors import MigrationError, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
-from ..messages import Message, TokenUsage, ToolCall, utcnow
+from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._rows import DECODE_ERRORS, EVENT_LIST, TERMINAL_STATUS, continuing, why
+from ._rows import DECODE_ERRORS, TERMINAL_STATUS, continuing, envelopes_of, message_of, why
 from ._worker import GroupWorker, Outcome
 from .base import (
     EventEnvelope,
@@ -577,26 +577,7 @@ class SqliteStore:
             "FROM messages WHERE session_id = ? ORDER BY pk",
             (str(session_id),),
         ).fetchall()
-        messages: list[Message] = []
-        for row in rows:
-            try:
-                messages.append(
-                    Message(
-                        id=row[0],
-                        run_id=row[1],
-                        role=row[2],
-                        content=row[3],
-                        tool_calls=tuple(ToolCall.model_validate(c) for c in json.loads(row[4])),
-                        tool_call_id=row[5],
-                        created_at=_dt(row[6]),
-                    )
-                )
-            except DECODE_ERRORS as exc:
-                raise StoreError(
-                    f"session {session_id}: stored message {row[0]!r} (run {row[1]!r}) is "
-                    f"corrupted ({why(exc)})"
-                ) from exc
-        return messages
+        return [message_of(row, session_id, _dt) for row in rows]
 
     async def append_messages(
         self,
@@ -767,23 +748,8 @@ class SqliteStore:
                 "WHERE run_id = ? AND last_seq > ? ORDER BY first_seq",
                 (run_id, after),
             ).fetchall()
-            session_id = uuid.UUID(run[0])  # the envelopes' session is the run's
-            of = EventEnvelope.of
-            envelopes: list[EventEnvelope] = []
-            for first, text in rows:
-                try:
-                    events = EVENT_LIST.validate_json(text)
-                except DECODE_ERRORS as exc:
-                    raise StoreError(
-                        f"run {run_id!r}: its stored event segment from seq {first} is "
-                        f"corrupted ({why(exc)})"
-                    ) from exc
-                skip = after - first + 1 if after >= first else 0  # only the first segment
-                seq = first + skip
-                for event in events[skip:] if skip else events:
-                    envelopes.append(of(event, run_id, session_id, seq))
-                    seq += 1
-            return envelopes
+            # the envelopes' session is the run's
+            return envelopes_of(run_id, uuid.UUID(run[0]), rows, after)
 
         return await self._call(read)
 

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from .._terminal import (
     Renderer,
     add_provider_options,
-    describe,
+    envelope_line,
     positive,
     provider_from_args,
     seconds,
@@ -250,11 +250,7 @@ async def _follow(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
             async for envelope in _iterate(RemoteRuns(transport).observe_run(args.run_id, after_seq=args.after)):
                 if kind is not None and not kind.matches(envelope.event):
                     continue
-                if args.json:
-                    out.write(envelope.model_dump_json() + "\n")
-                else:
-                    moment = envelope.emitted_at.strftime("%H:%M:%S.%f")[:-3]
-                    out.write(f"{envelope.seq:>5}  {moment}  {envelope.type:<30}  {describe(envelope)}\n")
+                out.write(envelope_line(envelope, args.json))
                 out.flush()
         except ResumeGap as gap:
             raise UserError(
