@@ -398,3 +398,47 @@ async def test_closing_a_transport_ends_its_live_followers(redis_server: RedisSe
     await asyncio.sleep(0.3)  # its live tail is blocked in XREAD
     await asyncio.wait_for(transport.close(), 10)
     await asyncio.wait_for(ended.wait(), 10)
+
+
+async def test_a_redis_restart_mid_run_the_worker_reconnects_and_nothing_is_lost(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    gate = asyncio.Event()
+
+    def turns(req: ChatRequest) -> Any:
+        if req.messages[-1].content == "first":
+            return [*text_turn("one two", pieces=2)[:-1], gate, *text_turn(" three", pieces=2)]
+        return text_turn("again")
+
+    with redis_server(tmp_path_factory.mktemp("redis-worker")) as server:
+        transport = RedisTransport(server.url, block=0.2)
+        submitter = RedisTransport(server.url, block=0.2)
+        store = SqliteStore(tmp_path / "restart.db")
+        worker, stop, task = await worker_for(store, transport, provider=ScriptedProvider(turns), lease_ttl=5)
+        inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(submitter))
+        first = inv.submit(EmitRequest(provider="scripted", model="scripted", input="first"))
+        streaming = asyncio.Event()
+        first.subscribe(lambda e: streaming.set() if e.type == "text_delta" else None)
+        await asyncio.wait_for(streaming.wait(), 20)  # the run streams through Redis
+        server.stop()
+        gate.set()  # the run finishes while Redis is away: the store has all of it
+        for _ in range(200):
+            record = await store.get_run(first.run_id)
+            if record is not None and record.is_finished:
+                break
+            await asyncio.sleep(0.02)
+        assert record is not None and record.status == "completed"
+        server.start()  # same port; its append-only file kept the queue and the streams
+        out = await asyncio.wait_for(first.result, 60)  # the mirror wrote the rest, the reader reconnected
+        assert out.output_text == "one two three"
+        again = await asyncio.wait_for(
+            inv.submit(EmitRequest(provider="scripted", model="scripted", input="second")).result, 60
+        )  # the worker takes jobs again
+        assert again.output_text == "again"
+        stored = [e.type for e in await store.read_events(first.run_id)]
+        assert [e.type for e in await collect(first)] == stored
+        stop.set()
+        await task
+        await store.close()
+        await transport.close()
+        await submitter.close()

@@ -31,14 +31,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UnknownRun
 from .base import Job, Lease, Segment
 
 __all__ = ("RedisTransport", "parse_autoclaim")
+
+_T = TypeVar("_T")
 
 _TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
 _GROUP = "workers"
@@ -349,14 +351,32 @@ class RedisTransport:
                 raise
         self._group_ready = True
 
+    async def _again(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """``attempt()``, tried again (up to 4 times, 50 ms doubling) when the connection it
+        got was broken, a server restart say. For calls that may repeat: a run queued twice
+        is run once (workers go by its run id), a marker set twice is one marker."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        delay = 0.05
+        for _ in range(3):
+            try:
+                return await attempt()
+            except (RedisConnectionError, RedisTimeoutError):
+                await asyncio.sleep(delay)
+                delay *= 2
+        return await attempt()
+
     async def enqueue(self, run_id: str, request: bytes) -> str:
-        await self._ensure_group()
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hsetnx(self._meta(run_id), "state", "queued")
-            pipe.expire(self._meta(run_id), int(self.retention))
-            pipe.xadd(self._queue, {"run_id": run_id, "request": request})
-            replies = await pipe.execute()
-        return _text(replies[-1])
+        async def attempt() -> Any:
+            await self._ensure_group()
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hsetnx(self._meta(run_id), "state", "queued")
+                pipe.expire(self._meta(run_id), int(self.retention))
+                pipe.xadd(self._queue, {"run_id": run_id, "request": request})
+                return await pipe.execute()
+
+        return _text((await self._again(attempt))[-1])
 
     def _job(self, entry_id: Any, fields: dict[bytes, bytes], deliveries: int = 1) -> Job:
         return Job(_text(entry_id), _text(fields[b"run_id"]), fields[b"request"], deliveries)
@@ -412,7 +432,7 @@ class RedisTransport:
             )
 
     async def ack(self, job_id: str) -> None:
-        await self._client.xack(self._queue, _GROUP, job_id)
+        await self._again(lambda: self._client.xack(self._queue, _GROUP, job_id))
 
     async def dead_letter(self, job: Job, reason: str) -> None:
         async with self._client.pipeline(transaction=True) as pipe:
@@ -458,8 +478,8 @@ class RedisTransport:
     # --- cancel requests --------------------------------------------------------------------------
 
     async def request_cancel(self, run_id: str) -> None:
-        await self._client.set(self._marker(run_id), "1", ex=int(self.cancel_ttl))
-        await self._client.publish(self._channel, run_id)
+        await self._again(lambda: self._client.set(self._marker(run_id), "1", ex=int(self.cancel_ttl)))
+        await self._again(lambda: self._client.publish(self._channel, run_id))
 
     async def cancel_requested(self, run_ids: Sequence[str]) -> list[bool]:
         if not run_ids:
