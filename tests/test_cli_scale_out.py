@@ -17,6 +17,9 @@ from tests_support_servers import RedisServer
 
 PROMPT = "what is 2 + 3?"
 
+# every test starts processes (a worker, the commands): slow on a loaded CI machine
+pytestmark = pytest.mark.timeout(300)
+
 
 async def rxinvoke(env: dict[str, str], *argv: str, timeout: float = 60) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(

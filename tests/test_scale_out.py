@@ -46,6 +46,7 @@ async def env(redis_server: RedisServer, postgres_server: PostgresServer) -> Asy
     }
 
 
+@pytest.mark.timeout(300)  # five processes on a CI machine that runs other envs at once
 async def test_four_workers_two_hundred_runs_one_killed_mid_run(
     redis_server: RedisServer, postgres_server: PostgresServer, env: dict[str, str]
 ) -> None:

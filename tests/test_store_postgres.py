@@ -348,6 +348,7 @@ async def test_connections_killed_by_the_server_are_replaced_without_losing_a_wr
         assert rows == [(1,)]
 
 
+@pytest.mark.timeout(300)  # it starts a PostgreSQL cluster of its own: slow on a loaded CI machine
 async def test_a_run_whose_server_goes_away_fails_with_a_clear_error(tmp_path: Path) -> None:
     with postgres_server() as server:
         store = PostgresStore(server.dsn, timeout=2)

@@ -383,7 +383,7 @@ class Worker:
         reason = f"delivered {job.deliveries} times (max_deliveries={self.max_deliveries})"
         _log.warning("rxinvoke worker %s: run %s %s: dead letter", self.name, job.run_id, reason)
         if running:
-            await self.runtime.store.recover_interrupted()
+            await self._recover(job.run_id)  # salvaged as any recovery (if its owner is gone)
         await self.transport.dead_letter(job, reason)  # before the terminal event is seen
         self._count(dead_lettered=1)
         record = await self.runtime.store.get_run(job.run_id)
