@@ -263,6 +263,11 @@ class Worker:
         held = self._held[job.run_id] = _Held(job, lease)
         try:
             await self._run_job(job, held)
+        except Exception as exc:  # the store or the broker failed: the job stays pending
+            _log.warning(
+                "rxinvoke worker %s: run %s: %s: %s (the job is retried)",
+                self.name, job.run_id, type(exc).__name__, exc,
+            )
         finally:
             held.done.set()
             self._held.pop(job.run_id, None)
