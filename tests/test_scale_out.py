@@ -23,7 +23,7 @@ TERMINAL = ("run_completed", "run_failed", "run_cancelled")
 
 async def start_worker(name: str, env: dict[str, str], *extra: str) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rxinvoke", "worker", "--name", name, "--delay", "0.01",
+        sys.executable, "-m", "rxinvoke", "worker", "--name", name, "--delay", "0.05",
         "--concurrency", "8", "--lease-ttl", "1", *extra,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
