@@ -258,10 +258,13 @@ class RedisTransport:
                 pipe.expire(self._stream(run_id), ttl)
             await pipe.execute()
 
+    def _announce(self, pipe: Any, run_id: str) -> None:
+        pipe.hsetnx(self._meta(run_id), "state", "queued")
+        pipe.expire(self._meta(run_id), int(self.retention))
+
     async def announce(self, run_id: str) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hsetnx(self._meta(run_id), "state", "queued")
-            pipe.expire(self._meta(run_id), int(self.retention))
+            self._announce(pipe, run_id)
             await pipe.execute()
 
     async def tail(self, run_id: str) -> Segment | None:
@@ -371,8 +374,7 @@ class RedisTransport:
         async def attempt() -> Any:
             await self._ensure_group()
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hsetnx(self._meta(run_id), "state", "queued")
-                pipe.expire(self._meta(run_id), int(self.retention))
+                self._announce(pipe, run_id)
                 pipe.xadd(self._queue, {"run_id": run_id, "request": request})
                 return await pipe.execute()
 

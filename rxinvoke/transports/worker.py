@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import pydantic
@@ -78,7 +78,6 @@ class _Held:
     control: Control | None = None
     cancel_requested: bool = False
     lease_lost: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Worker:
@@ -269,7 +268,6 @@ class Worker:
                 self.name, job.run_id, type(exc).__name__, exc,
             )
         finally:
-            held.done.set()
             self._held.pop(job.run_id, None)
             with contextlib.suppress(Exception):
                 await self.transport.release(lease)
