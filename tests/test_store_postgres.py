@@ -358,6 +358,30 @@ async def test_connections_killed_by_the_server_are_replaced_without_losing_a_wr
         assert rows == [(1,)]
 
 
+async def test_a_store_closed_while_its_own_connection_reconnects_leaves_it_closed(
+    postgres_server: PostgresServer, schema: str
+) -> None:
+    store = await PostgresStore(postgres_server.dsn, schema=schema).open()
+    taking = asyncio.Event()
+    caught: list[Any] = []
+
+    async def stuck(conn: Any) -> None:  # the reconnect is cancelled while it takes the lock
+        caught.append(conn)
+        taking.set()
+        await asyncio.Event().wait()
+
+    store._lock_owner = stuck  # type: ignore[method-assign]
+    key = store.owner.rsplit(":", 1)[1]
+    await psql(
+        postgres_server,
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+        f"AND objid = {key}",
+    )
+    await asyncio.wait_for(taking.wait(), 30)
+    await store.close()
+    assert caught and caught[0].closed  # not left for the garbage collector to warn about
+
+
 @pytest.mark.xfail(
     sys.version_info >= (3, 12),
     reason="known bug, open: on Python 3.12+ the run's last store write waits forever once the "

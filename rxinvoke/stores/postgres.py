@@ -327,19 +327,9 @@ class PostgresStore:
         from psycopg_pool import AsyncConnectionPool
 
         try:
-            own = await psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
-            )
+            self._own = await self._connect_own(migrate=True)
         except psycopg.Error as exc:
             raise self._error(exc) from None
-        try:
-            await self._migrate(own)
-            await self._lock_owner(own)
-            await own.execute(f'LISTEN "rxinvoke_{self.schema}"')
-        except BaseException:
-            await own.close()
-            raise
-        self._own = own
         self._listener = asyncio.ensure_future(self._listen())
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self._dsn,
@@ -360,6 +350,25 @@ class PostgresStore:
             raise self._error(exc) from None
         self._pool = pool
         self.recovered = tuple(await self.recover_interrupted())
+
+    async def _connect_own(self, *, migrate: bool) -> psycopg.AsyncConnection[Any]:
+        """The store's own connection: migrated (on open), holding the liveness lock and
+        listening for freed sessions. Closed again if anything before that fails or is
+        cancelled (a store closed while its connection reconnects leaks nothing)."""
+        import psycopg
+
+        own = await psycopg.AsyncConnection.connect(
+            self._dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
+        )
+        try:
+            if migrate:
+                await self._migrate(own)
+            await self._lock_owner(own)
+            await own.execute(f'LISTEN "rxinvoke_{self.schema}"')
+        except BaseException:
+            await own.close()
+            raise
+        return own
 
     async def _migrate(self, conn: psycopg.AsyncConnection[Any]) -> None:
         schema = self.schema
@@ -419,12 +428,7 @@ class PostgresStore:
             own = self._own
             try:
                 if own is None or own.closed:
-                    own = await psycopg.AsyncConnection.connect(
-                        self._dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
-                    )
-                    await self._lock_owner(own)
-                    await own.execute(f'LISTEN "rxinvoke_{self.schema}"')
-                    self._own = own
+                    own = self._own = await self._connect_own(migrate=False)
                     self._wake_all()  # a notice may have been missed
                 delay = 0.05
                 async for notice in own.notifies():
