@@ -123,6 +123,7 @@ from .operators import text_of as text_of
 from .operators import throttle_latest as throttle_latest
 from .operators import to_async_iterator as to_async_iterator
 from .operators import until_terminal as until_terminal
+from .policy import DoomLoopPolicy as DoomLoopPolicy
 from .policy import RuntimePolicy as RuntimePolicy
 from .providers import ChatProvider as ChatProvider
 from .providers import OfflineProvider as OfflineProvider
@@ -164,6 +165,7 @@ __all__ = (
     "ContextBuilt",
     "Control",
     "DoomLoopDetected",
+    "DoomLoopPolicy",
     "Dropped",
     "EmitRequest",
     "EventBase",

@@ -293,10 +293,17 @@ class RunCancelled(_AgentEventBase):
 
 
 class DoomLoopDetected(_AgentEventBase):
-    """The model kept repeating itself; the run stops with ``finish_reason=doom_loop``."""
+    """The model kept repeating its tool calls (the same call, or a cycle of calls), detected
+    before the batch that closes the loop runs. With ``action="stop"`` the run ends with
+    ``finish_reason=doom_loop``; with ``"warn"`` it goes on (``RuntimePolicy.doom_loop``)."""
 
     type: Literal["doom_loop_detected"] = "doom_loop_detected"
     description: str
+    pattern: tuple[str, ...] = ()
+    """The tool names of the repeating pattern, in call order (one name: the same call)."""
+    count: int = 0
+    """Calls that form the loop."""
+    action: Literal["stop", "warn"] = "stop"
 
 
 class CompactionCircuitOpened(_AgentEventBase):

@@ -3,11 +3,44 @@ runtime parts: retries in ``_model_call``, tool limits in ``_execute``)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from ._frozen import Frozen
 
-__all__ = ("RuntimePolicy",)
+__all__ = ("DoomLoopPolicy", "RuntimePolicy")
+
+
+class DoomLoopPolicy(Frozen):
+    """When a run's tool calls count as a doom loop, and what happens then.
+
+    Calls are compared by tool name and arguments (object keys sorted, arrays in order). Every
+    call of a batch is checked before any of them runs.
+    """
+
+    enabled: bool = True
+    consecutive_threshold: int = Field(default=3, ge=2)
+    """The identical call this many times in a row (across turns and within one batch) trips."""
+    min_cycle: int = Field(default=2, ge=2)
+    """Shortest repeating pattern of different calls checked (``A, B``)."""
+    max_cycle: int = Field(default=4, ge=2)
+    """Longest repeating pattern checked."""
+    repetitions: int = Field(default=2, ge=1)
+    """A pattern followed by this many repeats of itself trips: ``A, B, A, B, A, B`` with 2;
+    a pattern of 3 calls needs 9."""
+    action: Literal["stop", "warn"] = "stop"
+    """``"stop"``: none of the tripping batch runs; its calls are answered "not run" in the
+    history and the run ends with ``finish_reason=doom_loop``. ``"warn"``: the batch runs, the
+    tool message of the call that tripped tells the model it is looping, the run goes on."""
+
+    @model_validator(mode="after")
+    def _cycles_ordered(self) -> DoomLoopPolicy:
+        if self.max_cycle < self.min_cycle:
+            raise ValueError(
+                f"max_cycle ({self.max_cycle}) must not be below min_cycle ({self.min_cycle})"
+            )
+        return self
 
 
 class RuntimePolicy(Frozen):
@@ -23,8 +56,8 @@ class RuntimePolicy(Frozen):
     """Tools of one model turn executing at once."""
     continue_on_tool_failure: bool = True
     """When False, a failed tool ends the run with ``run_failed``."""
-    doom_loop_threshold: int = Field(default=3, ge=2)
-    """Identical tool-call turns in a row that count as a doom loop."""
+    doom_loop: DoomLoopPolicy = DoomLoopPolicy()
+    """Doom-loop detection (repeated and cycling tool calls)."""
     max_tool_output_chars: int = Field(default=20_000, ge=1)
     """Tool output longer than this is truncated before it reaches the model."""
     max_retries: int = Field(default=2, ge=0)

@@ -38,6 +38,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from ._bus import EventBus
 from ._compat import cancel_requested, uncancel
 from ._context import answer_dangling_calls
+from ._doom import DoomLoopDetector
 from ._eventlog import EventLog
 from ._execute import ToolExecutor
 from ._futures import start_eagerly
@@ -545,7 +546,7 @@ class AgentRuntime:
 
         specs = self.tools.specs()
         total = TokenUsage()
-        signatures: list[tuple[tuple[str, str], ...]] = []
+        doom = DoomLoopDetector(policy.doom_loop)
         text = ""
         finish = FinishReason.MAX_ITERATIONS
         iteration = 0
@@ -585,22 +586,31 @@ class AgentRuntime:
             if not calls:
                 finish = accumulated.finish_reason or FinishReason.STOP
                 break
-            await self._run_tools(run, calls, messages)
-            signatures.append(tuple((c.name, c.arguments) for c in calls))
-            repeats = policy.doom_loop_threshold
-            if len(signatures) >= repeats and len(set(signatures[-repeats:])) == 1:
-                names = ", ".join(c.name for c in calls)
-                publish(
-                    DoomLoopDetected(
-                        run_id=run_id,
-                        description=(
-                            f"the same tool call(s) ({names}) with the same arguments were "
-                            f"requested {repeats} times in a row"
-                        ),
-                    )
+            trip = doom.check(calls)
+            if trip is None:
+                await self._run_tools(run, calls, messages)
+                continue
+            action = policy.doom_loop.action
+            publish(
+                DoomLoopDetected(
+                    run_id=run_id,
+                    description=trip.description,
+                    pattern=trip.pattern,
+                    count=trip.count,
+                    action=action,
                 )
-                finish = FinishReason.DOOM_LOOP
-                break
+            )
+            if action == "warn":
+                await self._run_tools(run, calls, messages, warn=(trip.at, trip.warning))
+                continue
+            # none of the batch runs; its calls are answered (with the terminal event) so the
+            # session's history stays a valid chat context
+            refused = f"Error: not run: {trip.description} (doom loop); the run was stopped"
+            replies = self._answer(run, calls, [refused] * len(calls))
+            self.log.defer_messages(run_id, replies)
+            self._committed(run, replies, messages)
+            finish = FinishReason.DOOM_LOOP
+            break
         return RunOutput(
             run_id=run_id,
             session_id=run.session_id,
@@ -611,35 +621,52 @@ class AgentRuntime:
         )
 
     async def _run_tools(
-        self, run: Run, calls: tuple[ToolCall, ...], messages: list[Message]
+        self,
+        run: Run,
+        calls: tuple[ToolCall, ...],
+        messages: list[Message],
+        warn: tuple[int, str] | None = None,
     ) -> None:
+        """Execute ``calls`` and commit their replies (``warn``: a note appended to the reply
+        of the call at that index)."""
         run_id = run.run_id
         limit = self.policy.max_tool_concurrency
         if run.control.concurrency_limit is not None:
             limit = min(limit, run.control.concurrency_limit)
         results = await self._executor.execute(calls, run_id=run_id, limit=limit)
-        replies = [
-            Message(
-                role="tool",
-                content=(
-                    f"Error: {result.error}" if isinstance(result, ToolFailure) else result.output
-                ),
-                tool_call_id=call.id,
-                run_id=run_id,
-            )
-            for call, result in zip(calls, results, strict=True)
+        contents = [
+            f"Error: {result.error}" if isinstance(result, ToolFailure) else result.output
+            for result in results
         ]
+        if warn is not None:
+            at, note = warn
+            contents[at] = f"{contents[at]}\n\n{note}"
+        replies = self._answer(run, calls, contents)
         await self.log.commit_messages(run.session_id, replies)
-        messages.extend(replies)
-        for reply in replies:
-            self.bus.publish(
-                ToolMessageCommitted(
-                    run_id=run_id, message_id=reply.id, call_id=reply.tool_call_id or ""
-                )
-            )
+        self._committed(run, replies, messages)
         if not self.policy.continue_on_tool_failure:
             for call, result in zip(calls, results, strict=True):
                 if isinstance(result, ToolFailure):
                     raise InvocationFailed(
                         f"tool {call.name!r} failed: {result.error}", run_id=run_id
                     )
+
+    def _answer(
+        self, run: Run, calls: tuple[ToolCall, ...], contents: list[str]
+    ) -> list[Message]:
+        """The tool messages answering ``calls``, in call order."""
+        return [
+            Message(role="tool", content=content, tool_call_id=call.id, run_id=run.run_id)
+            for call, content in zip(calls, contents, strict=True)
+        ]
+
+    def _committed(self, run: Run, replies: list[Message], messages: list[Message]) -> None:
+        """``replies`` are written (or deferred to the terminal write): into the context, and
+        announced."""
+        messages.extend(replies)
+        for reply in replies:
+            self.bus.publish(
+                ToolMessageCommitted(
+                    run_id=run.run_id, message_id=reply.id, call_id=reply.tool_call_id or ""
+                )
+            )

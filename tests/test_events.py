@@ -86,7 +86,12 @@ AGENT_EXAMPLES: tuple[EventBase, ...] = (
     RunFailed(run_id=RUN, timestamp=WHEN, error="offline/offline: HTTP 503: overloaded"),
     RunCancelled(run_id=RUN, timestamp=WHEN),
     DoomLoopDetected(
-        run_id=RUN, timestamp=WHEN, description="calculate called 3 times with the same arguments"
+        run_id=RUN,
+        timestamp=WHEN,
+        description="calculate was called 3 times in a row with the same arguments",
+        pattern=("calculate",),
+        count=3,
+        action="warn",
     ),
     CompactionCircuitOpened(run_id=RUN, timestamp=WHEN, consecutive_failures=3),
 )

@@ -9,7 +9,7 @@ only what the layer's rule allows:
                 _compat, _clock: time on a scheduler, _display: short reprs, _futures): the imports among them are listed one by one
 1. definitions  tools, providers (and providers.*), stores (and stores.*): a family imports
                 its own members only; providers never import a store, stores never a provider
-2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _bus,
+2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _doom, _bus,
                 _eventlog, _sessions, _run, _model_call): listed one by one
 3. runtime      runtime
 4. views        spans, notebook*: pure functions of events (the span model, renderings); the
@@ -49,7 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("definitions", ("tools", "providers", "providers.*", "stores", "stores.*")),
     (
         "plumbing",
-        ("_context", "_accumulate", "_execute", "_bus", "_eventlog", "_sessions", "_run",
+        ("_context", "_accumulate", "_execute", "_doom", "_bus", "_eventlog", "_sessions", "_run",
          "_model_call"),
     ),
     ("runtime", ("runtime",)),
@@ -83,6 +83,7 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "_context": frozenset(),
         "_accumulate": frozenset(),
         "_execute": frozenset(),
+        "_doom": frozenset(),
         "_bus": frozenset(),
         "_eventlog": frozenset({"_bus"}),
         "_sessions": frozenset(),

@@ -28,6 +28,7 @@ from rxinvoke import (
     ChatToolCallStarted,
     ContextBuilt,
     Control,
+    DoomLoopPolicy,
     FinishReason,
     InvalidRequest,
     InvocationCancelled,
@@ -537,24 +538,41 @@ async def test_a_model_that_always_calls_a_tool_stops_at_max_iterations() -> Non
     assert_run_shape(events, output.run_id, "run_completed")
 
 
-async def test_the_same_call_repeated_is_a_doom_loop() -> None:
+async def test_the_same_call_repeated_is_a_doom_loop_stopped_before_the_third_runs() -> None:
+    ran: list[tuple[int, int]] = []
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        ran.append((a, b))
+        return a + b
+
     turns = [tool_call_turn("add", {"a": 1, "b": 2}) for _ in range(5)]
     runtime, provider, events = make_runtime(
-        turns, tools=[add], policy=RuntimePolicy(doom_loop_threshold=3)
+        turns, tools=[add], policy=RuntimePolicy(doom_loop=DoomLoopPolicy(consecutive_threshold=3))
     )
+    session = uuid.uuid4()
 
-    output = await runtime.run(request("loop"))
+    output = await runtime.run(request("loop", session_id=session))
 
     assert output.finish_reason is FinishReason.DOOM_LOOP
     assert output.iterations == 3
-    assert len(only(events, "model_started")) == 3
     assert len(provider.requests) == 3
-    assert types(events)[-3:] == ["tool_message_committed", "doom_loop_detected", "run_completed"]
+    assert ran == [(1, 2), (1, 2)]  # the third, identical call never ran
+    assert types(events)[-4:] == [
+        "usage_recorded", "doom_loop_detected", "tool_message_committed", "run_completed"
+    ]
     detected = only(events, "doom_loop_detected")
     assert len(detected) == 1
     assert "add" in detected[0].description and "3 times" in detected[0].description
+    assert (detected[0].pattern, detected[0].count, detected[0].action) == (("add",), 3, "stop")
     assert events[-1].finish_reason is FinishReason.DOOM_LOOP
     assert_run_shape(events, output.run_id, "run_completed")
+    # the refused call is answered in the stored history: the session stays a valid context
+    stored = await history(runtime, session)
+    assert [m.role for m in stored][-2:] == ["assistant", "tool"]
+    assert stored[-1].tool_call_id == stored[-2].tool_calls[0].id
+    assert stored[-1].content.startswith("Error: not run:")
 
 
 async def test_a_repeated_call_broken_by_a_different_one_is_not_a_doom_loop() -> None:
@@ -566,7 +584,7 @@ async def test_a_repeated_call_broken_by_a_different_one_is_not_a_doom_loop() ->
         text_turn("done"),
     ]
     runtime, _, events = make_runtime(
-        turns, tools=[add], policy=RuntimePolicy(doom_loop_threshold=3)
+        turns, tools=[add], policy=RuntimePolicy(doom_loop=DoomLoopPolicy(consecutive_threshold=3))
     )
 
     output = await runtime.run(request("loop"))
