@@ -54,6 +54,7 @@ from .errors import InvocationFailed as InvocationFailed
 from .errors import InvocationTimedOut as InvocationTimedOut
 from .errors import MigrationError as MigrationError
 from .errors import ProviderConnectionError as ProviderConnectionError
+from .errors import ProviderContextOverflow as ProviderContextOverflow
 from .errors import ProviderError as ProviderError
 from .errors import ProviderHTTPError as ProviderHTTPError
 from .errors import ProviderStreamError as ProviderStreamError
@@ -79,6 +80,8 @@ from .events import ChatToolCallArgumentsDelta as ChatToolCallArgumentsDelta
 from .events import ChatToolCallCompleted as ChatToolCallCompleted
 from .events import ChatToolCallStarted as ChatToolCallStarted
 from .events import CompactionCircuitOpened as CompactionCircuitOpened
+from .events import CompactionFinished as CompactionFinished
+from .events import CompactionStarted as CompactionStarted
 from .events import ContextBuilt as ContextBuilt
 from .events import DoomLoopDetected as DoomLoopDetected
 from .events import EventBase as EventBase
@@ -105,6 +108,7 @@ from .invocation import Handler as Handler
 from .invocation import InvocationHandle as InvocationHandle
 from .invocation import RuntimeInvocation as RuntimeInvocation
 from .messages import ChatRequest as ChatRequest
+from .messages import Compaction as Compaction
 from .messages import FinishReason as FinishReason
 from .messages import Message as Message
 from .messages import TokenUsage as TokenUsage
@@ -123,7 +127,9 @@ from .operators import text_of as text_of
 from .operators import throttle_latest as throttle_latest
 from .operators import to_async_iterator as to_async_iterator
 from .operators import until_terminal as until_terminal
+from .policy import CompactionPolicy as CompactionPolicy
 from .policy import DoomLoopPolicy as DoomLoopPolicy
+from .policy import ModelLimits as ModelLimits
 from .policy import RuntimePolicy as RuntimePolicy
 from .providers import ChatProvider as ChatProvider
 from .providers import OfflineProvider as OfflineProvider
@@ -161,7 +167,11 @@ __all__ = (
     "ChatToolCallCompleted",
     "ChatToolCallStarted",
     "coalesce_text",
+    "Compaction",
     "CompactionCircuitOpened",
+    "CompactionFinished",
+    "CompactionPolicy",
+    "CompactionStarted",
     "ContextBuilt",
     "Control",
     "DoomLoopDetected",
@@ -184,6 +194,7 @@ __all__ = (
     "MemoryStore",
     "Message",
     "MigrationError",
+    "ModelLimits",
     "ModelStarted",
     "of_kind",
     "OfflineProvider",
@@ -191,6 +202,7 @@ __all__ = (
     "per_run",
     "PostgresStore",
     "ProviderConnectionError",
+    "ProviderContextOverflow",
     "ProviderError",
     "ProviderHTTPError",
     "ProviderStreamError",

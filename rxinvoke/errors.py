@@ -10,6 +10,7 @@ RxInvokeError                         base; .message, structured attributes, pic
 │       └── InvocationTimedOut(TimeoutError)   the run deadline expired
 ├── ProviderError                     .provider, .model
 │   ├── ProviderHTTPError             .status_code, .body, .retry_after
+│   │   └── ProviderContextOverflow   the context is too long for the model (compaction retries)
 │   ├── ProviderConnectionError       connect/read failures
 │   └── ProviderStreamError           malformed stream, stream ended without a finish
 ├── ToolError                         .tool_name, .call_id (becomes data in tool_execution_finished)
@@ -43,6 +44,7 @@ __all__ = (
     "InvocationTimedOut",
     "MigrationError",
     "ProviderConnectionError",
+    "ProviderContextOverflow",
     "ProviderError",
     "ProviderHTTPError",
     "ProviderStreamError",
@@ -168,6 +170,12 @@ class ProviderHTTPError(ProviderError):
         self.status_code = status_code
         self.body = body
         self.retry_after = retry_after
+
+
+class ProviderContextOverflow(ProviderHTTPError):
+    """The provider refused the request because its context is too long for the model (the
+    runtime compacts the context once and retries). Providers that cannot tell raise a plain
+    ``ProviderHTTPError``; a 400/413 whose message says the context is too long counts too."""
 
 
 class ProviderConnectionError(ProviderError):

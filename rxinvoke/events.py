@@ -38,6 +38,8 @@ __all__ = (
     "ChatToolCallCompleted",
     "ChatToolCallStarted",
     "CompactionCircuitOpened",
+    "CompactionFinished",
+    "CompactionStarted",
     "ContextBuilt",
     "DoomLoopDetected",
     "EventBase",
@@ -306,8 +308,37 @@ class DoomLoopDetected(_AgentEventBase):
     action: Literal["stop", "warn"] = "stop"
 
 
+class CompactionStarted(_AgentEventBase):
+    """The run's context is being compacted: older turns are summarised by a model call
+    (``reason``: ``proactive`` before a call that would overflow the window, ``reactive`` after
+    the provider refused the context as too long)."""
+
+    type: Literal["compaction_started"] = "compaction_started"
+    reason: Literal["proactive", "reactive"]
+    tokens_before: int
+    messages: int
+    """Messages to be summarised."""
+
+
+class CompactionFinished(_AgentEventBase):
+    """A compaction ended: the summary is stored and the context shrank, or it failed (the run
+    goes on with the context as it was; ``error`` says why)."""
+
+    type: Literal["compaction_finished"] = "compaction_finished"
+    reason: Literal["proactive", "reactive"]
+    succeeded: bool
+    tokens_before: int
+    tokens_after: int
+    messages_summarized: int
+    duration_ms: float
+    error: str | None = None
+    usage: TokenUsage | None = None
+    """What the summarising call cost (added to the run's ``total_usage``)."""
+
+
 class CompactionCircuitOpened(_AgentEventBase):
-    """Context compaction failed too many times in a row and is switched off for the run."""
+    """Compaction of this run's session failed ``consecutive_failures`` times in a row: its
+    breaker is open, proactive compaction is skipped until the policy's cooldown has passed."""
 
     type: Literal["compaction_circuit_opened"] = "compaction_circuit_opened"
     consecutive_failures: int
@@ -401,7 +432,7 @@ class ChatFinished(EventBase):
 
 
 AgentEvent = Annotated[
-    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | CompactionCircuitOpened,
+    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | CompactionStarted | CompactionFinished | CompactionCircuitOpened,
     Field(discriminator="type"),
 ]
 """Any event the runtime itself produces."""
@@ -413,7 +444,7 @@ ChatStreamEvent = Annotated[
 """Any event a provider stream yields."""
 
 InvocationEvent = Annotated[
-    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
+    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | CompactionStarted | CompactionFinished | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
     Field(discriminator="type"),
 ]
 """Any event published on the runtime's subject."""
@@ -450,6 +481,8 @@ class EventKind(str, enum.Enum):
     RUN_FAILED = "run_failed"
     RUN_CANCELLED = "run_cancelled"
     DOOM_LOOP_DETECTED = "doom_loop_detected"
+    COMPACTION_STARTED = "compaction_started"
+    COMPACTION_FINISHED = "compaction_finished"
     COMPACTION_CIRCUIT_OPENED = "compaction_circuit_opened"
     CHAT_STARTED = "chat_started"
     CHAT_TEXT_DELTA = "chat_text_delta"

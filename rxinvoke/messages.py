@@ -16,6 +16,7 @@ from ._frozen import Frozen as _Frozen
 
 __all__ = (
     "ChatRequest",
+    "Compaction",
     "FinishReason",
     "Message",
     "ModelName",
@@ -185,6 +186,21 @@ class ToolChoice(_Frozen):
         return cls(mode="tool", name=name)
 
 
+class Compaction(_Frozen):
+    """What a checkpoint message (a stored summary of earlier turns) stands for.
+
+    The checkpoint is a ``system`` message whose content is the summary; the session's next
+    context is its leading system messages, the summary, and every message from
+    ``keeps_from`` on (nothing is deleted from the store)."""
+
+    keeps_from: str
+    """The id of the first message kept verbatim (a user message: turns are never split)."""
+    messages_summarized: int = Field(ge=0)
+    """Messages the summary replaces in the context (an earlier summary's included)."""
+    tokens_before: int = Field(ge=0)
+    tokens_after: int = Field(ge=0)
+
+
 class Message(_Frozen):
     """One message of a session's history."""
 
@@ -197,6 +213,9 @@ class Message(_Frozen):
     id: str = Field(default_factory=new_id)
     run_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    compaction: Compaction | None = None
+    """Set on a checkpoint: this ``system`` message summarises the turns before
+    ``compaction.keeps_from`` (context compaction)."""
 
     def __repr__(self) -> str:
         extra = ""
@@ -207,6 +226,8 @@ class Message(_Frozen):
             )
         if self.tool_call_id:
             extra += f", answers {short_id(self.tool_call_id)}"
+        if self.compaction is not None:
+            extra += f", checkpoint of {self.compaction.messages_summarized} messages"
         text = f"Message({self.role}, {clip(self.content, 60)!r}{extra}, at {clock(self.created_at)})"
         return clip(text, 159)
 

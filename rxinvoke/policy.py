@@ -9,7 +9,71 @@ from pydantic import Field, model_validator
 
 from ._frozen import Frozen
 
-__all__ = ("DoomLoopPolicy", "RuntimePolicy")
+__all__ = ("CompactionPolicy", "DoomLoopPolicy", "ModelLimits", "RuntimePolicy")
+
+
+class ModelLimits(Frozen):
+    """A model's context window and the part of it kept for the answer (tokens)."""
+
+    context_window: int = Field(gt=0)
+    max_output_tokens: int = Field(default=4096, ge=0)
+    """The output budget: the usable window for the context is ``context_window`` minus this."""
+
+    @model_validator(mode="after")
+    def _room_left(self) -> ModelLimits:
+        if self.max_output_tokens >= self.context_window:
+            raise ValueError(
+                f"max_output_tokens ({self.max_output_tokens}) leaves no room in a "
+                f"{self.context_window}-token context window"
+            )
+        return self
+
+    @property
+    def usable(self) -> int:
+        """Tokens the context may take."""
+        return self.context_window - self.max_output_tokens
+
+
+class CompactionPolicy(Frozen):
+    """When a session's context is compacted, by which model, and when it stops trying.
+
+    Tokens are estimated (about 4 characters per token plus 4 per message and per tool call)
+    unless the provider counts them (``count_tokens``). The model's limits come from
+    ``model_limits[model]``, else the provider (``model_limits(model)``), else ``limits``; with
+    none known, only reactive compaction (the provider said the context is too long) happens.
+    """
+
+    enabled: bool = True
+    limits: ModelLimits | None = None
+    """Limits of every model nothing more specific names."""
+    model_limits: dict[str, ModelLimits] = Field(default_factory=dict)
+    """Limits per model name (over the provider's and ``limits``)."""
+    trigger_ratio: float = Field(default=0.9, gt=0, le=1)
+    """Compact before a model call whose context would exceed this share of the usable window
+    (the estimate is rough: the rest is the margin)."""
+    tail_turns: int = Field(default=2, ge=1)
+    """Newest turns (a user message and what follows it) kept verbatim; the newest is always
+    kept whole."""
+    provider: str | None = None
+    """The provider of the summarising call (default: the run's)."""
+    model: str | None = None
+    """The model of the summarising call (default: the run's, or the provider's only model)."""
+    timeout: float = Field(default=60.0, gt=0)
+    """Seconds one summarising call may take (the runtime's retries apply too)."""
+    max_summary_chars: int = Field(default=8000, ge=100)
+    """A longer summary is clipped."""
+    circuit_breaker_threshold: int = Field(default=3, ge=1)
+    """Consecutive failed compactions of one session that open its breaker: proactive
+    compaction is skipped until ``cooldown`` has passed, then one attempt is let through
+    (half-open); a success closes it."""
+    cooldown: float = Field(default=300.0, ge=0)
+    """Seconds an open breaker waits before it half-opens."""
+    prune: bool = True
+    """Replace old tool outputs in the context (never in the store) by a placeholder when that
+    frees at least ``prune_minimum_tokens``; the newest turn and the most recent
+    ``prune_protect_tokens`` of tool output stay."""
+    prune_protect_tokens: int = Field(default=40_000, ge=0)
+    prune_minimum_tokens: int = Field(default=20_000, ge=1)
 
 
 class DoomLoopPolicy(Frozen):
@@ -58,6 +122,8 @@ class RuntimePolicy(Frozen):
     """When False, a failed tool ends the run with ``run_failed``."""
     doom_loop: DoomLoopPolicy = DoomLoopPolicy()
     """Doom-loop detection (repeated and cycling tool calls)."""
+    compaction: CompactionPolicy = CompactionPolicy()
+    """Context compaction (summaries of old turns, pruning of old tool outputs)."""
     max_tool_output_chars: int = Field(default=20_000, ge=1)
     """Tool output longer than this is truncated before it reaches the model."""
     max_retries: int = Field(default=2, ge=0)

@@ -36,8 +36,9 @@ from reactivex import Observable, abc
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from ._bus import EventBus
+from ._compaction import Compactor, is_context_overflow
 from ._compat import cancel_requested, uncancel
-from ._context import answer_dangling_calls
+from ._context import build_context
 from ._doom import DoomLoopDetector
 from ._eventlog import EventLog
 from ._execute import ToolExecutor
@@ -151,6 +152,13 @@ class AgentRuntime:
         """The durable event log of this runtime's runs (``replay``, ``subscribe_run``)."""
         self._executor = ToolExecutor(
             self.tools, self.policy, self.bus.publish, clock=lambda: self.scheduler
+        )
+        self._compactor = Compactor(
+            self.policy,
+            self.providers,
+            self.bus.publish,
+            self.log.commit_messages,
+            clock=lambda: self.scheduler,
         )
         self._gate = SessionGate()
         self._is_closed = False
@@ -541,7 +549,7 @@ class AgentRuntime:
         request, run_id = run.request, run.run_id
         # the stored history, ending with this run's opening (committed by begin_run); the
         # events published so far are written with the run's next write
-        messages = answer_dangling_calls(history)
+        messages = build_context(history)
         publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
 
         specs = self.tools.specs()
@@ -551,23 +559,42 @@ class AgentRuntime:
         finish = FinishReason.MAX_ITERATIONS
         iteration = 0
         for iteration in range(1, policy.max_iterations + 1):
+            context, spent = await self._compactor.prepare(run, messages, specs)
+            if spent is not None:
+                total = total + spent
             publish(
                 ModelStarted(
                     run_id=run_id, provider=request.provider, model=request.model, iteration=iteration
                 )
             )
-            chat = ChatRequest(
-                provider=request.provider,
-                model=request.model,
-                messages=tuple(messages),
-                tools=specs,
-                tool_choice=request.tool_choice,
-                run_id=run_id,
-            )
-            accumulated = await call_model(
-                run.provider, chat, run_id=run_id, policy=policy, publish=publish,
-                scheduler=self.scheduler,
-            )
+            rescued = False
+            while True:
+                chat = ChatRequest(
+                    provider=request.provider,
+                    model=request.model,
+                    messages=tuple(context),
+                    tools=specs,
+                    tool_choice=request.tool_choice,
+                    run_id=run_id,
+                )
+                try:
+                    accumulated = await call_model(
+                        run.provider, chat, run_id=run_id, policy=policy, publish=publish,
+                        scheduler=self.scheduler,
+                    )
+                except ProviderError as exc:
+                    # the context is too long for the model: compact once and call again
+                    if rescued or not is_context_overflow(exc):
+                        raise
+                    rescued = True
+                    compacted, spent = await self._compactor.rescue(run, messages, specs)
+                    if spent is not None:
+                        total = total + spent
+                    if not compacted:
+                        raise
+                    context = self._compactor.view(messages)
+                    continue
+                break
             assistant = accumulated.message(run_id)
             if assistant.tool_calls:
                 await self.log.commit_messages(run.session_id, [assistant])

@@ -25,6 +25,8 @@ from rxinvoke import (
     ChatToolCallCompleted,
     ChatToolCallStarted,
     CompactionCircuitOpened,
+    CompactionFinished,
+    CompactionStarted,
     ContextBuilt,
     DoomLoopDetected,
     EmitRequest,
@@ -93,6 +95,18 @@ AGENT_EXAMPLES: tuple[EventBase, ...] = (
         count=3,
         action="warn",
     ),
+    CompactionStarted(run_id=RUN, timestamp=WHEN, reason="proactive", tokens_before=9000, messages=12),
+    CompactionFinished(
+        run_id=RUN,
+        timestamp=WHEN,
+        reason="reactive",
+        succeeded=True,
+        tokens_before=9000,
+        tokens_after=1200,
+        messages_summarized=12,
+        duration_ms=812.5,
+        usage=USAGE,
+    ),
     CompactionCircuitOpened(run_id=RUN, timestamp=WHEN, consecutive_failures=3),
 )
 
@@ -132,7 +146,7 @@ def _ids(events: tuple[EventBase, ...]) -> list[str]:
 def test_examples_cover_every_event_type() -> None:
     assert {type(e) for e in AGENT_EXAMPLES} == _union_members(AgentEvent)
     assert {type(e) for e in CHAT_EXAMPLES} == _union_members(ChatStreamEvent)
-    assert len(AGENT_EXAMPLES) == 17
+    assert len(AGENT_EXAMPLES) == 19
     assert len(CHAT_EXAMPLES) == 6
 
 

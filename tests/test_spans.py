@@ -115,6 +115,10 @@ def every_event_kind() -> list[Any]:
                 fields[name] = TokenUsage(total_tokens=3)
             elif name == "finish_reason":
                 fields[name] = FinishReason.STOP
+            elif name == "reason":
+                fields[name] = "proactive"
+            elif "bool" in annotation:
+                fields[name] = True
             elif "int" in annotation or "float" in annotation:
                 fields[name] = 12345
             else:
@@ -125,7 +129,7 @@ def every_event_kind() -> list[Any]:
 
 def test_every_event_repr_is_one_short_line() -> None:
     events = every_event_kind()
-    assert len(events) == 23
+    assert len(events) == 25
     for event in events:
         text = repr(event)
         assert len(text) < 160, text

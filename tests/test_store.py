@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from rxinvoke import (
+    Compaction,
     MemoryStore,
     Message,
     PostgresStore,
@@ -73,6 +74,17 @@ async def test_messages_round_trip_in_commit_order(store: Store) -> None:
     await store.append_messages(session, second)
     assert await store.load_history(session) == [*first, *second]
     assert await store.load_history(uuid.uuid4()) == []
+
+
+async def test_a_checkpoint_message_keeps_what_it_summarises(store: Store) -> None:
+    session = uuid.uuid4()
+    user = Message(role="user", content="next question", run_id="r")
+    mark = Compaction(keeps_from=user.id, messages_summarized=12, tokens_before=9000, tokens_after=700)
+    checkpoint = Message(role="system", content="Summary: the user wants …", run_id="r", compaction=mark)
+    await store.append_messages(session, [user, checkpoint])
+    loaded = await store.load_history(session)
+    assert loaded == [user, checkpoint]
+    assert loaded[1].compaction == mark and loaded[0].compaction is None
 
 
 async def test_a_message_batch_is_atomic(store: Store) -> None:

@@ -19,6 +19,7 @@ from tests_support_servers import PostgresServer, postgres_server
 
 from rxinvoke import (
     AgentRuntime,
+    Compaction,
     EmitRequest,
     InvocationCancelled,
     InvocationFailed,
@@ -283,6 +284,33 @@ async def test_a_newer_schema_is_refused(postgres_server: PostgresServer, schema
     await psql(postgres_server, f"UPDATE {schema}.rxinvoke_schema SET version = 99")
     with pytest.raises(MigrationError, match="version 99 is newer"):
         await PostgresStore(postgres_server.dsn, schema=schema).open()
+
+
+async def test_a_version_1_schema_keeps_its_messages_and_gains_checkpoints(
+    postgres_server: PostgresServer, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rxinvoke.stores import postgres as store_postgres
+
+    monkeypatch.setattr(store_postgres, "MIGRATIONS", store_postgres.MIGRATIONS[:1])
+    monkeypatch.setattr(store_postgres, "SCHEMA_VERSION", 1)
+    async with PostgresStore(postgres_server.dsn, schema=schema):
+        pass
+    session = uuid.uuid4()
+    old = Message(role="user", content="from version 1", run_id="r")
+    await psql(  # the row version 1 wrote (no compaction column)
+        postgres_server,
+        f"INSERT INTO {schema}.sessions (id) VALUES ('{session}'); "
+        f"INSERT INTO {schema}.messages (id, session_id, run_id, role, content, tool_calls, created_at) "
+        f"VALUES ('{old.id}', '{session}', 'r', 'user', 'from version 1', '[]', now())",
+    )
+    monkeypatch.undo()
+    mark = Compaction(keeps_from=old.id, messages_summarized=0, tokens_before=10, tokens_after=5)
+    async with PostgresStore(postgres_server.dsn, schema=schema) as store:
+        await store.append_messages(session, [Message(role="system", content="summary", compaction=mark)])
+        loaded = await store.load_history(session)
+    assert [m.content for m in loaded] == ["from version 1", "summary"]
+    assert loaded[0].compaction is None and loaded[1].compaction == mark
+    assert await psql(postgres_server, f"SELECT version FROM {schema}.rxinvoke_schema") == [(2,)]
 
 
 async def test_another_applications_schema_is_refused_and_left_unchanged(

@@ -34,7 +34,7 @@ from rxinvoke import (
     builtin_tools,
 )
 from rxinvoke.events import RunCompleted, RunStarted, TextDelta, UsageRecorded
-from rxinvoke.messages import FinishReason, TokenUsage
+from rxinvoke.messages import Compaction, FinishReason, Message, TokenUsage
 from rxinvoke.stores import EventEnvelope, RunOutcome
 from rxinvoke.stores import sqlite as store_sqlite
 from rxinvoke.stores.sqlite import SCHEMA_VERSION, default_db_path
@@ -129,6 +129,8 @@ async def test_a_version_1_event_log_is_migrated_to_segments(
     path = tmp_path / "v1.db"
     rec = record()
     monkeypatch.setattr(store_sqlite, "MIGRATIONS", store_sqlite.MIGRATIONS[:1])
+    # this session has no messages (and version 1 has no compaction column to read)
+    monkeypatch.setattr(store_sqlite.SqliteStore, "_history", staticmethod(lambda conn, session_id: []))
     async with SqliteStore(path) as store:  # a version-1 file
         await store.begin_run(rec, [])
     assert pragma(path, "user_version") == 1
@@ -157,11 +159,39 @@ async def test_a_version_1_event_log_is_migrated_to_segments(
         assert await store.read_events(run_id) == [*envelopes, terminal]
         got = await store.get_run(run_id)
         assert got is not None and got.iterations == 1 and got.total_usage.total_tokens == 3
-    assert pragma(path, "user_version") == SCHEMA_VERSION == 2
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 3
     with connect(path) as conn:
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'events'").fetchall() == []
         rows = conn.execute("SELECT first_seq, last_seq FROM event_segments ORDER BY first_seq").fetchall()
         assert rows == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+
+
+async def test_a_version_2_file_keeps_its_messages_and_gains_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "v2.db"
+    session = uuid.uuid4()
+    monkeypatch.setattr(store_sqlite, "MIGRATIONS", store_sqlite.MIGRATIONS[:2])
+    async with SqliteStore(path):
+        pass
+    assert pragma(path, "user_version") == 2
+    old = Message(role="user", content="from version 2", run_id="r")
+    with connect(path) as conn:  # the row version 2 wrote (no compaction column)
+        conn.execute("INSERT INTO sessions VALUES (?, ?)", (str(session), "2026-01-01T00:00:00+00:00"))
+        conn.execute(
+            "INSERT INTO messages (id, session_id, run_id, role, content, tool_calls, tool_call_id, "
+            "created_at) VALUES (?, ?, 'r', 'user', ?, '[]', NULL, ?)",
+            (old.id, str(session), old.content, old.created_at.isoformat()),
+        )
+    monkeypatch.undo()
+    mark = Compaction(keeps_from=old.id, messages_summarized=0, tokens_before=10, tokens_after=5)
+    checkpoint = Message(role="system", content="summary", compaction=mark)
+    async with SqliteStore(path) as store:
+        await store.append_messages(session, [checkpoint])
+        loaded = await store.load_history(session)
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 3
+    assert [m.content for m in loaded] == ["from version 2", "summary"]
+    assert loaded[0].compaction is None and loaded[1].compaction == mark
 
 
 async def test_the_seq_cache_follows_writes_of_another_connection(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ _FAMILY: Mapping[str, str] = {
     "chat_finished": "model", "usage_recorded": "model", "text_delta": "text",
     "chat_text_delta": "text", "assistant_message_committed": "store",
     "tool_message_committed": "store", "doom_loop_detected": "safety",
+    "compaction_started": "safety", "compaction_finished": "safety",
     "compaction_circuit_opened": "safety",
 }
 

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..errors import StoreError
 from ..events import InvocationEvent
-from ..messages import Message, ToolCall
+from ..messages import Compaction, Message, ToolCall
 from .base import EventEnvelope
 
 __all__ = (
@@ -64,7 +64,7 @@ def message_of(
     row: Sequence[Any], session_id: uuid.UUID, moment: Callable[[Any], datetime]
 ) -> Message:
     """A stored message row ``(id, run_id, role, content, tool_calls JSON, tool_call_id,
-    created_at)``, its time read by ``moment``.
+    created_at, compaction JSON or None)``, its time read by ``moment``.
 
     Raises:
         StoreError: the row does not decode (naming the session, the message and its run).
@@ -78,6 +78,7 @@ def message_of(
             tool_calls=tuple(ToolCall.model_validate(c) for c in pydantic_core.from_json(row[4])),
             tool_call_id=row[5],
             created_at=moment(row[6]),
+            compaction=None if row[7] is None else Compaction.model_validate_json(row[7]),
         )
     except DECODE_ERRORS as exc:
         raise StoreError(

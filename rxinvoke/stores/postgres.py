@@ -136,6 +136,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, first_seq)
     );
     """,
+    # 2: checkpoint messages (context compaction) say what they summarise
+    """
+    ALTER TABLE messages ADD COLUMN compaction json;
+    """,
 )
 """One SQL script per schema version; version ``n`` is ``MIGRATIONS[n - 1]``. Append only."""
 
@@ -156,7 +160,7 @@ _RUN_SELECT = (
 
 _INSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, run_id, role, content, tool_calls, tool_call_id, "
-    "created_at) VALUES (%s, %s, %s, %s, %s, %s::json, %s, %s)"
+    "created_at, compaction) VALUES (%s, %s, %s, %s, %s, %s::json, %s, %s, %s::json)"
 )
 
 
@@ -198,6 +202,7 @@ def _message_rows(session_id: uuid.UUID, messages: Sequence[Message]) -> list[tu
             pydantic_core.to_json([c.model_dump() for c in m.tool_calls]).decode(),
             m.tool_call_id,
             m.created_at,
+            None if m.compaction is None else m.compaction.model_dump_json(),
         )
         for m in messages
     ]
@@ -538,7 +543,8 @@ class PostgresStore:
     @staticmethod
     async def _history(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID) -> list[Message]:
         cur = await conn.execute(
-            "SELECT id, run_id, role, content, tool_calls::text, tool_call_id, created_at "
+            "SELECT id, run_id, role, content, tool_calls::text, tool_call_id, created_at, "
+            "compaction::text "
             "FROM messages WHERE session_id = %s ORDER BY pk",
             (session_id,),
         )

@@ -139,6 +139,10 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT run_id, seq, seq, json_array(json(event)) FROM events ORDER BY run_id, seq;
     DROP TABLE events;
     """,
+    # 3: checkpoint messages (context compaction) say what they summarise
+    """
+    ALTER TABLE messages ADD COLUMN compaction TEXT;
+    """,
 )
 """One SQL script per schema version; version ``n`` is ``MIGRATIONS[n - 1]``. Append only."""
 
@@ -246,6 +250,7 @@ def _message_rows(session_id: uuid.UUID, messages: Sequence[Message]) -> list[tu
             json.dumps([c.model_dump() for c in m.tool_calls]),
             m.tool_call_id,
             _ts(m.created_at),
+            None if m.compaction is None else m.compaction.model_dump_json(),
         )
         for m in messages
     ]
@@ -573,7 +578,7 @@ class SqliteStore:
     @staticmethod
     def _history(conn: sqlite3.Connection, session_id: uuid.UUID) -> list[Message]:
         rows = conn.execute(
-            "SELECT id, run_id, role, content, tool_calls, tool_call_id, created_at "
+            "SELECT id, run_id, role, content, tool_calls, tool_call_id, created_at, compaction "
             "FROM messages WHERE session_id = ? ORDER BY pk",
             (str(session_id),),
         ).fetchall()
@@ -599,9 +604,11 @@ class SqliteStore:
         self, conn: sqlite3.Connection, session_id: uuid.UUID, rows: list[tuple[Any, ...]]
     ) -> None:
         self._touch_session(conn, session_id)
+        if not rows:
+            return
         conn.executemany(
             "INSERT INTO messages (id, session_id, run_id, role, content, tool_calls, "
-            "tool_call_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "tool_call_id, created_at, compaction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
 
