@@ -41,6 +41,7 @@ from rxinvoke import (
     InvocationFailed,
     Message,
     ProviderConnectionError,
+    ProviderContextOverflow,
     ProviderHTTPError,
     ProviderStreamError,
     RunFailed,
@@ -807,6 +808,32 @@ async def test_client_errors_are_not_retried_and_carry_the_servers_message(
     assert r.events[-1].error == (  # type: ignore[union-attr]
         f"openai/{MODEL}: HTTP {status}: Incorrect API key provided: **********. See the docs."
     )
+
+
+async def test_a_context_too_long_for_the_model_is_a_context_overflow(
+    server: ChatServer, rig: Callable[..., Rig]
+) -> None:
+    server.script(
+        Error(
+            400,
+            {
+                "error": {
+                    "message": "This model's maximum context length is 128000 tokens. However, "
+                    "your messages resulted in 131000 tokens.",
+                    "type": "invalid_request_error",
+                    "code": "context_length_exceeded",
+                }
+            },
+        )
+    )
+    r = rig()
+
+    with pytest.raises(InvocationFailed) as caught:
+        await r.run()  # one turn: nothing older to compact, so the refusal ends the run
+
+    assert isinstance(caught.value.cause, ProviderContextOverflow)
+    assert caught.value.cause.status_code == 400
+    assert "maximum context length is 128000" in r.events[-1].error  # type: ignore[union-attr]
 
 
 async def test_a_connection_dropped_mid_stream_fails_the_run_and_commits_nothing(

@@ -50,6 +50,7 @@ from pydantic import SecretStr
 
 from ..errors import (
     ProviderConnectionError,
+    ProviderContextOverflow,
     ProviderError,
     ProviderHTTPError,
     ProviderStreamError,
@@ -335,7 +336,9 @@ class OpenAIProvider:
 
     def _status_error(self, response: httpx.Response, model: str) -> ProviderHTTPError:
         message = _error_message(response.text) or response.reason_phrase or "no details"
-        return ProviderHTTPError(
+        overflow = response.status_code in (400, 413) and _is_context_overflow(response.text)
+        kind = ProviderContextOverflow if overflow else ProviderHTTPError
+        return kind(
             self._id,
             model,
             response.status_code,
@@ -414,6 +417,13 @@ def _error_message(text: str) -> str:
     if not isinstance(message, str):
         message = text
     return " ".join(message.split())  # one line, whatever the server sent
+
+
+def _is_context_overflow(text: str) -> bool:
+    """OpenAI's ``context_length_exceeded`` code, or the message vLLM, Ollama and others send
+    for a prompt longer than the model's context."""
+    lowered = text.lower()
+    return "context_length_exceeded" in lowered or "maximum context length" in lowered
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
