@@ -59,6 +59,7 @@ from .errors import ProviderError as ProviderError
 from .errors import ProviderHTTPError as ProviderHTTPError
 from .errors import ProviderStreamError as ProviderStreamError
 from .errors import RxInvokeError as RxInvokeError
+from .errors import SessionAwaitingApproval as SessionAwaitingApproval
 from .errors import StoreError as StoreError
 from .errors import SubscriberError as SubscriberError
 from .errors import SubscriberOverflow as SubscriberOverflow
@@ -71,6 +72,8 @@ from .errors import UnknownTool as UnknownTool
 from .errors import UserError as UserError
 from .events import INVOCATION_EVENT as INVOCATION_EVENT
 from .events import AgentEvent as AgentEvent
+from .events import ApprovalDecided as ApprovalDecided
+from .events import ApprovalRequested as ApprovalRequested
 from .events import AssistantMessageCommitted as AssistantMessageCommitted
 from .events import ChatFinished as ChatFinished
 from .events import ChatStarted as ChatStarted
@@ -127,6 +130,7 @@ from .operators import text_of as text_of
 from .operators import throttle_latest as throttle_latest
 from .operators import to_async_iterator as to_async_iterator
 from .operators import until_terminal as until_terminal
+from .policy import ApprovalPolicy as ApprovalPolicy
 from .policy import CompactionPolicy as CompactionPolicy
 from .policy import DoomLoopPolicy as DoomLoopPolicy
 from .policy import ModelLimits as ModelLimits
@@ -135,6 +139,7 @@ from .providers import ChatProvider as ChatProvider
 from .providers import OfflineProvider as OfflineProvider
 from .providers import ScriptedProvider as ScriptedProvider
 from .request import EmitRequest as EmitRequest
+from .request import PendingApproval as PendingApproval
 from .request import RunOutput as RunOutput
 from .request import RunRequest as RunRequest
 from .runtime import AgentRuntime as AgentRuntime
@@ -154,6 +159,9 @@ __all__ = (
     "accumulate_text",
     "AgentEvent",
     "AgentRuntime",
+    "ApprovalDecided",
+    "ApprovalPolicy",
+    "ApprovalRequested",
     "AssistantMessageCommitted",
     "Build",
     "builtin_tools",
@@ -199,6 +207,7 @@ __all__ = (
     "of_kind",
     "OfflineProvider",
     "Overflow",
+    "PendingApproval",
     "per_run",
     "PostgresStore",
     "ProviderConnectionError",
@@ -220,6 +229,7 @@ __all__ = (
     "RunView",
     "RxInvokeError",
     "ScriptedProvider",
+    "SessionAwaitingApproval",
     "SessionContext",
     "Span",
     "spans",
@@ -236,8 +246,8 @@ __all__ = (
     "to_dataframe",
     "to_records",
     "TokenUsage",
-    "Tool",
     "tool",
+    "Tool",
     "ToolArgumentsError",
     "ToolCall",
     "ToolCallCompleted",

@@ -20,6 +20,7 @@ RxInvokeError                         base; .message, structured attributes, pic
 │   └── ToolTimeout(TimeoutError)
 ├── StoreError                        a store could not load or persist data
 │   ├── MigrationError                the database schema is from a newer rxinvoke, or corrupt
+│   ├── SessionAwaitingApproval       the session's last run waits for approval; .session_id, .run_id
 │   └── UnknownRun(LookupError)       no run with that id is stored; .run_id
 └── SubscriberError                   a handler raised or timed out; surfaced on `errors`
     └── SubscriberOverflow            a subscription's buffer overflowed
@@ -50,6 +51,7 @@ __all__ = (
     "ProviderStreamError",
     "ResumeGap",
     "RxInvokeError",
+    "SessionAwaitingApproval",
     "SessionBusy",
     "StoreError",
     "SubscriberError",
@@ -225,6 +227,19 @@ class SessionBusy(StoreError):
 
     def __init__(self, session_id: str, run_id: str) -> None:
         super().__init__(f"session {session_id}: run {run_id!r} of another process is running")
+        self.session_id = session_id
+        self.run_id = run_id
+
+
+class SessionAwaitingApproval(StoreError):
+    """The session's last run paused for approval: no other run may start on it until that
+    run's calls are approved or denied (its continuation answers them). Nothing was written."""
+
+    def __init__(self, session_id: str, run_id: str) -> None:
+        super().__init__(
+            f"session {session_id}: run {run_id!r} is awaiting approval of its tool calls; "
+            "approve or deny them (approve/deny) before the session runs again"
+        )
         self.session_id = session_id
         self.run_id = run_id
 

@@ -24,6 +24,8 @@ from ._frozen import Frozen
 from .messages import FinishReason, TokenUsage, ToolCall, utcnow
 
 __all__ = (
+    "ApprovalDecided",
+    "ApprovalRequested",
     "AGENT_EVENT",
     "CHAT_STREAM_EVENT",
     "CHAT_TWINS",
@@ -152,6 +154,8 @@ class RunStarted(_AgentEventBase):
     runtime: str | None = None
     """The name of the runtime that runs it (``AgentRuntime(name=...)``), so merged streams
     of several runtimes say where each run came from."""
+    resumes: str | None = None
+    """The run paused for approval that this run continues."""
 
 
 class ContextBuilt(_AgentEventBase):
@@ -308,6 +312,28 @@ class DoomLoopDetected(_AgentEventBase):
     action: Literal["stop", "warn"] = "stop"
 
 
+class ApprovalRequested(_AgentEventBase):
+    """A tool call needs a person's approval: the run pauses after its batch
+    (``finish_reason=awaiting_approval``) until ``approve``/``deny``."""
+
+    type: Literal["approval_requested"] = "approval_requested"
+    call_id: str
+    tool_name: str
+    arguments: str
+    expires_at: datetime | None = None
+
+
+class ApprovalDecided(_AgentEventBase):
+    """A person (or the approval timeout) decided a paused call; published by the run that
+    continues the paused one, before the call runs (or is answered as denied)."""
+
+    type: Literal["approval_decided"] = "approval_decided"
+    call_id: str
+    tool_name: str
+    approved: bool
+    reason: str | None = None
+
+
 class CompactionStarted(_AgentEventBase):
     """The run's context is being compacted: older turns are summarised by a model call
     (``reason``: ``proactive`` before a call that would overflow the window, ``reactive`` after
@@ -432,7 +458,7 @@ class ChatFinished(EventBase):
 
 
 AgentEvent = Annotated[
-    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | CompactionStarted | CompactionFinished | CompactionCircuitOpened,
+    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened,
     Field(discriminator="type"),
 ]
 """Any event the runtime itself produces."""
@@ -444,7 +470,7 @@ ChatStreamEvent = Annotated[
 """Any event a provider stream yields."""
 
 InvocationEvent = Annotated[
-    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | CompactionStarted | CompactionFinished | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
+    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
     Field(discriminator="type"),
 ]
 """Any event published on the runtime's subject."""
@@ -481,6 +507,8 @@ class EventKind(str, enum.Enum):
     RUN_FAILED = "run_failed"
     RUN_CANCELLED = "run_cancelled"
     DOOM_LOOP_DETECTED = "doom_loop_detected"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_DECIDED = "approval_decided"
     COMPACTION_STARTED = "compaction_started"
     COMPACTION_FINISHED = "compaction_finished"
     COMPACTION_CIRCUIT_OPENED = "compaction_circuit_opened"

@@ -95,6 +95,8 @@ class FinishReason(str, enum.Enum):
     CANCELLED = "cancelled"
     DOOM_LOOP = "doom_loop"
     MAX_ITERATIONS = "max_iterations"
+    AWAITING_APPROVAL = "awaiting_approval"
+    """The run paused: tool calls wait for a person's decision (``RunOutput.pending``)."""
 
 
 class TokenUsage(_Frozen):

@@ -9,7 +9,25 @@ from pydantic import Field, model_validator
 
 from ._frozen import Frozen
 
-__all__ = ("CompactionPolicy", "DoomLoopPolicy", "ModelLimits", "RuntimePolicy")
+__all__ = ("ApprovalPolicy", "CompactionPolicy", "DoomLoopPolicy", "ModelLimits", "RuntimePolicy")
+
+
+class ApprovalPolicy(Frozen):
+    """Which tool calls wait for a person, and for how long.
+
+    A call needs approval when its tool says so (``@tool(requires_approval=...)``) or its name
+    is in ``tools``. The run then pauses (``finish_reason=awaiting_approval``) until every such
+    call of the batch is approved or denied.
+    """
+
+    tools: frozenset[str] = frozenset()
+    """Tool names whose every call needs approval."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds a decision may take (None: wait forever). Enforced by the runtime that paused
+    the run while it lives, and by any ``approve``/``deny`` that comes later."""
+    on_timeout: Literal["deny", "fail"] = "deny"
+    """``"deny"``: the undecided calls are denied ("approval timed out") and the run goes on;
+    ``"fail"``: the run that continues it fails with ``run_failed``."""
 
 
 class ModelLimits(Frozen):
@@ -124,6 +142,8 @@ class RuntimePolicy(Frozen):
     """Doom-loop detection (repeated and cycling tool calls)."""
     compaction: CompactionPolicy = CompactionPolicy()
     """Context compaction (summaries of old turns, pruning of old tool outputs)."""
+    approval: ApprovalPolicy = ApprovalPolicy()
+    """Human approval of tool calls."""
     max_tool_output_chars: int = Field(default=20_000, ge=1)
     """Tool output longer than this is truncated before it reaches the model."""
     max_retries: int = Field(default=2, ge=0)

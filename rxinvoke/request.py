@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from pydantic import Field
@@ -11,7 +12,7 @@ from ._display import clip, short_id
 from ._frozen import Frozen as _Frozen
 from .messages import FinishReason, ModelName, ProviderId, TokenUsage, ToolChoice
 
-__all__ = ("EmitRequest", "RunOutput", "RunRequest")
+__all__ = ("EmitRequest", "PendingApproval", "RunOutput", "RunRequest")
 
 
 _POSITIONAL = {1: ("input",), 3: ("provider", "model", "input")}
@@ -60,6 +61,9 @@ class RunRequest(_RequestFields):
     tool_choice: ToolChoice = Field(default_factory=ToolChoice.auto)
     system_prompt: str | None = None
     """A system message placed before the history of a new session."""
+    resumes: str | None = None
+    """Set by the runtime on the run that continues a run paused for approval (its id): it
+    answers the paused tool calls instead of adding a user message."""
 
 
 class EmitRequest(_RequestFields):
@@ -87,6 +91,26 @@ class EmitRequest(_RequestFields):
         return RunRequest(**{**fields, **update})
 
 
+class PendingApproval(_Frozen):
+    """A tool call of a paused run that waits for a person (``approve`` / ``deny``), and the
+    decision once taken."""
+
+    call_id: str
+    tool_name: str
+    arguments: str
+    """The call's JSON arguments, as the model wrote them."""
+    approved: bool | None = None
+    """None until decided."""
+    reason: str | None = None
+    """Why it was denied (or "approval timed out")."""
+    expires_at: datetime | None = None
+    """When the approval policy's timeout applies (None: it waits forever)."""
+
+    @property
+    def is_decided(self) -> bool:
+        return self.approved is not None
+
+
 class RunOutput(_Frozen):
     """The result of a completed run."""
 
@@ -97,6 +121,8 @@ class RunOutput(_Frozen):
     total_usage: TokenUsage
     output_text: str
     """The text of the last assistant message."""
+    pending: tuple[PendingApproval, ...] = ()
+    """With ``finish_reason=awaiting_approval``: the calls waiting for a decision."""
 
     def __repr__(self) -> str:
         usage = self.total_usage

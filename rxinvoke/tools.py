@@ -44,9 +44,16 @@ class Tool:
         description: str | None = None,
         timeout: float | None = None,
         thread: bool = False,
+        requires_approval: bool | Callable[[dict[str, Any]], bool] = False,
     ) -> None:
         if not callable(function):
             raise UserError(f"a tool must be callable, got {function!r}")
+        if not isinstance(requires_approval, bool) and not callable(requires_approval):
+            raise UserError(
+                f"requires_approval must be a bool or a predicate on the arguments, got "
+                f"{requires_approval!r}"
+            )
+        self.requires_approval = requires_approval
         self.function = function
         self.name = name or function.__name__
         doc = inspect.getdoc(function) or ""
@@ -65,6 +72,19 @@ class Tool:
     def spec(self) -> ToolSpec:
         """What a provider is told about this tool."""
         return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
+
+    def needs_approval(self, arguments: str) -> bool:
+        """Whether a call with these JSON ``arguments`` waits for a person: the tool's
+        ``requires_approval``, its predicate applied to the parsed arguments (arguments that do
+        not parse, or a predicate that raises, need approval: the safe side)."""
+        rule = self.requires_approval
+        if isinstance(rule, bool):
+            return rule
+        try:
+            parsed = json.loads(arguments.strip() or "{}")
+            return bool(rule(parsed if isinstance(parsed, dict) else {}))
+        except Exception:
+            return True
 
     def parse_arguments(self, arguments: str, *, call_id: str = "") -> dict[str, Any]:
         """Validate the model's JSON ``arguments``; raise ToolArgumentsError with a clear message."""
@@ -159,6 +179,7 @@ def tool(
     description: str | None = None,
     timeout: float | None = None,
     thread: bool = False,
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Callable[[_F], Tool]: ...
 
 
@@ -170,6 +191,7 @@ def tool(
     description: str | None = None,
     timeout: float | None = None,
     thread: bool = False,
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Tool | Callable[[_F], Tool]:
     """Turn a typed function into a :class:`Tool`; usable as ``@tool`` or ``@tool(...)``.
 
@@ -178,6 +200,8 @@ def tool(
         description: default: the first paragraph of the docstring.
         timeout: seconds, overriding ``RuntimePolicy.tool_timeout`` for this tool.
         thread: run a plain function in a worker thread instead of inline.
+        requires_approval: True, or a predicate on the parsed arguments: such a call waits for
+            a person (the run pauses, ``finish_reason=awaiting_approval``).
 
     Example:
         >>> @tool
@@ -189,7 +213,14 @@ def tool(
     """
 
     def wrap(fn: _F) -> Tool:
-        return Tool(fn, name=name, description=description, timeout=timeout, thread=thread)
+        return Tool(
+            fn,
+            name=name,
+            description=description,
+            timeout=timeout,
+            thread=thread,
+            requires_approval=requires_approval,
+        )
 
     return wrap(function) if function is not None else wrap
 

@@ -14,10 +14,12 @@ from rxinvoke import (
     Compaction,
     MemoryStore,
     Message,
+    PendingApproval,
     PostgresStore,
     RunOutput,
     RunRecord,
     RunRequest,
+    SessionAwaitingApproval,
     SqliteStore,
     Store,
     StoreError,
@@ -443,3 +445,68 @@ async def test_a_finished_runs_log_takes_no_more_events_and_reads_back_whole(sto
         await store.append_events([envelope(rec, 3, TextDelta(run_id=rec.run_id, delta="late"))])
     assert await store.read_events(rec.run_id) == [*events, terminal]
     assert await store.read_events(rec.run_id, after_seq=1) == [terminal]
+
+
+# --- runs paused for approval --------------------------------------------------------------------
+
+
+def paused_output(rec: RunRecord, *calls: str) -> RunOutput:
+    pending = tuple(PendingApproval(call_id=c, tool_name="deploy", arguments="{}") for c in calls)
+    return RunOutput(
+        run_id=rec.run_id, session_id=rec.session_id, iterations=1,
+        finish_reason=FinishReason.AWAITING_APPROVAL, total_usage=TokenUsage(), output_text="",
+        pending=pending,
+    )
+
+
+async def test_a_paused_run_holds_its_session_until_a_continuation_resumes_it(store: Store) -> None:
+    session = uuid.uuid4()
+    paused = await start(store, record(session=session))
+    await store.finish_run(paused.run_id, RunOutcome.paused(paused_output(paused, "c1")))
+    got = await store.get_run(paused.run_id)
+    assert got is not None and got.status == "awaiting_approval" and got.is_finished
+    assert got.output is not None and [p.call_id for p in got.output.pending] == ["c1"]
+
+    other = record(session=session)
+    with pytest.raises(SessionAwaitingApproval) as refused:
+        await store.begin_run(other, [Message(role="user", content="may I?")])
+    assert refused.value.run_id == paused.run_id
+    assert await store.get_run(other.run_id) is None  # nothing written
+    assert [m.content for m in await store.load_history(session)] == []
+
+    # a continuation claims it: the paused run is completed in the same transaction
+    base = record(session=session)
+    continuation = base.model_copy(update={"request": base.request.model_copy(update={"resumes": paused.run_id})})
+    await store.begin_run(continuation, [])
+    resumed = await store.get_run(paused.run_id)
+    assert resumed is not None and resumed.status == "completed"
+    again = record(session=session)
+    twice = again.model_copy(update={"request": again.request.model_copy(update={"resumes": paused.run_id})})
+    with pytest.raises(StoreError, match="not awaiting approval"):
+        await store.begin_run(twice, [])  # exactly one continuation
+    assert await store.get_run(twice.run_id) is None
+
+
+async def test_decisions_are_recorded_one_by_one_until_the_run_is_ready(store: Store) -> None:
+    paused = await start(store, record())
+    await store.finish_run(paused.run_id, RunOutcome.paused(paused_output(paused, "c1", "c2")))
+
+    rec, ready = await store.decide(paused.run_id, "c1", approved=True)
+    assert not ready and rec.output is not None and rec.output.pending[0].approved is True
+    rec, ready = await store.decide(paused.run_id, "c1", approved=True)  # the same again: no change
+    assert not ready
+    with pytest.raises(StoreError, match="already approved"):
+        await store.decide(paused.run_id, "c1", approved=False)
+    with pytest.raises(StoreError, match="no call 'c9' awaiting approval"):
+        await store.decide(paused.run_id, "c9", approved=True)
+    rec, ready = await store.decide(paused.run_id, "c2", approved=False, reason="not on a Friday")
+    assert ready
+    stored = await store.get_run(paused.run_id)
+    assert stored is not None and stored.output is not None
+    assert [(p.approved, p.reason) for p in stored.output.pending] == [(True, None), (False, "not on a Friday")]
+
+    running = await start(store, record())
+    with pytest.raises(StoreError, match="is running, not awaiting approval"):
+        await store.decide(running.run_id, "c1", approved=True)
+    with pytest.raises(UnknownRun):
+        await store.decide("no-such-run", "c1", approved=True)

@@ -310,7 +310,7 @@ async def test_a_version_1_schema_keeps_its_messages_and_gains_checkpoints(
         loaded = await store.load_history(session)
     assert [m.content for m in loaded] == ["from version 1", "summary"]
     assert loaded[0].compaction is None and loaded[1].compaction == mark
-    assert await psql(postgres_server, f"SELECT version FROM {schema}.rxinvoke_schema") == [(2,)]
+    assert await psql(postgres_server, f"SELECT version FROM {schema}.rxinvoke_schema") == [(3,)]
 
 
 async def test_another_applications_schema_is_refused_and_left_unchanged(

@@ -159,7 +159,7 @@ async def test_a_version_1_event_log_is_migrated_to_segments(
         assert await store.read_events(run_id) == [*envelopes, terminal]
         got = await store.get_run(run_id)
         assert got is not None and got.iterations == 1 and got.total_usage.total_tokens == 3
-    assert pragma(path, "user_version") == SCHEMA_VERSION == 3
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 4
     with connect(path) as conn:
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'events'").fetchall() == []
         rows = conn.execute("SELECT first_seq, last_seq FROM event_segments ORDER BY first_seq").fetchall()
@@ -189,7 +189,7 @@ async def test_a_version_2_file_keeps_its_messages_and_gains_checkpoints(
     async with SqliteStore(path) as store:
         await store.append_messages(session, [checkpoint])
         loaded = await store.load_history(session)
-    assert pragma(path, "user_version") == SCHEMA_VERSION == 3
+    assert pragma(path, "user_version") == SCHEMA_VERSION == 4
     assert [m.content for m in loaded] == ["from version 2", "summary"]
     assert loaded[0].compaction is None and loaded[1].compaction == mark
 

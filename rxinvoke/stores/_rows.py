@@ -1,4 +1,5 @@
-"""What the SQL stores share: decoding failures named in one line, the event segment codec."""
+"""What the stores share: decoding failures named in one line, the event segment codec, the
+rule of approval decisions."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from pydantic import TypeAdapter, ValidationError
 from ..errors import StoreError
 from ..events import InvocationEvent
 from ..messages import Compaction, Message, ToolCall
-from .base import EventEnvelope
+from ..request import RunOutput
+from .base import EventEnvelope, RunRecord
 
 __all__ = (
     "DECODE_ERRORS",
     "EVENT_LIST",
     "TERMINAL_STATUS",
     "continuing",
+    "decided",
     "envelopes_of",
     "message_of",
     "why",
@@ -33,6 +36,37 @@ EVENT_LIST: TypeAdapter[list[InvocationEvent]] = TypeAdapter(list[InvocationEven
 
 TERMINAL_STATUS = {"run_completed": "completed", "run_failed": "failed", "run_cancelled": "cancelled"}
 """A terminal event's type → the run status it records."""
+
+
+def decided(
+    record: RunRecord, call_id: str, approved: bool, reason: str | None
+) -> tuple[RunOutput, bool, bool]:
+    """The paused run's output with a decision on ``call_id``: (output, changed, ready — every
+    pending call decided). The rule every store applies inside its transaction.
+
+    Raises:
+        StoreError: the run is not awaiting approval, has no such pending call, or the call
+            was decided the other way.
+    """
+    output = record.output
+    if record.status != "awaiting_approval" or output is None:
+        raise StoreError(f"run {record.run_id!r} is {record.status}, not awaiting approval")
+    pending = list(output.pending)
+    index = next((i for i, p in enumerate(pending) if p.call_id == call_id), None)
+    if index is None:
+        known = ", ".join(p.call_id for p in pending) or "none"
+        raise StoreError(
+            f"run {record.run_id!r} has no call {call_id!r} awaiting approval (pending: {known})"
+        )
+    current = pending[index]
+    if current.approved is not None:
+        if current.approved != approved:
+            was = "approved" if current.approved else "denied"
+            raise StoreError(f"run {record.run_id!r}: call {call_id!r} was already {was}")
+        return output, False, all(p.approved is not None for p in pending)
+    pending[index] = current.model_copy(update={"approved": approved, "reason": reason})
+    ready = all(p.approved is not None for p in pending)
+    return output.model_copy(update={"pending": tuple(pending)}), True, ready
 
 
 def why(exc: Exception) -> str:

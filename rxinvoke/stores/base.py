@@ -66,8 +66,10 @@ __all__ = (
     "log_entries",
 )
 
-RunStatus = Literal["running", "completed", "failed", "cancelled"]
-"""A stored run's status; every status but ``running`` is terminal."""
+RunStatus = Literal["running", "completed", "failed", "cancelled", "awaiting_approval"]
+"""A stored run's status; every status but ``running`` is terminal (``awaiting_approval``: the
+run ended paused, with ``run_completed(finish_reason=awaiting_approval)``; the run that
+continues it moves it to ``completed``)."""
 
 
 class EventEnvelope(Frozen):
@@ -213,9 +215,9 @@ class RunRecord(Frozen):
 class RunOutcome(Frozen):
     """How a run ended, as a store records it: the terminal status and what goes with it."""
 
-    status: Literal["completed", "failed", "cancelled"]
+    status: Literal["completed", "failed", "cancelled", "awaiting_approval"]
     output: RunOutput | None = None
-    """The run's output (``completed`` only)."""
+    """The run's output (``completed`` and ``awaiting_approval``)."""
     error: str | None = None
     """Why the run failed (``"cancelled"`` for a cancelled run)."""
 
@@ -223,6 +225,11 @@ class RunOutcome(Frozen):
     def completed(cls, output: RunOutput) -> RunOutcome:
         """The run completed with ``output``."""
         return cls(status="completed", output=output)
+
+    @classmethod
+    def paused(cls, output: RunOutput) -> RunOutcome:
+        """The run paused for approval of ``output.pending``."""
+        return cls(status="awaiting_approval", output=output)
 
     @classmethod
     def failed(cls, error: str) -> RunOutcome:
@@ -269,8 +276,14 @@ class Store(Protocol):
         messages; if a run with ``record.client_request_id`` is stored, nothing is written
         and that run's record is returned with an empty history.
 
+        A run whose request ``resumes`` a paused run moves that run from
+        ``awaiting_approval`` to ``completed`` in the same transaction (exactly one run
+        continues it).
+
         Raises:
-            StoreError: a run with ``record.run_id`` is already stored (nothing is written).
+            StoreError: a run with ``record.run_id`` is already stored, or the run it resumes
+                is not awaiting approval (nothing is written).
+            SessionAwaitingApproval: another run of the session awaits approval.
         """
         ...
 
@@ -293,6 +306,21 @@ class Store(Protocol):
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run ``run_id``, or None."""
+        ...
+
+    async def decide(
+        self, run_id: str, call_id: str, *, approved: bool, reason: str | None = None
+    ) -> tuple[RunRecord, bool]:
+        """Record a decision on a call of the paused run ``run_id``, in one transaction.
+
+        Returns the updated record and whether every pending call is now decided (the run is
+        ready to be continued). Deciding a decided call again the same way changes nothing.
+
+        Raises:
+            UnknownRun: no run ``run_id`` is stored.
+            StoreError: the run is not awaiting approval, has no such pending call, or the
+                call was decided the other way.
+        """
         ...
 
 

@@ -18,10 +18,11 @@ from itertools import islice
 
 from pydantic import TypeAdapter
 
-from ..errors import StoreError, UnknownRun
+from ..errors import SessionAwaitingApproval, StoreError, UnknownRun
 from ..events import UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ._packed import PackedEvent, PackedLog, pack_one, unpack
+from ._rows import decided
 from .base import EventEnvelope, LogEntry, RunOutcome, RunRecord, log_entries
 
 __all__ = ("MemoryStore",)
@@ -71,6 +72,7 @@ class MemoryStore:
         # once it finished
         self._logs: dict[str, list[PackedEvent] | PackedLog] = {}
         self._usage: dict[str, list[TokenUsage]] = {}  # running runs (folded into the record)
+        self._paused: dict[uuid.UUID, str] = {}  # session -> its run awaiting approval
 
     async def load_history(self, session_id: uuid.UUID) -> list[Message]:
         history = self._sessions.get(session_id)
@@ -138,8 +140,19 @@ class MemoryStore:
         existing = self._existing(record)
         if existing is not None:
             return existing, []
+        session_id = record.session_id
+        resumes = record.request.resumes
+        paused = self._paused.get(session_id)
+        if resumes is not None:
+            if paused != resumes:
+                status = self._record(resumes).status if resumes in self._runs else "unknown"
+                raise StoreError(f"run {resumes!r} is {status}, not awaiting approval")
+        elif paused is not None:
+            raise SessionAwaitingApproval(str(session_id), paused)
         self._claim(record)  # nothing can fail from here on: the three steps are one
         self._running[record.session_id] += 1
+        if resumes is not None:
+            self._resumed(resumes)
         stored = self._history_of(record.session_id)
         stored.extend([*preamble, *messages] if not stored else messages)
         return record, list(stored)
@@ -181,11 +194,10 @@ class MemoryStore:
         if messages:
             self._history_of(session_id).extend(messages)
         self._logs[run_id] = tuple(self._logs[run_id])
-        self._running[session_id] -= 1
-        if self._running[session_id] <= 0:
-            del self._running[session_id]
-            self._pack_if_idle(session_id)
-            self._forget_idle_sessions()
+        if outcome.status == "awaiting_approval":
+            self._paused[session_id] = run_id  # kept, with its session, until resumed
+        else:
+            self._settled(session_id)
         usage = self._usage.pop(run_id, [])
         finished = record.model_copy(
             update={
@@ -198,9 +210,41 @@ class MemoryStore:
             }
         )
         self._runs[run_id] = finished.__pydantic_serializer__.to_json(finished)
+        if outcome.status != "awaiting_approval":
+            self._finished_run(run_id)
+
+    def _settled(self, session_id: uuid.UUID) -> None:
+        self._running[session_id] -= 1
+        if self._running[session_id] <= 0:
+            del self._running[session_id]
+            self._pack_if_idle(session_id)
+            self._forget_idle_sessions()
+
+    def _finished_run(self, run_id: str) -> None:
         self._finished.append(run_id)
         if self._max_finished is not None and len(self._finished) > self._max_finished:
             self._forget(self._finished.popleft())
+
+    def _resumed(self, run_id: str) -> None:
+        """The paused ``run_id`` is continued: completed, its session free, forgettable."""
+        record = self._record(run_id)
+        del self._paused[record.session_id]
+        done = record.model_copy(update={"status": "completed"})
+        self._runs[run_id] = done.__pydantic_serializer__.to_json(done)
+        self._settled(record.session_id)
+        self._finished_run(run_id)
+
+    async def decide(
+        self, run_id: str, call_id: str, *, approved: bool, reason: str | None = None
+    ) -> tuple[RunRecord, bool]:
+        if run_id not in self._runs:
+            raise UnknownRun(run_id)
+        record = self._record(run_id)
+        output, changed, ready = decided(record, call_id, approved, reason)
+        if changed:
+            record = record.model_copy(update={"output": output})
+            self._runs[run_id] = record.__pydantic_serializer__.to_json(record)
+        return record, ready
 
     def _forget(self, run_id: str) -> None:
         del self._runs[run_id]

@@ -57,11 +57,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic_core
 
-from ..errors import MigrationError, SessionBusy, StoreError, UnknownRun
+from ..errors import MigrationError, SessionAwaitingApproval, SessionBusy, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._rows import DECODE_ERRORS, TERMINAL_STATUS, continuing, envelopes_of, message_of, why
+from ._rows import (
+    DECODE_ERRORS,
+    TERMINAL_STATUS,
+    continuing,
+    decided,
+    envelopes_of,
+    message_of,
+    why,
+)
 from .base import (
     EventEnvelope,
     RunOutcome,
@@ -139,6 +147,14 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: checkpoint messages (context compaction) say what they summarise
     """
     ALTER TABLE messages ADD COLUMN compaction json;
+    """,
+    # 3: runs may pause for approval
+    """
+    ALTER TABLE runs DROP CONSTRAINT runs_status_check;
+    ALTER TABLE runs ADD CONSTRAINT runs_status_check CHECK (
+        status IN ('running', 'completed', 'failed', 'cancelled', 'awaiting_approval')
+    );
+    CREATE INDEX runs_awaiting ON runs (session_id) WHERE status = 'awaiting_approval';
     """,
 )
 """One SQL script per schema version; version ``n`` is ``MIGRATIONS[n - 1]``. Append only."""
@@ -526,8 +542,8 @@ class PostgresStore:
                             continue  # the pool drops the broken connection
                         raise
                 return result
-            except SessionBusy:
-                raise
+            except (SessionBusy, SessionAwaitingApproval):
+                raise  # structured: the runtime reads their fields
             except (StoreError, psycopg.Error) as exc:
                 error = self._error(exc)
             except DECODE_ERRORS as exc:
@@ -625,6 +641,7 @@ class PostgresStore:
                 if not await self._owner_is_gone(conn, active[2]):
                     raise SessionBusy(str(session_id), active[0])
                 await self._recover_run(conn, active[0])
+            await self._resume_or_refuse(conn, owned)
             cur = await conn.execute(
                 "INSERT INTO runs (id, session_id, status, request, client_request_id, owner, "
                 "started_at) VALUES (%s, %s, 'running', %s::json, %s, %s, %s) "
@@ -656,6 +673,50 @@ class PostgresStore:
             return owned, history
 
         return await self._call(begin)
+
+    @staticmethod
+    async def _resume_or_refuse(conn: psycopg.AsyncConnection[Any], owned: RunRecord) -> None:
+        """A continuation moves the run it resumes from ``awaiting_approval`` to
+        ``completed``; any other run is refused while a run of its session awaits approval
+        (inside the claim's transaction, under the session's row lock)."""
+        resumes = owned.request.resumes
+        if resumes is not None:
+            cur = await conn.execute(
+                "UPDATE runs SET status = 'completed' WHERE id = %s AND status = 'awaiting_approval'",
+                (resumes,),
+            )
+            if cur.rowcount != 1:
+                cur = await conn.execute("SELECT status FROM runs WHERE id = %s", (resumes,))
+                row = await cur.fetchone()
+                status = row[0] if row else "unknown"
+                raise StoreError(f"run {resumes!r} is {status}, not awaiting approval")
+            return
+        cur = await conn.execute(
+            "SELECT id FROM runs WHERE session_id = %s AND status = 'awaiting_approval' LIMIT 1",
+            (owned.session_id,),
+        )
+        paused = await cur.fetchone()
+        if paused is not None:
+            raise SessionAwaitingApproval(str(owned.session_id), paused[0])
+
+    async def decide(
+        self, run_id: str, call_id: str, *, approved: bool, reason: str | None = None
+    ) -> tuple[RunRecord, bool]:
+        async def decide(conn: psycopg.AsyncConnection[Any]) -> tuple[RunRecord, bool]:
+            await conn.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run_id,))
+            record = await self._find(conn, "r.id = %s", run_id)
+            if record is None:
+                raise UnknownRun(run_id)
+            output, changed, ready = decided(record, call_id, approved, reason)
+            if changed:
+                await conn.execute(
+                    "UPDATE runs SET output = %s::json WHERE id = %s",
+                    (output.model_dump_json(), run_id),
+                )
+                record = record.model_copy(update={"output": output})
+            return record, ready
+
+        return await self._call(decide)
 
     async def finish_run(
         self,

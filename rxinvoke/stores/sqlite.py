@@ -52,11 +52,19 @@ from urllib.parse import quote
 
 import pydantic_core
 
-from ..errors import MigrationError, StoreError, UnknownRun
+from ..errors import MigrationError, SessionAwaitingApproval, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._rows import DECODE_ERRORS, TERMINAL_STATUS, continuing, envelopes_of, message_of, why
+from ._rows import (
+    DECODE_ERRORS,
+    TERMINAL_STATUS,
+    continuing,
+    decided,
+    envelopes_of,
+    message_of,
+    why,
+)
 from ._worker import GroupWorker, Outcome
 from .base import (
     EventEnvelope,
@@ -142,6 +150,33 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: checkpoint messages (context compaction) say what they summarise
     """
     ALTER TABLE messages ADD COLUMN compaction TEXT;
+    """,
+    # 4: runs may pause for approval (a wider status CHECK: the table is rebuilt, SQLite's
+    # documented procedure; the migration runs with foreign keys off)
+    """
+    CREATE TABLE runs_v4 (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions (id),
+        status TEXT NOT NULL CHECK (
+            status IN ('running', 'completed', 'failed', 'cancelled', 'awaiting_approval')
+        ),
+        request TEXT NOT NULL,
+        output TEXT,
+        error TEXT,
+        client_request_id TEXT UNIQUE,
+        owner TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    INSERT INTO runs_v4 (id, session_id, status, request, output, error, client_request_id,
+        owner, started_at, finished_at)
+        SELECT id, session_id, status, request, output, error, client_request_id, owner,
+            started_at, finished_at FROM runs ORDER BY rowid;
+    DROP TABLE runs;
+    ALTER TABLE runs_v4 RENAME TO runs;
+    CREATE INDEX runs_by_start ON runs (started_at);
+    CREATE INDEX runs_by_status ON runs (status);
+    CREATE INDEX runs_by_session ON runs (session_id, started_at);
     """,
 )
 """One SQL script per schema version; version ``n`` is ``MIGRATIONS[n - 1]``. Append only."""
@@ -561,14 +596,24 @@ class SqliteStore:
         latest = len(MIGRATIONS)
         if conn.execute("PRAGMA user_version").fetchone()[0] == latest:
             return
-        with self._transaction(conn):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under lock
-            self._check_version(version)
-            for number in range(version + 1, latest + 1):
-                for statement in _statements(MIGRATIONS[number - 1]):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA foreign_keys = OFF")  # a rebuilt table keeps its references
+        try:
+            with self._transaction(conn):
+                version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read, locked
+                self._check_version(version)
+                for number in range(version + 1, latest + 1):
+                    for statement in _statements(MIGRATIONS[number - 1]):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise MigrationError(
+                        f"{self.path}: the migrated database breaks {len(broken)} foreign keys "
+                        f"(first: {tuple(broken[0])}); nothing was changed"
+                    )
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
 
     # --- sessions and messages ------------------------------------------------------------
 
@@ -641,6 +686,7 @@ class SqliteStore:
                 existing = self._claim(conn, owned)
                 if existing is not None:
                     return existing, []
+                self._resume_or_refuse(conn, owned)
                 history = self._history(conn, session_id)
                 opening = [*preamble, *messages] if not history else list(messages)
                 self._insert_messages(conn, session_id, _message_rows(session_id, opening))
@@ -674,6 +720,47 @@ class SqliteStore:
         )
         self._last_seq[owned.run_id] = 0
         return None
+
+    @staticmethod
+    def _resume_or_refuse(conn: sqlite3.Connection, owned: RunRecord) -> None:
+        """A continuation moves the run it resumes from ``awaiting_approval`` to
+        ``completed``; any other run is refused while a run of its session awaits approval.
+        Call inside the claim's transaction (a refusal rolls the claim back)."""
+        resumes = owned.request.resumes
+        if resumes is not None:
+            moved = conn.execute(
+                "UPDATE runs SET status = 'completed' WHERE id = ? AND status = 'awaiting_approval'",
+                (resumes,),
+            ).rowcount
+            if moved != 1:
+                row = conn.execute("SELECT status FROM runs WHERE id = ?", (resumes,)).fetchone()
+                status = row[0] if row else "unknown"
+                raise StoreError(f"run {resumes!r} is {status}, not awaiting approval")
+            return
+        paused = conn.execute(
+            "SELECT id FROM runs WHERE session_id = ? AND status = 'awaiting_approval' LIMIT 1",
+            (str(owned.session_id),),
+        ).fetchone()
+        if paused is not None:
+            raise SessionAwaitingApproval(str(owned.session_id), paused[0])
+
+    async def decide(
+        self, run_id: str, call_id: str, *, approved: bool, reason: str | None = None
+    ) -> tuple[RunRecord, bool]:
+        def decide(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
+            with self._transaction(conn):
+                record = self._find(conn, "r.id = ?", run_id)
+                if record is None:
+                    raise UnknownRun(run_id)
+                output, changed, ready = decided(record, call_id, approved, reason)
+                if changed:
+                    conn.execute(
+                        "UPDATE runs SET output = ? WHERE id = ?", (output.model_dump_json(), run_id)
+                    )
+                    record = record.model_copy(update={"output": output})
+                return record, ready
+
+        return await self._call(decide, write=True)
 
     async def finish_run(
         self,
