@@ -109,6 +109,13 @@ class Renderer:
             f"in {usage.input_tokens} / out {usage.output_tokens} / total {usage.total_tokens} · "
             f"session {output.session_id} · run {output.run_id}]\n"
         )
+        for item in output.pending:
+            if item.approved is None:
+                self._write(
+                    f"awaiting approval: {item.tool_name}({item.arguments}) · "
+                    f"rxinvoke approve {output.run_id} {item.call_id}  (or: rxinvoke deny "
+                    f"{output.run_id} {item.call_id} --reason TEXT)\n"
+                )
 
 
 async def interruptible(work: Awaitable[int]) -> int:

@@ -1,5 +1,6 @@
 """The ``rxinvoke`` command line: ``rxinvoke run PROMPT [--session UUID] [--json]
-[--provider offline|openai --model NAME --base-url URL --api-key-env VAR]``."""
+[--approve-tool NAME] [--provider offline|openai --model NAME --base-url URL --api-key-env VAR]``,
+``rxinvoke approve|deny RUN_ID CALL_ID``, ``runs``, ``events`` and the scale-out commands."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from .events import (
 )
 from .invocation import RuntimeInvocation
 from .operators import to_async_iterator
-from .request import EmitRequest
+from .policy import ApprovalPolicy, RuntimePolicy
+from .request import EmitRequest, RunOutput
 from .runtime import AgentRuntime
 from .stores import RunRecord, SqliteStore, Store, default_db_path
 from .tools import builtin_tools
@@ -61,8 +63,30 @@ def _parser() -> argparse.ArgumentParser:
         "start it)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON event per line")
+    run.add_argument(
+        "--approve-tool", action="append", default=[], metavar="NAME",
+        help="calls of tool NAME wait for `rxinvoke approve` / `deny` (repeatable)",
+    )
     add_provider_options(run)
     _add_db_option(run)
+    for verb, what in (("approve", "run it"), ("deny", "tell the model it was denied")):
+        decide = commands.add_parser(
+            verb,
+            help=f"{verb} a tool call of a run paused for approval",
+            description=f"Decide CALL_ID of the paused RUN_ID ({what}); once every paused call "
+            "is decided the run continues here, streaming its answer.",
+        )
+        decide.add_argument("run_id", metavar="RUN_ID", help="the paused run")
+        decide.add_argument("call_id", metavar="CALL_ID", help="the call waiting for approval")
+        if verb == "deny":
+            decide.add_argument("--reason", metavar="TEXT", help="why (the model reads it)")
+        decide.add_argument("--json", action="store_true", help="print one JSON event per line")
+        decide.add_argument(
+            "--approve-tool", action="append", default=[], metavar="NAME",
+            help="as for `run`: calls of NAME in the continuation wait too",
+        )
+        add_provider_options(decide)
+        _add_db_option(decide)
     _add_store_commands(commands)
     scale_out.add_commands(commands, _add_db_option)
     return parser
@@ -79,7 +103,30 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
         )
     provider = provider_from_args(args)
     model = args.model or "offline"
-    runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store)
+    request = EmitRequest(provider=provider.id, model=model, input=args.prompt)
+    if session is not None:
+        request = request.with_session_id(session)
+    return await _execute(args, out, store, lambda inv: inv.emit(lambda ctx, control: request))
+
+
+async def _decide(args: argparse.Namespace, out: TextIO, store: Store) -> int:
+    if args.command == "approve":
+        start = lambda inv: inv.approve(args.run_id, args.call_id)  # noqa: E731
+    else:
+        start = lambda inv: inv.deny(args.run_id, args.call_id, args.reason)  # noqa: E731
+    return await _execute(args, out, store, start)
+
+
+async def _execute(
+    args: argparse.Namespace,
+    out: TextIO,
+    store: Store,
+    start: Callable[[RuntimeInvocation], Awaitable[RunOutput | None]],
+) -> int:
+    """Start a run (``run``) or a continuation (``approve``/``deny``), rendering its events."""
+    provider = provider_from_args(args)
+    policy = RuntimePolicy(approval=ApprovalPolicy(tools=frozenset(args.approve_tool)))
+    runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store, policy=policy)
     invocation = RuntimeInvocation(runtime)
     renderer: Renderer = args.renderer
 
@@ -99,15 +146,15 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
 
     subscription = invocation.observe(EventKind.ANY).subscribe(safe_render)
     try:
-        request = EmitRequest(provider=provider.id, model=model, input=args.prompt)
-        if session is not None:
-            request = request.with_session_id(session)
-        output = await invocation.emit(lambda ctx, control: request)
+        output = await start(invocation)
     finally:
         subscription.dispose()
         aclose = getattr(provider, "aclose", None)
         if aclose is not None:
             await aclose()
+    if output is None:  # a decision recorded; other calls of the batch still wait
+        print(f"rxinvoke: recorded; run {args.run_id} still waits for other calls", file=sys.stderr)
+        return 0
     if not args.json:
         try:
             renderer.finish(output)
@@ -123,13 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"rxinvoke: error: {problem}", file=sys.stderr)
         return 2
-    if args.command != "run":
+    if args.command not in ("run", "approve", "deny"):
         return _store_command(args)
-    if args.prompt == "-":
+    if args.command == "run" and args.prompt == "-":
         args.prompt = sys.stdin.read()
     renderer = args.renderer = Renderer(sys.stdout)
+    command, create = (_run, True) if args.command == "run" else (_decide, False)
     try:
-        return asyncio.run(interruptible(_with_store(args, sys.stdout, _run, path=_db_path(args), create=True)))
+        return asyncio.run(interruptible(_with_store(args, sys.stdout, command, path=_db_path(args), create=create)))
     except RxInvokeError as exc:
         renderer.newline()
         print(f"rxinvoke: error: {exc.message}", file=sys.stderr)

@@ -279,6 +279,20 @@ class RuntimeInvocation:
         await self.remote.cancel(run_id)
         return True
 
+    async def approve(
+        self, run_id: str, call_id: str, control: Control | None = None
+    ) -> RunOutput | None:
+        """Approve a call of a run paused for approval (``finish_reason=awaiting_approval``);
+        the last decision continues the run here and returns its output (None while other
+        calls still wait). See :meth:`AgentRuntime.approve`."""
+        return await self.runtime.approve(run_id, call_id, control)
+
+    async def deny(
+        self, run_id: str, call_id: str, reason: str | None = None, control: Control | None = None
+    ) -> RunOutput | None:
+        """Deny a paused call: the model is told (with ``reason``); as :meth:`approve`."""
+        return await self.runtime.deny(run_id, call_id, reason, control)
+
     async def view(self, run_id: str, *, chat: bool = False) -> RunView:
         """The :class:`~rxinvoke.notebook.RunView` of a run (live or finished) from the
         runtime's store: in a notebook, its header, transcript, timeline and events.

@@ -29,12 +29,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from reactivex import Observable, abc
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
+from ._approval import (
+    APPROVAL_TIMED_OUT,
+    NO_RESULT,
+    denied_reply,
+    needs_approval,
+    pending_of,
+    reply_of,
+    stored_results,
+)
 from ._bus import EventBus
 from ._compaction import Compactor, is_context_overflow
 from ._compat import cancel_requested, uncancel
@@ -60,6 +69,8 @@ from .errors import (
     UserError,
 )
 from .events import (
+    ApprovalDecided,
+    ApprovalRequested,
     AssistantMessageCommitted,
     ContextBuilt,
     DoomLoopDetected,
@@ -72,12 +83,14 @@ from .events import (
     RunStarted,
     ToolFailure,
     ToolMessageCommitted,
+    ToolResult,
     UsageRecorded,
 )
 from .messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall, new_id
 from .policy import RuntimePolicy
 from .providers.base import ChatProvider, ProviderRegistry
-from .request import RunOutput, RunRequest
+from .request import PendingApproval, RunOutput, RunRequest
+from .stores._rows import decided
 from .stores.base import RunOutcome, RunRecord, Store
 from .stores.memory import MemoryStore
 from .tools import Tool, ToolRegistry
@@ -161,6 +174,8 @@ class AgentRuntime:
             clock=lambda: self.scheduler,
         )
         self._gate = SessionGate()
+        self._timers: dict[str, abc.DisposableBase] = {}  # approval deadlines of paused runs
+        self._expiring: set[asyncio.Future[None]] = set()
         self._is_closed = False
         self._scheduler = scheduler
         self._loop_scheduler: tuple[asyncio.AbstractEventLoop, AsyncIOScheduler] | None = None
@@ -203,6 +218,11 @@ class AgentRuntime:
         """
         if self._is_closed:
             return
+        for timer in self._timers.values():
+            timer.dispose()
+        self._timers.clear()
+        if self._expiring:  # continuations an approval timeout started: let them end
+            await asyncio.gather(*self._expiring, return_exceptions=True)
         self._is_closed = True
         runs = list(self._runs.values())
         for run in runs:
@@ -228,6 +248,115 @@ class AgentRuntime:
             return False
         run.control.cancel()
         return True
+
+    # --- approvals ------------------------------------------------------------------------
+
+    async def approve(
+        self, run_id: str, call_id: str, control: Control | None = None
+    ) -> RunOutput | None:
+        """Approve the paused call ``call_id`` of run ``run_id`` (this process's or another's,
+        in the same store). When it was the last undecided call, the run is continued here and
+        its continuation's output returned (it may pause again); None while other calls of the
+        batch still wait.
+
+        Raises:
+            InvalidRequest: no such run, the run is not awaiting approval, or the call is not
+                one of its pending calls (or was denied).
+            InvocationError: as ``run`` does, for the continuation.
+        """
+        return await self._decide(run_id, call_id, True, None, control)
+
+    async def deny(
+        self,
+        run_id: str,
+        call_id: str,
+        reason: str | None = None,
+        control: Control | None = None,
+    ) -> RunOutput | None:
+        """Deny the paused call ``call_id``: the model is told (with ``reason``) instead of the
+        call running. Otherwise as :meth:`approve`."""
+        return await self._decide(run_id, call_id, False, reason, control)
+
+    async def resume(self, run_id: str, control: Control | None = None) -> RunOutput:
+        """Continue the paused run ``run_id`` whose every call is decided (what the last
+        ``approve``/``deny`` does; call it yourself after a process died between the two).
+
+        Raises:
+            InvalidRequest: no such run, not awaiting approval, or calls still undecided.
+        """
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise InvalidRequest(f"unknown run {run_id!r}")
+        if record.status != "awaiting_approval" or record.output is None:
+            raise InvalidRequest(f"run {run_id!r} is {record.status}, not awaiting approval")
+        waiting = [p.call_id for p in record.output.pending if not p.is_decided]
+        if waiting:
+            raise InvalidRequest(f"run {run_id!r} still waits for a decision on {', '.join(waiting)}")
+        request = record.request.model_copy(
+            update={"run_id": new_id(), "resumes": run_id, "client_request_id": None}
+        )
+        return await self.run(request, control)
+
+    async def _decide(
+        self,
+        run_id: str,
+        call_id: str,
+        approved: bool,
+        reason: str | None,
+        control: Control | None,
+    ) -> RunOutput | None:
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise InvalidRequest(f"unknown run {run_id!r}")
+        item = next(
+            (p for p in (record.output.pending if record.output else ()) if p.call_id == call_id),
+            None,
+        )
+        if item is not None and item.expires_at is not None and not item.is_decided:
+            if self.scheduler.now >= item.expires_at:
+                _log.warning("run %s: call %s was decided after its approval expired", run_id, call_id)
+                approved, reason = False, APPROVAL_TIMED_OUT
+        try:
+            decided(record, call_id, approved, reason)  # the store's rule, checked up front
+        except StoreError as exc:
+            raise InvalidRequest(exc.message) from None
+        _, ready = await self.store.decide(run_id, call_id, approved=approved, reason=reason)
+        return await self.resume(run_id, control) if ready else None
+
+    def _arm_approval_timeout(self, output: RunOutput) -> None:
+        """Apply the approval timeout to a run this runtime paused, while it lives."""
+        expiry = min((p.expires_at for p in output.pending if p.expires_at), default=None)
+        if expiry is None:
+            return
+        run_id = output.run_id
+        delay = max((expiry - self.scheduler.now).total_seconds(), 0.0)
+
+        def expire(_scheduler: abc.SchedulerBase, _state: Any = None) -> None:
+            self._timers.pop(run_id, None)
+            if not self._is_closed:
+                task = asyncio.ensure_future(self._expire_approvals(run_id))
+                self._expiring.add(task)
+                task.add_done_callback(self._expiring.discard)
+
+        self._timers[run_id] = self.scheduler.schedule_relative(delay, expire)
+
+    async def _expire_approvals(self, run_id: str) -> None:
+        """Deny the calls still undecided at their deadline; continue the run if that
+        decided the batch (its outcome is in its events; a failure here is logged)."""
+        try:
+            record = await self.store.get_run(run_id)
+            if record is None or record.status != "awaiting_approval" or record.output is None:
+                return
+            ready = False
+            for item in record.output.pending:
+                if not item.is_decided:
+                    _, ready = await self.store.decide(
+                        run_id, item.call_id, approved=False, reason=APPROVAL_TIMED_OUT
+                    )
+            if ready:
+                await self.resume(run_id)
+        except (InvocationError, StoreError) as exc:
+            _log.warning("run %s: applying the approval timeout failed: %s", run_id, exc)
 
     def context_for(self, run_id: str | None) -> SessionContext:
         """The session and run of an active run's event (empty context for unknown runs)."""
@@ -385,10 +514,15 @@ class AgentRuntime:
         )
         preamble = (
             [Message(role="system", content=request.system_prompt, run_id=run.run_id)]
-            if request.system_prompt
+            if request.system_prompt and request.resumes is None
             else []
         )
-        opening = [Message(role="user", content=request.input, run_id=run.run_id)]
+        # a continuation answers the paused calls instead of adding a user message
+        opening = (
+            [Message(role="user", content=request.input, run_id=run.run_id)]
+            if request.resumes is None
+            else []
+        )
         # Wait for the session first: a run stopped while it waits has published and stored
         # nothing (run() raises InvocationCancelled / InvocationTimedOut). Then one store call
         # claims the run (the idempotency check), reads the history and commits the opening;
@@ -440,6 +574,7 @@ class AgentRuntime:
                 provider=provider_id,
                 model=model,
                 runtime=self.name,
+                resumes=run.request.resumes,
             )
         )
         try:
@@ -475,7 +610,11 @@ class AgentRuntime:
                 run_id=run_id, finish_reason=output.finish_reason, iterations=output.iterations
             )
         )
-        await self._settle(run_id, RunOutcome.completed(output))
+        if output.pending:
+            await self._settle(run_id, RunOutcome.paused(output))
+            self._arm_approval_timeout(output)
+        else:
+            await self._settle(run_id, RunOutcome.completed(output))
         return output
 
     async def _settle(self, run_id: str, outcome: RunOutcome) -> None:
@@ -549,12 +688,15 @@ class AgentRuntime:
         request, run_id = run.request, run.run_id
         # the stored history, ending with this run's opening (committed by begin_run); the
         # events published so far are written with the run's next write
+        if request.resumes is not None:
+            history = await self._answer_paused(run, history)
         messages = build_context(history)
         publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
 
         specs = self.tools.specs()
         total = TokenUsage()
         doom = DoomLoopDetector(policy.doom_loop)
+        pending: tuple[PendingApproval, ...] = ()
         text = ""
         finish = FinishReason.MAX_ITERATIONS
         iteration = 0
@@ -615,6 +757,11 @@ class AgentRuntime:
                 break
             trip = doom.check(calls)
             if trip is None:
+                waiting = [c for c in calls if needs_approval(self.tools, policy.approval, c)]
+                if waiting:
+                    pending = await self._pause(run, calls, waiting)
+                    finish = FinishReason.AWAITING_APPROVAL
+                    break
                 await self._run_tools(run, calls, messages)
                 continue
             action = policy.doom_loop.action
@@ -645,7 +792,104 @@ class AgentRuntime:
             finish_reason=finish,
             total_usage=total,
             output_text=text,
+            pending=pending,
         )
+
+    async def _pause(
+        self, run: Run, calls: tuple[ToolCall, ...], waiting: list[ToolCall]
+    ) -> tuple[PendingApproval, ...]:
+        """The batch ``calls`` waits for approval of ``waiting``: the other calls run now
+        (their results stay in the event log until the continuation answers the batch), then
+        ``approval_requested`` for each waiting call."""
+        others = [c for c in calls if c not in waiting]
+        if others:
+            results = await self._executor.execute(others, run_id=run.run_id, limit=self._limit(run))
+            self._fail_on_tool_failure(run, others, results)
+        pending = pending_of(waiting, self.policy.approval, self.scheduler.now)
+        for item in pending:
+            self.bus.publish(
+                ApprovalRequested(
+                    run_id=run.run_id,
+                    call_id=item.call_id,
+                    tool_name=item.tool_name,
+                    arguments=item.arguments,
+                    expires_at=item.expires_at,
+                )
+            )
+        return pending
+
+    async def _answer_paused(self, run: Run, history: list[Message]) -> list[Message]:
+        """The continuation's first step: the paused batch answered in call order (approved
+        calls executed now, denied ones told so, the others' earlier results), committed."""
+        paused_id = run.request.resumes or ""
+        record = await self.store.get_run(paused_id)
+        if record is None or record.output is None or not record.output.pending:
+            raise InvocationFailed(f"run {paused_id!r} has no paused calls to answer", run_id=run.run_id)
+        pending = {p.call_id: p for p in record.output.pending}
+        batch = next(
+            (
+                m
+                for m in reversed(history)
+                if m.role == "assistant" and any(c.id in pending for c in m.tool_calls)
+            ),
+            None,
+        )
+        if batch is None:
+            raise InvocationFailed(
+                f"the paused calls of run {paused_id!r} are not in the session's history",
+                run_id=run.run_id,
+            )
+        calls = batch.tool_calls
+        for call in calls:
+            item = pending.get(call.id)
+            if item is not None:
+                self.bus.publish(
+                    ApprovalDecided(
+                        run_id=run.run_id,
+                        call_id=call.id,
+                        tool_name=call.name,
+                        approved=bool(item.approved),
+                        reason=item.reason,
+                    )
+                )
+        approved = [c for c in calls if c.id in pending and pending[c.id].approved]
+        ran: dict[str, str] = stored_results(await self.store.read_events(paused_id))
+        if approved:
+            results = await self._executor.execute(approved, run_id=run.run_id, limit=self._limit(run))
+            ran.update((c.id, reply_of(r)) for c, r in zip(approved, results, strict=True))
+        contents = [
+            denied_reply(pending[c.id])
+            if c.id in pending and not pending[c.id].approved
+            else ran.get(c.id, NO_RESULT)
+            for c in calls
+        ]
+        replies = self._answer(run, calls, contents)
+        await self.log.commit_messages(run.session_id, replies)
+        answered = list(history)
+        self._committed(run, replies, answered)
+        expired = [p.tool_name for p in pending.values() if p.reason == APPROVAL_TIMED_OUT]
+        if expired and self.policy.approval.on_timeout == "fail":
+            raise InvocationFailed(
+                f"the approval of {', '.join(expired)} timed out (on_timeout='fail')",
+                run_id=run.run_id,
+            )
+        return answered
+
+    def _limit(self, run: Run) -> int:
+        limit = self.policy.max_tool_concurrency
+        if run.control.concurrency_limit is not None:
+            limit = min(limit, run.control.concurrency_limit)
+        return limit
+
+    def _fail_on_tool_failure(
+        self, run: Run, calls: Sequence[ToolCall], results: Sequence[ToolResult]
+    ) -> None:
+        if not self.policy.continue_on_tool_failure:
+            for call, result in zip(calls, results, strict=True):
+                if isinstance(result, ToolFailure):
+                    raise InvocationFailed(
+                        f"tool {call.name!r} failed: {result.error}", run_id=run.run_id
+                    )
 
     async def _run_tools(
         self,
@@ -657,26 +901,15 @@ class AgentRuntime:
         """Execute ``calls`` and commit their replies (``warn``: a note appended to the reply
         of the call at that index)."""
         run_id = run.run_id
-        limit = self.policy.max_tool_concurrency
-        if run.control.concurrency_limit is not None:
-            limit = min(limit, run.control.concurrency_limit)
-        results = await self._executor.execute(calls, run_id=run_id, limit=limit)
-        contents = [
-            f"Error: {result.error}" if isinstance(result, ToolFailure) else result.output
-            for result in results
-        ]
+        results = await self._executor.execute(calls, run_id=run_id, limit=self._limit(run))
+        contents = [reply_of(result) for result in results]
         if warn is not None:
             at, note = warn
             contents[at] = f"{contents[at]}\n\n{note}"
         replies = self._answer(run, calls, contents)
         await self.log.commit_messages(run.session_id, replies)
         self._committed(run, replies, messages)
-        if not self.policy.continue_on_tool_failure:
-            for call, result in zip(calls, results, strict=True):
-                if isinstance(result, ToolFailure):
-                    raise InvocationFailed(
-                        f"tool {call.name!r} failed: {result.error}", run_id=run_id
-                    )
+        self._fail_on_tool_failure(run, calls, results)
 
     def _answer(
         self, run: Run, calls: tuple[ToolCall, ...], contents: list[str]

@@ -415,3 +415,45 @@ def run_subprocess_with_env(
         [sys.executable, "-m", "rxinvoke", *argv], input=stdin, capture_output=True, text=True,
         encoding="utf-8", errors="replace", env=env, cwd=REPO_ROOT, timeout=60, check=False,
     )
+
+
+def _paused(out: str) -> tuple[str, str]:
+    line = next(line for line in out.splitlines() if line.startswith("awaiting approval: calculate("))
+    words = line.split("rxinvoke approve ", 1)[1].split()
+    return words[0], words[1]
+
+
+def test_a_tool_that_needs_approval_pauses_the_run_until_rxinvoke_approve(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = str(tmp_path / "runs.db")
+    code, out, err = run(capsys, PROMPT, "--approve-tool", "calculate", "--db", db)
+    assert code == 0, err
+    assert "[awaiting_approval · 1 iteration(s)" in out and ANSWER not in out
+    run_id, call_id = _paused(out)
+
+    code = main(["approve", run_id, call_id, "--db", db, "--delay", "0"])
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    assert code == 0, err
+    assert ANSWER in out and "[stop ·" in out
+
+    code = main(["approve", run_id, call_id, "--db", db, "--delay", "0"])
+    assert code == 1
+    assert "not awaiting approval" in capsys.readouterr().err
+
+
+def test_rxinvoke_deny_tells_the_model_and_bad_ids_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = str(tmp_path / "runs.db")
+    code, out, _ = run(capsys, PROMPT, "--approve-tool", "calculate", "--db", db)
+    run_id, call_id = _paused(out)
+
+    assert main(["deny", run_id, "nope", "--db", db, "--delay", "0"]) == 1
+    assert "no call 'nope' awaiting approval" in capsys.readouterr().err
+    assert main(["deny", run_id, call_id, "--reason", "no maths today", "--db", db, "--delay", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "[stop ·" in out and ANSWER not in out
+    code = main(["events", run_id, "--db", db, "--kind", "approval_requested"])
+    assert code == 0 and "calculate" in capsys.readouterr().out

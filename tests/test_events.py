@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from rxinvoke import (
     INVOCATION_EVENT,
     AgentEvent,
+    ApprovalDecided,
+    ApprovalRequested,
     AssistantMessageCommitted,
     ChatFinished,
     ChatRequest,
@@ -95,6 +97,12 @@ AGENT_EXAMPLES: tuple[EventBase, ...] = (
         count=3,
         action="warn",
     ),
+    ApprovalRequested(
+        run_id=RUN, timestamp=WHEN, call_id="call_1", tool_name="deploy", arguments='{"env": "prod"}', expires_at=WHEN
+    ),
+    ApprovalDecided(
+        run_id=RUN, timestamp=WHEN, call_id="call_1", tool_name="deploy", approved=False, reason="not on Friday"
+    ),
     CompactionStarted(run_id=RUN, timestamp=WHEN, reason="proactive", tokens_before=9000, messages=12),
     CompactionFinished(
         run_id=RUN,
@@ -146,7 +154,7 @@ def _ids(events: tuple[EventBase, ...]) -> list[str]:
 def test_examples_cover_every_event_type() -> None:
     assert {type(e) for e in AGENT_EXAMPLES} == _union_members(AgentEvent)
     assert {type(e) for e in CHAT_EXAMPLES} == _union_members(ChatStreamEvent)
-    assert len(AGENT_EXAMPLES) == 19
+    assert len(AGENT_EXAMPLES) == 21
     assert len(CHAT_EXAMPLES) == 6
 
 
@@ -464,6 +472,7 @@ def test_finish_reason_members() -> None:
         "cancelled",
         "doom_loop",
         "max_iterations",
+        "awaiting_approval",
     }
     assert FinishReason("tool_calls") is FinishReason.TOOL_CALLS
     assert RunCompleted(run_id=RUN, finish_reason="doom_loop", iterations=3).finish_reason is (  # type: ignore[arg-type]

@@ -243,6 +243,7 @@ async def test_tool_call_then_answer_publishes_the_whole_event_sequence() -> Non
         "finish_reason": FinishReason.STOP,
         "total_usage": {"input_tokens": 16, "output_tokens": 5, "total_tokens": 21},
         "output_text": "It will be sunny.",
+        "pending": (),
     }
     run_id = output.run_id
     assert all(e.run_id == run_id for e in events)
@@ -255,6 +256,7 @@ async def test_tool_call_then_answer_publishes_the_whole_event_sequence() -> Non
         "provider": "scripted",
         "model": "scripted",
         "runtime": None,  # AgentRuntime(name=...) names it
+        "resumes": None,  # set on the run that continues one paused for approval
     }
     assert [e.iteration for e in only(events, "model_started")] == [1, 2]
     assert [e.usage for e in only(events, "usage_recorded")] == [first_usage, second_usage]

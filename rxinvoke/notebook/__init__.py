@@ -27,7 +27,7 @@ from ..events import EventBase
 from ..messages import Message, TokenUsage
 from ..request import RunOutput
 from ..stores.base import EventEnvelope, RunRecord
-from ._html import FAMILY_COLOURS, card, esc, event_table
+from ._html import FAMILY_COLOURS, card, esc, event_table, pending_table
 from .live import LiveView, live
 from .marbles import MarbleDiagram, marbles
 from .tables import to_dataframe, to_records
@@ -60,6 +60,12 @@ def to_html(value: Any) -> str:
     if isinstance(value, EventEnvelope):
         return event_table([(value.seq, value.event)])
     if isinstance(value, RunOutput):
+        if value.pending:
+            waiting = sum(p.approved is None for p in value.pending)
+            summary = f"awaiting approval · {waiting} of {len(value.pending)} call(s) waiting · run {short_id(value.run_id)}"
+            return card("run paused", FAMILY_COLOURS["safety"], summary, value.model_dump(mode="json")).replace(
+                "<details>", pending_table(value.pending) + "<details>", 1
+            )
         return card("run output", FAMILY_COLOURS["run"], f"{value.finish_reason.value} · {value.output_text}", value.model_dump(mode="json"))
     if isinstance(value, RunRecord):
         return card(f"run {value.status}", FAMILY_COLOURS["run"], f"{short_id(value.run_id)} · {value.request.input} · started {clock(value.started_at)}", value.model_dump(mode="json"))

@@ -35,6 +35,7 @@ _FAMILY: Mapping[str, str] = {
     "chat_text_delta": "text", "assistant_message_committed": "store",
     "tool_message_committed": "store", "doom_loop_detected": "safety",
     "compaction_started": "safety", "compaction_finished": "safety",
+    "approval_requested": "safety", "approval_decided": "safety",
     "compaction_circuit_opened": "safety",
 }
 
@@ -71,6 +72,38 @@ def field_table(fields: Mapping[str, Any]) -> str:
         for name, value in fields.items()
     )
     return f'<table style="border-collapse:collapse;font-size:12px">{rows}</table>'
+
+
+def pending_table(pending: Iterable[Any]) -> str:
+    """The calls of a paused run waiting for a person: tool, arguments, call id, decision."""
+    rows = "".join(
+        "<tr>"
+        f'<td style="padding:1px 8px 1px 0">{chip(p.tool_name, FAMILY_COLOURS["safety"])}</td>'
+        f'<td style="text-align:left;font-family:monospace;white-space:pre-wrap">{esc(_pretty(p.arguments))}</td>'
+        f'<td style="font-family:monospace;color:#6b7280">{esc(p.call_id)}</td>'
+        f"<td>{esc(_decision(p))}</td>"
+        "</tr>"
+        for p in pending
+    )
+    head = (
+        "<tr><th style='text-align:left'>tool</th><th style='text-align:left'>arguments</th>"
+        "<th style='text-align:left'>call</th><th style='text-align:left'>decision</th></tr>"
+    )
+    return f'<table style="border-collapse:collapse;font-size:12px">{head}{rows}</table>'
+
+
+def _pretty(arguments: str) -> str:
+    try:
+        return json_text(json.loads(arguments))
+    except ValueError:
+        return arguments
+
+
+def _decision(pending: Any) -> str:
+    if pending.approved is None:
+        expires = f" (expires {clock(pending.expires_at)})" if pending.expires_at else ""
+        return "waiting" + expires
+    return "approved" if pending.approved else f"denied: {pending.reason or 'no reason given'}"
 
 
 def _summary(event: EventBase) -> str:
