@@ -325,3 +325,17 @@ async def test_a_run_paused_in_a_killed_process_is_approved_from_another(tmp_pat
     assert roles == ["user", "assistant", "tool", "assistant"]
     assert seen[-1].messages[-1].content == "deployed to prod"
     await store.close()
+
+
+def test_a_remote_submitter_rebuilds_the_pending_calls_from_the_events() -> None:
+    from rxinvoke import ApprovalRequested, RunCompleted
+    from rxinvoke.transports.remote import _Outcome
+
+    outcome = _Outcome()
+    run_id, session = "r1", uuid.uuid4()
+    outcome.add(ApprovalRequested(run_id=run_id, call_id="c1", tool_name="deploy", arguments='{"env": "prod"}'))
+    settled = outcome.settle(
+        RunCompleted(run_id=run_id, finish_reason=FinishReason.AWAITING_APPROVAL, iterations=1), run_id, session
+    )
+    assert not isinstance(settled, Exception)
+    assert [(p.call_id, p.tool_name, p.approved) for p in settled.pending] == [("c1", "deploy", None)]

@@ -143,11 +143,12 @@ class Harness:
         store: Any = None,
         scheduler: Any = None,
         answers: Any = None,
+        summarizer: ScriptedProvider | None = None,
         **compaction: Any,
     ) -> None:
         self.summaries = list(summaries)
         self.model = ScriptedProvider(answers or (lambda req: text_turn(f"answer {WORDS}")), id="model")
-        self.summarizer = ScriptedProvider(self._summary, id="summarizer")
+        self.summarizer = summarizer or ScriptedProvider(self._summary, id="summarizer")
         limits = ModelLimits(context_window=window, max_output_tokens=200) if window else None
         policy = RuntimePolicy(
             max_retries=0,
@@ -380,3 +381,26 @@ async def test_the_runtime_sends_old_tool_outputs_pruned_and_stores_them_whole()
     assert sent[1].content.startswith("page 1") and sent[2].content.startswith("page 2")
     stored = [m for m in await runtime.history(session) if m.role == "tool"]
     assert all(m.content.startswith("page") for m in stored)  # the store keeps every output
+
+
+async def test_a_summarising_call_that_outlives_its_timeout_is_a_counted_failure() -> None:
+    import asyncio
+
+    from rxinvoke.providers import Pause
+
+    scheduler = TestScheduler()
+    slow = ScriptedProvider(lambda req: [Pause(3600.0), *text_turn("late")], id="summarizer", scheduler=scheduler)
+    h = Harness(scheduler=scheduler, timeout=30.0, summarizer=slow)
+    for n in range(4):
+        await h.ask(f"q{n}")
+    run = asyncio.ensure_future(h.ask("q4"))
+    for _ in range(200):  # until the summarising call is under way
+        await asyncio.sleep(0)
+        if h.of("compaction_started"):
+            break
+    scheduler.advance_by(30.0)
+    output = await asyncio.wait_for(run, 10)
+
+    (finished,) = h.of("compaction_finished")
+    assert not finished.succeeded and "30" in (finished.error or "")
+    assert output.output_text.startswith("answer")  # the run went on, uncompacted

@@ -37,6 +37,8 @@ from ..errors import (
     SubscriberError,
 )
 from ..events import (
+    ApprovalRequested,
+    CompactionFinished,
     InvocationEvent,
     ModelStarted,
     RunCompleted,
@@ -45,7 +47,7 @@ from ..events import (
     UsageRecorded,
 )
 from ..messages import TokenUsage
-from ..request import RunOutput, RunRequest
+from ..request import PendingApproval, RunOutput, RunRequest
 from ..stores.base import EventEnvelope
 from ._wire import TERMINAL, decode
 from .base import Transport
@@ -142,6 +144,7 @@ class _Outcome:
     def __init__(self) -> None:
         self._text: list[str] = []
         self.usage = TokenUsage()
+        self._pending: list[PendingApproval] = []
 
     def add(self, event: InvocationEvent) -> None:
         if isinstance(event, ModelStarted):
@@ -150,6 +153,17 @@ class _Outcome:
             self._text.append(event.delta)
         elif isinstance(event, UsageRecorded):
             self.usage = self.usage + event.usage
+        elif isinstance(event, CompactionFinished) and event.usage is not None:
+            self.usage = self.usage + event.usage  # the summarising call's cost is the run's
+        elif isinstance(event, ApprovalRequested):
+            self._pending.append(
+                PendingApproval(
+                    call_id=event.call_id,
+                    tool_name=event.tool_name,
+                    arguments=event.arguments,
+                    expires_at=event.expires_at,
+                )
+            )
 
     def settle(self, event: InvocationEvent, run_id: str, session_id: uuid.UUID) -> RunOutput | RxInvokeError:
         if isinstance(event, RunCompleted):
@@ -160,6 +174,7 @@ class _Outcome:
                 finish_reason=event.finish_reason,
                 total_usage=self.usage,
                 output_text="".join(self._text),
+                pending=tuple(self._pending),
             )
         if isinstance(event, RunFailed):
             kind = InvocationTimedOut if event.error.startswith("timed out after") else InvocationFailed
