@@ -62,13 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --session: fail if the session has no stored history (default: warn and "
         "start it)",
     )
-    run.add_argument("--json", action="store_true", help="print one JSON event per line")
-    run.add_argument(
-        "--approve-tool", action="append", default=[], metavar="NAME",
-        help="calls of tool NAME wait for `rxinvoke approve` / `deny` (repeatable)",
-    )
-    add_provider_options(run)
-    _add_db_option(run)
+    _add_run_options(run)
     for verb, what in (("approve", "run it"), ("deny", "tell the model it was denied")):
         decide = commands.add_parser(
             verb,
@@ -80,16 +74,21 @@ def _parser() -> argparse.ArgumentParser:
         decide.add_argument("call_id", metavar="CALL_ID", help="the call waiting for approval")
         if verb == "deny":
             decide.add_argument("--reason", metavar="TEXT", help="why (the model reads it)")
-        decide.add_argument("--json", action="store_true", help="print one JSON event per line")
-        decide.add_argument(
-            "--approve-tool", action="append", default=[], metavar="NAME",
-            help="as for `run`: calls of NAME in the continuation wait too",
-        )
-        add_provider_options(decide)
-        _add_db_option(decide)
+        _add_run_options(decide)
     _add_store_commands(commands)
     scale_out.add_commands(commands, _add_db_option)
     return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """What every command that runs the loop takes (``run``, ``approve``, ``deny``)."""
+    parser.add_argument("--json", action="store_true", help="print one JSON event per line")
+    parser.add_argument(
+        "--approve-tool", action="append", default=[], metavar="NAME",
+        help="calls of tool NAME wait for `rxinvoke approve` / `deny` (repeatable)",
+    )
+    add_provider_options(parser)
+    _add_db_option(parser)
 
 
 async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:

@@ -670,7 +670,7 @@ class AgentRuntime:
                 raise StoreError(f"run {record.run_id!r} disappeared from the store")
             record = latest
         key = record.client_request_id
-        if record.status == "completed" and record.output is not None:
+        if record.status in ("completed", "awaiting_approval") and record.output is not None:
             return record.output
         if record.status == "cancelled":
             raise InvocationCancelled(

@@ -339,3 +339,14 @@ def test_a_remote_submitter_rebuilds_the_pending_calls_from_the_events() -> None
     )
     assert not isinstance(settled, Exception)
     assert [(p.call_id, p.tool_name, p.approved) for p in settled.pending] == [("c1", "deploy", None)]
+
+
+async def test_an_idempotent_emit_of_a_paused_run_returns_its_pending_output() -> None:
+    rig = Rig([tool_calls_turn(BATCH)])
+    request = RunRequest(
+        provider="scripted", model="scripted", input="go", session_id=rig.session, client_request_id="k1"
+    )
+    first = await rig.runtime.run(request)
+    again = await rig.runtime.run(request)  # the same key: the paused run's outcome, not a failure
+    assert again.run_id == first.run_id and again.pending == first.pending
+    assert again.finish_reason is FinishReason.AWAITING_APPROVAL
