@@ -36,26 +36,16 @@ Policy:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from email.utils import parsedate_to_datetime
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 from pydantic import SecretStr
 
-from ..errors import (
-    ProviderConnectionError,
-    ProviderContextOverflow,
-    ProviderError,
-    ProviderHTTPError,
-    ProviderStreamError,
-    redacted,
-)
+from ..errors import ProviderStreamError
 from ..events import (
     ChatFinished,
     ChatStarted,
@@ -66,6 +56,7 @@ from ..events import (
     ChatToolCallStarted,
 )
 from ..messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall, new_id
+from ._http import HttpChatProvider, check_credential, error_message
 
 __all__ = ("DEFAULT_BASE_URL", "OpenAIProvider")
 
@@ -82,7 +73,7 @@ _FINISH_REASONS: Mapping[str, FinishReason] = {
 }
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpChatProvider):
     """A chat provider for OpenAI and OpenAI-compatible ``/chat/completions`` servers.
 
     Example::
@@ -128,56 +119,24 @@ class OpenAIProvider:
             SecretStr(api_key) if isinstance(api_key, str) else api_key
         )
         if self._api_key is not None:
-            _check_credential(self._api_key.get_secret_value(), f"the API key ({source})")
-        for name, value in (headers or {}).items():
-            _check_credential(value, f"the value of header {name!r}")
-        self._id = id
-        self._models = tuple(models)
-        self._base_url = base_url.rstrip("/")
-        self._url = f"{self._base_url}/chat/completions"
-        self._headers = {"Accept": "text/event-stream", **(headers or {})}
+            check_credential(self._api_key.get_secret_value(), f"the API key ({source})")
+        sent = {"Accept": "text/event-stream", **(headers or {})}
         if self._api_key is not None:
-            self._headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
-        self._secrets = _secrets(self._headers)
-        self._timeout = httpx.Timeout(timeout)
+            sent["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        super().__init__(
+            id=id, models=models, base_url=base_url, headers=sent, timeout=timeout, client=client
+        )
+        self._url = f"{self._base_url}/chat/completions"
         self._extra_body = dict(extra_body or {})
-        self._external_client = client
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         key = "set" if self._api_key is not None else "none"
         return f"OpenAIProvider(id={self._id!r}, base_url={self._base_url!r}, api_key={key})"
 
     @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def models(self) -> Sequence[str]:
-        return self._models
-
-    @property
-    def base_url(self) -> str:
-        """The API root requests go to."""
-        return self._base_url
-
-    @property
     def has_api_key(self) -> bool:
         """True when requests carry an ``Authorization`` header."""
         return self._api_key is not None
-
-    async def aclose(self) -> None:
-        """Close the HTTP client this provider made (never an injected one)."""
-        client, self._client, self._client_loop = self._client, None, None
-        if client is not None:
-            await client.aclose()
-
-    async def __aenter__(self) -> OpenAIProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     # --- the request ---------------------------------------------------------------------
 
@@ -210,93 +169,13 @@ class OpenAIProvider:
             )
         return body
 
-    def _client_for_this_loop(self) -> httpx.AsyncClient:
-        if self._external_client is not None:
-            return self._external_client
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            # A client's pooled connections belong to the loop that opened them.
-            self._client = httpx.AsyncClient(timeout=self._timeout)
-            self._client_loop = loop
-        return self._client
-
     # --- the response --------------------------------------------------------------------
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatStreamEvent]:
-        """Stream one chat completion as chat events (see the module policy)."""
-        # The one boundary every failure passes: foreign exceptions become ProviderErrors, and
-        # an error whose chain mentions a secret is replaced by a redacted copy with no chain,
-        # raised outside the except block (so it has no __context__ either).
-        failure: ProviderError | None = None
-        events = self._events(request)
-        try:
-            async for event in events:
-                yield event
-        except ProviderError as exc:
-            if not self._mentions_secret(exc):
-                raise
-            failure = self._scrubbed(exc)
-        except AssertionError:
-            raise  # a failed assertion (a test's guard) is nobody's response: never translated
-        except Exception as exc:
-            translated = ProviderStreamError(
-                self._id, request.model, f"unreadable response: {type(exc).__name__}: {exc}"
-            )
-            if not self._mentions_secret(exc):
-                raise translated from exc
-            failure = self._scrubbed(translated)
-        finally:
-            await events.aclose()
-        if failure is not None:
-            raise failure
-
-    def _mentions_secret(self, exc: BaseException) -> bool:
-        seen: set[int] = set()
-        pending = [exc]
-        while pending:
-            current = pending.pop()
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
-            texts = (str(current), repr(current), *(repr(a) for a in current.args))
-            if any(secret in text for text in texts for secret in self._secrets):
-                return True
-            pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-        return False
-
-    def _scrubbed(self, exc: ProviderError) -> ProviderError:
-        return redacted(exc, self._redact)
 
     async def _events(self, request: ChatRequest) -> AsyncGenerator[ChatStreamEvent, None]:
         model = request.model
-        client = self._client_for_this_loop()
-        http_request = client.build_request(
-            "POST",
-            self._url,
-            json=self.request_body(request),
-            headers=self._headers,
-            timeout=self._timeout,
-        )
-        try:
-            response = await client.send(http_request, stream=True)
-        except httpx.HTTPError as exc:
-            raise self._translate(exc, model) from exc
+        response = await self._open(self.request_body(request), model)
         sse_events: AsyncGenerator[ServerSentEvent, None] | None = None
         try:
-            if response.status_code >= 400:
-                try:
-                    await response.aread()
-                except httpx.HTTPError as exc:
-                    raise self._translate(exc, model) from exc
-                raise self._status_error(response, model)
-            content_type = response.headers.get("content-type", "")
-            if "text/event-stream" not in content_type:
-                raise ProviderStreamError(
-                    self._id,
-                    model,
-                    f"expected a text/event-stream response, got {content_type or 'none'!r} "
-                    "(does the server support stream=true?)",
-                )
             yield ChatStarted(provider=self._id, model=model)
             parser = _ChunkParser(self._id, model, self._redact, request.run_id)
             sse_events = EventSource(response).aiter_sse()
@@ -321,64 +200,12 @@ class OpenAIProvider:
                 await sse_events.aclose()
             await response.aclose()
 
-    def _translate(self, exc: httpx.HTTPError, model: str) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            return ProviderConnectionError(
-                self._id, model, f"timed out ({type(exc).__name__}) talking to {self._url}"
-            )
-        if isinstance(exc, httpx.TransportError):
-            detail = str(exc) or type(exc).__name__
-            what = "cannot connect to" if isinstance(exc, httpx.ConnectError) else "connection to"
-            return ProviderConnectionError(self._id, model, f"{what} {self._url}: {detail}")
-        if isinstance(exc, httpx.DecodingError):
-            return ProviderStreamError(self._id, model, f"undecodable response: {exc}")
-        return ProviderError(self._id, model, f"{type(exc).__name__}: {exc}")
-
-    def _status_error(self, response: httpx.Response, model: str) -> ProviderHTTPError:
-        message = _error_message(response.text) or response.reason_phrase or "no details"
-        overflow = response.status_code in (400, 413) and _is_context_overflow(response.text)
-        kind = ProviderContextOverflow if overflow else ProviderHTTPError
-        return kind(
-            self._id,
-            model,
-            response.status_code,
-            self._redact(message),
-            retry_after=_retry_after(response.headers),
-        )
-
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "**********")
-        return text
-
-
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
-
-
-def _check_credential(value: str, what: str) -> None:
-    """Refuse what HTTP cannot carry as a header value, without echoing it."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string")
-    for position, char in enumerate(value):
-        if not " " <= char <= "~":
-            kind = "a control character" if char < " " or char == "\x7f" else "a non-ASCII character"
-            raise ValueError(
-                f"{what} contains {kind} at position {position}: only printable ASCII is "
-                "allowed (nothing is stripped; check for a trailing newline or a pasted quote)"
-            )
-
-
-def _secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
-    """Every credential value in ``headers``: whole values and their token after a scheme."""
-    found: list[str] = []
-    for name, value in headers.items():
-        if name.lower() not in _CREDENTIAL_HEADERS or not value.strip():
-            continue
-        found.append(value)
-        token = value.split(" ", 1)[1].strip() if " " in value else ""
-        if len(token) >= 4:
-            found.append(token)
-    return tuple(sorted(set(found), key=len, reverse=True))  # longest first
+    @staticmethod
+    def _is_context_overflow(text: str) -> bool:
+        """OpenAI's ``context_length_exceeded`` code, or the message vLLM, Ollama and others
+        send for a prompt longer than the model's context."""
+        lowered = text.lower()
+        return "context_length_exceeded" in lowered or "maximum context length" in lowered
 
 
 def _message(message: Message) -> dict[str, Any]:
@@ -397,55 +224,6 @@ def _message(message: Message) -> dict[str, Any]:
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
     return {"role": message.role, "content": message.content}
-
-
-def _error_message(text: str) -> str:
-    """The human part of an error body: OpenAI's ``error.message`` and its common variants."""
-    message: Any = None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict):
-            message = error.get("message")
-        elif isinstance(error, str):  # Ollama, llama.cpp
-            message = error
-        if not isinstance(message, str):
-            message = data.get("message") or data.get("detail")  # others, FastAPI (vLLM)
-    if not isinstance(message, str):
-        message = text
-    return " ".join(message.split())  # one line, whatever the server sent
-
-
-def _is_context_overflow(text: str) -> bool:
-    """OpenAI's ``context_length_exceeded`` code, or the message vLLM, Ollama and others send
-    for a prompt longer than the model's context."""
-    lowered = text.lower()
-    return "context_length_exceeded" in lowered or "maximum context length" in lowered
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds the server asks us to wait: ``retry-after-ms`` (OpenAI) or ``Retry-After``."""
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds:
-        try:
-            return max(0.0, float(milliseconds) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class _Call:
@@ -497,7 +275,7 @@ class _ChunkParser:
         if not isinstance(chunk, dict):
             raise self._error(f"stream chunk {self._chunks} is not a JSON object: {data[:120]!r}")
         if "error" in chunk:
-            raise self._error(f"server error in stream: {self._redact(_error_message(data))}")
+            raise self._error(f"server error in stream: {self._redact(error_message(data))}")
         usage = chunk.get("usage")
         if usage is not None:
             self._usage = self._token_usage(usage)
