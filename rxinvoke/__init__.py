@@ -272,7 +272,10 @@ __all__ = (
 )
 
 # Importable from the top level on first use: their module needs an optional extra.
-_LAZY: dict[str, str] = {"OpenAIProvider": "rxinvoke.providers.openai"}
+_LAZY: dict[str, str] = {
+    "AnthropicProvider": "rxinvoke.providers.anthropic",
+    "OpenAIProvider": "rxinvoke.providers.openai",
+}
 
 # Plumbing that left the top level: still reachable here, with a DeprecationWarning, for one
 # release; import it from its module instead.

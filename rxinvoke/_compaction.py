@@ -140,7 +140,7 @@ class Compactor:
         """The model's limits: the policy's for that model, the provider's, the policy's
         default; None when nothing says."""
         policy = self._policy.compaction
-        limits = policy.model_limits.get(model)
+        limits = policy.limits_by_model.get(model)
         if limits is not None:
             return limits
         hook = getattr(provider, "model_limits", None)

@@ -42,6 +42,23 @@ def openai_provider(args: argparse.Namespace) -> ChatProvider:
     return OpenAIProvider(base_url=base_url, api_key_env=variable)
 
 
+def anthropic_provider(args: argparse.Namespace) -> ChatProvider:
+    try:
+        from .providers.anthropic import DEFAULT_ANTHROPIC_URL, AnthropicProvider
+    except ImportError as exc:
+        raise UserError(
+            "--provider anthropic needs the anthropic extra "
+            f"(pip install 'rxinvoke[anthropic]'): {exc}"
+        ) from exc
+    variable = args.api_key_env or "ANTHROPIC_API_KEY"
+    if not os.environ.get(variable):
+        raise UserError(f"no API key: the environment variable {variable} is not set")
+    try:
+        return AnthropicProvider(base_url=args.base_url or DEFAULT_ANTHROPIC_URL, api_key_env=variable)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 ECHO_LIMIT = 200
 """Characters of a tool call's arguments or result echoed on one line."""
 
@@ -188,20 +205,22 @@ def add_provider_options(parser: argparse.ArgumentParser) -> None:
         help="pause between streamed fragments of the offline model (default 0.02)",
     )
     parser.add_argument(
-        "--provider", choices=("offline", "openai"), default="offline",
-        help="offline: the embedded model (default); openai: an OpenAI-compatible server",
+        "--provider", choices=("offline", "openai", "anthropic"), default="offline",
+        help="offline: the embedded model (default); openai: an OpenAI-compatible server; "
+        "anthropic: the Anthropic Messages API",
     )
     parser.add_argument(
-        "--model", metavar="NAME", help="the model name (required with --provider openai)"
+        "--model", metavar="NAME",
+        help="the model name (required with --provider openai or anthropic)",
     )
     parser.add_argument(
         "--base-url", metavar="URL",
-        help=f"API root of the OpenAI-compatible server (default {OPENAI_URL})",
+        help=f"API root of the server (default {OPENAI_URL}, or https://api.anthropic.com)",
     )
     parser.add_argument(
         "--api-key-env", metavar="VAR",
-        help="environment variable holding the API key (default OPENAI_API_KEY; "
-        "a server other than OpenAI's may need none)",
+        help="environment variable holding the API key (default OPENAI_API_KEY or "
+        "ANTHROPIC_API_KEY; a server other than OpenAI's may need none)",
     )
 
 
@@ -209,4 +228,6 @@ def provider_from_args(args: argparse.Namespace) -> ChatProvider:
     """The provider the options of :func:`add_provider_options` name."""
     if args.provider == "openai":
         return openai_provider(args)
+    if args.provider == "anthropic":
+        return anthropic_provider(args)
     return OfflineProvider(delay=args.delay)

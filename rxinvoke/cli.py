@@ -262,8 +262,9 @@ def _invalid_options(args: argparse.Namespace) -> str | None:
             args.kind_member = EventKind.parse(kind)
         except ValueError:
             return f"unknown event kind {kind!r}"
-    if getattr(args, "provider", None) == "openai" and not args.model:
-        return "--provider openai needs --model NAME"
+    provider = getattr(args, "provider", None)
+    if provider in ("openai", "anthropic") and not args.model:
+        return f"--provider {provider} needs --model NAME"
     return None
 
 

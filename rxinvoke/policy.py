@@ -57,14 +57,14 @@ class CompactionPolicy(Frozen):
 
     Tokens are estimated (about 4 characters per token plus 4 per message and per tool call)
     unless the provider counts them (``count_tokens``). The model's limits come from
-    ``model_limits[model]``, else the provider (``model_limits(model)``), else ``limits``; with
+    ``limits_by_model[model]``, else the provider (``model_limits(model)``), else ``limits``; with
     none known, only reactive compaction (the provider said the context is too long) happens.
     """
 
     enabled: bool = True
     limits: ModelLimits | None = None
     """Limits of every model nothing more specific names."""
-    model_limits: dict[str, ModelLimits] = Field(default_factory=dict)
+    limits_by_model: dict[str, ModelLimits] = Field(default_factory=dict)
     """Limits per model name (over the provider's and ``limits``)."""
     trigger_ratio: float = Field(default=0.9, gt=0, le=1)
     """Compact before a model call whose context would exceed this share of the usable window

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests_support_procs import WorkerProcess, start_worker
 from tests_support_servers import RedisServer
 
 PROMPT = "what is 2 + 3?"
@@ -43,22 +43,15 @@ def env(redis_server: RedisServer, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-async def worker(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+async def worker(env: dict[str, str]) -> AsyncIterator[WorkerProcess]:
     """`rxinvoke worker` on the offline model (0.2 s between fragments: runs last seconds)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rxinvoke", "worker", "--delay", "0.2", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    banner = await asyncio.wait_for(process.stderr.readline(), 30)
-    assert b"rxinvoke worker" in banner and b"concurrency 4" in banner
+    process = await start_worker(env, "--delay", "0.2")
+    assert b"rxinvoke worker" in process.banner and b"concurrency 4" in process.banner
     yield process
-    process.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(process.wait(), 60)
-    assert process.returncode == 0
+    assert await process.stop(60) == 0, process.log()
 
 
-async def test_submit_streams_the_answer_from_a_worker(env: dict[str, str], worker: asyncio.subprocess.Process) -> None:
+async def test_submit_streams_the_answer_from_a_worker(env: dict[str, str], worker: WorkerProcess) -> None:
     code, out, err = await rxinvoke(env, "submit", PROMPT)
     assert code == 0, err
     assert '→ calculate({"expression": "2 + 3"})' in out and "2 + 3 = 5." in out
@@ -66,7 +59,7 @@ async def test_submit_streams_the_answer_from_a_worker(env: dict[str, str], work
 
 
 async def test_a_detached_run_is_followed_from_redis_and_from_the_store(
-    env: dict[str, str], worker: asyncio.subprocess.Process
+    env: dict[str, str], worker: WorkerProcess
 ) -> None:
     code, out, err = await rxinvoke(env, "submit", "--detach", PROMPT)
     assert code == 0, err
@@ -85,7 +78,7 @@ async def test_a_detached_run_is_followed_from_redis_and_from_the_store(
 
 
 async def test_cancel_reaches_the_worker_and_the_submitter_sees_it(
-    env: dict[str, str], worker: asyncio.subprocess.Process
+    env: dict[str, str], worker: WorkerProcess
 ) -> None:
     submit = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rxinvoke", "submit", "--json", "tell me something long", env=env,

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from tests_support_procs import WorkerProcess
+from tests_support_procs import start_worker as start
 from tests_support_servers import PostgresServer, RedisServer
 
 from rxinvoke import AgentRuntime, EmitRequest, InvocationFailed, PostgresStore, RuntimeInvocation
@@ -21,18 +23,12 @@ from rxinvoke.transports.remote import RemoteRuns
 TERMINAL = ("run_completed", "run_failed", "run_cancelled")
 
 
-async def start_worker(name: str, env: dict[str, str], *extra: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rxinvoke", "worker", "--name", name, "--delay", "0.05",
-        "--concurrency", "8", "--lease-ttl", "1", *extra,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+async def start_worker(name: str, env: dict[str, str], *extra: str) -> WorkerProcess:
+    worker = await start(
+        env, "--name", name, "--delay", "0.05", "--concurrency", "8", "--lease-ttl", "1", *extra
     )
-    assert process.stderr is not None
-    line = await asyncio.wait_for(process.stderr.readline(), 30)  # its banner: it is serving
-    assert name.encode() in line, line
-    return process
+    assert name.encode() in worker.banner, worker.banner  # it is serving
+    return worker
 
 
 @pytest.fixture
@@ -106,12 +102,12 @@ async def test_four_workers_two_hundred_runs_one_killed_mid_run(
             "pending": 0, "min": None, "max": None, "consumers": []
         }
     finally:
-        for process in workers:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        for process in workers:
-            await asyncio.wait_for(process.wait(), 30)
-        assert [p.returncode for p in workers[1:]] == [0, 0, 0]  # SIGTERM: a clean stop
+        for worker in workers:
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            await worker.stop(60)
+        assert [w.returncode for w in workers[1:]] == [0, 0, 0], [w.log() for w in workers[1:]]
         await transport.close()
         await store.close()
 

@@ -5,6 +5,9 @@
 - ``scripted``  :class:`ScriptedProvider`: replays scripted turns (tests, notebooks)
 - ``openai``    :class:`~rxinvoke.providers.openai.OpenAIProvider`: OpenAI-compatible
                 ``/chat/completions`` over httpx (extra ``[openai]``; imported on first use)
+- ``anthropic`` :class:`~rxinvoke.providers.anthropic.AnthropicProvider`: the Anthropic
+                Messages API over httpx (extra ``[anthropic]``; imported on first use)
+- ``_http``     what the HTTP providers share (client per loop, secrets, error translation)
 
 Providers import values only: never a store, the bus or the runtime.
 """
@@ -30,14 +33,18 @@ __all__ = (
 )
 
 
-def __getattr__(name: str) -> Any:
-    # OpenAIProvider needs httpx: imported on first use, so importing rxinvoke stays light.
-    if name == "OpenAIProvider":
-        from .openai import OpenAIProvider
+_LAZY = {"AnthropicProvider": "anthropic", "OpenAIProvider": "openai"}
 
-        return OpenAIProvider
+
+def __getattr__(name: str) -> Any:
+    # the HTTP providers need httpx: imported on first use, so importing rxinvoke stays light
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*__all__, "OpenAIProvider"])
+    return sorted([*__all__, *_LAZY])
