@@ -46,6 +46,7 @@ import pytest
 from reactivex import Observable, abc
 from reactivex.testing import TestScheduler
 
+from .conformance import Calls, Failure, Hold, ProviderConformance, Text, Turn
 from .errors import ProviderStreamError
 from .events import ChatFinished, ChatTextDelta, EventBase, EventKind, InvocationEvent
 from .invocation import RuntimeInvocation
@@ -56,9 +57,15 @@ from .runtime import AgentRuntime
 from .stores import MemoryStore
 
 __all__ = (
+    "Calls",
     "EventProbe",
+    "Failure",
+    "Hold",
     "OutboundRequestRefused",
+    "ProviderConformance",
     "Scripted",
+    "Text",
+    "Turn",
     "advance",
     "event_capture",
     "marbles_of",

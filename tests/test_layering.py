@@ -59,7 +59,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "apps",
         ("cli", "_terminal", "__main__", "provider_openai", "transports", "transports.*", "otel",
-         "testing",
+         "conformance", "testing",
          "testing.*", ROOT),
     ),
 )

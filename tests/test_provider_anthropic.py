@@ -53,6 +53,8 @@ Event = tuple[str, dict[str, Any]]
 class Reply:
     events: Sequence[Event]
     drop_after: int | None = None
+    hold: bool = False
+    """After the events, send nothing more and wait for the client to go away."""
 
 
 @dataclass
@@ -70,6 +72,8 @@ class MessagesServer:
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.disconnected = asyncio.Event()
+        """A held reply saw the client go away."""
 
     def script(self, *replies: Reply | Error) -> None:
         self.replies.extend(replies)
@@ -102,6 +106,12 @@ class MessagesServer:
                 request.transport.close()
                 return response
             await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        if reply.hold:
+            try:
+                await asyncio.Event().wait()  # until the client goes away
+            except asyncio.CancelledError:
+                self.disconnected.set()
+                raise
         await response.write_eof()
         return response
 
