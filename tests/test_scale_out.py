@@ -107,9 +107,9 @@ async def test_four_workers_two_hundred_runs_one_killed_mid_run(
                 worker.send_signal(signal.SIGTERM)
         for worker in workers:
             await worker.stop(60)
-        assert [w.returncode for w in workers[1:]] == [0, 0, 0], [w.log() for w in workers[1:]]
         await transport.close()
         await store.close()
+    assert [w.returncode for w in workers[1:]] == [0, 0, 0], [w.log() for w in workers[1:]]
 
 
 async def _collect(stream: Any) -> list[Any]:

@@ -19,6 +19,9 @@ class WorkerProcess:
     banner: bytes
     lines: list[bytes] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    terminated: bool = False
+    """SIGTERM was sent (once: a second one may land after the worker's loop removed its
+    handler, and kill it)."""
 
     @property
     def pid(self) -> int:
@@ -43,13 +46,17 @@ class WorkerProcess:
         return code
 
     def send_signal(self, sig: int) -> None:
+        if sig == signal.SIGTERM:
+            if self.terminated:
+                return
+            self.terminated = True
         self.process.send_signal(sig)
 
     async def stop(self, timeout: float = 60) -> int:
         """SIGTERM, then its exit status; a worker still running after ``timeout`` seconds is
         killed and the test fails with its log."""
         if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.send_signal(signal.SIGTERM)
         try:
             return await asyncio.wait_for(self.wait(), timeout)
         except asyncio.TimeoutError:
