@@ -1,7 +1,7 @@
 """The span model: a run's events as a tree of timed spans (run → model call → tool execution).
 
-One model serves every view of a run's timing — the notebook's waterfall timeline and, later,
-the OpenTelemetry exporter — so they agree by construction. :func:`spans` is a pure function
+One model serves every view of a run's timing — the notebook's waterfall timeline and the
+OpenTelemetry exporter (``rxinvoke.otel``) — so they agree by construction. :func:`spans` is a pure function
 of an event list (live or stored): a span still open when the list ends is ``running``.
 
 - ``run``: ``run_started`` → the terminal event; status ``ok`` / ``error`` / ``cancelled``.
@@ -38,7 +38,7 @@ from .events import (
     UsageRecorded,
 )
 
-__all__ = ("Span", "SpanKind", "SpanStatus", "spans")
+__all__ = ("Span", "SpanBuilder", "SpanKind", "SpanStatus", "spans")
 
 SpanKind = Literal["run", "model_call", "tool_execution"]
 SpanStatus = Literal["ok", "error", "cancelled", "running"]
@@ -71,7 +71,7 @@ class Span:
 def spans(events: Iterable[InvocationEvent]) -> list[Span]:
     """The spans of the runs in ``events`` (in order of their start): per run, its run span,
     then its model calls and tool executions."""
-    builders: dict[str, _RunSpans] = {}
+    builders: dict[str, SpanBuilder] = {}
     order: list[str] = []
     for event in events:
         run_id = event.run_id
@@ -79,7 +79,7 @@ def spans(events: Iterable[InvocationEvent]) -> list[Span]:
             continue
         builder = builders.get(run_id)
         if builder is None:
-            builder = builders[run_id] = _RunSpans(run_id)
+            builder = builders[run_id] = SpanBuilder(run_id)
             order.append(run_id)
         builder.add(event)
     result: list[Span] = []
@@ -96,7 +96,11 @@ class _Open:
         self.attributes: dict[str, Any] = {}
 
 
-class _RunSpans:
+class SpanBuilder:
+    """One run's spans, built event by event (what :func:`spans` does for a list; the
+    OpenTelemetry exporter feeds it live): :meth:`add` each event of the run, then
+    :meth:`finish` gives its spans."""
+
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.run: _Open | None = None

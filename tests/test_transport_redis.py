@@ -352,6 +352,13 @@ async def test_a_worker_that_loses_its_lease_stops_and_the_run_never_runs_twice(
         await asyncio.wait_for(stream.result, 20)
     assert a.stats.lease_lost == 1 and calls == ["slow"]  # b never executed it
     assert b.stats.executed == 0
+    # the stream shows run_cancelled as soon as it is published; a's store write of it may
+    # land a moment later (the mirror does not wait for the store): wait for the settle
+    for _ in range(500):
+        record = await store_b.get_run(stream.run_id)
+        if record is not None and record.is_finished:
+            break
+        await asyncio.sleep(0.01)
     types = [e.type for e in await store_b.read_events(stream.run_id)]
     assert sum(t in ("run_completed", "run_failed", "run_cancelled") for t in types) == 1
     for stop, task in ((stop_a, task_a), (stop_b, task_b)):

@@ -35,8 +35,9 @@ from ..events import (
     ChatToolCallArgumentsDelta,
     ChatToolCallCompleted,
     ChatToolCallStarted,
+    trusted,
 )
-from ..messages import ChatRequest, FinishReason, TokenUsage, ToolCall, new_id
+from ..messages import ChatRequest, FinishReason, TokenUsage, ToolCall, new_id, utcnow
 
 __all__ = ("Pause", "Refuse", "ScriptedProvider", "TurnItem")
 
@@ -133,7 +134,8 @@ class ScriptedProvider:
             elif isinstance(item, Refuse):
                 raise item.error
             else:
-                yield item
+                # stamped now, as a real provider's events are (the script was built earlier)
+                yield trusted(type(item), {**item.__dict__, "timestamp": utcnow()})
 
     @property
     def requests(self) -> list[ChatRequest]:

@@ -1,0 +1,281 @@
+"""OpenTelemetry export: a runtime's runs as GenAI spans and metrics (extra ``[otel]``).
+
+``disposable = rxinvoke.otel.instrument(runtime, tracer_provider=None, meter_provider=None,
+capture_content=False)`` observes the runtime's event stream and, when a run ends, emits its
+spans — built by the same span model as the notebook timeline (:class:`rxinvoke.spans.
+SpanBuilder`), so both show one tree by construction — with the times of the events:
+
+- ``invoke_agent {agent}`` (INTERNAL), the run: ``gen_ai.operation.name=invoke_agent``,
+  ``gen_ai.agent.name`` (the runtime's name, else ``rxinvoke``), ``gen_ai.provider.name``,
+  ``gen_ai.request.model``, ``gen_ai.conversation.id`` (the session); ``rxinvoke.run_id``,
+  ``rxinvoke.finish_reason``, ``rxinvoke.iterations``;
+- ``chat {model}`` (CLIENT), each model call, its child: ``gen_ai.operation.name=chat``,
+  provider, request model, ``gen_ai.response.finish_reasons``, ``gen_ai.usage.input_tokens`` /
+  ``output_tokens``, ``gen_ai.response.time_to_first_chunk`` (seconds);
+- ``execute_tool {tool}`` (INTERNAL), each tool execution, a child of the run:
+  ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``gen_ai.tool.type=function``, the agent name.
+
+Never a span per text fragment. Failures and cancellations set the span status to ERROR with
+``error.type`` (``cancelled``, ``timeout``, ``run_failed``, or the tool error's type); success
+leaves it UNSET, as the conventions ask. Usage is on the chat spans only (no run totals: a
+backend summing ``gen_ai.usage.*`` would count it twice). Content — the model's answer text
+(``gen_ai.output.messages``) and tool arguments and results (``gen_ai.tool.call.arguments`` /
+``result``) — only with ``capture_content=True``; the input messages are not in the events and
+are not exported.
+
+Metrics: ``gen_ai.client.operation.duration`` (seconds) and ``gen_ai.client.token.usage``
+(``{token}``, ``gen_ai.token.type`` input/output) histograms, per model call.
+
+Follows the OpenTelemetry GenAI semantic conventions as of semantic-conventions 1.37
+(``gen_ai.provider.name``, agent spans; Development status). Spans are emitted when the run
+ends (their times are the events'), so a span processor sees a run once it is over.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from reactivex import abc
+from reactivex.disposable import Disposable
+
+from .events import (
+    EventKind,
+    InvocationEvent,
+    ModelStarted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    TextDelta,
+    ToolCallCompleted,
+    ToolExecutionFinished,
+    ToolFailure,
+)
+from .runtime import AgentRuntime
+from .spans import Span, SpanBuilder
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+__all__ = ("SEMCONV_VERSION", "instrument")
+
+SEMCONV_VERSION = "1.37.0"
+"""The OpenTelemetry semantic conventions version the attribute names follow (GenAI)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_KINDS = frozenset({
+    EventKind.RUN_STARTED, EventKind.MODEL_STARTED, EventKind.TEXT_DELTA,
+    EventKind.TOOL_CALL_STARTED, EventKind.TOOL_CALL_DELTA, EventKind.CHAT_FINISHED,
+    EventKind.USAGE_RECORDED, EventKind.TOOL_EXECUTION_STARTED, EventKind.TOOL_EXECUTION_FINISHED,
+    EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED,
+})
+"""What the span model reads (``rxinvoke.spans``)."""
+_TERMINAL = (RunCompleted, RunFailed, RunCancelled)
+
+
+def _ns(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+class _Run:
+    __slots__ = ("builder", "calls", "model_calls", "results", "session", "texts")
+
+    def __init__(self, run_id: str) -> None:
+        self.builder = SpanBuilder(run_id)
+        self.model_calls = 0
+        self.session: str | None = None
+        self.texts: dict[int, list[str]] = {}  # model call index → answer text (content only)
+        self.calls: dict[str, str] = {}  # call id → arguments (content only)
+        self.results: dict[str, str] = {}
+
+
+class _Exporter:
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        capture_content: bool,
+    ) -> None:
+        from opentelemetry import metrics, trace
+
+        from ._version import __version__
+
+        self._trace = trace
+        self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(
+            "rxinvoke", __version__, schema_url=f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
+        )
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("rxinvoke", __version__)
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration"
+        )
+        self._tokens = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}", description="Measures number of input and output tokens used"
+        )
+        self._agent = runtime.name or "rxinvoke"
+        self._capture = capture_content
+        self._runs: dict[str, _Run] = {}
+
+    def on_event(self, event: InvocationEvent) -> None:
+        run_id = event.run_id
+        if run_id is None:
+            return
+        run = self._runs.get(run_id)
+        if run is None:
+            if not isinstance(event, RunStarted):
+                return  # a run that began before the exporter was attached
+            run = self._runs[run_id] = _Run(run_id)
+        if isinstance(event, RunStarted):
+            run.session = event.session_id
+        run.builder.add(event)
+        if self._capture:
+            self._keep_content(run, event)
+        if isinstance(event, _TERMINAL):
+            del self._runs[run_id]
+            self._emit(run, run.builder.finish())
+
+    def _keep_content(self, run: _Run, event: InvocationEvent) -> None:
+        if isinstance(event, ModelStarted):
+            run.model_calls += 1
+        elif isinstance(event, TextDelta):
+            run.texts.setdefault(run.model_calls - 1, []).append(event.delta)
+        elif isinstance(event, ToolCallCompleted):
+            run.calls[event.call.id] = event.call.arguments
+        elif isinstance(event, ToolExecutionFinished):
+            result = event.result
+            run.results[event.call_id] = result.error if isinstance(result, ToolFailure) else result.output
+
+    # --- spans ---------------------------------------------------------------------------------
+
+    def _emit(self, run: _Run, spans: list[Span]) -> None:
+        trace = self._trace
+        kinds = trace.SpanKind
+        root = spans[0]
+        common = {"gen_ai.agent.name": self._agent}
+        if run.session:
+            common["gen_ai.conversation.id"] = run.session
+        parent = self._start(root, f"invoke_agent {self._agent}", kinds.INTERNAL, None, {
+            **common,
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.provider.name": root.attributes.get("provider", ""),
+            "gen_ai.request.model": root.attributes.get("model", ""),
+            "rxinvoke.run_id": root.run_id,
+            **_optional(root.attributes, {"finish_reason": "rxinvoke.finish_reason", "iterations": "rxinvoke.iterations"}),
+        })
+        context = trace.set_span_in_context(parent)
+        calls = 0
+        for span in spans[1:]:
+            if span.kind == "model_call":
+                attributes = self._chat_attributes(span, common)
+                if self._capture and calls in run.texts:
+                    attributes["gen_ai.output.messages"] = json.dumps(
+                        [{"role": "assistant", "parts": [{"type": "text", "content": "".join(run.texts[calls])}]}]
+                    )
+                calls += 1
+                self._finish(span, self._start(span, span.name, kinds.CLIENT, context, attributes))
+                self._record(span)
+            else:
+                call_id = str(span.attributes.get("call_id", ""))
+                attributes = {
+                    **common,
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": span.attributes.get("tool_name", ""),
+                    "gen_ai.tool.call.id": call_id,
+                    "gen_ai.tool.type": "function",
+                }
+                if self._capture:
+                    if call_id in run.calls:
+                        attributes["gen_ai.tool.call.arguments"] = run.calls[call_id]
+                    if call_id in run.results:
+                        attributes["gen_ai.tool.call.result"] = run.results[call_id]
+                self._finish(span, self._start(span, span.name, kinds.INTERNAL, context, attributes))
+        self._finish(root, parent)
+
+    @staticmethod
+    def _chat_attributes(span: Span, common: Mapping[str, Any]) -> dict[str, Any]:
+        found = span.attributes
+        attributes: dict[str, Any] = {
+            **common,
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": found.get("provider", ""),
+            "gen_ai.request.model": found.get("model", ""),
+            "rxinvoke.iteration": found.get("iteration", 0),
+        }
+        if "finish_reason" in found:
+            attributes["gen_ai.response.finish_reasons"] = (str(found["finish_reason"]),)
+        if "input_tokens" in found:
+            attributes["gen_ai.usage.input_tokens"] = found["input_tokens"]
+            attributes["gen_ai.usage.output_tokens"] = found["output_tokens"]
+        if "first_fragment_ms" in found:
+            attributes["gen_ai.response.time_to_first_chunk"] = float(found["first_fragment_ms"]) / 1000.0
+        return attributes
+
+    def _start(self, span: Span, name: str, kind: Any, context: Any, attributes: Mapping[str, Any]) -> Any:
+        return self._tracer.start_span(
+            name, context=context, kind=kind, attributes=dict(attributes), start_time=_ns(span.start)
+        )
+
+    def _finish(self, span: Span, otel_span: Any) -> None:
+        trace = self._trace
+        if span.status in ("error", "cancelled", "running"):
+            error = self._error_type(span)
+            otel_span.set_attribute("error.type", error)
+            description = str(span.attributes.get("error", error))
+            otel_span.set_status(trace.Status(trace.StatusCode.ERROR, description))
+        otel_span.end(end_time=_ns(span.end or span.start))
+
+    @staticmethod
+    def _error_type(span: Span) -> str:
+        if span.status in ("cancelled", "running"):
+            return "cancelled"
+        if "error_type" in span.attributes:
+            return str(span.attributes["error_type"])
+        error = str(span.attributes.get("error", ""))
+        return "timeout" if error.startswith("timed out after") else "run_failed"
+
+    def _record(self, span: Span) -> None:
+        found = span.attributes
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": found.get("provider", ""),
+            "gen_ai.request.model": found.get("model", ""),
+        }
+        if span.status != "ok":
+            attributes["error.type"] = self._error_type(span)
+        if span.duration_ms is not None:
+            self._duration.record(span.duration_ms / 1000.0, attributes)
+        if "input_tokens" in found:
+            self._tokens.record(found["input_tokens"], {**attributes, "gen_ai.token.type": "input"})
+            self._tokens.record(found["output_tokens"], {**attributes, "gen_ai.token.type": "output"})
+
+
+def _optional(found: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    return {names[k]: found[k] for k in names if k in found}
+
+
+def instrument(
+    runtime: AgentRuntime,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    *,
+    capture_content: bool = False,
+) -> abc.DisposableBase:
+    """Export ``runtime``'s runs as OpenTelemetry GenAI spans and metrics (the global
+    providers unless given); dispose the result to stop. Runs that began before are not
+    exported. Needs the ``[otel]`` extra (``opentelemetry-api``; an SDK to see anything)."""
+    exporter = _Exporter(runtime, tracer_provider, meter_provider, capture_content)
+    kinds = _KINDS | ({EventKind.TOOL_CALL_COMPLETED} if capture_content else set())
+    # the kinds the span model reads, each its own subscription (the bus is indexed by kind:
+    # the chat twins and everything else are never delivered here); one publish order
+    subscriptions = [runtime.bus.observe(kind).subscribe(exporter.on_event) for kind in kinds]
+
+    def dispose() -> None:
+        for subscription in subscriptions:
+            subscription.dispose()
+
+    return Disposable(dispose)

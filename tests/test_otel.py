@@ -1,0 +1,249 @@
+"""OpenTelemetry GenAI export (issue 15 §3) with the SDK's in-memory span exporter and metric
+reader: names, kinds, attributes and values, the parent/child tree (the same as the notebook's
+span model), timing from the events, content only when asked, concurrent runs never mixed,
+cancelled and failed runs' status, the two histograms."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+
+from rxinvoke import (  # noqa: E402
+    AgentRuntime,
+    Control,
+    InvocationCancelled,
+    InvocationEvent,
+    InvocationFailed,
+    MemoryStore,
+    ProviderHTTPError,
+    RunRequest,
+    ScriptedProvider,
+    TokenUsage,
+    spans,
+    tool,
+)
+from rxinvoke.otel import _ns, instrument  # noqa: E402
+from rxinvoke.providers import Refuse  # noqa: E402
+
+text_turn = ScriptedProvider.text_turn
+tool_call_turn = ScriptedProvider.tool_call_turn
+FIRST = TokenUsage(input_tokens=5, output_tokens=2, total_tokens=7)
+SECOND = TokenUsage(input_tokens=11, output_tokens=3, total_tokens=14)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool
+def explode() -> str:
+    """Fail."""
+    raise RuntimeError("kaboom")
+
+
+class Otel:
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def spans(self) -> list[Any]:
+        return sorted(self.exporter.get_finished_spans(), key=lambda s: s.start_time)
+
+    def points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        found = []
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found += list(metric.data.data_points)
+        return found
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    o = Otel()
+    yield o
+    o.tracer_provider.shutdown()
+    o.meter_provider.shutdown()
+
+
+def rig(otel: Otel, turns: Any, *, tools: Any = (add,), capture: bool = False, name: str | None = None) -> tuple[AgentRuntime, list[InvocationEvent], Any]:
+    runtime = AgentRuntime(providers=[ScriptedProvider(turns)], tools=tools, store=MemoryStore(), name=name)
+    events: list[InvocationEvent] = []
+    runtime.events.subscribe(events.append)
+    handle = instrument(runtime, otel.tracer_provider, otel.meter_provider, capture_content=capture)
+    return runtime, events, handle
+
+
+def request(session: uuid.UUID | None = None) -> RunRequest:
+    return RunRequest(provider="scripted", model="scripted", input="add 2 and 3", session_id=session)
+
+
+W1 = [tool_call_turn("add", {"a": 2, "b": 3}, call_id="call_1", pieces=3, usage=FIRST), text_turn("5", pieces=2, usage=SECOND)]
+
+
+async def test_a_run_is_an_invoke_agent_span_with_chat_and_execute_tool_children(otel: Otel) -> None:
+    runtime, events, _ = rig(otel, W1, name="helper")
+    session = uuid.uuid4()
+    output = await runtime.run(request(session))
+
+    got = otel.spans()
+    assert [(s.name, s.kind) for s in got] == [
+        ("invoke_agent helper", SpanKind.INTERNAL),
+        ("chat scripted", SpanKind.CLIENT),
+        ("execute_tool add", SpanKind.INTERNAL),
+        ("chat scripted", SpanKind.CLIENT),
+    ]
+    root, chat1, tool_span, chat2 = got
+    assert root.parent is None and all(s.parent.span_id == root.context.span_id for s in got[1:])
+    assert len({s.context.trace_id for s in got}) == 1
+    assert dict(root.attributes) == {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": "helper",
+        "gen_ai.provider.name": "scripted",
+        "gen_ai.request.model": "scripted",
+        "gen_ai.conversation.id": str(session),
+        "rxinvoke.run_id": output.run_id,
+        "rxinvoke.finish_reason": "stop",
+        "rxinvoke.iterations": 2,
+    }
+    assert chat1.attributes["gen_ai.operation.name"] == "chat"
+    assert chat1.attributes["gen_ai.response.finish_reasons"] == ("tool_calls",)
+    assert (chat1.attributes["gen_ai.usage.input_tokens"], chat1.attributes["gen_ai.usage.output_tokens"]) == (5, 2)
+    assert chat2.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert chat1.attributes["gen_ai.response.time_to_first_chunk"] >= 0
+    assert {k: tool_span.attributes[k] for k in ("gen_ai.tool.name", "gen_ai.tool.call.id", "gen_ai.tool.type")} == {
+        "gen_ai.tool.name": "add", "gen_ai.tool.call.id": "call_1", "gen_ai.tool.type": "function"
+    }
+    assert all(s.status.status_code is StatusCode.UNSET for s in got)
+    # no content by default, and never a span per fragment
+    assert not any(k.startswith(("gen_ai.tool.call.arguments", "gen_ai.output")) for s in got for k in s.attributes)
+    # timing: the events' own timestamps
+    started = next(e for e in events if e.type == "run_started")
+    ended = next(e for e in events if e.type == "run_completed")
+    assert (root.start_time, root.end_time) == (_ns(started.timestamp), _ns(ended.timestamp))
+
+
+async def test_the_exporter_and_the_span_model_give_the_same_tree(otel: Otel) -> None:
+    runtime, events, _ = rig(otel, W1)
+    await runtime.run(request())
+
+    model = spans(events)
+    exported = otel.spans()
+    assert len(model) == len(exported)
+    by_id = {s.span_id: s for s in model}
+    otel_ids = {s.context.span_id: s for s in exported}
+    for ours, theirs in zip(model, exported, strict=True):
+        assert (_ns(ours.start), _ns(ours.end)) == (theirs.start_time, theirs.end_time)
+        expected = "invoke_agent rxinvoke" if ours.kind == "run" else ours.name
+        assert theirs.name == expected
+        parent = otel_ids[theirs.parent.span_id] if theirs.parent else None
+        if ours.parent_id is None:
+            assert parent is None
+        else:
+            assert parent is not None and parent.name.startswith("invoke_agent")
+            assert by_id[ours.parent_id].kind == "run"
+
+
+async def test_content_is_exported_only_when_asked(otel: Otel) -> None:
+    runtime, _, _ = rig(otel, W1, capture=True)
+    await runtime.run(request())
+    root, chat1, tool_span, chat2 = otel.spans()
+    assert json.loads(tool_span.attributes["gen_ai.tool.call.arguments"]) == {"a": 2, "b": 3}
+    assert tool_span.attributes["gen_ai.tool.call.result"] == "5"
+    output = json.loads(chat2.attributes["gen_ai.output.messages"])
+    assert output == [{"role": "assistant", "parts": [{"type": "text", "content": "5"}]}]
+    assert "gen_ai.output.messages" not in chat1.attributes  # it only called a tool
+
+
+async def test_concurrent_runs_are_never_mixed(otel: Otel) -> None:
+    def answer(req: Any) -> Any:
+        return text_turn(f"answer for {req.run_id}")
+
+    runtime, _, _ = rig(otel, answer)
+    sessions = [uuid.uuid4() for _ in range(5)]
+    outputs = await asyncio.gather(*(runtime.run(request(s)) for s in sessions))
+
+    got = otel.spans()
+    roots = [s for s in got if s.parent is None]
+    assert len(roots) == 5 and len({r.context.trace_id for r in roots}) == 5
+    for root in roots:
+        children = [s for s in got if s.parent is not None and s.parent.span_id == root.context.span_id]
+        assert [c.name for c in children] == ["chat scripted"]
+        assert all(c.context.trace_id == root.context.trace_id for c in children)
+        assert children[0].attributes["gen_ai.conversation.id"] == root.attributes["gen_ai.conversation.id"]
+    assert {r.attributes["rxinvoke.run_id"] for r in roots} == {o.run_id for o in outputs}
+
+
+async def test_a_cancelled_run_and_a_failed_one_are_errors(otel: Otel) -> None:
+    gate = asyncio.Event()
+    runtime, events, _ = rig(otel, [[gate, *text_turn("never")], [Refuse(ProviderHTTPError("scripted", "scripted", 400, "bad"))]])
+    control = Control()
+    streaming = asyncio.Event()
+    runtime.events.subscribe(lambda e: streaming.set() if e.type == "chat_started" else None)
+    run = asyncio.ensure_future(runtime.run(request(), control))
+    await asyncio.wait_for(streaming.wait(), 30)
+    control.cancel()
+    with pytest.raises(InvocationCancelled):
+        await run
+    with pytest.raises(InvocationFailed):
+        await runtime.run(request())
+
+    roots = [s for s in otel.spans() if s.parent is None]
+    assert [(r.status.status_code, r.attributes["error.type"]) for r in roots] == [
+        (StatusCode.ERROR, "cancelled"), (StatusCode.ERROR, "run_failed")
+    ]
+    cancelled_chat = next(s for s in otel.spans() if s.name.startswith("chat"))
+    assert cancelled_chat.status.status_code is StatusCode.ERROR
+    assert cancelled_chat.attributes["error.type"] == "cancelled"
+
+
+async def test_a_failed_tool_is_an_error_span_and_the_run_is_not(otel: Otel) -> None:
+    runtime, _, _ = rig(otel, [tool_call_turn("explode", {}), text_turn("it failed")], tools=[explode])
+    await runtime.run(request())
+    tool_span = next(s for s in otel.spans() if s.name == "execute_tool explode")
+    assert tool_span.status.status_code is StatusCode.ERROR
+    assert tool_span.attributes["error.type"] == "ToolExecutionError"
+    assert "kaboom" in (tool_span.status.description or "")
+    root = next(s for s in otel.spans() if s.parent is None)
+    assert root.status.status_code is StatusCode.UNSET
+
+
+async def test_the_token_usage_and_operation_duration_histograms(otel: Otel) -> None:
+    runtime, _, _ = rig(otel, W1)
+    await runtime.run(request())
+    tokens = otel.points("gen_ai.client.token.usage")
+    by_type = {p.attributes["gen_ai.token.type"]: p for p in tokens}
+    assert (by_type["input"].sum, by_type["input"].count) == (16, 2)
+    assert (by_type["output"].sum, by_type["output"].count) == (5, 2)
+    assert by_type["input"].attributes["gen_ai.operation.name"] == "chat"
+    (duration,) = otel.points("gen_ai.client.operation.duration")
+    assert duration.count == 2 and duration.sum >= 0
+
+
+async def test_disposing_stops_the_export(otel: Otel) -> None:
+    runtime, _, handle = rig(otel, [text_turn("one"), text_turn("two")])
+    await runtime.run(request())
+    handle.dispose()
+    await runtime.run(request())
+    assert len([s for s in otel.spans() if s.parent is None]) == 1
