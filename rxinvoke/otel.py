@@ -51,6 +51,8 @@ from .events import (
     RunStarted,
     TextDelta,
     ToolCallCompleted,
+    ToolCallDelta,
+    ToolCallStarted,
     ToolExecutionFinished,
     ToolFailure,
 )
@@ -69,12 +71,14 @@ SEMCONV_VERSION = "1.37.0"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _KINDS = frozenset({
     EventKind.RUN_STARTED, EventKind.MODEL_STARTED, EventKind.TEXT_DELTA,
-    EventKind.TOOL_CALL_STARTED, EventKind.TOOL_CALL_DELTA, EventKind.CHAT_FINISHED,
+    EventKind.TOOL_CALL_STARTED, EventKind.CHAT_FINISHED,
     EventKind.USAGE_RECORDED, EventKind.TOOL_EXECUTION_STARTED, EventKind.TOOL_EXECUTION_FINISHED,
     EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED,
 })
-"""What the span model reads (``rxinvoke.spans``)."""
+"""What the span model reads (``rxinvoke.spans``); a tool call's argument fragments come
+after its ``tool_call_started``, so never first: not subscribed."""
 _TERMINAL = (RunCompleted, RunFailed, RunCancelled)
+_FRAGMENTS = frozenset({TextDelta, ToolCallStarted, ToolCallDelta})
 
 
 def _ns(moment: datetime) -> int:
@@ -83,11 +87,12 @@ def _ns(moment: datetime) -> int:
 
 
 class _Run:
-    __slots__ = ("builder", "calls", "model_calls", "results", "session", "texts")
+    __slots__ = ("builder", "calls", "fragment", "model_calls", "results", "session", "texts")
 
     def __init__(self, run_id: str) -> None:
         self.builder = SpanBuilder(run_id)
         self.model_calls = 0
+        self.fragment = False  # the model call's first fragment was seen (its timing is set)
         self.session: str | None = None
         self.texts: dict[int, list[str]] = {}  # model call index → answer text (content only)
         self.calls: dict[str, str] = {}  # call id → arguments (content only)
@@ -130,10 +135,19 @@ class _Exporter:
             if not isinstance(event, RunStarted):
                 return  # a run that began before the exporter was attached
             run = self._runs[run_id] = _Run(run_id)
-        if isinstance(event, RunStarted):
+        kind = type(event)
+        if kind in _FRAGMENTS:
+            if self._capture:
+                self._keep_content(run, event)
+            if run.fragment:
+                return  # the span model reads a model call's first fragment only
+            run.fragment = True
+        elif kind is ModelStarted:
+            run.fragment = False
+        elif isinstance(event, RunStarted):
             run.session = event.session_id
         run.builder.add(event)
-        if self._capture:
+        if self._capture and kind not in _FRAGMENTS:
             self._keep_content(run, event)
         if isinstance(event, _TERMINAL):
             del self._runs[run_id]
