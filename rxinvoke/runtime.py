@@ -2,7 +2,10 @@
 
 The runtime composes its parts: the session gate (``_sessions``), the run state and its stop
 plumbing (``_run``), the model call with its retries (``_model_call``), tool execution
-(``_execute``), the bus (``_bus``) and the durable event log (``_eventlog``).
+(``_execute``), the bus (``_bus``), the durable event log (``_eventlog``), and the safety
+parts: doom-loop detection (``_doom``, before a batch runs), context compaction
+(``_compaction``, before each model call and after a refused context) and approvals
+(``_approval``: a batch with a call that waits pauses the run; a continuation answers it).
 
 One run: (wait for the session) → claim the run, load the history and commit the user message
 in one store call (``Store.begin_run``) → ``run_started`` → ``context_built`` → per iteration
