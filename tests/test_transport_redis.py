@@ -243,12 +243,12 @@ async def test_submitted_runs_execute_on_a_worker_with_the_shape_of_a_local_stre
     outs = await asyncio.wait_for(asyncio.gather(*(s.result for s in streams)), 30)
     assert {o.output_text for o in outs} == {local.output_text}
     assert all(o.total_usage == local.total_usage and o.iterations == local.iterations for o in outs)
-    events = await collect(streams[0])  # from the first event, after the end too
+    events = await asyncio.wait_for(collect(streams[0]), 20)  # from the first event, after the end too
     stored = await store.read_events(streams[0].run_id)
     assert [e.type for e in events] == [e.type for e in stored]
     assert streams[0].is_finished
     stop.set()
-    await task  # serve() returns once the runs it holds have ended
+    await asyncio.wait_for(task, 20)  # serve() returns once the runs it holds have ended
     assert worker.stats.executed == 5  # counted after the store commit, maybe after the stream
     await store.close()
 

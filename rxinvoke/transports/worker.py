@@ -56,6 +56,10 @@ __all__ = ("Worker", "WorkerStats")
 
 _log = logging.getLogger("rxinvoke")
 
+_HELPER_STOP = 5.0
+"""Seconds the worker waits, when it stops, for its heartbeat, reaper and cancel listener to
+end once cancelled."""
+
 
 @dataclass(frozen=True)
 class WorkerStats:
@@ -164,7 +168,13 @@ class Worker:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             for helper in helpers:
                 helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            # bounded: a client library that swallows a cancellation must not hang the stop
+            _, stuck = await asyncio.wait(helpers, timeout=_HELPER_STOP)
+            for helper in stuck:
+                _log.warning("rxinvoke worker %s: %r did not stop when cancelled", self.name, helper)
+            for helper in helpers:
+                if helper.done() and not helper.cancelled():
+                    helper.exception()  # retrieved: never "exception was never retrieved"
             attachment.dispose()
             await self.mirror.aclose()
 
