@@ -2,7 +2,7 @@ r"""What the HTTP chat providers share (OpenAI-compatible, Anthropic): one httpx
 event loop, credentials checked and redacted, the translation of httpx failures and error
 statuses, and the stream boundary every failure passes.
 
-Needs httpx (the ``[openai]`` / ``[anthropic]`` extras); imported only by those providers.
+Needs httpx and httpx-sse (the ``[openai]`` / ``[anthropic]`` extras); imported only by those providers.
 
 The boundary (:meth:`HttpChatProvider.stream`): foreign exceptions become
 :class:`~rxinvoke.errors.ProviderError`\ s naming provider and model, and an error whose
@@ -18,9 +18,10 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from ..errors import (
     ProviderConnectionError,
@@ -30,16 +31,30 @@ from ..errors import (
     ProviderStreamError,
     redacted,
 )
-from ..events import ChatStreamEvent
+from ..events import ChatStarted, ChatStreamEvent
 from ..messages import ChatRequest
 
 __all__ = (
     "HttpChatProvider",
+    "StreamParser",
     "check_credential",
     "error_message",
     "retry_after",
     "secrets_of",
 )
+
+
+class StreamParser(Protocol):
+    """Folds one response's server-sent events into chat events."""
+
+    is_done: bool
+    """The response is complete: read no further."""
+
+    def feed(self, name: str, data: str) -> list[ChatStreamEvent]: ...
+
+    def finish(self) -> list[ChatStreamEvent]:
+        """The closing events once the stream ended; an error if it ended unfinished."""
+        ...
 
 
 class HttpChatProvider:
@@ -132,8 +147,40 @@ class HttpChatProvider:
         if failure is not None:
             raise failure
 
-    def _events(self, request: ChatRequest) -> AsyncGenerator[ChatStreamEvent, None]:
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body sent for ``request`` (the protocol mapping; no credentials)."""
         raise NotImplementedError  # pragma: no cover
+
+    def _parser(self, request: ChatRequest) -> StreamParser:
+        """A parser of one response's server-sent events."""
+        raise NotImplementedError  # pragma: no cover
+
+    async def _events(self, request: ChatRequest) -> AsyncGenerator[ChatStreamEvent, None]:
+        """POST the request, then ``chat_started`` and the parser's events, SSE by SSE, until
+        it is done; the response is closed however the stream ends (a cancel included)."""
+        model = request.model
+        response = await self._open(self.request_body(request), model)
+        sse_events: AsyncGenerator[ServerSentEvent, None] | None = None
+        try:
+            yield ChatStarted(provider=self._id, model=model)
+            parser = self._parser(request)
+            sse_events = EventSource(response).aiter_sse()
+            try:
+                async for sse in sse_events:
+                    for event in parser.feed(sse.event, sse.data):
+                        yield event
+                    if parser.is_done:
+                        break
+            except httpx.HTTPError as exc:
+                raise self._translate(exc, model) from exc
+            except SSEError as exc:
+                raise ProviderStreamError(self._id, model, str(exc)) from exc
+            for event in parser.finish():
+                yield event
+        finally:
+            if sse_events is not None:
+                await sse_events.aclose()
+            await response.aclose()
 
     def _mentions_secret(self, exc: BaseException) -> bool:
         seen: set[int] = set()

@@ -38,17 +38,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, ServerSentEvent, SSEError
 from pydantic import SecretStr
 
 from ..errors import ProviderStreamError
 from ..events import (
     ChatFinished,
-    ChatStarted,
     ChatStreamEvent,
     ChatTextDelta,
     ChatToolCallArgumentsDelta,
@@ -171,34 +169,8 @@ class OpenAIProvider(HttpChatProvider):
 
     # --- the response --------------------------------------------------------------------
 
-    async def _events(self, request: ChatRequest) -> AsyncGenerator[ChatStreamEvent, None]:
-        model = request.model
-        response = await self._open(self.request_body(request), model)
-        sse_events: AsyncGenerator[ServerSentEvent, None] | None = None
-        try:
-            yield ChatStarted(provider=self._id, model=model)
-            parser = _ChunkParser(self._id, model, self._redact, request.run_id)
-            sse_events = EventSource(response).aiter_sse()
-            try:
-                async for sse in sse_events:
-                    if sse.event == "error":
-                        raise ProviderStreamError(
-                            self._id, model, f"server error in stream: {self._redact(sse.data)}"
-                        )
-                    for event in parser.feed(sse.data):
-                        yield event
-                    if parser.is_done:
-                        break
-            except httpx.HTTPError as exc:
-                raise self._translate(exc, model) from exc
-            except SSEError as exc:
-                raise ProviderStreamError(self._id, model, str(exc)) from exc
-            for event in parser.finish():
-                yield event
-        finally:
-            if sse_events is not None:
-                await sse_events.aclose()
-            await response.aclose()
+    def _parser(self, request: ChatRequest) -> _ChunkParser:
+        return _ChunkParser(self._id, request.model, self._redact, request.run_id)
 
     @staticmethod
     def _is_context_overflow(text: str) -> bool:
@@ -261,7 +233,9 @@ class _ChunkParser:
     def _error(self, message: str) -> ProviderStreamError:
         return ProviderStreamError(self._provider, self._model, message)
 
-    def feed(self, data: str) -> list[ChatStreamEvent]:
+    def feed(self, name: str, data: str) -> list[ChatStreamEvent]:
+        if name == "error":
+            raise self._error(f"server error in stream: {self._redact(data)}")
         if data == "[DONE]":
             self.is_done = True
             return []
