@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
+from pydantic import SecretStr
 
 from ..errors import (
     ProviderConnectionError,
@@ -39,9 +41,24 @@ __all__ = (
     "StreamParser",
     "check_credential",
     "error_message",
+    "resolve_key",
     "retry_after",
     "secrets_of",
 )
+
+
+def resolve_key(api_key: SecretStr | str | None, api_key_env: str | None) -> SecretStr | None:
+    """The provider's key: ``api_key``, else the ``api_key_env`` variable's value (None when
+    neither gives one), checked like every credential (printable ASCII, never echoed)."""
+    source = "api_key"
+    if api_key is None and api_key_env:
+        api_key = os.environ.get(api_key_env) or None
+        source = f"the environment variable {api_key_env}"
+    if api_key is None:
+        return None
+    key = SecretStr(api_key) if isinstance(api_key, str) else api_key
+    check_credential(key.get_secret_value(), f"the API key ({source})")
+    return key
 
 
 class StreamParser(Protocol):

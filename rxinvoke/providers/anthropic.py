@@ -31,7 +31,6 @@ Protocol mapping (Messages API, ``anthropic-version: 2023-06-01``):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -49,7 +48,7 @@ from ..events import (
 )
 from ..messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall
 from ..policy import ModelLimits
-from ._http import HttpChatProvider, check_credential, error_message
+from ._http import HttpChatProvider, error_message, resolve_key
 
 __all__ = ("ANTHROPIC_VERSION", "DEFAULT_ANTHROPIC_URL", "AnthropicProvider")
 
@@ -109,15 +108,10 @@ class AnthropicProvider(HttpChatProvider):
         extra_body: Mapping[str, Any] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        source = "api_key"
-        if api_key is None and api_key_env:
-            api_key = os.environ.get(api_key_env) or None
-            source = f"the environment variable {api_key_env}"
-        if api_key is None:
+        key = resolve_key(api_key, api_key_env)
+        if key is None:
             where = f"pass api_key= or set {api_key_env}" if api_key_env else "pass api_key="
             raise ValueError(f"AnthropicProvider needs an API key: {where}")
-        key = SecretStr(api_key) if isinstance(api_key, str) else api_key
-        check_credential(key.get_secret_value(), f"the API key ({source})")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
         sent = {

@@ -37,7 +37,6 @@ Policy:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -54,7 +53,7 @@ from ..events import (
     ChatToolCallStarted,
 )
 from ..messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall, new_id
-from ._http import HttpChatProvider, check_credential, error_message
+from ._http import HttpChatProvider, error_message, resolve_key
 
 __all__ = ("DEFAULT_BASE_URL", "OpenAIProvider")
 
@@ -108,16 +107,7 @@ class OpenAIProvider(HttpChatProvider):
         extra_body: Mapping[str, Any] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        source = "api_key"
-        if api_key is None and api_key_env:
-            from_env = os.environ.get(api_key_env)
-            api_key = from_env if from_env else None
-            source = f"the environment variable {api_key_env}"
-        self._api_key: SecretStr | None = (
-            SecretStr(api_key) if isinstance(api_key, str) else api_key
-        )
-        if self._api_key is not None:
-            check_credential(self._api_key.get_secret_value(), f"the API key ({source})")
+        self._api_key = resolve_key(api_key, api_key_env)
         sent = {"Accept": "text/event-stream", **(headers or {})}
         if self._api_key is not None:
             sent["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
