@@ -10,10 +10,12 @@ SpanBuilder`), so both show one tree by construction — with the times of the e
   ``gen_ai.request.model``, ``gen_ai.conversation.id`` (the session); ``rxinvoke.run_id``,
   ``rxinvoke.finish_reason``, ``rxinvoke.iterations``;
 - ``chat {model}`` (CLIENT), each model call, its child: ``gen_ai.operation.name=chat``,
-  provider, request model, ``gen_ai.response.finish_reasons``, ``gen_ai.usage.input_tokens`` /
-  ``output_tokens``, ``gen_ai.response.time_to_first_chunk`` (seconds);
+  provider, request model, conversation, ``rxinvoke.iteration``,
+  ``gen_ai.response.finish_reasons``, ``gen_ai.usage.input_tokens`` / ``output_tokens``,
+  ``gen_ai.response.time_to_first_chunk`` (seconds);
 - ``execute_tool {tool}`` (INTERNAL), each tool execution, a child of the run:
-  ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``gen_ai.tool.type=function``, the agent name.
+  ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``gen_ai.tool.type=function`` (the agent and
+  the conversation are on its parent, as the conventions list them).
 
 Never a span per text fragment. Failures and cancellations set the span status to ERROR with
 ``error.type`` (``cancelled``, ``timeout``, ``run_failed``, or the tool error's type); success
@@ -29,6 +31,12 @@ Metrics: ``gen_ai.client.operation.duration`` (seconds) and ``gen_ai.client.toke
 Follows the OpenTelemetry GenAI semantic conventions as of semantic-conventions 1.37
 (``gen_ai.provider.name``, agent spans; Development status). Spans are emitted when the run
 ends (their times are the events'), so a span processor sees a run once it is over.
+
+Cost: the exporter takes the kinds it reads as plain callbacks in the bus's kind index (no
+reactivex chain per event) and a model call's text and tool-call fragments only until its
+first has arrived (the route is detached while no model call awaits one), so a streamed
+answer costs it nothing per fragment; an exporter fault (or the SDK's) is reported on
+``runtime.bus.errors`` and never reaches the run.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from reactivex import abc
 from reactivex.disposable import Disposable
 
+from .errors import SubscriberError
 from .events import (
     EventKind,
     InvocationEvent,
@@ -69,15 +78,16 @@ SEMCONV_VERSION = "1.37.0"
 """The OpenTelemetry semantic conventions version the attribute names follow (GenAI)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_KINDS = frozenset({
-    EventKind.RUN_STARTED, EventKind.MODEL_STARTED, EventKind.TEXT_DELTA,
-    EventKind.TOOL_CALL_STARTED, EventKind.CHAT_FINISHED,
+_STEPS = frozenset({
+    EventKind.RUN_STARTED, EventKind.MODEL_STARTED, EventKind.CHAT_FINISHED,
     EventKind.USAGE_RECORDED, EventKind.TOOL_EXECUTION_STARTED, EventKind.TOOL_EXECUTION_FINISHED,
     EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED,
 })
-"""What the span model reads (``rxinvoke.spans``); a tool call's argument fragments come
-after its ``tool_call_started``, so never first: not subscribed."""
-_TERMINAL = (RunCompleted, RunFailed, RunCancelled)
+"""What the span model reads (``rxinvoke.spans``) besides a model call's first fragment."""
+_FRAGMENT_KINDS = (EventKind.TEXT_DELTA, EventKind.TOOL_CALL_STARTED)
+"""A model call's fragments that can come first (a tool call's argument fragments come after
+its ``tool_call_started``): routed to the exporter only while a model call awaits its first."""
+_TERMINAL = frozenset({RunCompleted, RunFailed, RunCancelled})
 _FRAGMENTS = frozenset({TextDelta, ToolCallStarted, ToolCallDelta})
 
 
@@ -87,12 +97,11 @@ def _ns(moment: datetime) -> int:
 
 
 class _Run:
-    __slots__ = ("builder", "calls", "fragment", "model_calls", "results", "session", "texts")
+    __slots__ = ("builder", "calls", "model_calls", "results", "session", "texts")
 
     def __init__(self, run_id: str) -> None:
         self.builder = SpanBuilder(run_id)
         self.model_calls = 0
-        self.fragment = False  # the model call's first fragment was seen (its timing is set)
         self.session: str | None = None
         self.texts: dict[int, list[str]] = {}  # model call index → answer text (content only)
         self.calls: dict[str, str] = {}  # call id → arguments (content only)
@@ -124,33 +133,89 @@ class _Exporter:
         )
         self._agent = runtime.name or "rxinvoke"
         self._capture = capture_content
+        self._bus = runtime.bus
         self._runs: dict[str, _Run] = {}
+        # runs whose current model call has had no fragment yet: the span model reads a model
+        # call's first fragment only, so the fragment kinds are routed here only while this
+        # is not empty (with content captured, always: the answer text is kept)
+        self._awaiting: set[str] = set()
+        self._routes: list[abc.DisposableBase] = []
+        self._fragment_routes: list[abc.DisposableBase] = []
+        self._attached = False
+        # (provider, model, error type) → the histograms' point attributes, built once
+        self._points: dict[tuple[Any, Any, str | None], tuple[dict[str, Any], ...]] = {}
+
+    # --- routing -------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Route the kinds the span model reads here: plain callbacks in the bus's kind index
+        (no reactivex chain per event); the chat twins and other kinds are never delivered."""
+        self._attached = True
+        kinds: set[EventKind] = set(_STEPS)
+        if self._capture:
+            kinds |= {*_FRAGMENT_KINDS, EventKind.TOOL_CALL_COMPLETED}
+        self._routes = [self._bus.attach(kind, self._deliver) for kind in kinds]
+
+    def dispose(self) -> None:
+        self._attached = False
+        routes, self._routes = self._routes + self._fragment_routes, []
+        self._fragment_routes = []
+        for route in routes:
+            route.dispose()
+
+    def _await_fragment(self, run_id: str) -> None:
+        self._awaiting.add(run_id)
+        if not self._fragment_routes and not self._capture and self._attached:
+            self._fragment_routes = [self._bus.attach(kind, self._deliver) for kind in _FRAGMENT_KINDS]
+
+    def _fragment_seen(self, run_id: str) -> None:
+        awaiting = self._awaiting
+        awaiting.discard(run_id)
+        if not awaiting and self._fragment_routes:
+            routes, self._fragment_routes = self._fragment_routes, []
+            for route in routes:
+                route.dispose()
+
+    def _deliver(self, event: InvocationEvent, context: object) -> None:
+        try:
+            self.on_event(event)
+        except Exception as exc:  # the exporter's fault (or the SDK's) never reaches the run
+            self._bus.report(
+                SubscriberError(
+                    f"the OpenTelemetry exporter raised {type(exc).__name__}: {exc}",
+                    subscription="otel",
+                    event=event,
+                    cause=exc,
+                )
+            )
+
+    # --- events --------------------------------------------------------------------------------
 
     def on_event(self, event: InvocationEvent) -> None:
         run_id = event.run_id
         if run_id is None:
             return
+        kind = type(event)
+        if kind in _FRAGMENTS:
+            if self._capture and run_id in self._runs:
+                self._keep_content(self._runs[run_id], event)
+            if run_id not in self._awaiting:
+                return
+            self._fragment_seen(run_id)
         run = self._runs.get(run_id)
         if run is None:
             if not isinstance(event, RunStarted):
                 return  # a run that began before the exporter was attached
             run = self._runs[run_id] = _Run(run_id)
-        kind = type(event)
-        if kind in _FRAGMENTS:
-            if self._capture:
-                self._keep_content(run, event)
-            if run.fragment:
-                return  # the span model reads a model call's first fragment only
-            run.fragment = True
-        elif kind is ModelStarted:
-            run.fragment = False
-        elif isinstance(event, RunStarted):
             run.session = event.session_id
+        elif kind is ModelStarted:
+            self._await_fragment(run_id)
         run.builder.add(event)
         if self._capture and kind not in _FRAGMENTS:
             self._keep_content(run, event)
-        if isinstance(event, _TERMINAL):
+        if kind in _TERMINAL:
             del self._runs[run_id]
+            self._fragment_seen(run_id)
             self._emit(run, run.builder.finish())
 
     def _keep_content(self, run: _Run, event: InvocationEvent) -> None:
@@ -169,36 +234,42 @@ class _Exporter:
     def _emit(self, run: _Run, spans: list[Span]) -> None:
         trace = self._trace
         kinds = trace.SpanKind
+        tracer = self._tracer
         root = spans[0]
-        common = {"gen_ai.agent.name": self._agent}
-        if run.session:
-            common["gen_ai.conversation.id"] = run.session
-        parent = self._start(root, f"invoke_agent {self._agent}", kinds.INTERNAL, None, {
-            **common,
+        found = root.attributes
+        attributes: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent",
-            "gen_ai.provider.name": root.attributes.get("provider", ""),
-            "gen_ai.request.model": root.attributes.get("model", ""),
+            "gen_ai.agent.name": self._agent,
+            "gen_ai.provider.name": found.get("provider", ""),
+            "gen_ai.request.model": found.get("model", ""),
             "rxinvoke.run_id": root.run_id,
-            **_optional(root.attributes, {"finish_reason": "rxinvoke.finish_reason", "iterations": "rxinvoke.iterations"}),
-        })
+        }
+        if run.session:
+            attributes["gen_ai.conversation.id"] = run.session
+        if "finish_reason" in found:
+            attributes["rxinvoke.finish_reason"] = found["finish_reason"]
+        if "iterations" in found:
+            attributes["rxinvoke.iterations"] = found["iterations"]
+        parent = tracer.start_span(
+            f"invoke_agent {self._agent}", kind=kinds.INTERNAL, attributes=attributes, start_time=_ns(root.start)
+        )
         context = trace.set_span_in_context(parent)
         calls = 0
         for span in spans[1:]:
+            found = span.attributes
             if span.kind == "model_call":
-                attributes = self._chat_attributes(span, common)
+                attributes = self._chat_attributes(found, run.session)
                 if self._capture and calls in run.texts:
                     attributes["gen_ai.output.messages"] = json.dumps(
                         [{"role": "assistant", "parts": [{"type": "text", "content": "".join(run.texts[calls])}]}]
                     )
                 calls += 1
-                self._finish(span, self._start(span, span.name, kinds.CLIENT, context, attributes))
-                self._record(span)
+                kind = kinds.CLIENT
             else:
-                call_id = str(span.attributes.get("call_id", ""))
+                call_id = str(found.get("call_id", ""))
                 attributes = {
-                    **common,
                     "gen_ai.operation.name": "execute_tool",
-                    "gen_ai.tool.name": span.attributes.get("tool_name", ""),
+                    "gen_ai.tool.name": found.get("tool_name", ""),
                     "gen_ai.tool.call.id": call_id,
                     "gen_ai.tool.type": "function",
                 }
@@ -207,19 +278,25 @@ class _Exporter:
                         attributes["gen_ai.tool.call.arguments"] = run.calls[call_id]
                     if call_id in run.results:
                         attributes["gen_ai.tool.call.result"] = run.results[call_id]
-                self._finish(span, self._start(span, span.name, kinds.INTERNAL, context, attributes))
+                kind = kinds.INTERNAL
+            otel_span = tracer.start_span(
+                span.name, context=context, kind=kind, attributes=attributes, start_time=_ns(span.start)
+            )
+            self._finish(span, otel_span)
+            if span.kind == "model_call":
+                self._record(span)
         self._finish(root, parent)
 
     @staticmethod
-    def _chat_attributes(span: Span, common: Mapping[str, Any]) -> dict[str, Any]:
-        found = span.attributes
+    def _chat_attributes(found: Mapping[str, Any], session: str | None) -> dict[str, Any]:
         attributes: dict[str, Any] = {
-            **common,
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": found.get("provider", ""),
             "gen_ai.request.model": found.get("model", ""),
             "rxinvoke.iteration": found.get("iteration", 0),
         }
+        if session:
+            attributes["gen_ai.conversation.id"] = session
         if "finish_reason" in found:
             attributes["gen_ai.response.finish_reasons"] = (str(found["finish_reason"]),)
         if "input_tokens" in found:
@@ -228,11 +305,6 @@ class _Exporter:
         if "first_fragment_ms" in found:
             attributes["gen_ai.response.time_to_first_chunk"] = float(found["first_fragment_ms"]) / 1000.0
         return attributes
-
-    def _start(self, span: Span, name: str, kind: Any, context: Any, attributes: Mapping[str, Any]) -> Any:
-        return self._tracer.start_span(
-            name, context=context, kind=kind, attributes=dict(attributes), start_time=_ns(span.start)
-        )
 
     def _finish(self, span: Span, otel_span: Any) -> None:
         trace = self._trace
@@ -254,22 +326,27 @@ class _Exporter:
 
     def _record(self, span: Span) -> None:
         found = span.attributes
-        attributes = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": found.get("provider", ""),
-            "gen_ai.request.model": found.get("model", ""),
-        }
-        if span.status != "ok":
-            attributes["error.type"] = self._error_type(span)
+        error = None if span.status == "ok" else self._error_type(span)
+        key = (found.get("provider", ""), found.get("model", ""), error)
+        points = self._points.get(key)
+        if points is None:  # built once, never changed after (the SDK may keep a reference)
+            attributes = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": key[0],
+                "gen_ai.request.model": key[1],
+            }
+            if error is not None:
+                attributes["error.type"] = error
+            points = self._points[key] = (
+                attributes,
+                {**attributes, "gen_ai.token.type": "input"},
+                {**attributes, "gen_ai.token.type": "output"},
+            )
         if span.duration_ms is not None:
-            self._duration.record(span.duration_ms / 1000.0, attributes)
+            self._duration.record(span.duration_ms / 1000.0, points[0])
         if "input_tokens" in found:
-            self._tokens.record(found["input_tokens"], {**attributes, "gen_ai.token.type": "input"})
-            self._tokens.record(found["output_tokens"], {**attributes, "gen_ai.token.type": "output"})
-
-
-def _optional(found: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
-    return {names[k]: found[k] for k in names if k in found}
+            self._tokens.record(found["input_tokens"], points[1])
+            self._tokens.record(found["output_tokens"], points[2])
 
 
 def instrument(
@@ -283,13 +360,5 @@ def instrument(
     providers unless given); dispose the result to stop. Runs that began before are not
     exported. Needs the ``[otel]`` extra (``opentelemetry-api``; an SDK to see anything)."""
     exporter = _Exporter(runtime, tracer_provider, meter_provider, capture_content)
-    kinds = _KINDS | ({EventKind.TOOL_CALL_COMPLETED} if capture_content else set())
-    # the kinds the span model reads, each its own subscription (the bus is indexed by kind:
-    # the chat twins and everything else are never delivered here); one publish order
-    subscriptions = [runtime.bus.observe(kind).subscribe(exporter.on_event) for kind in kinds]
-
-    def dispose() -> None:
-        for subscription in subscriptions:
-            subscription.dispose()
-
-    return Disposable(dispose)
+    exporter.attach()
+    return Disposable(exporter.dispose)

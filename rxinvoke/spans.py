@@ -15,7 +15,7 @@ of an event list (live or stored): a span still open when the list ends is ``run
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -89,11 +89,12 @@ def spans(events: Iterable[InvocationEvent]) -> list[Span]:
 
 
 class _Open:
-    __slots__ = ("attributes", "kind", "name", "span_id", "start")
+    __slots__ = ("attributes", "first_at", "kind", "name", "span_id", "start")
 
     def __init__(self, kind: SpanKind, name: str, span_id: str, start: datetime) -> None:
         self.kind, self.name, self.span_id, self.start = kind, name, span_id, start
         self.attributes: dict[str, Any] = {}
+        self.first_at: datetime | None = None  # a model call's first fragment
 
 
 class SpanBuilder:
@@ -116,90 +117,106 @@ class SpanBuilder:
         return self.run
 
     def add(self, event: InvocationEvent) -> None:
+        kind = type(event)
+        step = _STEPS.get(kind)
+        if step is None:
+            step = _STEPS[kind] = _step_of(kind)
+        step(self, event)
+
+    def _run_started(self, event: RunStarted) -> None:
         at = event.timestamp
         root = self._root(at)
-        if isinstance(event, RunStarted):
-            root.start = at
-            root.attributes.update(
-                session_id=event.session_id, provider=event.provider, model=event.model
+        root.start = at
+        root.attributes.update(session_id=event.session_id, provider=event.provider, model=event.model)
+        if event.runtime is not None:
+            root.attributes["runtime"] = event.runtime
+
+    def _model_started(self, event: ModelStarted) -> None:
+        at = event.timestamp
+        self._root(at)
+        self._close_model(at)
+        self.model = _Open(
+            "model_call", f"chat {event.model}", f"{self.run_id}:model:{event.iteration}", at
+        )
+        self.model.attributes.update(iteration=event.iteration, provider=event.provider, model=event.model)
+
+    def _fragment(self, event: InvocationEvent) -> None:
+        at = event.timestamp
+        self._root(at)
+        model = self.model
+        if model is not None and model.first_at is None:
+            model.first_at = at
+            model.attributes["first_fragment_ms"] = _ms(model.start, at)
+
+    def _chat_finished(self, event: ChatFinished) -> None:
+        self._root(event.timestamp)
+        if self.model is not None:
+            self.model.attributes["finish_reason"] = event.finish_reason.value
+
+    def _usage_recorded(self, event: UsageRecorded) -> None:
+        at = event.timestamp
+        self._root(at)
+        model = self.model
+        if model is not None:
+            usage = event.usage
+            model.attributes.update(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                total_tokens=usage.total_tokens,
             )
-            if event.runtime is not None:
-                root.attributes["runtime"] = event.runtime
-        elif isinstance(event, ModelStarted):
-            self._close_model(at)
-            self.model = _Open(
-                "model_call", f"chat {event.model}", f"{self.run_id}:model:{event.iteration}", at
-            )
-            self.model.attributes.update(
-                iteration=event.iteration, provider=event.provider, model=event.model
-            )
-        elif isinstance(event, (TextDelta, ToolCallStarted, ToolCallDelta)):
-            model = self.model
-            if model is not None and "first_fragment_ms" not in model.attributes:
-                model.attributes["first_fragment_ms"] = _ms(model.start, at)
-                model.attributes["_first_at"] = at
-        elif isinstance(event, ChatFinished):
-            if self.model is not None:
-                self.model.attributes["finish_reason"] = event.finish_reason.value
-        elif isinstance(event, UsageRecorded):
-            model = self.model
-            if model is not None:
-                usage = event.usage
-                model.attributes.update(
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    total_tokens=usage.total_tokens,
-                )
-            self._close_model(at)
-        elif isinstance(event, ToolExecutionStarted):
-            lane = next(
-                (i for i, free in enumerate(self.lanes) if free is not None and free <= at), None
-            )
-            if lane is None:
-                lane = len(self.lanes)
-                self.lanes.append(None)
-            self.lanes[lane] = None  # busy
-            span = _Open(
-                "tool_execution",
-                f"execute_tool {event.tool_name}",
-                f"{self.run_id}:tool:{event.call_id}",
-                at,
-            )
-            span.attributes.update(tool_name=event.tool_name, call_id=event.call_id, lane=lane)
-            self.tools[event.call_id] = span
-        elif isinstance(event, ToolExecutionFinished):
-            finished = self.tools.pop(event.call_id, None)
-            if finished is None:
-                return
-            status: SpanStatus = "ok"
-            if isinstance(event.result, ToolFailure):
-                status = "error"
-                finished.attributes.update(
-                    error=event.result.error, error_type=event.result.error_type
-                )
-            self.lanes[finished.attributes["lane"]] = at
-            self.done.append(self._closed(finished, at, status))
-        elif isinstance(event, (RunCompleted, RunFailed, RunCancelled)):
-            self._close_model(at, "cancelled" if isinstance(event, RunCancelled) else None)
-            for span in list(self.tools.values()):
-                self.done.append(self._closed(span, at, "cancelled"))
-            self.tools.clear()
-            final: SpanStatus = "cancelled"
-            if isinstance(event, RunCompleted):
-                final = "ok"
-                root.attributes.update(
-                    finish_reason=event.finish_reason.value, iterations=event.iterations
-                )
-            elif isinstance(event, RunFailed):
-                final = "error"
-                root.attributes["error"] = event.error
-            self.run_span = self._closed(root, at, final, parent=None)
+        self._close_model(at)
+
+    def _tool_started(self, event: ToolExecutionStarted) -> None:
+        at = event.timestamp
+        self._root(at)
+        lane = next((i for i, free in enumerate(self.lanes) if free is not None and free <= at), None)
+        if lane is None:
+            lane = len(self.lanes)
+            self.lanes.append(None)
+        self.lanes[lane] = None  # busy
+        span = _Open(
+            "tool_execution", f"execute_tool {event.tool_name}", f"{self.run_id}:tool:{event.call_id}", at
+        )
+        span.attributes.update(tool_name=event.tool_name, call_id=event.call_id, lane=lane)
+        self.tools[event.call_id] = span
+
+    def _tool_finished(self, event: ToolExecutionFinished) -> None:
+        at = event.timestamp
+        self._root(at)
+        finished = self.tools.pop(event.call_id, None)
+        if finished is None:
+            return
+        status: SpanStatus = "ok"
+        if isinstance(event.result, ToolFailure):
+            status = "error"
+            finished.attributes.update(error=event.result.error, error_type=event.result.error_type)
+        self.lanes[finished.attributes["lane"]] = at
+        self.done.append(self._closed(finished, at, status))
+
+    def _run_ended(self, event: RunCompleted | RunFailed | RunCancelled) -> None:
+        at = event.timestamp
+        root = self._root(at)
+        self._close_model(at, "cancelled" if isinstance(event, RunCancelled) else None)
+        for span in list(self.tools.values()):
+            self.done.append(self._closed(span, at, "cancelled"))
+        self.tools.clear()
+        final: SpanStatus = "cancelled"
+        if isinstance(event, RunCompleted):
+            final = "ok"
+            root.attributes.update(finish_reason=event.finish_reason.value, iterations=event.iterations)
+        elif isinstance(event, RunFailed):
+            final = "error"
+            root.attributes["error"] = event.error
+        self.run_span = self._closed(root, at, final, parent=None)
+
+    def _other(self, event: InvocationEvent) -> None:
+        self._root(event.timestamp)
 
     def _close_model(self, at: datetime, status: SpanStatus | None = None) -> None:
         model = self.model
         if model is None:
             return
-        first = model.attributes.pop("_first_at", None)
+        first = model.first_at
         if first is not None:
             model.attributes["streaming_ms"] = _ms(first, at)
         self.done.append(self._closed(model, at, status or "ok"))
@@ -217,9 +234,7 @@ class SpanBuilder:
             start=span.start,
             end=end,
             status=status,
-            attributes=MappingProxyType(
-                {k: v for k, v in span.attributes.items() if not k.startswith("_")}
-            ),
+            attributes=MappingProxyType(dict(span.attributes)),
         )
 
     def finish(self) -> list[Span]:
@@ -231,6 +246,34 @@ class SpanBuilder:
             root = self._closed(self.run, None, "running", parent=None)
         children = sorted([*self.done, *open_spans], key=lambda s: s.start)
         return [root, *children]
+
+
+_Step = Callable[[SpanBuilder, Any], None]
+
+_BY_CLASS: tuple[tuple[type[InvocationEvent], _Step], ...] = (
+    (RunStarted, SpanBuilder._run_started),
+    (ModelStarted, SpanBuilder._model_started),
+    (TextDelta, SpanBuilder._fragment),
+    (ToolCallStarted, SpanBuilder._fragment),
+    (ToolCallDelta, SpanBuilder._fragment),
+    (ChatFinished, SpanBuilder._chat_finished),
+    (UsageRecorded, SpanBuilder._usage_recorded),
+    (ToolExecutionStarted, SpanBuilder._tool_started),
+    (ToolExecutionFinished, SpanBuilder._tool_finished),
+    (RunCompleted, SpanBuilder._run_ended),
+    (RunFailed, SpanBuilder._run_ended),
+    (RunCancelled, SpanBuilder._run_ended),
+)
+_STEPS: dict[type, _Step] = dict(_BY_CLASS)
+"""Event class → what it does to the spans (one dict lookup per event, where a chain of
+``isinstance`` checks cost up to twelve); filled in for subclasses by :func:`_step_of`."""
+
+
+def _step_of(kind: type) -> _Step:
+    for base, step in _BY_CLASS:
+        if issubclass(kind, base):
+            return step
+    return SpanBuilder._other
 
 
 def _ms(start: datetime, end: datetime) -> float:

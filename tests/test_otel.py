@@ -245,5 +245,43 @@ async def test_disposing_stops_the_export(otel: Otel) -> None:
     runtime, _, handle = rig(otel, [text_turn("one"), text_turn("two")])
     await runtime.run(request())
     handle.dispose()
+    assert not runtime.bus._routes  # every route of the exporter is gone
     await runtime.run(request())
     assert len([s for s in otel.spans() if s.parent is None]) == 1
+
+
+async def test_only_a_model_calls_first_fragment_is_routed_to_the_exporter(otel: Otel) -> None:
+    runtime, _, _ = rig(otel, W1)
+    routed: list[tuple[str, int]] = []  # the exporter's fragment routes as each event arrives
+    runtime.events.subscribe(  # (runtime.events is served before the kind routes)
+        lambda e: routed.append((e.type, len(runtime.bus._routes.get("text_delta", ()))))
+    )
+    await runtime.run(request())
+    assert [n for kind, n in routed if kind == "chat_started"] == [1, 1]  # awaiting a first fragment
+    fragments = [n for kind, n in routed if kind in ("text_delta", "tool_call_started", "tool_call_delta")]
+    assert len(fragments) > 2 and fragments.count(1) == 2 and fragments[0] == 1  # each call's first only
+    assert routed[-1][1] == 0
+    chat1, chat2 = (s for s in otel.spans() if s.name.startswith("chat"))
+    assert "gen_ai.response.time_to_first_chunk" in chat1.attributes
+    assert "gen_ai.response.time_to_first_chunk" in chat2.attributes
+
+
+async def test_an_exporter_fault_is_reported_and_never_reaches_the_run(otel: Otel) -> None:
+    class Broken(TracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+            tracer = super().get_tracer(*args, **kwargs)
+
+            def start_span(*a: Any, **k: Any) -> Any:
+                raise RuntimeError("exporter down")
+
+            tracer.start_span = start_span  # type: ignore[method-assign]
+            return tracer
+
+    runtime = AgentRuntime(providers=[ScriptedProvider(W1)], tools=[add], store=MemoryStore())
+    errors: list[Any] = []
+    runtime.bus.errors.subscribe(errors.append)
+    instrument(runtime, Broken(), otel.meter_provider)
+    output = await runtime.run(request())
+    assert output.output_text == "5"
+    assert [(e.subscription, e.event.type) for e in errors] == [("otel", "run_completed")]
+    assert "exporter down" in errors[0].message
