@@ -2,19 +2,29 @@
 
 ``start_eagerly(coro)`` is ``asyncio.ensure_future(coro)`` without the detour through the loop
 when ``coro`` finishes without waiting (a MemoryStore call, a log write of such a store): it runs
-``coro`` at once, up to its first suspension, as Python 3.12's eager task factory does, on every
-supported Python. A coroutine that completes there gives a done future (awaiting it does not
-suspend; no task, no loop iteration); one that suspends goes on in a task of its own, exactly
-as with ``ensure_future``, so a write that has begun still outlives a cancelled awaiter.
+``coro`` at once, up to its first suspension. A coroutine that completes there gives a done
+future (awaiting it does not suspend, no loop iteration); one that suspends goes on in a task of
+its own, exactly as with ``ensure_future``, so a write that has begun still outlives a cancelled
+awaiter.
+
+On Python 3.12+ it is an eager task (``asyncio.Task(..., eager_start=True)``): the coroutine is
+that task from its first step on, so what binds itself to the current task there —
+``asyncio.timeout``, and ``asyncio.wait_for``, which uses it since 3.12 (psycopg_pool's
+connection wait does) — binds to it, not to the caller (whose cancellation it would otherwise
+deliver, leaving the wait itself without a deadline). Before 3.12 (no eager tasks) the first
+step runs in the caller's task; ``wait_for`` there is not bound to a task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine, Generator
 from typing import Any, Generic, TypeVar, cast
 
 __all__ = ("retrieve", "start_eagerly")
+
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 _T = TypeVar("_T")
 
@@ -29,10 +39,12 @@ def retrieve(future: asyncio.Future[Any]) -> None:
 def start_eagerly(coro: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
     """Run ``coro`` now, up to its first suspension; its outcome as a future.
 
-    Until that suspension ``coro`` runs in the caller's task and context (as an eager task
-    does); from there on in a new task.
+    On Python 3.12+ an eager task; before, until that suspension ``coro`` runs in the caller's
+    task and context, from there on in a new task.
     """
     loop = asyncio.get_running_loop()
+    if _EAGER_TASKS:
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
     try:
         yielded = coro.send(None)
     except StopIteration as stop:

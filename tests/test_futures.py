@@ -1,8 +1,10 @@
-"""start_eagerly: a coroutine run at once up to its first suspension (no task when none)."""
+"""start_eagerly: a coroutine run at once up to its first suspension (an eager task on 3.12+;
+before, in the caller's task, with no task when it does not wait)."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -20,8 +22,37 @@ async def test_a_coroutine_that_does_not_wait_completes_in_the_callers_task() ->
     tasks_before = len(asyncio.all_tasks())
     future = start_eagerly(quick())
     assert future.done() and future.result() == 7
-    assert ran_in == [caller]
-    assert len(asyncio.all_tasks()) == tasks_before  # no task was made
+    assert ran_in == ([future] if sys.version_info >= (3, 12) else [caller])  # never scheduled
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_deadline_taken_in_the_first_step_ends_the_coroutine_not_the_caller() -> None:
+    # asyncio.wait_for binds itself to the current task on 3.12+ (psycopg_pool's connection
+    # wait does this): it must be the coroutine's own, or the caller is cancelled instead and
+    # the wait goes on without a deadline
+    async def bounded() -> None:
+        await asyncio.wait_for(asyncio.Event().wait(), 0.01)
+
+    future = start_eagerly(bounded())
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.shield(future)  # as the runtime awaits a store write: nothing forwarded
+    await asyncio.sleep(0)  # a cancellation misdelivered to this task would land here
+    if sys.version_info >= (3, 11):
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks: Python 3.12+")
+async def test_asyncio_timeout_in_the_first_step_binds_to_the_coroutine() -> None:
+    async def bounded() -> str:
+        try:
+            async with asyncio.timeout(0.01):  # type: ignore[attr-defined,unused-ignore]
+                await asyncio.Event().wait()
+        except TimeoutError:
+            return "timed out"
+        return "never"
+
+    assert await asyncio.shield(start_eagerly(bounded())) == "timed out"
 
 
 async def test_a_coroutine_that_waits_goes_on_in_its_own_task() -> None:

@@ -410,14 +410,7 @@ async def test_a_store_closed_while_its_own_connection_reconnects_leaves_it_clos
     assert caught and caught[0].closed  # not left for the garbage collector to warn about
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 12),
-    reason="known bug, open: on Python 3.12+ the run's last store write waits forever once the "
-    "server is gone (psycopg_pool's connection wait, started eagerly by the event log, is never "
-    "cancelled by its deadline); passes on 3.10 and 3.11",
-    strict=True,
-)
-@pytest.mark.timeout(120 if sys.version_info >= (3, 12) else 300)  # a cluster of its own: slow on CI
+@pytest.mark.timeout(300)  # a cluster of its own: slow on CI
 async def test_a_run_whose_server_goes_away_fails_with_a_clear_error(tmp_path: Path) -> None:
     with postgres_server() as server:
         store = PostgresStore(server.dsn, timeout=2)
