@@ -141,7 +141,6 @@ class _Exporter:
         self._awaiting: set[str] = set()
         self._routes: list[abc.DisposableBase] = []
         self._fragment_routes: list[abc.DisposableBase] = []
-        self._attached = False
         # (provider, model, error type) → the histograms' point attributes, built once
         self._points: dict[tuple[Any, Any, str | None], tuple[dict[str, Any], ...]] = {}
 
@@ -150,14 +149,12 @@ class _Exporter:
     def attach(self) -> None:
         """Route the kinds the span model reads here: plain callbacks in the bus's kind index
         (no reactivex chain per event); the chat twins and other kinds are never delivered."""
-        self._attached = True
         kinds: set[EventKind] = set(_STEPS)
         if self._capture:
             kinds |= {*_FRAGMENT_KINDS, EventKind.TOOL_CALL_COMPLETED}
         self._routes = [self._bus.attach(kind, self._deliver) for kind in kinds]
 
     def dispose(self) -> None:
-        self._attached = False
         routes, self._routes = self._routes + self._fragment_routes, []
         self._fragment_routes = []
         for route in routes:
@@ -165,7 +162,7 @@ class _Exporter:
 
     def _await_fragment(self, run_id: str) -> None:
         self._awaiting.add(run_id)
-        if not self._fragment_routes and not self._capture and self._attached:
+        if not self._fragment_routes and not self._capture and self._routes:  # attached
             self._fragment_routes = [self._bus.attach(kind, self._deliver) for kind in _FRAGMENT_KINDS]
 
     def _fragment_seen(self, run_id: str) -> None:

@@ -117,6 +117,7 @@ class SpanBuilder:
         return self.run
 
     def add(self, event: InvocationEvent) -> None:
+        self._root(event.timestamp)  # any event of the run opens its run span
         kind = type(event)
         step = _STEPS.get(kind)
         if step is None:
@@ -133,7 +134,6 @@ class SpanBuilder:
 
     def _model_started(self, event: ModelStarted) -> None:
         at = event.timestamp
-        self._root(at)
         self._close_model(at)
         self.model = _Open(
             "model_call", f"chat {event.model}", f"{self.run_id}:model:{event.iteration}", at
@@ -142,20 +142,17 @@ class SpanBuilder:
 
     def _fragment(self, event: InvocationEvent) -> None:
         at = event.timestamp
-        self._root(at)
         model = self.model
         if model is not None and model.first_at is None:
             model.first_at = at
             model.attributes["first_fragment_ms"] = _ms(model.start, at)
 
     def _chat_finished(self, event: ChatFinished) -> None:
-        self._root(event.timestamp)
         if self.model is not None:
             self.model.attributes["finish_reason"] = event.finish_reason.value
 
     def _usage_recorded(self, event: UsageRecorded) -> None:
         at = event.timestamp
-        self._root(at)
         model = self.model
         if model is not None:
             usage = event.usage
@@ -168,7 +165,6 @@ class SpanBuilder:
 
     def _tool_started(self, event: ToolExecutionStarted) -> None:
         at = event.timestamp
-        self._root(at)
         lane = next((i for i, free in enumerate(self.lanes) if free is not None and free <= at), None)
         if lane is None:
             lane = len(self.lanes)
@@ -182,7 +178,6 @@ class SpanBuilder:
 
     def _tool_finished(self, event: ToolExecutionFinished) -> None:
         at = event.timestamp
-        self._root(at)
         finished = self.tools.pop(event.call_id, None)
         if finished is None:
             return
@@ -210,7 +205,7 @@ class SpanBuilder:
         self.run_span = self._closed(root, at, final, parent=None)
 
     def _other(self, event: InvocationEvent) -> None:
-        self._root(event.timestamp)
+        pass  # read by no span (its run span is opened by add)
 
     def _close_model(self, at: datetime, status: SpanStatus | None = None) -> None:
         model = self.model
