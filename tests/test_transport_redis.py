@@ -192,6 +192,30 @@ async def test_an_unreachable_redis_never_blocks_a_run_and_the_loss_is_reported(
     await transport.close()
 
 
+async def test_envelopes_in_a_write_that_has_not_returned_count_as_buffered() -> None:
+    class Stalled:  # only what the mirror calls: a transport whose write hangs until released
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+            self.entered = asyncio.Event()
+
+        async def append(self, segments: Any) -> None:
+            self.entered.set()
+            await self.release.wait()
+
+    transport = Stalled()
+    runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("a b", pieces=2)])])
+    mirror = EventMirror(transport, interval=0)  # type: ignore[arg-type]
+    mirror.attach(runtime)
+    out = await RuntimeInvocation(runtime).emit(EmitRequest(provider="scripted", model="scripted", input="hi"))
+    await asyncio.wait_for(transport.entered.wait(), 10)
+    stored = len(await runtime.store.read_events(out.run_id))
+    in_flight = mirror.stats
+    assert in_flight.mirrored == 0 and in_flight.buffered == stored
+    transport.release.set()
+    await asyncio.wait_for(mirror.flush(), 10)
+    assert mirror.stats.mirrored == stored and mirror.stats.buffered == 0
+
+
 async def test_a_redis_restart_mid_run_loses_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
     with redis_server(tmp_path_factory.mktemp("redis-restart")) as server:
         transport = RedisTransport(server.url, block=0.2)

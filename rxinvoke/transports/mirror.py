@@ -51,7 +51,7 @@ class MirrorStats:
     failed_writes: int = 0
     """Writes that failed (and were retried)."""
     buffered: int = 0
-    """Envelopes waiting now."""
+    """Envelopes not written yet: waiting, or in a write that has not returned."""
 
 
 class EventMirror:
@@ -77,6 +77,7 @@ class EventMirror:
         self._dropped = 0
         self._unreported = 0
         self._failed = 0
+        self._writing = 0
         self._runtime: AgentRuntime | None = None
         self._subscription: abc.DisposableBase | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -87,7 +88,9 @@ class EventMirror:
 
     @property
     def stats(self) -> MirrorStats:
-        return MirrorStats(self._mirrored, self._dropped, self._failed, len(self._buffer))
+        return MirrorStats(
+            self._mirrored, self._dropped, self._failed, len(self._buffer) + self._writing
+        )
 
     def attach(self, runtime: AgentRuntime) -> abc.DisposableBase:
         """Mirror ``runtime``'s envelopes from now on (call inside its running loop); dispose
@@ -134,18 +137,22 @@ class EventMirror:
                 self._report_drops()
                 taken = list(self._buffer)
                 self._buffer.clear()
+                self._writing = len(taken)
                 try:
                     await self.transport.append(list(segments_of(taken)))
                 except asyncio.CancelledError:
+                    self._writing = 0
                     self._buffer.extendleft(reversed(taken))
                     raise
                 except Exception as exc:
+                    self._writing = 0
                     self._failed += 1
                     _log.warning("rxinvoke: mirroring %d events failed (%s); retrying", len(taken), exc)
                     self._requeue(taken)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
+                self._writing = 0
                 delay = 0.05
                 self._mirrored += len(taken)
                 if self.interval and self._buffer:
