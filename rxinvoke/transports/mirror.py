@@ -61,7 +61,8 @@ class EventMirror:
         transport: where the run streams live.
         interval: seconds the first envelope of a batch waits for others, and the least time
             between two writes (0: the next loop iteration, back to back).
-        max_buffer: envelopes kept at most while the transport is slow or away.
+        max_buffer: envelopes kept at most while the transport is slow or away (waiting, or
+            in a write that has not returned).
     """
 
     def __init__(
@@ -112,7 +113,7 @@ class EventMirror:
         """Mirror one ``(run_id, session_id, seq, event)`` entry (what the tap hands over)."""
         buffer = self._buffer
         buffer.append(entry)
-        if len(buffer) > self.max_buffer:
+        if len(buffer) + self._writing > self.max_buffer:  # a write in flight counts
             buffer.popleft()
             self._dropped += 1
             self._unreported += 1
