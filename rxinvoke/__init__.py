@@ -94,6 +94,7 @@ from .events import ModelStarted as ModelStarted
 from .events import RunCancelled as RunCancelled
 from .events import RunCompleted as RunCompleted
 from .events import RunFailed as RunFailed
+from .events import RunResumed as RunResumed
 from .events import RunStarted as RunStarted
 from .events import TextDelta as TextDelta
 from .events import ToolCallCompleted as ToolCallCompleted
@@ -221,6 +222,7 @@ __all__ = (
     "RunOutput",
     "RunRecord",
     "RunRequest",
+    "RunResumed",
     "RunStarted",
     "RunStatus",
     "RunStream",

@@ -51,6 +51,7 @@ __all__ = (
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
+    "RunResumed",
     "RunStarted",
     "TextDelta",
     "ToolCallCompleted",
@@ -156,6 +157,21 @@ class RunStarted(_AgentEventBase):
     of several runtimes say where each run came from."""
     resumes: str | None = None
     """The run paused for approval that this run continues."""
+
+
+class RunResumed(_AgentEventBase):
+    """The run goes on in another process after the one running it died
+    (``Worker(on_worker_loss="retry")``): the events up to ``after_seq`` are the interrupted
+    attempt's; what follows continues from the session's last committed step (a model call
+    cut short is made again; tool calls whose results were not committed run again)."""
+
+    type: Literal["run_resumed"] = "run_resumed"
+    after_seq: int
+    """The seq of the interrupted attempt's last event."""
+    attempt: int = 2
+    """This attempt's number (the first resumption is the second attempt)."""
+    runtime: str | None = None
+    """The name of the runtime that goes on with it."""
 
 
 class ContextBuilt(_AgentEventBase):
@@ -458,7 +474,7 @@ class ChatFinished(EventBase):
 
 
 AgentEvent = Annotated[
-    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened,
+    RunStarted | RunResumed | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened,
     Field(discriminator="type"),
 ]
 """Any event the runtime itself produces."""
@@ -470,7 +486,7 @@ ChatStreamEvent = Annotated[
 """Any event a provider stream yields."""
 
 InvocationEvent = Annotated[
-    RunStarted | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
+    RunStarted | RunResumed | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
     Field(discriminator="type"),
 ]
 """Any event published on the runtime's subject."""
@@ -492,6 +508,7 @@ class EventKind(str, enum.Enum):
 
     ANY = "any"
     RUN_STARTED = "run_started"
+    RUN_RESUMED = "run_resumed"
     CONTEXT_BUILT = "context_built"
     MODEL_STARTED = "model_started"
     TEXT_DELTA = "text_delta"

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from reactivex import Observable, abc
@@ -56,6 +56,7 @@ from ._eventlog import EventLog
 from ._execute import ToolExecutor
 from ._futures import start_eagerly
 from ._model_call import call_model
+from ._resume import Resumption, resumption_of
 from ._run import Run
 from ._sessions import SessionGate
 from .control import Control, SessionContext
@@ -69,6 +70,7 @@ from .errors import (
     SessionBusy,
     StoreError,
     SubscriberError,
+    UnknownRun,
     UserError,
 )
 from .events import (
@@ -83,6 +85,7 @@ from .events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     ToolFailure,
     ToolMessageCommitted,
@@ -94,13 +97,17 @@ from .policy import RuntimePolicy
 from .providers.base import ChatProvider, ProviderRegistry
 from .request import PendingApproval, RunOutput, RunRequest
 from .stores._rows import decided
-from .stores.base import RunOutcome, RunRecord, Store
+from .stores.base import EventEnvelope, RunOutcome, RunRecord, Store
 from .stores.memory import MemoryStore
 from .tools import Tool, ToolRegistry
 
 __all__ = ("AgentRuntime",)
 
 _log = logging.getLogger("rxinvoke")
+
+class _NotResumable(Exception):
+    """The run to take over is finished, or its owner lives (resume_interrupted: None)."""
+
 
 _SETTLE_ATTEMPTS = 3
 """Writes of a run's end before the store failure is the run's error."""
@@ -453,8 +460,66 @@ class AgentRuntime:
         run = Run(
             request, provider, control, run_id=run_id, session_id=session_id, runtime=self.name
         )
+        return await self._execute(run, self._drive(run))
+
+    async def resume_interrupted(
+        self,
+        run_id: str,
+        *,
+        salvage: Sequence[EventEnvelope] = (),
+        control: Control | None = None,
+    ) -> RunOutput | None:
+        """Go on with the run ``run_id`` whose process died mid-run, to its one terminal event
+        (what ``Worker(on_worker_loss="retry")`` does with a dead worker's run).
+
+        The store, shared with the dead process, takes the run over (``resume_run``): it
+        appends ``salvage`` — envelopes of the run seen elsewhere (its run stream) beyond its
+        stored log — and makes this process its owner. Then ``run_resumed`` is published
+        (numbered after the stored log) and the loop goes on from the session's last committed
+        step: a model call cut short is made again, tool calls whose replies were not
+        committed run again. The output's usage and iterations include the earlier attempts'.
+
+        Returns None, publishing nothing, when the run cannot be taken over: it is finished
+        (a log that ends with its terminal event gets its status settled), or its owner lives.
+
+        Raises:
+            UserError: the runtime is closed, or its store cannot resume runs (it is not
+                shared between processes: no ``resume_run``).
+            UnknownRun: no run ``run_id`` is stored.
+            InvalidRequest: the run's request names a provider or model this runtime lacks.
+            InvocationError: as :meth:`run` raises.
+        """
+        if self._is_closed:
+            raise UserError("the runtime is closed (aclose() was called)")
+        if getattr(self.store, "resume_run", None) is None:
+            raise UserError(
+                f"{type(self.store).__name__} cannot resume a run of another process "
+                "(a store shared between processes has resume_run)"
+            )
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        if record.is_finished:
+            return None
+        provider, request = self.resolve(record.request)
+        run = Run(
+            request,
+            provider,
+            control or Control(),
+            run_id=run_id,
+            session_id=record.session_id,
+            runtime=self.name,
+        )
+        try:
+            return await self._execute(run, self._drive_resumed(run, tuple(salvage)))
+        except _NotResumable:
+            return None
+
+    async def _execute(self, run: Run, drive: Coroutine[Any, Any, RunOutput]) -> RunOutput:
+        """Run ``drive`` (the run's task) to the run's outcome, as :meth:`run` describes."""
+        run_id = run.run_id
         self._runs[run_id] = run
-        task = run.start(self._drive(run), self.scheduler)
+        task = run.start(drive, self.scheduler)
         try:
             output = await self._outcome(run, task)
         except asyncio.CancelledError:
@@ -557,6 +622,36 @@ class AgentRuntime:
             raise asyncio.CancelledError
         return await self._rejoin(stored)
 
+    async def _drive_resumed(self, run: Run, salvage: tuple[EventEnvelope, ...]) -> RunOutput:
+        run.started = True
+        if run.reason is not None:  # stopped before its task began: nothing written
+            raise asyncio.CancelledError
+        store = self.store
+
+        async def take_over() -> tuple[list[Message], Resumption] | None:
+            taken = await store.resume_run(run.run_id, salvage)  # type: ignore[attr-defined]
+            if taken is None:
+                return None
+            _record, history, _last_seq = taken
+            stored = await store.read_events(run.run_id)
+            return history, resumption_of(run.run_id, run.request.resumes, history, stored)
+
+        # as a claim: under the session's gate; a take-over that is cancelled still completes,
+        # so that the run it took gets its terminal event
+        async with self._gate.hold(run.session_id):
+            claim = start_eagerly(take_over())
+            interrupted = False
+            try:
+                taken = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                taken, interrupted = await claim, True
+            if taken is None:
+                if interrupted:
+                    raise asyncio.CancelledError
+                raise _NotResumable
+            history, resumption = taken
+            return await self._begun(run, history, interrupted=interrupted, resumption=resumption)
+
     async def _wait_session(self, session_id: uuid.UUID) -> None:
         wait = getattr(self.store, "wait_session", None)
         if wait is not None:
@@ -564,26 +659,44 @@ class AgentRuntime:
         else:
             await asyncio.sleep(0.1)
 
-    async def _begun(self, run: Run, history: list[Message], *, interrupted: bool) -> RunOutput:
-        """The claimed run, from ``run_started`` to its settled terminal event."""
+    async def _begun(
+        self,
+        run: Run,
+        history: list[Message],
+        *,
+        interrupted: bool,
+        resumption: Resumption | None = None,
+    ) -> RunOutput:
+        """The claimed run, from ``run_started`` (``run_resumed``: a run taken over) to its
+        settled terminal event."""
         publish = self.bus.publish
         run_id = run.run_id
-        provider_id, model = run.request.provider or "", run.request.model or ""
-        self.log.begin(run_id, run.session_id)
-        publish(
-            RunStarted(
-                run_id=run_id,
-                session_id=str(run.session_id),
-                provider=provider_id,
-                model=model,
-                runtime=self.name,
-                resumes=run.request.resumes,
+        after_seq = resumption.after_seq if resumption is not None else 0
+        self.log.begin(run_id, run.session_id, last_seq=after_seq)
+        if after_seq == 0:  # a new run, or a run taken over that died before writing an event
+            publish(
+                RunStarted(
+                    run_id=run_id,
+                    session_id=str(run.session_id),
+                    provider=run.request.provider or "",
+                    model=run.request.model or "",
+                    runtime=self.name,
+                    resumes=run.request.resumes,
+                )
             )
-        )
+        if resumption is not None:
+            publish(
+                RunResumed(
+                    run_id=run_id,
+                    after_seq=after_seq,
+                    attempt=resumption.attempt,
+                    runtime=self.name,
+                )
+            )
         try:
             if interrupted or run.reason is not None:
                 raise asyncio.CancelledError  # stopped before the run began
-            output = await self._loop(run, history)
+            output = await self._loop(run, history, resumption)
             if run.reason is not None:
                 # a stop requested with no await point left (e.g. by a subscriber of the run's
                 # last events) still wins: the terminal event is not published yet
@@ -685,25 +798,31 @@ class AgentRuntime:
             run_id=record.run_id,
         )
 
-    async def _loop(self, run: Run, history: list[Message]) -> RunOutput:
+    async def _loop(
+        self, run: Run, history: list[Message], resumption: Resumption | None = None
+    ) -> RunOutput:
         publish = self.bus.publish
         policy = self.policy
         request, run_id = run.request, run.run_id
-        # the stored history, ending with this run's opening (committed by begin_run); the
-        # events published so far are written with the run's next write
-        if request.resumes is not None:
+        # the stored history, ending with this run's opening (committed by begin_run; a run
+        # taken over: its last committed step); the events published so far are written with
+        # the run's next write
+        if resumption is not None and resumption.dangling:
+            history = list(history)
+            await self._run_tools(run, resumption.dangling, history)
+        elif request.resumes is not None and (resumption is None or resumption.paused_unanswered):
             history = await self._answer_paused(run, history)
         messages = build_context(history)
         publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
 
         specs = self.tools.specs()
-        total = TokenUsage()
+        total = resumption.usage if resumption is not None else TokenUsage()
         doom = DoomLoopDetector(policy.doom_loop)
         pending: tuple[PendingApproval, ...] = ()
         text = ""
         finish = FinishReason.MAX_ITERATIONS
-        iteration = 0
-        for iteration in range(1, policy.max_iterations + 1):
+        iteration = done = resumption.iterations if resumption is not None else 0
+        for iteration in range(done + 1, policy.max_iterations + 1):
             context, spent = await self._compactor.prepare(run, messages, specs)
             if spent is not None:
                 total = total + spent

@@ -41,6 +41,7 @@ from rxinvoke import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     TextDelta,
     TokenUsage,
@@ -116,6 +117,7 @@ AGENT_EXAMPLES: tuple[EventBase, ...] = (
         usage=USAGE,
     ),
     CompactionCircuitOpened(run_id=RUN, timestamp=WHEN, consecutive_failures=3),
+    RunResumed(run_id=RUN, timestamp=WHEN, after_seq=7, attempt=2, runtime="worker-2"),
 )
 
 CHAT_EXAMPLES: tuple[EventBase, ...] = (
@@ -154,7 +156,7 @@ def _ids(events: tuple[EventBase, ...]) -> list[str]:
 def test_examples_cover_every_event_type() -> None:
     assert {type(e) for e in AGENT_EXAMPLES} == _union_members(AgentEvent)
     assert {type(e) for e in CHAT_EXAMPLES} == _union_members(ChatStreamEvent)
-    assert len(AGENT_EXAMPLES) == 21
+    assert len(AGENT_EXAMPLES) == 22
     assert len(CHAT_EXAMPLES) == 6
 
 

@@ -10,8 +10,8 @@ only what the layer's rule allows:
 1. definitions  tools, providers (and providers.*), stores (and stores.*): a family imports
                 its own members only; providers never import a store, stores never a provider
 2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _doom, _bus,
-                _eventlog, _sessions, _run, _model_call, _compaction, _approval): listed one by
-                one
+                _eventlog, _sessions, _run, _model_call, _compaction, _approval, _resume): listed
+                one by one
 3. runtime      runtime
 4. views        spans, notebook*: pure functions of events (the span model, renderings); the
                 notebook may use spans and itself, nothing above the runtime
@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "plumbing",
         ("_context", "_accumulate", "_execute", "_doom", "_bus", "_eventlog", "_sessions", "_run",
-         "_model_call", "_compaction", "_approval"),
+         "_model_call", "_compaction", "_approval", "_resume"),
     ),
     ("runtime", ("runtime",)),
     ("views", ("spans", "notebook", "notebook.*")),
@@ -92,6 +92,7 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "_model_call": frozenset({"_accumulate"}),
         "_compaction": frozenset({"_context", "_model_call", "_run"}),
         "_approval": frozenset(),
+        "_resume": frozenset(),
     },
     "runtime": {"runtime": frozenset()},
     "facade": {

@@ -43,10 +43,11 @@ async def env(redis_server: RedisServer, postgres_server: PostgresServer) -> Asy
 
 
 @pytest.mark.timeout(300)  # five processes on a CI machine that runs other envs at once
+@pytest.mark.parametrize("policy", ["fail", "retry"])
 async def test_four_workers_two_hundred_runs_one_killed_mid_run(
-    redis_server: RedisServer, postgres_server: PostgresServer, env: dict[str, str]
+    redis_server: RedisServer, postgres_server: PostgresServer, env: dict[str, str], policy: str
 ) -> None:
-    workers = [await start_worker(f"w{i}", env) for i in range(4)]
+    workers = [await start_worker(f"w{i}", env, "--on-worker-loss", policy) for i in range(4)]
     prefix = env["RXINVOKE_REDIS_PREFIX"]
     transport = RedisTransport(redis_server.url, prefix=prefix, block=0.2)
     store = PostgresStore(postgres_server.dsn)
@@ -73,7 +74,11 @@ async def test_four_workers_two_hundred_runs_one_killed_mid_run(
         completed = [o for o in outcomes if not isinstance(o, BaseException)]
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         assert all(isinstance(f, InvocationFailed) and "interrupted" in str(f) for f in failed), failed
-        assert len(completed) + len(failed) == 200 and failed  # the killed worker's runs
+        if policy == "fail":
+            assert len(completed) + len(failed) == 200 and failed  # the killed worker's runs
+        else:
+            assert len(completed) == 200, failed  # the killed worker's runs went on elsewhere
+            assert {o.iterations for o in completed} == {2}
         assert {o.output_text for o in completed} == {"2 + 3 = 5."}
 
         # a run the killed worker finished on its stream but not yet in the store (it died
@@ -82,21 +87,31 @@ async def test_four_workers_two_hundred_runs_one_killed_mid_run(
             if not any(r.status == "running" for r in await store.list_runs(limit=1000)):
                 break
             await asyncio.sleep(0.05)
+        resumed = []
         for stream in streams:
             log = await store.read_events(stream.run_id)
             types = [e.type for e in log]
             assert [e.seq for e in log] == list(range(1, len(log) + 1))
             assert types[0] == "run_started" and types.count("run_started") == 1  # begun once
             assert sum(t in TERMINAL for t in types) == 1 and types[-1] in TERMINAL
+            assert types.count("run_resumed") <= 1
+            if "run_resumed" in types:
+                resumed.append(stream.run_id)
             streamed = [e.type for e in await _collect(stream)]
             assert streamed == types  # the stream saw what the store keeps
-        records = await store.list_runs(limit=1000)
+        ours = {stream.run_id for stream in streams}  # the server is shared with other tests
+        records = [r for r in await store.list_runs(limit=2000) if r.run_id in ours]
+        assert len(records) == 200
         interrupted = [r for r in records if r.error == "interrupted"]
         assert len(interrupted) == len(failed)
-        # only w0's runs were interrupted (on_worker_loss="fail"); the rest of its runs it had
-        # completed before it died
-        assert all(mine in (r.owner or "") for r in interrupted)
-        assert {r.status for r in records if mine in (r.owner or "")} <= {"completed", "failed"}
+        if policy == "fail":
+            # only w0's runs were interrupted; the rest of its runs it had completed before it died
+            assert all(mine in (r.owner or "") for r in interrupted) and not resumed
+            assert {r.status for r in records if mine in (r.owner or "")} <= {"completed", "failed"}
+        else:
+            # w0's unfinished runs were taken over (each once) by the workers that lived
+            assert resumed and not interrupted
+            assert not any(mine in (r.owner or "") for r in records if r.run_id in resumed)
         assert not any(r.status == "running" for r in records)
         assert await transport.client.xpending(f"{prefix}runs", "workers") == {
             "pending": 0, "min": None, "max": None, "consumers": []

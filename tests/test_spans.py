@@ -129,7 +129,7 @@ def every_event_kind() -> list[Any]:
 
 def test_every_event_repr_is_one_short_line() -> None:
     events = every_event_kind()
-    assert len(events) == 27
+    assert len(events) == 28
     for event in events:
         text = repr(event)
         assert len(text) < 160, text

@@ -33,7 +33,9 @@ from rxinvoke import (
     StoreError,
 )
 from rxinvoke.errors import SessionBusy
-from rxinvoke.events import RunStarted, TextDelta
+from rxinvoke.events import RunCompleted, RunStarted, TextDelta
+from rxinvoke.messages import FinishReason, TokenUsage
+from rxinvoke.request import RunOutput
 from rxinvoke.stores import EventEnvelope, RunOutcome
 
 text_turn = ScriptedProvider.text_turn
@@ -264,6 +266,48 @@ async def test_recover_run_salvages_a_dead_owners_unstored_events(
         (1, "run_started"), (2, "text_delta"), (3, "text_delta"), (4, "run_failed"),
     ]
     assert not await b.recover_run(held.run_id, seen)
+
+
+async def test_resume_run_takes_over_a_dead_owners_run_for_this_process(
+    two: tuple[PostgresStore, PostgresStore], postgres_server: PostgresServer, schema: str
+) -> None:
+    a, b = two
+    held = record(uuid.uuid4())
+    await a.begin_run(held, [Message(role="user", content="hello")])
+    await a.append_events([started(held)])
+    seen = [
+        started(held),
+        EventEnvelope.of(TextDelta(run_id=held.run_id, delta="a"), held.run_id, held.session_id, 2),
+    ]
+    assert await b.resume_run(held.run_id, seen) is None  # a lives
+    await a.close()
+    for _ in range(100):  # the server ends a's backend (and frees its lock) a moment later
+        taken = await b.resume_run(held.run_id, seen)
+        if taken is not None:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("a's liveness lock was never released")
+    owned, history, last_seq = taken
+    assert (owned.status, owned.owner, last_seq) == ("running", b.owner, 2)
+    assert [m.content for m in history] == ["hello"]
+    stored = await b.get_run(held.run_id)
+    assert stored is not None and (stored.status, stored.owner) == ("running", b.owner)
+    assert [(e.seq, e.type) for e in await b.read_events(held.run_id)] == [(1, "run_started"), (2, "text_delta")]
+    assert await b.resume_run(held.run_id, seen) is None  # its owner (b) lives: once
+    c = await PostgresStore(postgres_server.dsn, schema=schema, session_poll=30).open()
+    try:
+        with pytest.raises(SessionBusy):  # the session stays the run's (a third process)
+            await c.begin_run(record(held.session_id), [])
+    finally:
+        await c.close()
+    # the log goes on after it; the run ends as any run
+    done = RunCompleted(run_id=held.run_id, finish_reason=FinishReason.STOP, iterations=1)
+    await b.finish_run(held.run_id, RunOutcome.completed(RunOutput(
+        run_id=held.run_id, session_id=held.session_id, iterations=1, finish_reason=FinishReason.STOP,
+        total_usage=TokenUsage(), output_text="",
+    )), events=[EventEnvelope.of(done, held.run_id, held.session_id, 3)])
+    assert [e.type for e in await b.read_events(held.run_id)] == ["run_started", "text_delta", "run_completed"]
 
 
 # --- schema --------------------------------------------------------------------------------------

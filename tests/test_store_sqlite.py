@@ -329,6 +329,57 @@ async def test_recover_run_salvages_what_observers_saw_then_settles_the_run(tmp_
         assert not await store.recover_run(run_id, seen)  # once
 
 
+async def test_resume_run_takes_over_a_dead_owners_run_with_what_observers_saw(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SqliteStore(path) as store:
+        empty = (await store.begin_run(record(), [Message(role="user", content="hi")]))[0]
+        orphan = (await store.begin_run(record(), [Message(role="user", content="hello")]))[0]
+        run_id, session = orphan.run_id, orphan.session_id
+        started = RunStarted(run_id=run_id, session_id=str(session), provider="p", model="m")
+        await store.append_events([EventEnvelope.of(started, run_id, session, 1)])
+        seen = [
+            EventEnvelope.of(started, run_id, session, 1),  # stored already: skipped
+            EventEnvelope.of(TextDelta(run_id=run_id, delta="a"), run_id, session, 2),
+        ]
+        assert await store.resume_run(run_id, seen) is None  # its owner (this process) lives
+        with connect(path) as conn:  # their owner dies
+            conn.execute("UPDATE runs SET owner = ?", (f"{socket.gethostname()}:{dead_pid()}:",))
+    async with SqliteStore(path, recover_on_open=False) as other:
+        await other.open()
+        assert other.recovered == ()  # left to be resumed
+        taken = await other.resume_run(run_id, seen)
+        assert taken is not None
+        owned, history, last_seq = taken
+        assert (owned.run_id, owned.status, owned.owner) == (run_id, "running", other.owner)
+        assert [m.content for m in history] == ["hello"] and last_seq == 2
+        assert [(e.seq, e.type) for e in await other.read_events(run_id)] == [(1, "run_started"), (2, "text_delta")]
+        stored = await other.get_run(run_id)
+        assert stored is not None and (stored.status, stored.owner) == ("running", other.owner)
+        assert await other.resume_run(run_id, seen) is None  # now its owner lives: once
+        # the log goes on from there, as the runtime writes it
+        await other.append_events([EventEnvelope.of(TextDelta(run_id=run_id, delta="b"), run_id, session, 3)])
+        # a run none of whose events was written: an empty log (the runtime starts it)
+        taken = await other.resume_run(empty.run_id)
+        assert taken is not None and taken[2] == 0
+        assert await other.read_events(empty.run_id) == []
+
+
+async def test_resume_run_of_a_run_whose_log_ended_only_settles_its_status(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with SqliteStore(path) as store:
+        orphan = (await store.begin_run(record(), []))[0]
+        run_id, session = orphan.run_id, orphan.session_id
+        started = RunStarted(run_id=run_id, session_id=str(session), provider="p", model="m")
+        await store.append_events([EventEnvelope.of(started, run_id, session, 1)])
+        with connect(path) as conn:
+            conn.execute("UPDATE runs SET owner = ?", (f"{socket.gethostname()}:{dead_pid()}:",))
+        done = RunCompleted(run_id=run_id, finish_reason=FinishReason.STOP, iterations=1)
+        assert await store.resume_run(run_id, [EventEnvelope.of(done, run_id, session, 2)]) is None
+        stored = await store.get_run(run_id)
+        assert stored is not None and stored.status == "completed"
+        assert [e.type for e in await store.read_events(run_id)] == ["run_started", "run_completed"]
+
+
 def test_a_run_killed_mid_run_leaves_a_clean_database(tmp_path: Path) -> None:
     db = tmp_path / "crash.db"
     proc = subprocess.Popen(

@@ -417,6 +417,18 @@ def test_a_worker_refuses_a_store_it_cannot_share() -> None:
         Worker(AgentRuntime(store=MemoryStore()), RedisTransport("redis://127.0.0.1:1/0"))
 
 
+def test_a_retrying_worker_needs_a_store_that_leaves_dead_runs_to_it(tmp_path: Path) -> None:
+    transport = RedisTransport("redis://127.0.0.1:1/0")
+    with pytest.raises(UserError, match="recover_on_open=False"):
+        Worker(AgentRuntime(store=SqliteStore(tmp_path / "a.db")), transport, on_worker_loss="retry")
+    worker = Worker(
+        AgentRuntime(store=SqliteStore(tmp_path / "b.db", recover_on_open=False)), transport, on_worker_loss="retry"
+    )
+    assert worker.on_worker_loss == "retry"
+    with pytest.raises(ValueError, match="'fail' or 'retry'"):
+        Worker(AgentRuntime(store=SqliteStore(tmp_path / "c.db")), transport, on_worker_loss="later")  # type: ignore[arg-type]
+
+
 def test_submit_without_workers_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="submit needs workers"):
         RuntimeInvocation(AgentRuntime()).submit(request())

@@ -33,6 +33,13 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
   and raises :class:`~rxinvoke.errors.SessionBusy`, and the store's optional
   ``wait_session(session_id)`` coroutine returns when it is worth trying again (the runtime
   waits 0.1 s without it). Runs of one process are ordered by its runtime.
+- Optional, for stores shared between processes: ``resume_run(run_id, salvage)`` takes over
+  a ``running`` run whose owner process is gone, so that this process goes on with it
+  (``Worker(on_worker_loss="retry")``): in one transaction it appends the envelopes of
+  ``salvage`` that continue the run's log, makes this process the run's owner and returns
+  ``(record, session history, last seq)`` (0: the log is empty, and the runtime publishes
+  ``run_started`` first); None (the status settled if the log ends with a terminal event)
+  when the run is not running or its owner lives.
 - Writes are handed over as :class:`EventBatch` (a sequence of envelopes built on demand);
   :func:`log_entries` gives a store the plain ``(run_id, session_id, seq, event)`` entries.
 - A store keeps an envelope's event, run and seq: ``event_id``, ``session_id``, ``type`` and

@@ -30,8 +30,10 @@ connection and records it in the runs it owns (``owner = "host:pid:pg:<key>"``).
 releases the lock when that connection ends — the process exited, was killed, or its machine
 went away (after the server's TCP keepalive gives up on it). A ``running`` run whose owner's
 lock is free is interrupted: :meth:`PostgresStore.recover_interrupted` (also run when the
-store opens, and by ``begin_run`` for a session held by such a run) appends its terminal
-``run_failed`` ("interrupted") with the next seq. If the store's own connection breaks, it
+store opens unless ``recover_on_open=False``, and by ``begin_run`` for a session held by
+such a run) appends its terminal ``run_failed`` ("interrupted") with the next seq;
+:meth:`PostgresStore.resume_run` instead takes such a run over, for this process to go on
+with it. If the store's own connection breaks, it
 reconnects and takes its lock again; a run recovered by another process in that window keeps
 its terminal event, and the owner's later writes to it are refused.
 
@@ -249,6 +251,9 @@ class PostgresStore:
             exhausted) before it fails with a :class:`~rxinvoke.errors.StoreError`.
         session_poll: the longest :meth:`wait_session` waits for a ``NOTIFY`` before the
             runtime tries the session again (it also notices a dead owner that way).
+        recover_on_open: fail the runs of dead processes when the store opens (False: leave
+            them to :meth:`resume_run` — ``Worker(on_worker_loss="retry")`` — or a later
+            :meth:`recover_interrupted`).
     """
 
     def __init__(
@@ -260,6 +265,7 @@ class PostgresStore:
         max_size: int = 10,
         timeout: float = 10.0,
         session_poll: float = 1.0,
+        recover_on_open: bool = True,
     ) -> None:
         if not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(
@@ -288,6 +294,7 @@ class PostgresStore:
         self._min_size, self._max_size = min_size, max_size
         self._timeout = timeout
         self._session_poll = session_poll
+        self.recover_on_open = recover_on_open
         self._key = random.randint(1, 2**31 - 1)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}"
         self._pool: AsyncConnectionPool[Any] | None = None
@@ -370,7 +377,8 @@ class PostgresStore:
             await self._close_own()
             raise self._error(exc) from None
         self._pool = pool
-        self.recovered = tuple(await self.recover_interrupted())
+        if self.recover_on_open:
+            self.recovered = tuple(await self.recover_interrupted())
 
     async def _connect_own(self, *, migrate: bool) -> psycopg.AsyncConnection[Any]:
         """The store's own connection: migrated (on open), holding the liveness lock and
@@ -938,6 +946,35 @@ class PostgresStore:
 
         return await self._call(recover)
 
+    async def resume_run(
+        self, run_id: str, salvage: Sequence[EventEnvelope] = ()
+    ) -> tuple[RunRecord, list[Message], int] | None:
+        """Take over the ``running`` run ``run_id`` whose owner is gone, to go on with it here
+        (the ``resume_run`` of the Store contract): returns its record, its session's history
+        and the seq of its log's last envelope, or None if it is not running, its owner lives
+        or its log (with ``salvage``) ends with its terminal event (the status then settled).
+        The session stays taken by the run (its ``active_run``) throughout."""
+
+        async def resume(conn: psycopg.AsyncConnection[Any]) -> tuple[RunRecord, list[Message], int] | None:
+            cur = await conn.execute(
+                "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE",
+                (run_id,),
+            )
+            row = await cur.fetchone()
+            if row is None or not await self._owner_is_gone(conn, row[0]):
+                return None
+            record = await self._find(conn, "r.id = %s", run_id)
+            assert record is not None
+            last_seq, last_type = await self._continue_log(conn, run_id, salvage)
+            if last_type in TERMINAL_STATUS:
+                await self._settle_lagging(conn, record, last_type)
+                return None
+            await conn.execute("UPDATE runs SET owner = %s WHERE id = %s", (self._owner, run_id))
+            owned = record.model_copy(update={"owner": self._owner})
+            return owned, await self._history(conn, record.session_id), last_seq
+
+        return await self._call(resume)
+
     async def _recover_run(
         self,
         conn: psycopg.AsyncConnection[Any],
@@ -948,6 +985,18 @@ class PostgresStore:
         after the envelopes of ``salvage`` that continue its log; call inside a transaction."""
         record = await self._find(conn, "r.id = %s", run_id)
         assert record is not None
+        last_seq, last_type = await self._continue_log(conn, run_id, salvage)
+        if last_type in TERMINAL_STATUS:
+            await self._settle_lagging(conn, record, last_type)
+            return
+        await self._insert_events(conn, interrupted_envelopes(record, last_seq))
+        await self._settle(conn, run_id, record.session_id, "failed", "interrupted", None)
+
+    async def _continue_log(
+        self, conn: psycopg.AsyncConnection[Any], run_id: str, salvage: Sequence[EventEnvelope]
+    ) -> tuple[int, str | None]:
+        """Append the envelopes of ``salvage`` that continue the run's stored log; the seq and
+        type of its last envelope then (0, None: an empty log). Inside a transaction."""
         cur = await conn.execute(
             "SELECT r.last_seq, s.events -> -1 ->> 'type' FROM runs r LEFT JOIN event_segments s "
             "ON s.run_id = r.id AND s.last_seq = r.last_seq WHERE r.id = %s",
@@ -959,11 +1008,12 @@ class PostgresStore:
         if kept:
             await self._insert_events(conn, kept)
             last_seq, last_type = kept[-1].seq, kept[-1].type
-        status: str = "failed"
-        error: str | None = "interrupted"
-        if last_type in TERMINAL_STATUS:
-            status = TERMINAL_STATUS[last_type]  # the terminal event is stored: only the status lagged
-            error = None if status == "completed" else error
-        else:
-            await self._insert_events(conn, interrupted_envelopes(record, last_seq))
-        await self._settle(conn, run_id, record.session_id, status, error, None)
+        return last_seq, last_type
+
+    async def _settle_lagging(
+        self, conn: psycopg.AsyncConnection[Any], record: RunRecord, last_type: str
+    ) -> None:
+        """The run's log ends with its terminal event (``last_type``): only its status lagged."""
+        status = TERMINAL_STATUS[last_type]
+        error = None if status == "completed" else "interrupted"
+        await self._settle(conn, record.run_id, record.session_id, status, error, None)

@@ -27,10 +27,11 @@ Schema: versioned migrations, one SQL script per version, recorded in ``PRAGMA u
 rxinvoke raises :class:`~rxinvoke.errors.MigrationError`; a file that is not an rxinvoke
 database (or not SQLite at all) raises :class:`~rxinvoke.errors.StoreError`.
 
-Crash recovery: a run records its owner (``host:pid:process start``). Opening the store (and
-:meth:`SqliteStore.recover_interrupted`) marks failed every ``running`` run whose owner process
+Crash recovery: a run records its owner (``host:pid:process start``). Opening the store
+(unless ``recover_on_open=False``) and :meth:`SqliteStore.recover_interrupted` mark failed every ``running`` run whose owner process
 on this host is gone, appending a terminal ``run_failed`` ("interrupted") with the next seq,
-so every stored run ends with exactly one terminal event.
+so every stored run ends with exactly one terminal event; :meth:`SqliteStore.resume_run`
+instead takes such a run over, for this process to go on with it.
 """
 
 from __future__ import annotations
@@ -329,6 +330,9 @@ class SqliteStore:
         busy_timeout: seconds a write waits for another process's write to end.
         synchronous: ``"NORMAL"`` (a commit survives a process crash) or ``"FULL"`` (it
             survives power loss as well, at a cost per commit).
+        recover_on_open: fail the runs of dead processes when the file is opened (False:
+            leave them to :meth:`resume_run` — ``Worker(on_worker_loss="retry")`` — or a later
+            :meth:`recover_interrupted`).
     """
 
     ordered_calls = True
@@ -343,6 +347,7 @@ class SqliteStore:
         create: bool = True,
         busy_timeout: float = 30.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        recover_on_open: bool = True,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
@@ -350,6 +355,7 @@ class SqliteStore:
         self._create = create
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
+        self.recover_on_open = recover_on_open
         self._worker: GroupWorker[Callable[[sqlite3.Connection], Any]] = GroupWorker(
             self._run, self._run_group, name="rxinvoke-sqlite"
         )
@@ -397,6 +403,11 @@ class SqliteStore:
     def schema_version(self) -> int:
         """The schema version this store writes."""
         return SCHEMA_VERSION
+
+    @property
+    def owner(self) -> str:
+        """What this store records as the owner of the runs it begins (``host:pid:start``)."""
+        return self._owner
 
     # --- plumbing (worker thread) ---------------------------------------------------------
 
@@ -552,7 +563,8 @@ class SqliteStore:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
-            self.recovered = tuple(self._recover(conn))
+            if self.recover_on_open:
+                self.recovered = tuple(self._recover(conn))
         except BaseException:
             conn.close()
             raise
@@ -930,27 +942,64 @@ class SqliteStore:
             record = self._find(conn, "r.id = ? AND r.status = 'running'", run_id)
             if record is None or not _owner_is_gone(record.owner):
                 return False  # finished (recovered by another process meanwhile), or alive
-            segment = conn.execute(
-                "SELECT last_seq, events FROM event_segments WHERE run_id = ? "
-                "ORDER BY first_seq DESC LIMIT 1",
-                (run_id,),
-            ).fetchone()
-            last = (segment[0], json.loads(segment[1])[-1]["type"]) if segment else None
-            kept = continuing(salvage, last[0] if last is not None else 0)
-            if kept:
-                self._insert_events(conn, kept)
-                last = (kept[-1].seq, kept[-1].type)
-            status: RunStatus = "failed"
-            error: str | None = "interrupted"
-            if last is not None and last[1] in TERMINAL_STATUS:
-                # the terminal event is stored already: only the status lagged
-                status = TERMINAL_STATUS[last[1]]  # type: ignore[assignment]
-                error = None if status == "completed" else error
-            else:
-                last_seq = last[0] if last is not None else 0
+            last_seq, last_type = self._continue_log(conn, run_id, salvage)
+            if not self._settle_lagging(conn, run_id, last_type):
                 self._insert_events(conn, interrupted_envelopes(record, last_seq))
-            conn.execute(
-                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
-                (status, error, _ts(utcnow()), run_id),
-            )
+                self._set_status(conn, run_id, "failed", "interrupted")
             return True
+
+    async def resume_run(
+        self, run_id: str, salvage: Sequence[EventEnvelope] = ()
+    ) -> tuple[RunRecord, list[Message], int] | None:
+        """Take over the ``running`` run ``run_id`` whose owner is gone, to go on with it here
+        (the ``resume_run`` of the Store contract): returns its record, its session's history
+        and the seq of its log's last envelope, or None if it is not running, its owner lives
+        or its log (with ``salvage``) ends with its terminal event (the status then settled)."""
+
+        def resume(conn: sqlite3.Connection) -> tuple[RunRecord, list[Message], int] | None:
+            with self._transaction(conn):
+                record = self._find(conn, "r.id = ? AND r.status = 'running'", run_id)
+                if record is None or not _owner_is_gone(record.owner):
+                    return None
+                last_seq, last_type = self._continue_log(conn, run_id, salvage)
+                if self._settle_lagging(conn, run_id, last_type):
+                    return None
+                conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (self._owner, run_id))
+                self._last_seq[run_id] = last_seq
+                owned = record.model_copy(update={"owner": self._owner})
+                return owned, self._history(conn, record.session_id), last_seq
+
+        return await self._call(resume, write=True)
+
+    def _continue_log(
+        self, conn: sqlite3.Connection, run_id: str, salvage: Sequence[EventEnvelope]
+    ) -> tuple[int, str | None]:
+        """Append the envelopes of ``salvage`` that continue the run's stored log; the seq and
+        type of its last envelope then (0, None: an empty log). Inside a transaction."""
+        segment = conn.execute(
+            "SELECT last_seq, events FROM event_segments WHERE run_id = ? "
+            "ORDER BY first_seq DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        last_seq, last_type = (segment[0], json.loads(segment[1])[-1]["type"]) if segment else (0, None)
+        kept = continuing(salvage, last_seq)
+        if kept:
+            self._insert_events(conn, kept)
+            last_seq, last_type = kept[-1].seq, kept[-1].type
+        return last_seq, last_type
+
+    def _settle_lagging(self, conn: sqlite3.Connection, run_id: str, last_type: str | None) -> bool:
+        """If the run's log ends with its terminal event (``last_type``) only its status lagged:
+        set it and say so. Inside a transaction."""
+        if last_type not in TERMINAL_STATUS:
+            return False
+        status: RunStatus = TERMINAL_STATUS[last_type]  # type: ignore[assignment]
+        self._set_status(conn, run_id, status, None if status == "completed" else "interrupted")
+        return True
+
+    @staticmethod
+    def _set_status(conn: sqlite3.Connection, run_id: str, status: RunStatus, error: str | None) -> None:
+        conn.execute(
+            "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+            (status, error, _ts(utcnow()), run_id),
+        )

@@ -79,6 +79,11 @@ def add_commands(
         "--lease-ttl", type=seconds, default=10.0, metavar="SECONDS",
         help="seconds a run's lease lives without a heartbeat (default 10)",
     )
+    worker.add_argument(
+        "--on-worker-loss", choices=("fail", "retry"), default="fail",
+        help="a dead worker's run: fail it (run_failed \"interrupted\", the default) or go on "
+        "with it here from its last committed step (run_resumed)",
+    )
     worker.add_argument("--name", metavar="NAME", help="the worker's name (default host:pid:random)")
     add_provider_options(worker)
 
@@ -138,18 +143,24 @@ async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
     from .worker import Worker
 
     transport = _transport(args)
+    recover = args.on_worker_loss == "fail"  # "retry": the dead workers' runs are resumed
     store: Store
     if args.postgres:
         from ..stores.postgres import PostgresStore
 
-        store = PostgresStore(args.postgres)
+        store = PostgresStore(args.postgres, recover_on_open=recover)
     else:
-        store = SqliteStore(db_path(args))
+        store = SqliteStore(db_path(args), recover_on_open=recover)
     provider = provider_from_args(args)
     try:
         runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store)
         worker = Worker(
-            runtime, transport, name=args.name, concurrency=args.concurrency, lease_ttl=args.lease_ttl
+            runtime,
+            transport,
+            name=args.name,
+            concurrency=args.concurrency,
+            lease_ttl=args.lease_ttl,
+            on_worker_loss=args.on_worker_loss,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -157,7 +168,7 @@ async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
             loop.add_signal_handler(sig, stop.set)
         print(
             f"rxinvoke worker {worker.name}: {transport.where}, store {store!r}, "
-            f"concurrency {args.concurrency}",
+            f"concurrency {args.concurrency}, on worker loss: {args.on_worker_loss}",
             file=sys.stderr,
             flush=True,
         )

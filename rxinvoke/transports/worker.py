@@ -12,10 +12,11 @@ mirrors to the run's stream. Around each run:
   (every ``lease_ttl``) reclaims those idle for two lease lifetimes *whose lease is gone*.
   What the worker then finds in the store decides: a run never begun is run now; a finished
   run is only acknowledged; a run still ``running`` whose owner is gone is settled by the
-  store's recovery (``run_failed`` "interrupted": ``on_worker_loss="fail"``, the policy
-  implemented here) — one terminal event either way, mirrored to the stream; a run still
-  ``running`` under a live owner (a worker that lost its lease but not its life) is left to
-  it. A job delivered more than ``max_deliveries`` times goes to the dead letters, its run
+  store's recovery (``run_failed`` "interrupted": ``on_worker_loss="fail"``), or, with
+  ``on_worker_loss="retry"``, taken over and continued here from its last committed step
+  (``run_resumed``, then the rest of the run) — one terminal event either way, mirrored to
+  the stream; a run still ``running`` under a live owner (a worker that lost its lease but
+  not its life) is left to it. A job delivered more than ``max_deliveries`` times goes to the dead letters, its run
   settled as failed.
 - **Cancel.** A cancel request (marker + notice) cancels the run where it runs; the worker also
   checks the markers of its runs at every heartbeat (a notice missed while reconnecting), and
@@ -42,7 +43,7 @@ import pydantic
 
 from .._futures import retrieve
 from ..control import Control
-from ..errors import InvocationError, UserError
+from ..errors import InvalidRequest, InvocationError, UserError
 from ..events import InvocationEvent, RunCancelled, RunFailed, RunStarted
 from ..request import RunRequest
 from ..runtime import AgentRuntime
@@ -68,7 +69,9 @@ class WorkerStats:
     executed: int = 0
     """Runs it executed to their end."""
     recovered: int = 0
-    """Runs of dead workers it settled (``on_worker_loss="fail"``)."""
+    """Runs of dead workers it settled as failed (``on_worker_loss="fail"``)."""
+    resumed: int = 0
+    """Runs of dead workers it went on with to their end (``on_worker_loss="retry"``)."""
     dead_lettered: int = 0
     lease_lost: int = 0
     """Runs it cancelled because their lease was lost."""
@@ -94,7 +97,10 @@ class Worker:
         concurrency: runs executing at once at most.
         lease_ttl: seconds a lease lives without a refresh.
         on_worker_loss: what becomes of a run whose worker died mid-run: ``"fail"`` (it
-            ends with ``run_failed`` "interrupted").
+            ends with ``run_failed`` "interrupted"), or ``"retry"`` (it goes on here from its
+            last committed step, after ``run_resumed``: see
+            :meth:`~rxinvoke.runtime.AgentRuntime.resume_interrupted`; a run whose cancel was
+            requested, or whose stream lost events to retention, fails as with ``"fail"``).
         max_deliveries: deliveries of one job before it goes to the dead letters.
     """
 
@@ -106,7 +112,7 @@ class Worker:
         name: str | None = None,
         concurrency: int = 4,
         lease_ttl: float = 10.0,
-        on_worker_loss: Literal["fail"] = "fail",
+        on_worker_loss: Literal["fail", "retry"] = "fail",
         max_deliveries: int = 5,
     ) -> None:
         if isinstance(runtime.store, MemoryStore):
@@ -116,8 +122,17 @@ class Worker:
             )
         if concurrency < 1 or lease_ttl <= 0 or max_deliveries < 1:
             raise ValueError("concurrency, lease_ttl and max_deliveries must be positive")
-        if on_worker_loss != "fail":
-            raise ValueError(f"on_worker_loss must be 'fail', got {on_worker_loss!r}")
+        if on_worker_loss not in ("fail", "retry"):
+            raise ValueError(f"on_worker_loss must be 'fail' or 'retry', got {on_worker_loss!r}")
+        store = runtime.store
+        if on_worker_loss == "retry" and (
+            getattr(store, "resume_run", None) is None or getattr(store, "recover_on_open", False)
+        ):
+            raise UserError(
+                "on_worker_loss='retry' needs a store that leaves dead workers' runs to be "
+                "resumed: SqliteStore(path, recover_on_open=False) or "
+                "PostgresStore(dsn, recover_on_open=False)"
+            )
         self.runtime = runtime
         self.transport = transport
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -290,9 +305,16 @@ class Worker:
             return
         if record is not None:
             if not record.is_finished:
-                if not await self._recover(job.run_id):
+                resumed = await self._resume(job, held) if self.on_worker_loss == "retry" else "fail"
+                if resumed == "leave":
+                    return  # not taken over: its owner still holds it (the job stays pending)
+                if resumed == "ended":
+                    self._count(resumed=1)
+                    await self.mirror.flush()
+                elif not await self._recover(job.run_id):
                     return  # its owner lives (it lost its lease, not its life): its run
-                self._count(recovered=1)
+                else:
+                    self._count(recovered=1)
             await self._mirror_stored(job.run_id)
             await self.transport.ack(job.job_id)
             return
@@ -321,6 +343,35 @@ class Worker:
         await self.mirror.flush()
         await self.transport.ack(job.job_id)
 
+    async def _resume(self, job: Job, held: _Held) -> Literal["ended", "fail", "leave"]:
+        """Go on with a dead worker's run here (``on_worker_loss="retry"``): ``"ended"`` once
+        it is finished (here, or settled meanwhile); ``"fail"`` to settle it as failed instead
+        (its cancel was requested, its stream lost events to retention, this worker lacks its
+        provider or model); ``"leave"`` when it was not taken over (its owner still holds it:
+        the job stays pending, and is taken again later)."""
+        run_id = job.run_id
+        if (await self.transport.cancel_requested([run_id]))[0]:
+            return "fail"
+        stored = await self.runtime.store.read_events(run_id)
+        salvage, whole = await self._stream_after(run_id, stored[-1].seq if stored else 0)
+        if not whole:  # the stream has events past a gap: the seqs cannot go on from here
+            _log.warning(
+                "rxinvoke worker %s: run %s: its stream lost events to retention; failing it",
+                self.name, run_id,
+            )
+            return "fail"
+        await self._mirror_missing(run_id)  # what the dead worker stored but never mirrored
+        held.control = Control()
+        try:
+            await self.runtime.resume_interrupted(run_id, salvage=salvage, control=held.control)
+        except InvalidRequest as exc:
+            _log.warning("rxinvoke worker %s: cannot resume run %s: %s", self.name, run_id, exc)
+            return "fail"
+        except InvocationError:
+            pass  # the outcome is in its events (and the store)
+        record = await self.runtime.store.get_run(run_id)
+        return "ended" if record is not None and record.is_finished else "leave"
+
     async def _recover(self, run_id: str) -> bool:
         """Settle a dead worker's run in the store (``on_worker_loss="fail"``), keeping what its
         stream shows beyond the stored log: events observers saw but the dead process never
@@ -332,17 +383,20 @@ class Worker:
             record = await store.get_run(run_id)
             return record is not None and record.is_finished
         stored = await store.read_events(run_id)
-        salvage = await self._stream_after(run_id, stored[-1].seq if stored else 0)
+        salvage, _whole = await self._stream_after(run_id, stored[-1].seq if stored else 0)
         if await recover_run(run_id, salvage):
             return True
         record = await store.get_run(run_id)
         return record is not None and record.is_finished  # settled meanwhile by another process
 
-    async def _stream_after(self, run_id: str, after_seq: int) -> list[EventEnvelope]:
-        """The envelopes the run's stream holds after ``after_seq`` (what is kept now)."""
+    async def _stream_after(
+        self, run_id: str, after_seq: int
+    ) -> tuple[list[EventEnvelope], bool]:
+        """The envelopes the run's stream holds after ``after_seq`` without a gap (what is
+        kept now), and whether they reach the stream's last one."""
         tail = await self.transport.tail(run_id)
         if tail is None or tail.last_seq <= after_seq:
-            return []
+            return [], True
         found: list[EventEnvelope] = []
         cursor = after_seq
         async for segment in self.transport.read(run_id, after_seq):
@@ -353,7 +407,16 @@ class Worker:
                 cursor = envelope.seq
             if cursor >= tail.last_seq:
                 break
-        return found
+        return found, cursor >= tail.last_seq
+
+    async def _mirror_missing(self, run_id: str) -> None:
+        """Append to the run's stream the stored envelopes beyond its last one."""
+        tail = await self.transport.tail(run_id)
+        envelopes = await self.runtime.store.read_events(
+            run_id, after_seq=tail.last_seq if tail is not None else 0
+        )
+        if envelopes:
+            await self.transport.append(list(segments_of(list(log_entries(envelopes)))))
 
     async def _mirror_stored(self, run_id: str) -> None:
         """Complete the run's stream from the store: what it has beyond the stream, or, if the

@@ -1,0 +1,184 @@
+"""A run whose process died goes on in another (``AgentRuntime.resume_interrupted``, what
+``Worker(on_worker_loss="retry")`` does): from the session's last committed step, numbered after
+the stored log, with exactly one terminal event. Against a real SQLite file; the first test kills
+a real `rxinvoke run` process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_store_sqlite import REPO_ROOT, cli, cli_env, dead_pid
+
+from rxinvoke import (
+    AgentRuntime,
+    Control,
+    InvocationFailed,
+    MemoryStore,
+    OfflineProvider,
+    RunRequest,
+    RunResumed,
+    ScriptedProvider,
+    SqliteStore,
+    StoreError,
+    UnknownRun,
+    UserError,
+    builtin_tools,
+    tool,
+)
+from rxinvoke.messages import TokenUsage
+
+text_turn = ScriptedProvider.text_turn
+tool_call_turn = ScriptedProvider.tool_call_turn
+TERMINAL = {"run_completed", "run_failed", "run_cancelled"}
+
+
+def kill_dead(path: Path, run_id: str) -> None:
+    """Record a dead process as the owner of ``run_id`` (its process died)."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:{dead_pid()}:", run_id)
+            )
+    finally:
+        conn.close()
+
+
+def test_a_run_whose_process_was_killed_goes_on_here_from_its_last_committed_step(tmp_path: Path) -> None:
+    db = tmp_path / "crash.db"
+    proc = subprocess.Popen(
+        cli("run", "what is 2 + 3?", "--json", "--delay", "0.5", "--db", str(db)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO_ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        for line in proc.stdout:
+            seen.append(json.loads(line)["type"])
+            if seen[-1] == "text_delta" and "tool_message_committed" in seen:
+                break  # killed in its second model call, after its tool's reply was committed
+        assert seen[-1] == "text_delta", proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+    async def resume() -> None:
+        async with SqliteStore(db, recover_on_open=False) as store:
+            (record,) = await store.list_runs()
+            before = await store.read_events(record.run_id)
+            assert record.status == "running" and before[-1].type == "tool_execution_finished"  # with its reply
+            runtime = AgentRuntime(providers=[OfflineProvider()], tools=builtin_tools(), store=store)
+            published: list[Any] = []
+            runtime.events.subscribe(published.append)
+            output = await runtime.resume_interrupted(record.run_id)
+            assert output is not None
+            assert (output.output_text, output.iterations) == ("2 + 3 = 5.", 2)
+            log = await store.read_events(record.run_id)
+            types = [e.type for e in log]
+            assert [e.seq for e in log] == list(range(1, len(log) + 1))
+            assert types[: len(before)] == [e.type for e in before]  # the first attempt's, kept
+            resumed = log[len(before)].event
+            assert isinstance(resumed, RunResumed) and (resumed.after_seq, resumed.attempt) == (len(before), 2)
+            assert types.count("run_started") == 1 and types.count("run_resumed") == 1
+            assert [t for t in types if t in TERMINAL] == ["run_completed"] == types[-1:]
+            assert types.count("tool_execution_started") == 1  # its committed tool call is not run again
+            assert [getattr(e.event, "iteration", None) for e in log if e.type == "model_started"] == [1, 2]
+            assert published[0].type == "run_resumed" and [e.type for e in published] == [
+                e.type for e in log[len(before):]
+            ]  # the go-on attempt's events, published here
+            spent = TokenUsage()
+            for envelope in log:
+                if envelope.type == "usage_recorded":
+                    spent = spent + envelope.event.usage  # type: ignore[union-attr]
+            assert output.total_usage == spent  # both attempts' model calls
+            history = await store.load_history(record.session_id)
+            assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
+            done = await store.get_run(record.run_id)
+            assert done is not None and done.status == "completed" and done.output == output
+            assert await runtime.resume_interrupted(record.run_id) is None  # finished: nothing
+
+    asyncio.run(resume())
+
+
+async def test_tool_calls_whose_replies_were_not_committed_run_again(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    entered = asyncio.Event()
+    ran: list[str] = []
+
+    @tool(name="book")
+    async def stuck() -> str:
+        """Book it (this process dies while it does)."""
+        ran.append("first")
+        entered.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    @tool(name="book")
+    async def book() -> str:
+        """Book it."""
+        ran.append("again")
+        return "booked"
+
+    first = SqliteStore(path)
+    dying = AgentRuntime(providers=[ScriptedProvider([tool_call_turn("book", {})])], tools=[stuck], store=first)
+    control = Control()
+    running = asyncio.ensure_future(dying.run(RunRequest(input="book it", provider="scripted", model="scripted"), control))
+    await asyncio.wait_for(entered.wait(), 10)
+    (record,) = await first.list_runs()
+    kill_dead(path, record.run_id)  # its process "dies" here: it will never write again
+
+    async with SqliteStore(path, recover_on_open=False) as store:
+        runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("booked it")])], tools=[book], store=store)
+        output = await asyncio.wait_for(runtime.resume_interrupted(record.run_id), 10)
+        assert output is not None and output.output_text == "booked it" and output.iterations == 2
+        assert ran == ["first", "again"]  # at least once: the call ran again, its reply committed
+        history = await store.load_history(record.session_id)
+        assert [(m.role, m.content) for m in history] == [
+            ("user", "book it"), ("assistant", ""), ("tool", "booked"), ("assistant", "booked it"),
+        ]
+        types = [e.type for e in await store.read_events(record.run_id)]
+        assert types.count("run_resumed") == 1 and [t for t in types if t in TERMINAL] == ["run_completed"]
+
+        # the old attempt, were it still alive, could write nothing more to the run
+        control.cancel()
+        with pytest.raises(InvocationFailed) as failed:
+            await asyncio.wait_for(running, 10)
+        assert isinstance(failed.value.cause, StoreError)
+        assert [t for t in [e.type for e in await store.read_events(record.run_id)] if t in TERMINAL] == [
+            "run_completed"
+        ]
+    await first.close()
+
+
+async def test_a_run_that_cannot_be_taken_over_publishes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    gate = asyncio.Event()
+    async with SqliteStore(path) as store:
+        runtime = AgentRuntime(providers=[ScriptedProvider([[gate, *text_turn("hi")]])], store=store)
+        published: list[Any] = []
+        begun = asyncio.Event()
+        runtime.events.subscribe(published.append)
+        runtime.events.subscribe(lambda e: begun.set() if e.type == "run_started" else None)
+        running = asyncio.ensure_future(runtime.run(RunRequest(input="hi", provider="scripted", model="scripted")))
+        await asyncio.wait_for(begun.wait(), 10)  # claimed in the store before it is published
+        (record,) = await store.list_runs()
+        async with SqliteStore(path, recover_on_open=False) as other:
+            elsewhere = AgentRuntime(providers=[ScriptedProvider([text_turn("no")])], store=other)
+            assert await elsewhere.resume_interrupted(record.run_id) is None  # its owner lives
+            gate.set()
+            await running
+            assert await elsewhere.resume_interrupted(record.run_id) is None  # finished
+            with pytest.raises(UnknownRun):
+                await elsewhere.resume_interrupted("no-such-run")
+        assert "run_resumed" not in [e.type for e in published]
+    with pytest.raises(UserError, match="cannot resume"):
+        await AgentRuntime(store=MemoryStore()).resume_interrupted(record.run_id)
