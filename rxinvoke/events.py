@@ -166,6 +166,7 @@ class RunResumed(_AgentEventBase):
     cut short is made again; tool calls whose results were not committed run again)."""
 
     type: Literal["run_resumed"] = "run_resumed"
+    session_id: str
     after_seq: int
     """The seq of the interrupted attempt's last event."""
     attempt: int = 2

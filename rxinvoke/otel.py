@@ -57,6 +57,7 @@ from .events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     TextDelta,
     ToolCallCompleted,
@@ -79,7 +80,7 @@ SEMCONV_VERSION = "1.37.0"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _STEPS = frozenset({
-    EventKind.RUN_STARTED, EventKind.MODEL_STARTED, EventKind.CHAT_FINISHED,
+    EventKind.RUN_STARTED, EventKind.RUN_RESUMED, EventKind.MODEL_STARTED, EventKind.CHAT_FINISHED,
     EventKind.USAGE_RECORDED, EventKind.TOOL_EXECUTION_STARTED, EventKind.TOOL_EXECUTION_FINISHED,
     EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED,
 })
@@ -201,8 +202,9 @@ class _Exporter:
             self._fragment_seen(run_id)
         run = self._runs.get(run_id)
         if run is None:
-            if not isinstance(event, RunStarted):
+            if not isinstance(event, (RunStarted, RunResumed)):
                 return  # a run that began before the exporter was attached
+            # (a run taken over from a dead process: its span is the new attempt's)
             run = self._runs[run_id] = _Run(run_id)
             run.session = event.session_id
         elif kind is ModelStarted:

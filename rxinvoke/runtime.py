@@ -688,6 +688,7 @@ class AgentRuntime:
             publish(
                 RunResumed(
                     run_id=run_id,
+                    session_id=str(run.session_id),
                     after_seq=after_seq,
                     attempt=resumption.attempt,
                     runtime=self.name,

@@ -117,7 +117,7 @@ AGENT_EXAMPLES: tuple[EventBase, ...] = (
         usage=USAGE,
     ),
     CompactionCircuitOpened(run_id=RUN, timestamp=WHEN, consecutive_failures=3),
-    RunResumed(run_id=RUN, timestamp=WHEN, after_seq=7, attempt=2, runtime="worker-2"),
+    RunResumed(run_id=RUN, timestamp=WHEN, session_id=SESSION, after_seq=7, attempt=2, runtime="worker-2"),
 )
 
 CHAT_EXAMPLES: tuple[EventBase, ...] = (

@@ -285,3 +285,41 @@ async def test_an_exporter_fault_is_reported_and_never_reaches_the_run(otel: Ote
     assert output.output_text == "5"
     assert [(e.subscription, e.event.type) for e in errors] == [("otel", "run_completed")]
     assert "exporter down" in errors[0].message
+
+
+async def test_a_run_taken_over_from_a_dead_process_is_traced_from_its_run_resumed(otel: Otel, tmp_path: Any) -> None:
+    from test_resume import kill_dead
+
+    from rxinvoke import SqliteStore
+
+    entered = asyncio.Event()
+
+    @tool(name="add")
+    async def stuck(a: int, b: int) -> int:
+        """Add (its process dies meanwhile)."""
+        entered.set()
+        await asyncio.Event().wait()
+        return 0
+
+    path = tmp_path / "r.db"
+    first = SqliteStore(path)
+    dying = AgentRuntime(providers=[ScriptedProvider([tool_call_turn("add", {"a": 2, "b": 3})])], tools=[stuck], store=first)
+    control = Control()
+    running = asyncio.ensure_future(dying.run(request(), control))
+    await asyncio.wait_for(entered.wait(), 10)
+    (record,) = await first.list_runs()
+    kill_dead(path, record.run_id)
+    async with SqliteStore(path, recover_on_open=False) as store:
+        runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("5")])], tools=[add], store=store, name="w2")
+        handle = instrument(runtime, otel.tracer_provider, otel.meter_provider)
+        assert await runtime.resume_interrupted(record.run_id) is not None
+        handle.dispose()
+        spans = {s.name: s for s in otel.spans()}
+        agent, tool_span, chat = spans["invoke_agent w2"], spans["execute_tool add"], spans["chat scripted"]
+        assert agent.attributes["gen_ai.conversation.id"] == str(record.session_id)
+        assert tool_span.parent.span_id == agent.context.span_id == chat.parent.span_id
+        assert agent.status.status_code is StatusCode.UNSET
+        control.cancel()
+        with pytest.raises(InvocationFailed):
+            await running
+    await first.close()
