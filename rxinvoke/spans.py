@@ -28,6 +28,7 @@ from .events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     TextDelta,
     ToolCallDelta,
@@ -131,6 +132,22 @@ class SpanBuilder:
         root.attributes.update(session_id=event.session_id, provider=event.provider, model=event.model)
         if event.runtime is not None:
             root.attributes["runtime"] = event.runtime
+
+    def _run_resumed(self, event: RunResumed) -> None:
+        """The attempt before this one died: what it left open ends here, interrupted."""
+        at = event.timestamp
+        root = self._root(at)
+        root.attributes.setdefault("session_id", event.session_id)
+        root.attributes["attempts"] = event.attempt
+        if event.runtime is not None:
+            root.attributes["runtime"] = event.runtime
+        for span in [*([self.model] if self.model is not None else []), *self.tools.values()]:
+            span.attributes["error"] = "interrupted"
+            if span.kind == "tool_execution":
+                self.lanes[span.attributes["lane"]] = at
+            self.done.append(self._closed(span, at, "error"))
+        self.model = None
+        self.tools.clear()
 
     def _model_started(self, event: ModelStarted) -> None:
         at = event.timestamp
@@ -247,6 +264,7 @@ _Step = Callable[[SpanBuilder, Any], None]
 
 _BY_CLASS: tuple[tuple[type[InvocationEvent], _Step], ...] = (
     (RunStarted, SpanBuilder._run_started),
+    (RunResumed, SpanBuilder._run_resumed),
     (ModelStarted, SpanBuilder._model_started),
     (TextDelta, SpanBuilder._fragment),
     (ToolCallStarted, SpanBuilder._fragment),

@@ -21,7 +21,15 @@ from rxinvoke import (
     tool,
 )
 from rxinvoke.events import (
+    ChatFinished,
+    ModelStarted,
+    RunCompleted,
+    RunResumed,
+    RunStarted,
+    TextDelta,
+    ToolExecutionStarted,
     ToolFailure,
+    UsageRecorded,
 )
 from rxinvoke.messages import FinishReason, TokenUsage
 from rxinvoke.spans import spans
@@ -47,6 +55,31 @@ def test_spans_form_the_run_tree_with_times_and_lanes() -> None:
     assert open_b.status == "error" and open_b.attributes["error"] == "404"
     assert search.status == open_c.status == "ok"
     assert model2.attributes.get("first_fragment_ms") is None
+
+
+def test_what_a_dead_attempt_left_open_ends_interrupted_where_the_run_resumed() -> None:
+    r = "run-r"
+    events: list[Any] = [
+        RunStarted(run_id=r, session_id="s", provider="p", model="m", runtime="w1", timestamp=at(0)),
+        ToolExecutionStarted(run_id=r, call_id="c1", tool_name="book", timestamp=at(5)),
+        ModelStarted(run_id=r, provider="p", model="m", iteration=2, timestamp=at(10)),
+        TextDelta(run_id=r, delta="a", timestamp=at(12)),
+        # the process died; another went on
+        RunResumed(run_id=r, session_id="s", after_seq=4, attempt=2, runtime="w2", timestamp=at(500)),
+        ModelStarted(run_id=r, provider="p", model="m", iteration=2, timestamp=at(510)),
+        ChatFinished(run_id=r, finish_reason=FinishReason.STOP, timestamp=at(530)),
+        UsageRecorded(run_id=r, usage=TokenUsage(input_tokens=1, output_tokens=1, total_tokens=2), timestamp=at(530)),
+        RunCompleted(run_id=r, finish_reason=FinishReason.STOP, iterations=2, timestamp=at(540)),
+    ]
+    run, tool_span, cut, model = spans(events)
+    assert run.status == "ok" and run.attributes["attempts"] == 2 and run.attributes["runtime"] == "w2"
+    assert (tool_span.status, tool_span.end, tool_span.attributes["error"]) == ("error", at(500), "interrupted")
+    assert (cut.status, cut.end, cut.attributes["error"]) == ("error", at(500), "interrupted")
+    assert (model.status, model.start, model.end) == ("ok", at(510), at(530))
+    # a run view that starts at the resumption (another process's live events) has its run span
+    run_only, model_only = spans(events[4:])
+    assert run_only.start == at(500) and run_only.attributes["session_id"] == "s"
+    assert model_only.status == "ok"
 
 
 def test_a_run_still_going_has_running_spans() -> None:
