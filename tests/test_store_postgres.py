@@ -242,6 +242,54 @@ async def test_begin_run_recovers_a_session_held_by_a_dead_owner(
     assert [e.type for e in await b.read_events(held.run_id)] == ["run_started", "run_failed"]
 
 
+async def test_concurrent_runs_writes_commit_together_and_a_refused_one_fails_alone(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    held = [record(uuid.uuid4()) for _ in range(20)]
+    for rec in held:
+        await a.begin_run(rec, [Message(role="user", content="hi")])
+    done_already = held[0]
+    await a.finish_run(done_already.run_id, RunOutcome.cancelled(), events=[started(done_already)])
+    batches: list[int] = []
+    run_batch = a._batcher._run_batch
+
+    async def counted(writes: Any) -> None:
+        batches.append(len(writes))
+        await run_batch(writes)
+
+    a._batcher._run_batch = counted  # type: ignore[method-assign]
+    done = RunOutcome.completed(RunOutput(
+        run_id="x", session_id=uuid.uuid4(), iterations=1, finish_reason=FinishReason.STOP,
+        total_usage=TokenUsage(), output_text="",
+    ))
+    results = await asyncio.gather(
+        *(
+            a.finish_run(
+                rec.run_id, done, events=[started(rec)], messages=[Message(role="assistant", content=rec.run_id)]
+            )
+            for rec in held
+        ),
+        return_exceptions=True,
+    )
+    refused, *landed = results
+    assert isinstance(refused, StoreError) and "already cancelled" in str(refused)
+    assert landed == [None] * 19
+    assert batches == [20] + [1] * 20  # one transaction, refused by one write: then one by one
+    for rec in held[1:]:
+        stored = await b.get_run(rec.run_id)  # another process sees every run written
+        assert stored is not None and stored.status == "completed"
+        assert [m.content for m in await b.load_history(rec.session_id)] == ["hi", rec.run_id]
+        assert [e.type for e in await b.read_events(rec.run_id)] == ["run_started"]
+    # without a refusal, many runs' writes are one batch
+    more = [record(uuid.uuid4()) for _ in range(10)]
+    for rec in more:
+        await a.begin_run(rec, [])
+    batches.clear()
+    await asyncio.gather(*(a.append_events([started(rec)]) for rec in more))
+    assert batches == [10]
+
+
 async def test_recover_run_salvages_a_dead_owners_unstored_events(
     two: tuple[PostgresStore, PostgresStore],
 ) -> None:

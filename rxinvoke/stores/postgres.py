@@ -54,6 +54,7 @@ import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -63,6 +64,7 @@ from ..errors import MigrationError, SessionAwaitingApproval, SessionBusy, Store
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
+from ._batch import BatchRefused, WriteBatcher
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -209,6 +211,26 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
         raise StoreError(f"run {row[0]!r}: its stored run row is corrupted ({why(exc)})") from exc
 
 
+@dataclass(frozen=True)
+class _Finish:
+    """What ``finish_run`` writes besides its events."""
+
+    run_id: str
+    status: str
+    error: str | None
+    output_json: str | None
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One write for the batcher: events, message rows, and a run's end (``finish_run``)."""
+
+    events: Sequence[EventEnvelope]
+    rows: Sequence[tuple[Any, ...]] = ()
+    finish: _Finish | None = None
+
+
 def _message_rows(session_id: uuid.UUID, messages: Sequence[Message]) -> list[tuple[Any, ...]]:
     return [
         (
@@ -256,6 +278,12 @@ class PostgresStore:
             :meth:`recover_interrupted`).
     """
 
+    ordered_calls = True
+    """This process's calls take effect in call order: writes go through one batcher (the
+    writes waiting at once in one transaction, batches in order) and every other call waits
+    for the writes handed over before it; the runtime's event log hands writes over without
+    waiting for the previous one, so concurrent runs' writes are committed together."""
+
     def __init__(
         self,
         dsn: str,
@@ -294,6 +322,7 @@ class PostgresStore:
         self._min_size, self._max_size = min_size, max_size
         self._timeout = timeout
         self._session_poll = session_poll
+        self._batcher: WriteBatcher[_Write] = WriteBatcher(self._write_batch)
         self.recover_on_open = recover_on_open
         self._key = random.randint(1, 2**31 - 1)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}"
@@ -499,6 +528,7 @@ class PostgresStore:
         released with it."""
         if self._closed:
             return
+        await self._batcher.idle()  # the writes handed over are written first
         self._closed = True
         if self._opening is not None and not self._opening.done():
             try:
@@ -525,6 +555,12 @@ class PostgresStore:
         if self._secret:
             text = text.replace(self._secret, "***")
         return StoreError(f"{self.where}: {text}")
+
+    async def _after_writes(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """``fn(conn)`` as :meth:`_call`, once the writes handed over before it are written
+        (``ordered_calls``: this process's calls take effect in call order)."""
+        await self._batcher.written()
+        return await self._call(fn)
 
     async def _call(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
         """``fn(conn)`` in one transaction; retried once on a fresh connection if the one it
@@ -562,7 +598,7 @@ class PostgresStore:
     # --- sessions and messages ------------------------------------------------------------------
 
     async def load_history(self, session_id: uuid.UUID) -> list[Message]:
-        return await self._call(lambda conn: self._history(conn, session_id))
+        return await self._after_writes(lambda conn: self._history(conn, session_id))
 
     @staticmethod
     async def _history(conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID) -> list[Message]:
@@ -581,22 +617,16 @@ class PostgresStore:
         *,
         events: Sequence[EventEnvelope] = (),
     ) -> None:
-        rows = _message_rows(session_id, messages)
-
-        async def append(conn: psycopg.AsyncConnection[Any]) -> None:
-            await self._insert_events(conn, events)
-            await self._insert_messages(conn, session_id, rows)
-
-        await self._call(append)
+        await self._write(_Write(events, _message_rows(session_id, messages)))
 
     @staticmethod
-    async def _insert_messages(
-        conn: psycopg.AsyncConnection[Any], session_id: uuid.UUID, rows: list[tuple[Any, ...]]
-    ) -> None:
+    async def _insert_messages(conn: psycopg.AsyncConnection[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert message rows (of any sessions, in order; their sessions created)."""
         if not rows:
             return
+        sessions = list(dict.fromkeys(row[1] for row in rows))
         await conn.execute(
-            "INSERT INTO sessions (id) VALUES (%s) ON CONFLICT DO NOTHING", (session_id,)
+            "INSERT INTO sessions (id) SELECT unnest(%s::uuid[]) ON CONFLICT DO NOTHING", (sessions,)
         )
         async with conn.cursor() as cur:
             await cur.executemany(_INSERT_MESSAGE, rows)
@@ -676,10 +706,12 @@ class PostgresStore:
             )
             history = await self._history(conn, session_id)
             opening = [*preamble, *messages] if not history else list(messages)
-            await self._insert_messages(conn, session_id, _message_rows(session_id, opening))
+            await self._insert_messages(conn, _message_rows(session_id, opening))
             history.extend(opening)
             return owned, history
 
+        # not behind the writes waiting: the session's earlier writes are written (its previous
+        # run's end was awaited before the runtime's session gate let this run in)
         return await self._call(begin)
 
     @staticmethod
@@ -724,7 +756,7 @@ class PostgresStore:
                 record = record.model_copy(update={"output": output})
             return record, ready
 
-        return await self._call(decide)
+        return await self._after_writes(decide)
 
     async def finish_run(
         self,
@@ -734,27 +766,12 @@ class PostgresStore:
         events: Sequence[EventEnvelope] = (),
         messages: Sequence[Message] = (),
     ) -> None:
-        status, error = outcome.status, outcome.error
         output_json = outcome.output.model_dump_json() if outcome.output is not None else None
+        finish = _Finish(run_id, outcome.status, outcome.error, output_json, tuple(messages))
+        await self._write(_Write(events, finish=finish))
 
-        async def finish(conn: psycopg.AsyncConnection[Any]) -> None:
-            cur = await conn.execute(
-                "SELECT status, session_id FROM runs WHERE id = %s FOR UPDATE", (run_id,)
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise UnknownRun(run_id)
-            if row[0] != "running":
-                raise StoreError(f"run {run_id!r} is already {row[0]}")
-            await self._insert_events(conn, events)
-            if messages:
-                await self._insert_messages(conn, row[1], _message_rows(row[1], messages))
-            await self._settle(conn, run_id, row[1], status, error, output_json)
-
-        await self._call(finish)
-
-    @staticmethod
     async def _settle(
+        self,
         conn: psycopg.AsyncConnection[Any],
         run_id: str,
         session_id: uuid.UUID,
@@ -763,22 +780,90 @@ class PostgresStore:
         output_json: str | None,
     ) -> None:
         """Record the terminal status and free the session (waiters hear it on commit)."""
+        await self._settle_all(conn, [(run_id, session_id, status, error, output_json)])
+
+    @staticmethod
+    async def _settle_all(
+        conn: psycopg.AsyncConnection[Any],
+        ends: Sequence[tuple[str, uuid.UUID, str, str | None, str | None]],
+    ) -> None:
+        """Record runs' terminal ``(run_id, session_id, status, error, output_json)`` and free
+        their sessions (waiters hear it on commit), set-based: three statements for any number."""
+        runs, sessions, statuses, errors, outputs = (list(c) for c in zip(*ends, strict=True))
         await conn.execute(
-            "UPDATE runs SET status = %s, output = %s::json, error = %s, finished_at = %s "
-            "WHERE id = %s",
-            (status, output_json, error, utcnow(), run_id),
+            "UPDATE runs r SET status = v.status, output = v.output::json, error = v.error, "
+            "finished_at = %s "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(id, status, error, output) "
+            "WHERE r.id = v.id",
+            (utcnow(), runs, statuses, errors, outputs),
         )
         cur = await conn.execute(
-            "UPDATE sessions SET active_run = NULL WHERE id = %s AND active_run = %s",
-            (session_id, run_id),
+            "UPDATE sessions s SET active_run = NULL FROM unnest(%s::uuid[], %s::text[]) AS v(sid, rid) "
+            "WHERE s.id = v.sid AND s.active_run = v.rid RETURNING s.id",
+            (sessions, runs),
         )
-        if cur.rowcount:
+        freed = [str(row[0]) for row in await cur.fetchall()]
+        if freed:
             await conn.execute(
-                "SELECT pg_notify('rxinvoke_' || current_schema(), %s)", (str(session_id),)
+                "SELECT pg_notify('rxinvoke_' || current_schema(), f) FROM unnest(%s::text[]) AS f",
+                (freed,),
+            )
+
+    # --- writes, batched --------------------------------------------------------------------
+
+    async def _write(self, write: _Write) -> None:
+        if self._closed:
+            raise StoreError(f"{self.where}: the store is closed")
+        await self._batcher.submit(write)
+
+    async def _write_batch(self, writes: Sequence[_Write]) -> None:
+        """Every write of ``writes`` in one transaction: the events of all (in order), the
+        message rows of all, the terminal statuses of the finishing runs, set-based."""
+        import psycopg
+
+        async def batch(conn: psycopg.AsyncConnection[Any]) -> None:
+            try:
+                await self._apply(conn, writes)
+            except (StoreError, psycopg.IntegrityError, psycopg.DataError,
+                    psycopg.errors.TransactionRollback) as exc:
+                if len(writes) > 1:
+                    raise BatchRefused from exc  # each again on its own: it fails alone
+                raise
+
+        await self._call(batch)
+
+    async def _apply(self, conn: psycopg.AsyncConnection[Any], writes: Sequence[_Write]) -> None:
+        finishing = [w.finish for w in writes if w.finish is not None]
+        sessions: dict[str, uuid.UUID] = {}
+        if finishing:
+            ids = [f.run_id for f in finishing]
+            cur = await conn.execute(
+                "SELECT id, status, session_id FROM runs WHERE id = ANY(%s) FOR UPDATE", (ids,)
+            )
+            found = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+            for run_id in ids:
+                row = found.get(run_id)
+                if row is None:
+                    raise UnknownRun(run_id)
+                if row[0] != "running" or run_id in sessions:  # (twice in one batch: refused)
+                    raise StoreError(f"run {run_id!r} is already {row[0]}")
+                sessions[run_id] = row[1]
+        await self._insert_events(conn, [e for w in writes for e in w.events])
+        rows: list[tuple[Any, ...]] = []
+        for w in writes:
+            rows.extend(w.rows)
+            if w.finish is not None and w.finish.messages:
+                session_id = sessions[w.finish.run_id]
+                rows.extend(_message_rows(session_id, w.finish.messages))
+        await self._insert_messages(conn, rows)
+        if finishing:
+            await self._settle_all(
+                conn,
+                [(f.run_id, sessions[f.run_id], f.status, f.error, f.output_json) for f in finishing],
             )
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        return await self._call(lambda conn: self._find(conn, "r.id = %s", run_id))
+        return await self._after_writes(lambda conn: self._find(conn, "r.id = %s", run_id))
 
     async def list_runs(
         self, *, limit: int = 20, session_id: uuid.UUID | None = None
@@ -792,7 +877,7 @@ class PostgresStore:
             )
             return [_run_record(row) for row in await cur.fetchall()]
 
-        return await self._call(runs)
+        return await self._after_writes(runs)
 
     @staticmethod
     async def _find(
@@ -807,7 +892,7 @@ class PostgresStore:
     async def append_events(self, events: Sequence[EventEnvelope]) -> None:
         if not events:
             return
-        await self._call(lambda conn: self._insert_events(conn, events))
+        await self._write(_Write(events))
 
     async def read_events(self, run_id: str, *, after_seq: int | None = None) -> list[EventEnvelope]:
         after = max(after_seq or 0, 0)
@@ -824,7 +909,7 @@ class PostgresStore:
             )
             return envelopes_of(run_id, run[0], await cur.fetchall(), after)
 
-        return await self._call(read)
+        return await self._after_writes(read)
 
     async def _insert_events(
         self, conn: psycopg.AsyncConnection[Any], events: Sequence[EventEnvelope]
