@@ -55,6 +55,12 @@ def test_autoclaim_replies_of_redis_6_2_and_7_are_both_read() -> None:
         parse_autoclaim([b"0-0", [], [], []])
 
 
+def test_the_redis_extra_brings_the_c_reply_parser() -> None:
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE  # hiredis: reading run streams costs a third of the Python parser's
+
+
 def test_the_redis_password_is_not_in_the_repr() -> None:
     transport = RedisTransport("redis://user:s3cret-pw@127.0.0.1:1/0")
     assert "s3cret-pw" not in repr(transport) and "***" in transport.where
