@@ -105,6 +105,7 @@ __all__ = ("AgentRuntime",)
 
 _log = logging.getLogger("rxinvoke")
 
+
 class _NotResumable(Exception):
     """The run to take over is finished, or its owner lives (resume_interrupted: None)."""
 

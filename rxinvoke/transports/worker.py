@@ -16,8 +16,9 @@ mirrors to the run's stream. Around each run:
   ``on_worker_loss="retry"``, taken over and continued here from its last committed step
   (``run_resumed``, then the rest of the run) — one terminal event either way, mirrored to
   the stream; a run still ``running`` under a live owner (a worker that lost its lease but
-  not its life) is left to it. A job delivered more than ``max_deliveries`` times goes to the dead letters, its run
-  settled as failed.
+  not its life) is left to it (with ``"retry"``, a run not taken over yet stays pending and
+  is taken again later). A job delivered more than ``max_deliveries`` times goes to the dead
+  letters, its run settled as failed.
 - **Cancel.** A cancel request (marker + notice) cancels the run where it runs; the worker also
   checks the markers of its runs at every heartbeat (a notice missed while reconnecting), and
   before it starts one. A run cancelled before it began, or whose request is invalid, gets a
