@@ -810,8 +810,20 @@ class AgentRuntime:
         # taken over: its last committed step); the events published so far are written with
         # the run's next write
         if resumption is not None and resumption.dangling:
+            calls = resumption.dangling
+            waiting = [c for c in calls if needs_approval(self.tools, policy.approval, c)]
+            if waiting:  # the dead attempt had not paused for them yet: the run pauses now
+                return RunOutput(
+                    run_id=run_id,
+                    session_id=run.session_id,
+                    iterations=resumption.iterations,
+                    finish_reason=FinishReason.AWAITING_APPROVAL,
+                    total_usage=resumption.usage,
+                    output_text="",
+                    pending=await self._pause(run, calls, waiting),
+                )
             history = list(history)
-            await self._run_tools(run, resumption.dangling, history)
+            await self._run_tools(run, calls, history)
         elif request.resumes is not None and (resumption is None or resumption.paused_unanswered):
             history = await self._answer_paused(run, history)
         messages = build_context(history)

@@ -159,6 +159,49 @@ async def test_tool_calls_whose_replies_were_not_committed_run_again(tmp_path: P
     await first.close()
 
 
+async def test_uncommitted_calls_that_now_need_approval_pause_the_resumed_run(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    entered = asyncio.Event()
+    ran: list[str] = []
+
+    @tool(name="pay")
+    async def stuck() -> str:
+        """Pay (this process dies while it does)."""
+        entered.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    @tool(name="pay", requires_approval=True)
+    async def pay() -> str:
+        """Pay, once a person approved it."""
+        ran.append("pay")
+        return "paid"
+
+    first = SqliteStore(path)
+    dying = AgentRuntime(providers=[ScriptedProvider([tool_call_turn("pay", {})])], tools=[stuck], store=first)
+    control = Control()
+    running = asyncio.ensure_future(dying.run(RunRequest(input="pay it", provider="scripted", model="scripted"), control))
+    await asyncio.wait_for(entered.wait(), 10)
+    (record,) = await first.list_runs()
+    kill_dead(path, record.run_id)
+    async with SqliteStore(path, recover_on_open=False) as store:
+        runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("paid it")])], tools=[pay], store=store)
+        output = await asyncio.wait_for(runtime.resume_interrupted(record.run_id), 10)
+        assert output is not None and output.finish_reason.value == "awaiting_approval"
+        assert [p.tool_name for p in output.pending] == ["pay"] and ran == []  # not run unapproved
+        stored = await store.get_run(record.run_id)
+        assert stored is not None and stored.status == "awaiting_approval"
+        types = [e.type for e in await store.read_events(record.run_id)]
+        assert types[-2:] == ["approval_requested", "run_completed"] and types.count("run_resumed") == 1
+        # approved: the continuation runs the call (once) and answers
+        continued = await asyncio.wait_for(runtime.approve(record.run_id, output.pending[0].call_id), 10)
+        assert continued is not None and continued.output_text == "paid it" and ran == ["pay"]
+        control.cancel()
+        with pytest.raises(InvocationFailed):
+            await asyncio.wait_for(running, 10)
+    await first.close()
+
+
 async def test_a_run_that_cannot_be_taken_over_publishes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     gate = asyncio.Event()
