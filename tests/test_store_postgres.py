@@ -32,10 +32,10 @@ from rxinvoke import (
     ScriptedProvider,
     StoreError,
 )
-from rxinvoke.errors import SessionBusy
+from rxinvoke.errors import SessionAwaitingApproval, SessionBusy
 from rxinvoke.events import RunCompleted, RunStarted, TextDelta
 from rxinvoke.messages import FinishReason, TokenUsage
-from rxinvoke.request import RunOutput
+from rxinvoke.request import PendingApproval, RunOutput
 from rxinvoke.stores import EventEnvelope, RunOutcome
 
 text_turn = ScriptedProvider.text_turn
@@ -288,6 +288,56 @@ async def test_concurrent_runs_writes_commit_together_and_a_refused_one_fails_al
     batches.clear()
     await asyncio.gather(*(a.append_events([started(rec)]) for rec in more))
     assert batches == [10]
+
+
+async def test_claims_at_once_are_one_transaction_and_a_refused_claim_writes_nothing(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    busy_session, paused_session, known = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await b.begin_run(record(busy_session), [])  # another process's run holds this session
+    paused = record(paused_session)
+    await a.begin_run(paused, [])
+    await a.finish_run(paused.run_id, RunOutcome.paused(RunOutput(
+        run_id=paused.run_id, session_id=paused_session, iterations=1,
+        finish_reason=FinishReason.AWAITING_APPROVAL, total_usage=TokenUsage(), output_text="",
+        pending=(PendingApproval(call_id="c1", tool_name="deploy", arguments="{}"),),
+    )))
+    earlier = record(known)
+    await a.begin_run(earlier, [Message(role="user", content="before")])
+    await a.finish_run(earlier.run_id, RunOutcome.cancelled())
+    batches: list[int] = []
+    run_batch = a._begins._run_batch
+
+    async def counted(begins: Any) -> Any:
+        batches.append(len(begins))
+        return await run_batch(begins)
+
+    a._begins._run_batch = counted  # type: ignore[method-assign]
+    fresh = [record(uuid.uuid4()) for _ in range(8)]
+    claims = [*fresh, record(busy_session), record(paused_session), record(known), record(uuid.uuid4(), key="k-1")]
+    results = await asyncio.gather(
+        *(a.begin_run(r, [Message(role="user", content=r.run_id)], preamble=[Message(role="system", content="be brief")]) for r in claims),
+        return_exceptions=True,
+    )
+    assert batches == [12]
+    *claimed, busy, waiting, again, keyed = results
+    assert isinstance(busy, SessionBusy) and isinstance(waiting, SessionAwaitingApproval)
+    for rec, got in zip(fresh, claimed, strict=True):
+        assert not isinstance(got, BaseException)
+        stored, history = got
+        assert stored.run_id == rec.run_id and stored.owner == a.owner
+        assert [m.content for m in history] == ["be brief", rec.run_id]  # a new session: the preamble
+    assert not isinstance(again, BaseException)
+    assert [m.content for m in again[1]] == ["before", claims[10].run_id]  # history, no preamble
+    assert not isinstance(keyed, BaseException) and keyed[0].client_request_id == "k-1"  # (alone)
+    for refused in (claims[8], claims[9]):
+        assert await b.get_run(refused.run_id) is None  # nothing written for a refused claim
+    for rec in fresh:
+        stored = await b.get_run(rec.run_id)
+        assert stored is not None and stored.status == "running"
+        with pytest.raises(SessionBusy):  # each claimed session is held: another process waits
+            await b.begin_run(record(rec.session_id), [])
 
 
 async def test_recover_run_salvages_a_dead_owners_unstored_events(

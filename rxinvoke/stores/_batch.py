@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .._futures import retrieve
 
-__all__ = ("BatchRefused", "WriteBatcher")
+__all__ = ("BatchRefused", "Outcome", "WriteBatcher")
 
 _W = TypeVar("_W")
+
+Outcome = tuple[bool, Any]
+"""One write's outcome in a batch: ``(True, value)``, or ``(False, exception)`` — that write
+was refused on its own and wrote nothing, the others are written."""
 
 
 class BatchRefused(Exception):
@@ -34,22 +38,29 @@ class BatchRefused(Exception):
 class WriteBatcher(Generic[_W]):
     """Runs the writes waiting at once with ``run_batch`` (see the module docstring)."""
 
-    def __init__(self, run_batch: Callable[[Sequence[_W]], Awaitable[None]], *, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[_W]], Awaitable[Sequence[Outcome] | None]],
+        *,
+        max_batch: int = 500,
+    ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
-        self._pending: list[tuple[_W, asyncio.Future[None]]] = []
-        self._writing: list[tuple[_W, asyncio.Future[None]]] = []
+        self._pending: list[tuple[_W, asyncio.Future[Any]]] = []
+        self._writing: list[tuple[_W, asyncio.Future[Any]]] = []
         self._drain: asyncio.Task[None] | None = None
 
-    async def submit(self, write: _W) -> None:
-        """Write ``write`` with the others waiting; returns once its transaction committed."""
+    async def submit(self, write: _W) -> Any:
+        """Write ``write`` with the others waiting; returns once its transaction committed,
+        with the write's value (``run_batch`` returns one :data:`Outcome` per write, or None:
+        every write done, value None)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         future.add_done_callback(retrieve)  # its caller may have been cancelled meanwhile
         self._pending.append((write, future))
         if self._drain is None:
             self._drain = loop.create_task(self._drain_loop())
-        await asyncio.shield(future)  # a cancelled caller's write still completes
+        return await asyncio.shield(future)  # a cancelled caller's write still completes
 
     async def written(self) -> None:
         """Wait until every write submitted so far is written (or failed): what a call that
@@ -74,9 +85,9 @@ class WriteBatcher(Generic[_W]):
             self._writing = []
             self._drain = None
 
-    async def _write(self, batch: list[tuple[_W, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[_W, asyncio.Future[Any]]]) -> None:
         try:
-            await self._run_batch([write for write, _ in batch])
+            outcomes = await self._run_batch([write for write, _ in batch])
         except BatchRefused as refused:
             if len(batch) == 1:  # not run_batch's contract, but never a loop
                 batch[0][1].set_exception(refused.__cause__ or refused)
@@ -91,6 +102,11 @@ class WriteBatcher(Generic[_W]):
             if not isinstance(exc, Exception):
                 raise
             return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+        for i, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            ok, value = outcomes[i] if outcomes is not None else (True, None)
+            if ok or not isinstance(value, BaseException):
+                future.set_result(value)
+            else:
+                future.set_exception(value)

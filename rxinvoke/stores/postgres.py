@@ -64,7 +64,7 @@ from ..errors import MigrationError, SessionAwaitingApproval, SessionBusy, Store
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._batch import BatchRefused, WriteBatcher
+from ._batch import BatchRefused, Outcome, WriteBatcher
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -75,6 +75,7 @@ from ._rows import (
     why,
 )
 from .base import (
+    EventBatch,
     EventEnvelope,
     RunOutcome,
     RunRecord,
@@ -212,6 +213,15 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
 
 
 @dataclass(frozen=True)
+class _Begin:
+    """One ``begin_run`` for the claim batcher."""
+
+    owned: RunRecord
+    messages: tuple[Message, ...]
+    preamble: tuple[Message, ...]
+
+
+@dataclass(frozen=True)
 class _Finish:
     """What ``finish_run`` writes besides its events."""
 
@@ -323,6 +333,7 @@ class PostgresStore:
         self._timeout = timeout
         self._session_poll = session_poll
         self._batcher: WriteBatcher[_Write] = WriteBatcher(self._write_batch)
+        self._begins: WriteBatcher[_Begin] = WriteBatcher(self._begin_batch)
         self.recover_on_open = recover_on_open
         self._key = random.randint(1, 2**31 - 1)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}"
@@ -528,7 +539,8 @@ class PostgresStore:
         released with it."""
         if self._closed:
             return
-        await self._batcher.idle()  # the writes handed over are written first
+        await self._begins.idle()  # the claims and writes handed over are written first
+        await self._batcher.idle()
         self._closed = True
         if self._opening is not None and not self._opening.done():
             try:
@@ -657,6 +669,131 @@ class PostgresStore:
         preamble: Sequence[Message] = (),
     ) -> tuple[RunRecord, list[Message]]:
         owned = record.model_copy(update={"owner": self._owner, "status": "running"})
+        if self._closed:
+            raise StoreError(f"{self.where}: the store is closed")
+        # not behind the writes waiting: the session's earlier writes are written (its previous
+        # run's end was awaited before the runtime's session gate let this run in)
+        claimed: tuple[RunRecord, list[Message]] = await self._begins.submit(
+            _Begin(owned, tuple(messages), tuple(preamble))
+        )
+        return claimed
+
+    async def _begin_batch(self, begins: Sequence[_Begin]) -> list[Outcome]:
+        """The claims waiting at once: the plain ones (no idempotency key, not continuing a
+        paused run, one per session) in one transaction, set-based; the others — and any the
+        batch leaves (a session held by a dead owner, to recover first) — each on its own, at
+        once."""
+        outcomes: list[Outcome | None] = [None] * len(begins)
+        plain: list[int] = []
+        sessions: set[uuid.UUID] = set()
+        for i, begin in enumerate(begins):
+            run = begin.owned
+            if run.client_request_id is None and run.request.resumes is None and run.session_id not in sessions:
+                plain.append(i)
+                sessions.add(run.session_id)
+        if len(plain) < 2:
+            plain = []
+        alone = [i for i in range(len(begins)) if i not in set(plain)]
+        if plain:
+            try:
+                done, left = await self._call(lambda conn: self._begin_many(conn, [begins[i] for i in plain]))
+            except Exception:
+                alone.extend(plain)  # the batch refused as a whole: each on its own
+            else:
+                for j, i in enumerate(plain):
+                    outcomes[i] = done[j]
+                alone.extend(plain[j] for j in left)
+
+        async def one(i: int) -> None:
+            try:
+                outcomes[i] = (True, await self._begin_one(begins[i]))
+            except Exception as exc:
+                outcomes[i] = (False, exc)
+
+        await asyncio.gather(*(one(i) for i in alone))
+        return [outcome if outcome is not None else (False, StoreError("unclaimed")) for outcome in outcomes]
+
+    async def _begin_many(
+        self, conn: psycopg.AsyncConnection[Any], begins: Sequence[_Begin]
+    ) -> tuple[list[Outcome | None], list[int]]:
+        """Claim plain runs of distinct sessions in one transaction: their outcomes (None for
+        the ones left to claim alone) and the indexes of those."""
+        sessions = [b.owned.session_id for b in begins]
+        await conn.execute(
+            "INSERT INTO sessions (id) SELECT unnest(%s::uuid[]) ON CONFLICT DO NOTHING", (sessions,)
+        )
+        cur = await conn.execute(
+            "SELECT s.id, s.active_run, r.status, r.owner FROM sessions s "
+            "LEFT JOIN runs r ON r.id = s.active_run WHERE s.id = ANY(%s) FOR UPDATE OF s",
+            (sessions,),
+        )
+        active = {row[0]: row for row in await cur.fetchall()}
+        cur = await conn.execute(
+            "SELECT session_id, min(id) FROM runs WHERE session_id = ANY(%s) "
+            "AND status = 'awaiting_approval' GROUP BY session_id",
+            (sessions,),
+        )
+        paused = {row[0]: row[1] for row in await cur.fetchall()}
+        outcomes: list[Outcome | None] = [None] * len(begins)
+        left: list[int] = []
+        accepted: list[int] = []
+        for j, begin in enumerate(begins):
+            session_id = begin.owned.session_id
+            row = active.get(session_id)
+            if row is not None and row[2] == "running" and row[3] != self._owner:
+                if await self._owner_is_gone(conn, row[3]):
+                    left.append(j)  # its claim alone recovers the dead owner's run first
+                else:
+                    outcomes[j] = (False, SessionBusy(str(session_id), row[1]))
+            elif session_id in paused:
+                outcomes[j] = (False, SessionAwaitingApproval(str(session_id), paused[session_id]))
+            else:
+                accepted.append(j)
+        if not accepted:
+            return outcomes, left
+        runs = [begins[j].owned for j in accepted]
+        cur = await conn.execute(
+            "INSERT INTO runs (id, session_id, status, request, owner, started_at) "
+            "SELECT v.id, v.sid, 'running', v.request::json, v.owner, v.started "
+            "FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[]) "
+            "AS v(id, sid, request, owner, started) ON CONFLICT DO NOTHING RETURNING id",
+            (
+                [r.run_id for r in runs],
+                [r.session_id for r in runs],
+                [r.request.model_dump_json() for r in runs],
+                [r.owner for r in runs],
+                [r.started_at for r in runs],
+            ),
+        )
+        if len(await cur.fetchall()) != len(runs):
+            raise StoreError("a run of the batch is already stored")  # each alone says which
+        await conn.execute(
+            "UPDATE sessions s SET active_run = v.rid FROM unnest(%s::uuid[], %s::text[]) AS v(sid, rid) "
+            "WHERE s.id = v.sid",
+            ([r.session_id for r in runs], [r.run_id for r in runs]),
+        )
+        cur = await conn.execute(
+            "SELECT session_id, id, run_id, role, content, tool_calls::text, tool_call_id, "
+            "created_at, compaction::text FROM messages WHERE session_id = ANY(%s) ORDER BY pk",
+            ([r.session_id for r in runs],),
+        )
+        histories: dict[uuid.UUID, list[Message]] = {}
+        for row in await cur.fetchall():
+            histories.setdefault(row[0], []).append(message_of(row[1:], row[0], _utc))
+        rows: list[tuple[Any, ...]] = []
+        for j in accepted:
+            begin = begins[j]
+            session_id = begin.owned.session_id
+            history = histories.get(session_id, [])
+            opening = [*begin.preamble, *begin.messages] if not history else list(begin.messages)
+            rows.extend(_message_rows(session_id, opening))
+            outcomes[j] = (True, (begin.owned, [*history, *opening]))
+        await self._insert_messages(conn, rows)
+        return outcomes, left
+
+    async def _begin_one(self, claim: _Begin) -> tuple[RunRecord, list[Message]]:
+        """One claim in its own transaction (what every claim was before batching)."""
+        owned, messages, preamble = claim.owned, claim.messages, claim.preamble
         session_id = owned.session_id
         key = owned.client_request_id
 
@@ -710,8 +847,6 @@ class PostgresStore:
             history.extend(opening)
             return owned, history
 
-        # not behind the writes waiting: the session's earlier writes are written (its previous
-        # run's end was awaited before the runtime's session gate let this run in)
         return await self._call(begin)
 
     @staticmethod
@@ -848,7 +983,12 @@ class PostgresStore:
                 if row[0] != "running" or run_id in sessions:  # (twice in one batch: refused)
                     raise StoreError(f"run {run_id!r} is already {row[0]}")
                 sessions[run_id] = row[1]
-        await self._insert_events(conn, [e for w in writes for e in w.events])
+        if len(writes) == 1:
+            await self._insert_events(conn, writes[0].events)
+        else:  # the plain entries of all, no envelope built per event
+            await self._insert_events(
+                conn, EventBatch([entry for w in writes for entry in log_entries(w.events)])
+            )
         rows: list[tuple[Any, ...]] = []
         for w in writes:
             rows.extend(w.rows)
