@@ -30,8 +30,10 @@ from rxinvoke import (
     tool,
 )
 from rxinvoke.errors import ResumeGap, SubscriberError, SubscriberOverflow, UserError
-from rxinvoke.messages import ChatRequest
+from rxinvoke.events import RunCompleted, RunStarted, TextDelta
+from rxinvoke.messages import ChatRequest, FinishReason
 from rxinvoke.stores import EventEnvelope
+from rxinvoke.transports._wire import decode, segments_of
 from rxinvoke.transports.base import Transport
 from rxinvoke.transports.mirror import EventMirror
 from rxinvoke.transports.redis import RedisTransport, parse_autoclaim
@@ -43,6 +45,17 @@ tool_call_turn = ScriptedProvider.tool_call_turn
 
 
 # --- XAUTOCLAIM replies (no server) --------------------------------------------------------------
+
+
+def test_interleaved_runs_are_one_segment_per_run_and_stretch_of_seqs() -> None:
+    def delta(run: str, seq: int) -> Any:
+        return (run, None, seq, TextDelta(run_id=run, delta=f"{run}{seq}"))
+
+    entries = [delta("a", 1), delta("b", 7), delta("a", 2), delta("b", 8), delta("a", 3), delta("a", 5)]
+    segments = [(run, seg.first_seq, seg.last_seq) for run, seg in segments_of(entries)]
+    assert segments == [("a", 1, 3), ("a", 5, 5), ("b", 7, 8)]  # each run's in order
+    (_, seg), *_ = segments_of(entries)
+    assert [e.event.delta for e in decode("a", None, seg, 0)] == ["a1", "a2", "a3"]  # type: ignore[union-attr]
 
 
 def test_autoclaim_replies_of_redis_6_2_and_7_are_both_read() -> None:
@@ -166,6 +179,27 @@ async def test_a_trimmed_stream_is_a_resume_gap_not_a_silent_jump(redis_server: 
         # asking from what is kept works
         kept = await collect(RemoteRuns(transport).observe_run(out.run_id, after_seq=gap.value.first_available - 1))
         assert kept[-1].type == "run_completed"
+    finally:
+        await transport.close()
+
+
+async def test_a_run_stream_expires_retention_after_its_end_and_is_not_refreshed_at_every_write(
+    redis_server: RedisServer,
+) -> None:
+    transport = RedisTransport(redis_server.url, prefix=f"e{uuid.uuid4().hex[:8]}:", retention=1000)
+    try:
+        run, session = "run-e", uuid.uuid4()
+        started = RunStarted(run_id=run, session_id=str(session), provider="p", model="m")
+        entries = [(run, session, 1, started)]
+        await transport.append(list(segments_of(entries)))
+        stream = f"{transport.prefix}run:{run}"
+        assert 900 < await transport.client.ttl(stream) <= 1000  # set by its first segment
+        await transport.client.expire(stream, 950)  # as if some time had passed
+        await transport.append(list(segments_of([(run, session, 2, TextDelta(run_id=run, delta="a"))])))
+        assert await transport.client.ttl(stream) <= 950  # not refreshed by a middle segment
+        done = RunCompleted(run_id=run, finish_reason=FinishReason.STOP, iterations=1)
+        await transport.append(list(segments_of([(run, session, 3, done)])))
+        assert await transport.client.ttl(stream) > 990  # its end: retention from now
     finally:
         await transport.close()
 

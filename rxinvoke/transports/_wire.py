@@ -23,25 +23,32 @@ MAX_SEGMENT = 500
 
 
 def segments_of(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
-    """``(run_id, segment)`` for each run's consecutive ``(run_id, session_id, seq, event)``
-    entries, in order."""
-    start = 0
-    count = len(entries)
-    while start < count:
-        run_id, _session, first, _event = entries[start]
-        end = start + 1
-        seq = first
-        while end < count and end - start < MAX_SEGMENT:
-            entry = entries[end]
-            if entry[0] != run_id or entry[2] != seq + 1:
-                break
-            seq += 1
-            end += 1
-        events = [entry[3] for entry in entries[start:end]]
-        yield run_id, Segment(
-            first, seq, tuple(e.type for e in events), pydantic_core.to_json(events)
-        )
-        start = end
+    """``(run_id, segment)`` for each run's ``(run_id, session_id, seq, event)`` entries: one
+    segment per stretch of consecutive seqs of a run (at most ``MAX_SEGMENT`` envelopes), each
+    run's in order. Runs interleaved in ``entries`` (concurrent runs publishing at once) are
+    grouped per run first: a segment is one stream entry, so a flush of a hundred interleaved
+    runs costs a hundred appends, not one per change of run."""
+    by_run: dict[str, list[LogEntry]] = {}
+    for entry in entries:
+        found = by_run.get(entry[0])
+        if found is None:
+            by_run[entry[0]] = [entry]
+        else:
+            found.append(entry)
+    for run_id, mine in by_run.items():
+        start = 0
+        count = len(mine)
+        while start < count:
+            first = seq = mine[start][2]
+            end = start + 1
+            while end < count and end - start < MAX_SEGMENT and mine[end][2] == seq + 1:
+                seq += 1
+                end += 1
+            events = [entry[3] for entry in mine[start:end]]
+            yield run_id, Segment(
+                first, seq, tuple(e.type for e in events), pydantic_core.to_json(events)
+            )
+            start = end
 
 
 def decode(

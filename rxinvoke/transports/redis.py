@@ -4,7 +4,9 @@ Keys (``prefix`` ``rx:`` unless told):
 
 - ``rx:run:{run_id}``: the run's event stream, one entry per :class:`Segment` (fields ``seq``,
   ``last``, ``types``, ``json``; ``seq`` is rxinvoke's own per-run sequence, the dedup key),
-  ``XADD … MAXLEN ~ maxlen``, expiring ``retention`` seconds after its last write;
+  ``XADD … MAXLEN ~ maxlen``, expiring ``retention`` seconds after its last write (its TTL is
+  refreshed by a run's first and terminal segments and at most every tenth of ``retention``
+  in between: never less than 0.9 × ``retention`` after its last write);
   ``rx:run:{run_id}:meta`` (a hash, as long) says a submitted run exists before its first
   segment.
 - ``rx:runs``: the run queue, a stream read by the consumer group ``workers``; ``rx:dead``:
@@ -30,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UnknownRun
+from ._wire import TERMINAL
 from .base import Job, Lease, Segment
 
 __all__ = ("RedisTransport", "parse_autoclaim")
@@ -167,6 +171,7 @@ class RedisTransport:
         self.prefix = prefix
         self.maxlen = maxlen
         self.retention = retention
+        self._expires: dict[str, float] = {}  # run id -> when its stream's TTL was last set
         self.cancel_ttl = cancel_ttl
         self.block = block
         # Any: redis-py types replies as unions of every protocol shape; they are parsed here.
@@ -238,6 +243,10 @@ class RedisTransport:
         if not segments:
             return
         ttl = int(self.retention)
+        now = time.monotonic()
+        expires = self._expires
+        if len(expires) > 100_000:  # runs whose end this process never wrote
+            expires.clear()
         async with self._client.pipeline(transaction=False) as pipe:
             touched: set[str] = set()
             for run_id, segment in segments:
@@ -253,10 +262,20 @@ class RedisTransport:
                     maxlen=self.maxlen,
                     approximate=True,
                 )
-                touched.add(run_id)
+                if TERMINAL.intersection(segment.types):
+                    expires.pop(run_id, None)
+                    touched.add(run_id)
+                elif now - expires.get(run_id, -ttl) >= ttl / 10:
+                    expires[run_id] = now
+                    touched.add(run_id)
             for run_id in touched:
                 pipe.expire(self._stream(run_id), ttl)
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except BaseException:
+                for run_id in touched:  # not set after all: the retry sets it
+                    expires.pop(run_id, None)
+                raise
 
     def _announce(self, pipe: Any, run_id: str) -> None:
         pipe.hsetnx(self._meta(run_id), "state", "queued")
