@@ -822,7 +822,6 @@ class AgentRuntime:
                     output_text="",
                     pending=await self._pause(run, calls, waiting),
                 )
-            history = list(history)
             await self._run_tools(run, calls, history)
         elif request.resumes is not None and (resumption is None or resumption.paused_unanswered):
             history = await self._answer_paused(run, history)

@@ -141,13 +141,10 @@ class SpanBuilder:
         root.attributes["attempts"] = event.attempt
         if event.runtime is not None:
             root.attributes["runtime"] = event.runtime
-        for span in [*([self.model] if self.model is not None else []), *self.tools.values()]:
-            span.attributes["error"] = "interrupted"
-            if span.kind == "tool_execution":
-                self.lanes[span.attributes["lane"]] = at
-            self.done.append(self._closed(span, at, "error"))
-        self.model = None
-        self.tools.clear()
+        if self.model is not None:
+            self.model.attributes["error"] = "interrupted"
+        self._close_model(at, "error")
+        self._close_tools(at, "error", error="interrupted")
 
     def _model_started(self, event: ModelStarted) -> None:
         at = event.timestamp
@@ -209,9 +206,7 @@ class SpanBuilder:
         at = event.timestamp
         root = self._root(at)
         self._close_model(at, "cancelled" if isinstance(event, RunCancelled) else None)
-        for span in list(self.tools.values()):
-            self.done.append(self._closed(span, at, "cancelled"))
-        self.tools.clear()
+        self._close_tools(at, "cancelled")
         final: SpanStatus = "cancelled"
         if isinstance(event, RunCompleted):
             final = "ok"
@@ -233,6 +228,15 @@ class SpanBuilder:
             model.attributes["streaming_ms"] = _ms(first, at)
         self.done.append(self._closed(model, at, status or "ok"))
         self.model = None
+
+    def _close_tools(self, at: datetime, status: SpanStatus, *, error: str | None = None) -> None:
+        """End every tool execution still open (their lanes free from ``at``)."""
+        for span in self.tools.values():
+            if error is not None:
+                span.attributes["error"] = error
+            self.lanes[span.attributes["lane"]] = at
+            self.done.append(self._closed(span, at, status))
+        self.tools.clear()
 
     def _closed(
         self, span: _Open, end: datetime | None, status: SpanStatus, parent: str | None = ""

@@ -21,14 +21,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from .._futures import retrieve
+from ._worker import Outcome
 
-__all__ = ("BatchRefused", "Outcome", "WriteBatcher")
+__all__ = ("BatchRefused", "WriteBatcher")
 
 _W = TypeVar("_W")
-
-Outcome = tuple[bool, Any]
-"""One write's outcome in a batch: ``(True, value)``, or ``(False, exception)`` — that write
-was refused on its own and wrote nothing, the others are written."""
 
 
 class BatchRefused(Exception):
@@ -52,7 +49,8 @@ class WriteBatcher(Generic[_W]):
 
     async def submit(self, write: _W) -> Any:
         """Write ``write`` with the others waiting; returns once its transaction committed,
-        with the write's value (``run_batch`` returns one :data:`Outcome` per write, or None:
+        with the write's value (``run_batch`` returns one ``(True, value)`` or
+        ``(False, exception)`` per write — a write refused on its own wrote nothing — or None:
         every write done, value None)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()

@@ -64,7 +64,7 @@ from ..errors import MigrationError, SessionAwaitingApproval, SessionBusy, Store
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._batch import BatchRefused, Outcome, WriteBatcher
+from ._batch import BatchRefused, WriteBatcher
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -74,6 +74,7 @@ from ._rows import (
     message_of,
     why,
 )
+from ._worker import Outcome
 from .base import (
     EventBatch,
     EventEnvelope,
@@ -693,7 +694,8 @@ class PostgresStore:
                 sessions.add(run.session_id)
         if len(plain) < 2:
             plain = []
-        alone = [i for i in range(len(begins)) if i not in set(plain)]
+        batched = set(plain)
+        alone = [i for i in range(len(begins)) if i not in batched]
         if plain:
             try:
                 done, left = await self._call(lambda conn: self._begin_many(conn, [begins[i] for i in plain]))
@@ -711,7 +713,9 @@ class PostgresStore:
                 outcomes[i] = (False, exc)
 
         await asyncio.gather(*(one(i) for i in alone))
-        return [outcome if outcome is not None else (False, StoreError("unclaimed")) for outcome in outcomes]
+        claimed = [outcome for outcome in outcomes if outcome is not None]
+        assert len(claimed) == len(begins)  # each claim in the batch or alone
+        return claimed
 
     async def _begin_many(
         self, conn: psycopg.AsyncConnection[Any], begins: Sequence[_Begin]
@@ -905,18 +909,6 @@ class PostgresStore:
         finish = _Finish(run_id, outcome.status, outcome.error, output_json, tuple(messages))
         await self._write(_Write(events, finish=finish))
 
-    async def _settle(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        run_id: str,
-        session_id: uuid.UUID,
-        status: str,
-        error: str | None,
-        output_json: str | None,
-    ) -> None:
-        """Record the terminal status and free the session (waiters hear it on commit)."""
-        await self._settle_all(conn, [(run_id, session_id, status, error, output_json)])
-
     @staticmethod
     async def _settle_all(
         conn: psycopg.AsyncConnection[Any],
@@ -983,12 +975,10 @@ class PostgresStore:
                 if row[0] != "running" or run_id in sessions:  # (twice in one batch: refused)
                     raise StoreError(f"run {run_id!r} is already {row[0]}")
                 sessions[run_id] = row[1]
-        if len(writes) == 1:
-            await self._insert_events(conn, writes[0].events)
-        else:  # the plain entries of all, no envelope built per event
-            await self._insert_events(
-                conn, EventBatch([entry for w in writes for entry in log_entries(w.events)])
-            )
+        # the plain entries of all, no envelope built per event
+        await self._insert_events(
+            conn, EventBatch([entry for w in writes for entry in log_entries(w.events)])
+        )
         rows: list[tuple[Any, ...]] = []
         for w in writes:
             rows.extend(w.rows)
@@ -1138,12 +1128,7 @@ class PostgresStore:
                 continue
 
             async def recover(conn: psycopg.AsyncConnection[Any], run_id: str = run_id) -> bool:
-                cur = await conn.execute(
-                    "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE",
-                    (run_id,),
-                )
-                row = await cur.fetchone()
-                if row is None or not await self._owner_is_gone(conn, row[0]):
+                if not await self._orphaned(conn, run_id):
                     return False  # finished, recovered by another process, or alive
                 await self._recover_run(conn, run_id)
                 return True
@@ -1159,12 +1144,7 @@ class PostgresStore:
         does. Returns False, writing nothing, if the run is not running or its owner lives."""
 
         async def recover(conn: psycopg.AsyncConnection[Any]) -> bool:
-            cur = await conn.execute(
-                "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE",
-                (run_id,),
-            )
-            row = await cur.fetchone()
-            if row is None or not await self._owner_is_gone(conn, row[0]):
+            if not await self._orphaned(conn, run_id):
                 return False
             await self._recover_run(conn, run_id, salvage)
             return True
@@ -1181,12 +1161,7 @@ class PostgresStore:
         The session stays taken by the run (its ``active_run``) throughout."""
 
         async def resume(conn: psycopg.AsyncConnection[Any]) -> tuple[RunRecord, list[Message], int] | None:
-            cur = await conn.execute(
-                "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE",
-                (run_id,),
-            )
-            row = await cur.fetchone()
-            if row is None or not await self._owner_is_gone(conn, row[0]):
+            if not await self._orphaned(conn, run_id):
                 return None
             record = await self._find(conn, "r.id = %s", run_id)
             assert record is not None
@@ -1199,6 +1174,15 @@ class PostgresStore:
             return owned, await self._history(conn, record.session_id), last_seq
 
         return await self._call(resume)
+
+    async def _orphaned(self, conn: psycopg.AsyncConnection[Any], run_id: str) -> bool:
+        """Lock the run ``run_id`` if it is ``running``; True if its owner is gone. Inside a
+        transaction."""
+        cur = await conn.execute(
+            "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE", (run_id,)
+        )
+        row = await cur.fetchone()
+        return row is not None and await self._owner_is_gone(conn, row[0])
 
     async def _recover_run(
         self,
@@ -1215,7 +1199,7 @@ class PostgresStore:
             await self._settle_lagging(conn, record, last_type)
             return
         await self._insert_events(conn, interrupted_envelopes(record, last_seq))
-        await self._settle(conn, run_id, record.session_id, "failed", "interrupted", None)
+        await self._settle_all(conn, [(run_id, record.session_id, "failed", "interrupted", None)])
 
     async def _continue_log(
         self, conn: psycopg.AsyncConnection[Any], run_id: str, salvage: Sequence[EventEnvelope]
@@ -1241,4 +1225,4 @@ class PostgresStore:
         """The run's log ends with its terminal event (``last_type``): only its status lagged."""
         status = TERMINAL_STATUS[last_type]
         error = None if status == "completed" else "interrupted"
-        await self._settle(conn, record.run_id, record.session_id, status, error, None)
+        await self._settle_all(conn, [(record.run_id, record.session_id, status, error, None)])

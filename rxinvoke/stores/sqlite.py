@@ -28,8 +28,9 @@ rxinvoke raises :class:`~rxinvoke.errors.MigrationError`; a file that is not an 
 database (or not SQLite at all) raises :class:`~rxinvoke.errors.StoreError`.
 
 Crash recovery: a run records its owner (``host:pid:process start``). Opening the store
-(unless ``recover_on_open=False``) and :meth:`SqliteStore.recover_interrupted` mark failed every ``running`` run whose owner process
-on this host is gone, appending a terminal ``run_failed`` ("interrupted") with the next seq,
+(unless ``recover_on_open=False``) and :meth:`SqliteStore.recover_interrupted` mark failed
+every ``running`` run whose owner process on this host is gone, appending a terminal
+``run_failed`` ("interrupted") with the next seq,
 so every stored run ends with exactly one terminal event; :meth:`SqliteStore.resume_run`
 instead takes such a run over, for this process to go on with it.
 """

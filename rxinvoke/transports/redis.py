@@ -262,7 +262,7 @@ class RedisTransport:
                     maxlen=self.maxlen,
                     approximate=True,
                 )
-                if TERMINAL.intersection(segment.types):
+                if segment.types[-1] in TERMINAL:  # a run's terminal event is its last
                     expires.pop(run_id, None)
                     touched.add(run_id)
                 elif now - expires.get(run_id, -ttl) >= ttl / 10:
