@@ -288,7 +288,7 @@ async def test_an_exporter_fault_is_reported_and_never_reaches_the_run(otel: Ote
 
 
 async def test_a_run_taken_over_from_a_dead_process_is_traced_from_its_run_resumed(otel: Otel, tmp_path: Any) -> None:
-    from test_resume import kill_dead
+    from test_resume import die_inside
 
     from rxinvoke import SqliteStore
 
@@ -302,13 +302,8 @@ async def test_a_run_taken_over_from_a_dead_process_is_traced_from_its_run_resum
         return 0
 
     path = tmp_path / "r.db"
-    first = SqliteStore(path)
-    dying = AgentRuntime(providers=[ScriptedProvider([tool_call_turn("add", {"a": 2, "b": 3})])], tools=[stuck], store=first)
-    control = Control()
-    running = asyncio.ensure_future(dying.run(request(), control))
-    await asyncio.wait_for(entered.wait(), 10)
-    (record,) = await first.list_runs()
-    kill_dead(path, record.run_id)
+    dead = await die_inside(path, stuck, entered, tool_call_turn("add", {"a": 2, "b": 3}), request())
+    record = dead.record
     async with SqliteStore(path, recover_on_open=False) as store:
         runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("5")])], tools=[add], store=store, name="w2")
         handle = instrument(runtime, otel.tracer_provider, otel.meter_provider)
@@ -319,7 +314,7 @@ async def test_a_run_taken_over_from_a_dead_process_is_traced_from_its_run_resum
         assert agent.attributes["gen_ai.conversation.id"] == str(record.session_id)
         assert tool_span.parent.span_id == agent.context.span_id == chat.parent.span_id
         assert agent.status.status_code is StatusCode.UNSET
-        control.cancel()
+        dead.control.cancel()
         with pytest.raises(InvocationFailed):
-            await running
-    await first.close()
+            await dead.running
+    await dead.store.close()

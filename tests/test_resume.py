@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
-import sqlite3
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_store_sqlite import REPO_ROOT, cli, cli_env, dead_pid
+from test_store_sqlite import REPO_ROOT, cli, cli_env, kill_dead
 
 from rxinvoke import (
     AgentRuntime,
@@ -34,22 +33,40 @@ from rxinvoke import (
     tool,
 )
 from rxinvoke.messages import TokenUsage
+from rxinvoke.stores import RunRecord
+from rxinvoke.tools import Tool
 
 text_turn = ScriptedProvider.text_turn
 tool_call_turn = ScriptedProvider.tool_call_turn
 TERMINAL = {"run_completed", "run_failed", "run_cancelled"}
 
 
-def kill_dead(path: Path, run_id: str) -> None:
-    """Record a dead process as the owner of ``run_id`` (its process died)."""
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.execute(
-                "UPDATE runs SET owner = ? WHERE id = ?", (f"{socket.gethostname()}:{dead_pid()}:", run_id)
-            )
-    finally:
-        conn.close()
+@dataclass
+class Dying:
+    """A run whose process "died" inside a tool: its runtime is still there, blocked, and will
+    write nothing more until cancelled; the file names a dead owner."""
+
+    store: SqliteStore
+    record: RunRecord
+    control: Control
+    running: asyncio.Future[Any]
+
+
+async def die_inside(path: Path, stuck: Tool, entered: asyncio.Event, turn: Any, request: RunRequest) -> Dying:
+    """Run ``request`` on its own store until the tool ``stuck`` sets ``entered``, then let its
+    process die (:func:`kill_dead`)."""
+    store = SqliteStore(path)
+    runtime = AgentRuntime(providers=[ScriptedProvider([turn])], tools=[stuck], store=store)
+    control = Control()
+    running = asyncio.ensure_future(runtime.run(request, control))
+    await asyncio.wait_for(entered.wait(), 10)
+    (record,) = await store.list_runs()
+    kill_dead(path, record.run_id)
+    return Dying(store, record, control, running)
+
+
+def scripted(prompt: str) -> RunRequest:
+    return RunRequest(input=prompt, provider="scripted", model="scripted")
 
 
 def test_a_run_whose_process_was_killed_goes_on_here_from_its_last_committed_step(tmp_path: Path) -> None:
@@ -128,13 +145,8 @@ async def test_tool_calls_whose_replies_were_not_committed_run_again(tmp_path: P
         ran.append("again")
         return "booked"
 
-    first = SqliteStore(path)
-    dying = AgentRuntime(providers=[ScriptedProvider([tool_call_turn("book", {})])], tools=[stuck], store=first)
-    control = Control()
-    running = asyncio.ensure_future(dying.run(RunRequest(input="book it", provider="scripted", model="scripted"), control))
-    await asyncio.wait_for(entered.wait(), 10)
-    (record,) = await first.list_runs()
-    kill_dead(path, record.run_id)  # its process "dies" here: it will never write again
+    dead = await die_inside(path, stuck, entered, tool_call_turn("book", {}), scripted("book it"))
+    record = dead.record
 
     async with SqliteStore(path, recover_on_open=False) as store:
         runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("booked it")])], tools=[book], store=store)
@@ -149,14 +161,14 @@ async def test_tool_calls_whose_replies_were_not_committed_run_again(tmp_path: P
         assert types.count("run_resumed") == 1 and [t for t in types if t in TERMINAL] == ["run_completed"]
 
         # the old attempt, were it still alive, could write nothing more to the run
-        control.cancel()
+        dead.control.cancel()
         with pytest.raises(InvocationFailed) as failed:
-            await asyncio.wait_for(running, 10)
+            await asyncio.wait_for(dead.running, 10)
         assert isinstance(failed.value.cause, StoreError)
         assert [t for t in [e.type for e in await store.read_events(record.run_id)] if t in TERMINAL] == [
             "run_completed"
         ]
-    await first.close()
+    await dead.store.close()
 
 
 async def test_uncommitted_calls_that_now_need_approval_pause_the_resumed_run(tmp_path: Path) -> None:
@@ -177,13 +189,8 @@ async def test_uncommitted_calls_that_now_need_approval_pause_the_resumed_run(tm
         ran.append("pay")
         return "paid"
 
-    first = SqliteStore(path)
-    dying = AgentRuntime(providers=[ScriptedProvider([tool_call_turn("pay", {})])], tools=[stuck], store=first)
-    control = Control()
-    running = asyncio.ensure_future(dying.run(RunRequest(input="pay it", provider="scripted", model="scripted"), control))
-    await asyncio.wait_for(entered.wait(), 10)
-    (record,) = await first.list_runs()
-    kill_dead(path, record.run_id)
+    dead = await die_inside(path, stuck, entered, tool_call_turn("pay", {}), scripted("pay it"))
+    record = dead.record
     async with SqliteStore(path, recover_on_open=False) as store:
         runtime = AgentRuntime(providers=[ScriptedProvider([text_turn("paid it")])], tools=[pay], store=store)
         output = await asyncio.wait_for(runtime.resume_interrupted(record.run_id), 10)
@@ -196,10 +203,10 @@ async def test_uncommitted_calls_that_now_need_approval_pause_the_resumed_run(tm
         # approved: the continuation runs the call (once) and answers
         continued = await asyncio.wait_for(runtime.approve(record.run_id, output.pending[0].call_id), 10)
         assert continued is not None and continued.output_text == "paid it" and ran == ["pay"]
-        control.cancel()
+        dead.control.cancel()
         with pytest.raises(InvocationFailed):
-            await asyncio.wait_for(running, 10)
-    await first.close()
+            await asyncio.wait_for(dead.running, 10)
+    await dead.store.close()
 
 
 async def test_a_run_that_cannot_be_taken_over_publishes_nothing(tmp_path: Path) -> None:

@@ -281,6 +281,17 @@ def dead_pid() -> int:
     return int(child.stdout)  # exited and reaped: no process has this pid (for now)
 
 
+def kill_dead(path: Path, run_id: str | None = None) -> None:
+    """Record a dead process of this host as the owner of ``run_id`` (of every run when None):
+    what the file looks like after the process running it died."""
+    owner = f"{socket.gethostname()}:{dead_pid()}:"
+    with connect(path) as conn:
+        if run_id is None:
+            conn.execute("UPDATE runs SET owner = ?", (owner,))
+        else:
+            conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (owner, run_id))
+
+
 async def test_open_fails_runs_of_a_dead_process_with_one_terminal_event(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     async with SqliteStore(path) as store:
@@ -342,8 +353,7 @@ async def test_resume_run_takes_over_a_dead_owners_run_with_what_observers_saw(t
             EventEnvelope.of(TextDelta(run_id=run_id, delta="a"), run_id, session, 2),
         ]
         assert await store.resume_run(run_id, seen) is None  # its owner (this process) lives
-        with connect(path) as conn:  # their owner dies
-            conn.execute("UPDATE runs SET owner = ?", (f"{socket.gethostname()}:{dead_pid()}:",))
+        kill_dead(path)  # their owner dies
     async with SqliteStore(path, recover_on_open=False) as other:
         await other.open()
         assert other.recovered == ()  # left to be resumed
@@ -371,8 +381,7 @@ async def test_resume_run_of_a_run_whose_log_ended_only_settles_its_status(tmp_p
         run_id, session = orphan.run_id, orphan.session_id
         started = RunStarted(run_id=run_id, session_id=str(session), provider="p", model="m")
         await store.append_events([EventEnvelope.of(started, run_id, session, 1)])
-        with connect(path) as conn:
-            conn.execute("UPDATE runs SET owner = ?", (f"{socket.gethostname()}:{dead_pid()}:",))
+        kill_dead(path)
         done = RunCompleted(run_id=run_id, finish_reason=FinishReason.STOP, iterations=1)
         assert await store.resume_run(run_id, [EventEnvelope.of(done, run_id, session, 2)]) is None
         stored = await store.get_run(run_id)
