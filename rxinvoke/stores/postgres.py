@@ -70,6 +70,7 @@ from ._rows import (
     TERMINAL_STATUS,
     continuing,
     decided,
+    encode_segment,
     envelopes_of,
     message_of,
     why,
@@ -1083,7 +1084,7 @@ class PostgresStore:
                 "INSERT INTO event_segments (run_id, first_seq, last_seq, events) "
                 "VALUES (%s, %s, %s, %s::json)",
                 [
-                    (r, first[r], last[r], pydantic_core.to_json(batches[r]).decode())
+                    (r, first[r], last[r], encode_segment(batches[r]).decode())
                     for r in runs
                 ],
             )

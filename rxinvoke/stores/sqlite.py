@@ -52,8 +52,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
-import pydantic_core
-
 from ..errors import MigrationError, SessionAwaitingApproval, StoreError, UnknownRun
 from ..events import InvocationEvent, UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
@@ -63,6 +61,7 @@ from ._rows import (
     TERMINAL_STATUS,
     continuing,
     decided,
+    encode_segment,
     envelopes_of,
     message_of,
     why,
@@ -899,9 +898,7 @@ class SqliteStore:
         conn.executemany(
             "INSERT INTO event_segments (run_id, first_seq, last_seq, events) VALUES (?, ?, ?, ?)",
             [
-                # each event by its own model's serializer: the same JSON as the union's
-                # TypeAdapter, ~40% faster (no union dispatch per event)
-                (run_id, first[run_id], last[run_id], pydantic_core.to_json(batch).decode())
+                (run_id, first[run_id], last[run_id], encode_segment(batch).decode())
                 for run_id, batch in batches.items()
             ],
         )

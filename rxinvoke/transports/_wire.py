@@ -1,22 +1,18 @@
-"""Segments on the wire: a run's consecutive envelopes as one JSON array, and back."""
+"""Segments on the wire: a run's consecutive envelopes as one JSON array (the stores' segment
+codec: an agent twin after its chat event is ``null``), and back."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
 
-import pydantic_core
-from pydantic import TypeAdapter
-
-from ..events import InvocationEvent
+from ..stores._rows import decode_segment, encode_segment
 from ..stores.base import EventEnvelope, LogEntry
 from .base import Segment
 
 __all__ = ("TERMINAL", "decode", "segments_of")
 
 TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
-
-_EVENTS: TypeAdapter[list[InvocationEvent]] = TypeAdapter(list[InvocationEvent])
 
 MAX_SEGMENT = 500
 """Envelopes in one segment at most."""
@@ -45,9 +41,7 @@ def segments_of(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
                 seq += 1
                 end += 1
             events = [entry[3] for entry in mine[start:end]]
-            yield run_id, Segment(
-                first, seq, tuple(e.type for e in events), pydantic_core.to_json(events)
-            )
+            yield run_id, Segment(first, seq, tuple(e.type for e in events), encode_segment(events))
             start = end
 
 
@@ -57,7 +51,7 @@ def decode(
     """The envelopes of ``segment`` with seq after ``after_seq``."""
     if segment.last_seq <= after_seq:
         return []
-    events = _EVENTS.validate_json(segment.events)
+    events = decode_segment(segment.events)
     skip = max(after_seq - segment.first_seq + 1, 0)
     return [
         EventEnvelope.of(event, run_id, session_id, segment.first_seq + skip + i)
