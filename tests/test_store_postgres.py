@@ -242,6 +242,89 @@ async def test_begin_run_recovers_a_session_held_by_a_dead_owner(
     assert [e.type for e in await b.read_events(held.run_id)] == ["run_started", "run_failed"]
 
 
+async def _until_gone(dsn: str, owner: str | None) -> None:
+    """Wait until the server has freed ``owner``'s liveness lock (its connection ended)."""
+    import psycopg
+
+    from rxinvoke.stores.postgres import _LOCK_CLASS, _owner_key
+
+    key = _owner_key(owner)
+    assert key is not None
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for _ in range(200):
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, key))
+            row = await cur.fetchone()
+            if row and row[0]:
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_CLASS, key))
+                return
+            await asyncio.sleep(0.05)
+    pytest.fail(f"{owner}'s liveness lock was never released")
+
+
+async def test_without_recovery_a_dead_owners_session_waits_for_its_resumption(
+    postgres_server: PostgresServer, schema: str
+) -> None:
+    dsn = postgres_server.dsn
+    a = await PostgresStore(dsn, schema=schema).open()
+    held = record(uuid.uuid4())
+    await a.begin_run(held, [Message(role="user", content="first")])
+    await a.append_events([started(held)])
+    owner = a.owner
+    await a.close()
+    await _until_gone(dsn, owner)
+    # b resumes dead runs (a retrying worker); c only starts new ones, without recovery either
+    b = await PostgresStore(dsn, schema=schema, recover_on_open=False).open()
+    c = await PostgresStore(dsn, schema=schema, recover_on_open=False, resume_grace=3600).open()
+    try:
+        for _ in range(3):  # the dead run keeps its session: the new run waits as for a live one
+            with pytest.raises(SessionBusy):
+                await c.begin_run(record(held.session_id), [])
+        stored = await c.get_run(held.run_id)
+        assert stored is not None and stored.status == "running"  # not failed meanwhile
+        taken = await b.resume_run(held.run_id, [])
+        assert taken is not None
+        with pytest.raises(SessionBusy):
+            await c.begin_run(record(held.session_id), [])
+        done = RunOutcome.completed(RunOutput(
+            run_id=held.run_id, session_id=held.session_id, iterations=1,
+            finish_reason=FinishReason.STOP, total_usage=TokenUsage(), output_text="done",
+        ))
+        completed = RunCompleted(run_id=held.run_id, finish_reason=FinishReason.STOP, iterations=1)
+        await b.finish_run(
+            held.run_id, done, events=[EventEnvelope.of(completed, held.run_id, held.session_id, 2)],
+            messages=[Message(role="assistant", content="done")],
+        )
+        nxt, history = await c.begin_run(record(held.session_id), [Message(role="user", content="next")])
+        assert [m.content for m in history] == ["first", "done", "next"]
+        stored = await c.get_run(held.run_id)
+        assert stored is not None and stored.status == "completed"
+        assert [e.type for e in await c.read_events(held.run_id)] == ["run_started", "run_completed"]
+    finally:
+        await b.close()
+        await c.close()
+
+
+async def test_without_recovery_a_dead_owners_run_is_failed_once_the_grace_is_over(
+    postgres_server: PostgresServer, schema: str
+) -> None:
+    dsn = postgres_server.dsn
+    a = await PostgresStore(dsn, schema=schema).open()
+    held = record(uuid.uuid4())
+    await a.begin_run(held, [])
+    owner = a.owner
+    await a.close()
+    await _until_gone(dsn, owner)
+    with pytest.raises(ValueError, match="resume_grace"):
+        PostgresStore(dsn, schema=schema, resume_grace=-1)
+    async with PostgresStore(dsn, schema=schema, recover_on_open=False, resume_grace=0) as c:
+        stored = await c.get_run(held.run_id)
+        assert stored is not None and stored.status == "running"  # opening recovered nothing
+        mine, _ = await c.begin_run(record(held.session_id), [])
+        assert mine.status == "running"
+        stored = await c.get_run(held.run_id)
+        assert stored is not None and (stored.status, stored.error) == ("failed", "interrupted")
+
+
 async def test_concurrent_runs_writes_commit_together_and_a_refused_one_fails_alone(
     two: tuple[PostgresStore, PostgresStore],
 ) -> None:

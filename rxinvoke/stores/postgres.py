@@ -31,7 +31,8 @@ releases the lock when that connection ends — the process exited, was killed, 
 went away (after the server's TCP keepalive gives up on it). A ``running`` run whose owner's
 lock is free is interrupted: :meth:`PostgresStore.recover_interrupted` (also run when the
 store opens unless ``recover_on_open=False``, and by ``begin_run`` for a session held by
-such a run) appends its terminal ``run_failed`` ("interrupted") with the next seq;
+such a run — with ``recover_on_open=False`` only after ``resume_grace`` seconds, which leave
+the run to be resumed first) appends its terminal ``run_failed`` ("interrupted") with the next seq;
 :meth:`PostgresStore.resume_run` instead takes such a run over, for this process to go on
 with it. If the store's own connection breaks, it
 reconnects and takes its lock again; a run recovered by another process in that window keeps
@@ -52,6 +53,7 @@ import os
 import random
 import re
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -288,6 +290,11 @@ class PostgresStore:
         recover_on_open: fail the runs of dead processes when the store opens (False: leave
             them to :meth:`resume_run` — ``Worker(on_worker_loss="retry")`` — or a later
             :meth:`recover_interrupted`).
+        resume_grace: with ``recover_on_open=False``, the seconds a session held by a dead
+            process's run stays that run's, from when this store first finds it so: a new
+            run of the session waits (as for a live owner) for the run to be resumed and
+            finish, and only after that ``begin_run`` fails it as interrupted and goes on
+            (with ``recover_on_open=True`` it does so at once).
     """
 
     ordered_calls = True
@@ -306,6 +313,7 @@ class PostgresStore:
         timeout: float = 10.0,
         session_poll: float = 1.0,
         recover_on_open: bool = True,
+        resume_grace: float = 60.0,
     ) -> None:
         if not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(
@@ -313,6 +321,8 @@ class PostgresStore:
             )
         if not 1 <= min_size <= max_size:
             raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        if resume_grace < 0:
+            raise ValueError(f"resume_grace must be >= 0, got {resume_grace!r}")
         try:
             from psycopg.conninfo import conninfo_to_dict
         except ImportError as exc:  # pragma: no cover - the extra is missing
@@ -337,6 +347,8 @@ class PostgresStore:
         self._batcher: WriteBatcher[_Write] = WriteBatcher(self._write_batch)
         self._begins: WriteBatcher[_Begin] = WriteBatcher(self._begin_batch)
         self.recover_on_open = recover_on_open
+        self.resume_grace = resume_grace
+        self._orphans: dict[str, float] = {}  # a dead owner's run -> when first found so
         self._key = random.randint(1, 2**31 - 1)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}"
         self._pool: AsyncConnectionPool[Any] | None = None
@@ -818,7 +830,7 @@ class PostgresStore:
             active = await cur.fetchone()
             if active is not None and active[1] == "running" and active[2] != self._owner:
                 # this process's own runs of the session are ordered by its runtime's gate
-                if not await self._owner_is_gone(conn, active[2]):
+                if not await self._owner_is_gone(conn, active[2]) or self._may_resume(active[0]):
                     raise SessionBusy(str(session_id), active[0])
                 await self._recover_run(conn, active[0])
             await self._resume_or_refuse(conn, owned)
@@ -1107,6 +1119,21 @@ class PostgresStore:
         raise StoreError(f"run {run_id!r}: event seq {start} does not follow {row[1]}")
 
     # --- crash recovery ---------------------------------------------------------------------
+
+    def _may_resume(self, run_id: str) -> bool:
+        """True while a dead owner's run may still be resumed elsewhere: with
+        ``recover_on_open=False``, for ``resume_grace`` seconds from when this store first
+        found it orphaned."""
+        if self.recover_on_open:
+            return False
+        now = time.monotonic()
+        orphans = self._orphans
+        if len(orphans) > 10_000:  # runs resumed or recovered elsewhere meanwhile
+            orphans.clear()
+        if now - orphans.setdefault(run_id, now) < self.resume_grace:
+            return True
+        del orphans[run_id]
+        return False
 
     async def _owner_is_gone(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> bool:
         """True if ``owner`` is a PostgresStore whose liveness lock is free (its connection
