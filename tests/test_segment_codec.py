@@ -108,9 +108,10 @@ def test_a_null_that_follows_no_chat_fragment_is_refused(text: bytes) -> None:
 
 async def test_a_stored_segment_with_a_stray_null_is_a_store_error_naming_the_run(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    runtime = AgentRuntime(providers=[_answering("fine")], store=SqliteStore(path))
-    output = await RuntimeInvocation(runtime).emit(_request())
-    await runtime.aclose()
+    async with SqliteStore(path) as store:
+        runtime = AgentRuntime(providers=[_answering("fine")], store=store)
+        output = await RuntimeInvocation(runtime).emit(_request())
+        await runtime.aclose()
     conn = sqlite3.connect(path)
     conn.execute("UPDATE event_segments SET events = '[null]'")
     conn.commit()
@@ -122,12 +123,13 @@ async def test_a_stored_segment_with_a_stray_null_is_a_store_error_naming_the_ru
 
 async def test_a_real_run_is_stored_with_its_twins_elided_and_read_back_whole(tmp_path: Path) -> None:
     path = tmp_path / "w.db"
-    runtime = AgentRuntime(providers=[_answering("one two three four")], store=SqliteStore(path))
     seen: list[InvocationEvent] = []
-    runtime.events.subscribe(seen.append)
-    output = await RuntimeInvocation(runtime).emit(_request())
-    stored = await runtime.store.read_events(output.run_id)
-    await runtime.aclose()
+    async with SqliteStore(path) as store:
+        runtime = AgentRuntime(providers=[_answering("one two three four")], store=store)
+        runtime.events.subscribe(seen.append)
+        output = await RuntimeInvocation(runtime).emit(_request())
+        stored = await store.read_events(output.run_id)
+        await runtime.aclose()
     assert [e.event for e in stored] == seen
     conn = sqlite3.connect(path)
     rows = [json.loads(text) for (text,) in conn.execute("SELECT events FROM event_segments")]

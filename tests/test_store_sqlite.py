@@ -457,3 +457,88 @@ def test_two_processes_write_one_file_at_once(tmp_path: Path) -> None:
             assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
             assert [t for _, t in rows if t in TERMINAL] == ["run_completed"]
         assert conn.execute("SELECT COUNT(DISTINCT session_id) FROM messages").fetchone() == (2,)
+
+
+# --- where the work runs: writes on the caller's thread when the store can, the rest on its worker
+
+
+async def test_a_write_runs_on_the_callers_thread_and_a_read_on_the_worker(tmp_path: Path) -> None:
+    import threading
+
+    async with SqliteStore(tmp_path / "t.db") as store:
+        here = threading.get_ident()
+        wrote = await store._call(lambda conn: threading.get_ident(), write=True)
+        read = await store._call(lambda conn: threading.get_ident())
+        assert wrote == here and read != here
+        rec = record()
+        await store.begin_run(rec, [Message(role="user", content="hi")])  # a real write, here
+        assert [m.content for m in await store.load_history(rec.session_id)] == ["hi"]
+    with connect(tmp_path / "t.db") as conn:  # committed: another connection sees it
+        assert conn.execute("SELECT status FROM runs WHERE id = ?", (rec.run_id,)).fetchone() == ("running",)
+
+
+async def test_with_synchronous_full_every_write_runs_on_the_worker(tmp_path: Path) -> None:
+    import threading
+
+    async with SqliteStore(tmp_path / "f.db", synchronous="FULL") as store:
+        assert await store._call(lambda conn: threading.get_ident(), write=True) != threading.get_ident()
+        assert await store._call(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
+
+
+async def test_a_write_behind_another_processes_lock_waits_on_the_worker_not_the_loop(tmp_path: Path) -> None:
+    import asyncio
+
+    path = tmp_path / "l.db"
+    async with SqliteStore(path) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the file's write lock
+        rec = record()
+        write = asyncio.ensure_future(store.begin_run(rec, [Message(role="user", content="x")]))
+        ticks = 0
+        for _ in range(20):  # the loop goes on running while the write waits for the lock
+            await asyncio.sleep(0)
+            ticks += 1
+        assert ticks == 20 and not write.done()
+        later = record()  # a write after it queues behind it (call order), not on this thread
+        behind = asyncio.ensure_future(store.begin_run(later, []))
+        await asyncio.sleep(0)
+        assert not behind.done()
+        other.execute("COMMIT")
+        other.close()
+        (owned, history), (second, _) = await asyncio.gather(write, behind)
+        assert owned.run_id == rec.run_id and [m.content for m in history] == ["x"]
+        assert second.run_id == later.run_id
+        assert (await store.get_run(rec.run_id)) is not None
+
+
+async def _wal_after_writes(path: Path, writes: int) -> int:
+    """The size of the store's write-ahead log after ``writes`` writes (the store still open)."""
+    async with SqliteStore(path) as store:
+        for _ in range(writes):
+            await store.begin_run(record(), [Message(role="user", content="y" * 2000)])
+        # read on the worker, behind the last checkpoint
+        return await store._call(lambda conn: os.path.getsize(f"{path}-wal"))
+
+
+async def test_the_worker_checkpoints_the_log_every_hundred_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    threads: list[int] = []
+    checkpoint = store_sqlite._checkpoint
+
+    def counted(conn: sqlite3.Connection) -> None:
+        threads.append(threading.get_ident())
+        checkpoint(conn)
+
+    monkeypatch.setattr(store_sqlite, "_checkpoint", counted)
+    async with SqliteStore(tmp_path / "auto.db") as store:  # SQLite's own checkpoints are off
+        assert await store._call(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+    checkpointed = await _wal_after_writes(tmp_path / "c.db", 450)
+    assert len(threads) == 4 and threading.get_ident() not in threads  # at 100, 200, 300, 400
+    monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 10**9)
+    unchecked = await _wal_after_writes(tmp_path / "u.db", 450)
+    assert len(threads) == 4
+    # the log is reused after each checkpoint: it holds ~100 writes, not all 450
+    assert checkpointed < unchecked / 3

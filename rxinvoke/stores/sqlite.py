@@ -1,8 +1,15 @@
 """SqliteStore: sessions, messages, runs, usage and the event log in one SQLite file.
 
-Threading: the stdlib ``sqlite3`` connection lives on one dedicated worker thread per store and
-every method hands its work to that thread (``stores._worker.GroupWorker``), so the event loop
-never blocks on disk. One thread means the store's calls run one at a time, in call order.
+Threading: the stdlib ``sqlite3`` connection belongs to one dedicated worker thread per store
+(``stores._worker.GroupWorker``): reads, the file's opening and migration, and checkpoints run
+there, so the event loop never waits on reading the disk or on a sync. A write the store can
+do at once — nothing else queued for the worker, no other process holding the write lock — is
+done on the caller's thread instead (with ``synchronous="NORMAL"``, the default): in WAL mode
+its commit appends to the log in the OS's cache and syncs nothing, while a hand-off to the
+thread and back cost a run more than the write itself (the two threads contend for the GIL; a
+W1 run made ~10 context switches). Automatic checkpoints are off; the worker checkpoints after
+every ``_CHECKPOINT_EVERY`` writes. A write that finds the database locked by another process
+goes to the worker, which waits for it. The store's calls run one at a time, in call order.
 
 Transactions: every write is all or nothing (a batch of messages, a batch of envelopes, a run's
 terminal events plus its status), so a process killed at any moment leaves whole writes only.
@@ -37,12 +44,15 @@ instead takes such a run over, for this process to go on with it.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import os
 import socket
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -187,7 +197,13 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _BUSY_RETRIES = 5
 
+_log = logging.getLogger("rxinvoke")
+
 _SESSION_CACHE = 10_000
+
+_CHECKPOINT_EVERY = 100
+"""Writes between two checkpoints (a W1 run's write appends ~11 pages to the log: ~1,100 pages
+a checkpoint, about SQLite's own automatic threshold)."""
 
 
 def default_db_path() -> Path:
@@ -258,6 +274,17 @@ class _Busy(Exception):
     def __init__(self, error: sqlite3.Error) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy the write-ahead log into the database (what SQLite's automatic checkpoint does;
+    on the worker thread). Passive: it waits for no reader or writer (busy: next time)."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        _log.warning("rxinvoke: SQLite checkpoint failed: %s", future.exception())
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -336,9 +363,10 @@ class SqliteStore:
     """
 
     ordered_calls = True
-    """Calls run one at a time in call order (one worker thread): the runtime's event log
-    hands it writes without waiting for the previous one, and concurrent runs' writes are
-    committed together."""
+    """Calls run one at a time in call order (a write is done on the caller's thread only when
+    nothing is queued for the worker): the runtime's event log hands it writes without waiting
+    for the previous one, and concurrent runs' writes that queue for the worker are committed
+    together."""
 
     def __init__(
         self,
@@ -357,10 +385,17 @@ class SqliteStore:
         self._synchronous = synchronous
         self.recover_on_open = recover_on_open
         self._worker: GroupWorker[Callable[[sqlite3.Connection], Any]] = GroupWorker(
-            self._run, self._run_group, name="rxinvoke-sqlite"
+            self._locked(self._run), self._locked(self._run_group), name="rxinvoke-sqlite"
         )
         self._in_group = False  # a group's transaction is open: writes take savepoints
-        self._conn: sqlite3.Connection | None = None  # used on the worker thread only
+        self._conn: sqlite3.Connection | None = None
+        # the connection is used by one thread at a time: the worker holds this lock while it
+        # runs calls, a write done on the caller's thread takes it without waiting (or goes
+        # to the worker)
+        self._using = threading.Lock()
+        self._inline = synchronous == "NORMAL"  # a FULL commit syncs: never on the caller's thread
+        self._queued = 0  # calls handed to the worker and not settled (later ones queue behind)
+        self._writes = 0  # since the last checkpoint
         self._owner = _this_owner()
         self._closed = False
         # Worker-thread caches, valid for committed data only (cleared on any rollback):
@@ -414,8 +449,55 @@ class SqliteStore:
     async def _call(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool = False) -> _T:
         if self._closed:
             raise StoreError(f"{self.path}: the store is closed")
-        result: _T = await self._worker.submit(fn, write=write)
-        return result
+        if write:
+            self._writes += 1
+            if self._writes >= _CHECKPOINT_EVERY and self._inline:
+                self._writes = 0
+                self._submit(_checkpoint, write=False).add_done_callback(_retrieve)
+            if self._inline and not self._queued and self._conn is not None:
+                done, result = self._write_here(fn)
+                if done:
+                    return result  # type: ignore[return-value]
+        future: asyncio.Future[_T] = self._submit(fn, write=write)
+        return await future
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool) -> asyncio.Future[Any]:
+        self._queued += 1
+        future = self._worker.submit(fn, write=write)
+        future.add_done_callback(self._settled)
+        return future
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self._queued -= 1
+
+    def _write_here(self, fn: Callable[[sqlite3.Connection], _T]) -> tuple[bool, _T | None]:
+        """Run the write ``fn`` on this thread if the connection is free and no other process
+        holds the write lock: ``(True, result)``; ``(False, None)`` to hand it to the worker.
+        Its failures are raised as the worker's would be."""
+        if not self._using.acquire(blocking=False):
+            return False, None  # the worker is running a call (from another loop's thread)
+        try:
+            conn = self._conn
+            if conn is None or self._closed:
+                return False, None
+            conn.execute("PRAGMA busy_timeout = 0")  # never wait here for another process
+            try:
+                return True, self._attempt(functools.partial(fn, conn))
+            except _Busy:
+                return False, None  # nothing written (BEGIN IMMEDIATE refused): the worker waits
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        finally:
+            self._using.release()
+
+    def _locked(self, fn: Callable[[Any], _T]) -> Callable[[Any], _T]:
+        """``fn`` holding the connection (on the worker thread)."""
+
+        def locked(arg: Any) -> _T:
+            with self._using:
+                return fn(arg)
+
+        return locked
 
     def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run one call (retrying a busy database)."""
@@ -555,12 +637,15 @@ class SqliteStore:
             uri=True,
             timeout=self._busy_timeout,
             isolation_level=None,  # explicit BEGIN IMMEDIATE / COMMIT only
+            check_same_thread=False,  # one thread at a time, under self._using
         )
         try:
             self._check(conn)
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if self._inline:  # no sync inside a commit on the caller's thread: the worker checkpoints
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
             if self.recover_on_open:
