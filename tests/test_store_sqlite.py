@@ -542,3 +542,32 @@ async def test_the_worker_checkpoints_the_log_every_hundred_writes(
     assert len(threads) == 4
     # the log is reused after each checkpoint: it holds ~100 writes, not all 450
     assert checkpointed < unchecked / 3
+
+
+async def test_a_write_whose_caller_was_cancelled_is_not_overtaken(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    async with SqliteStore(tmp_path / "o.db") as store:
+        started, release = threading.Event(), threading.Event()
+
+        def block(conn: object) -> None:
+            started.set()
+            release.wait(5)
+
+        blocker = asyncio.ensure_future(store._call(block))
+        await asyncio.to_thread(started.wait, 5)  # the worker is busy
+        first = record()
+        queued = asyncio.ensure_future(store.begin_run(first, []))
+        await asyncio.sleep(0)  # handed to the worker, behind the blocker
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        # still queued on the worker: a later write goes behind it, not on this thread
+        later = asyncio.ensure_future(store._call(lambda conn: threading.get_ident(), write=True))
+        await asyncio.sleep(0)
+        release.set()
+        await blocker
+        assert await later != threading.get_ident()
+        assert (await store.get_run(first.run_id)) is not None  # the cancelled write ran, first
+        assert await store._call(lambda conn: threading.get_ident(), write=True) == threading.get_ident()

@@ -459,7 +459,9 @@ class SqliteStore:
                 if done:
                     return result  # type: ignore[return-value]
         future: asyncio.Future[_T] = self._submit(fn, write=write)
-        return await future
+        # a cancelled caller leaves the call queued (the worker runs it anyway): it counts as
+        # queued until the worker is done with it, so no later write overtakes it
+        return await asyncio.shield(future)
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool) -> asyncio.Future[Any]:
         self._queued += 1
