@@ -7,6 +7,7 @@ one is killed with SIGKILL mid-run (it blocks deterministically in the offline m
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -520,29 +521,73 @@ async def _wal_after_writes(path: Path, writes: int) -> int:
         return await store._call(lambda conn: os.path.getsize(f"{path}-wal"))
 
 
-async def test_the_worker_checkpoints_the_log_every_hundred_writes(
+async def test_the_log_is_checkpointed_every_hundred_writes_aside_and_caught_up_on_the_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
 
-    threads: list[int] = []
+    calls: list[tuple[str, bool]] = []  # (thread name, every frame copied)
     checkpoint = store_sqlite._checkpoint
 
-    def counted(conn: sqlite3.Connection) -> None:
-        threads.append(threading.get_ident())
-        checkpoint(conn)
+    def counted(conn: sqlite3.Connection) -> bool:
+        complete = checkpoint(conn)
+        calls.append((threading.current_thread().name, complete))
+        return complete
 
     monkeypatch.setattr(store_sqlite, "_checkpoint", counted)
     async with SqliteStore(tmp_path / "auto.db") as store:  # SQLite's own checkpoints are off
         assert await store._call(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
     checkpointed = await _wal_after_writes(tmp_path / "c.db", 450)
-    assert len(threads) == 4 and threading.get_ident() not in threads  # at 100, 200, 300, 400
+    # at 100, 200, 300, 400 on their own thread, each followed by a short one on the worker
+    assert [name.rstrip("_0123456789") for name, _ in calls] == [
+        "rxinvoke-sqlite-checkpoint", "rxinvoke-sqlite"
+    ] * 4
+    assert all(complete for name, complete in calls if name == "rxinvoke-sqlite")
+    calls.clear()
     monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 10**9)
     unchecked = await _wal_after_writes(tmp_path / "u.db", 450)
-    assert len(threads) == 4
+    assert calls == []
     # the log is reused after each checkpoint: it holds ~100 writes, not all 450
     assert checkpointed < unchecked / 3
 
+
+async def test_writes_go_on_on_the_callers_thread_while_a_checkpoint_runs_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    checkpoint = store_sqlite._checkpoint
+    where: list[str] = []
+
+    def slow(conn: sqlite3.Connection) -> bool:
+        where.append(threading.current_thread().name)
+        if where[-1].startswith("rxinvoke-sqlite-checkpoint"):
+            started.set()
+            assert release.wait(5)
+        return checkpoint(conn)
+
+    monkeypatch.setattr(store_sqlite, "_checkpoint", slow)
+    monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 3)
+    here = threading.get_ident()
+    async with SqliteStore(tmp_path / "s.db") as store:
+        for _ in range(3):  # the third starts a checkpoint aside
+            await store.begin_run(record(), [Message(role="user", content="x")])
+        await asyncio.to_thread(started.wait, 5)
+        # the checkpoint holds its thread: writes are still done at once, on this thread
+        for _ in range(2):
+            assert await store._call(lambda conn: threading.get_ident(), write=True) == here
+        release.set()
+        assert store._checkpointing is not None
+        assert await asyncio.wrap_future(store._checkpointing)
+        monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 10**9)  # no other from here
+        # the frames written meanwhile: the next write waits behind a checkpoint on the
+        # worker, which copies them (the log then starts over)
+        assert await store._call(lambda conn: threading.get_ident(), write=True) != here
+        assert where[-1] == "rxinvoke-sqlite" and await store._call(
+            lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
+        ) == 0
+        assert await store._call(lambda conn: threading.get_ident(), write=True) == here
 
 async def test_a_write_whose_caller_was_cancelled_is_not_overtaken(tmp_path: Path) -> None:
     import asyncio
@@ -571,3 +616,28 @@ async def test_a_write_whose_caller_was_cancelled_is_not_overtaken(tmp_path: Pat
         assert await later != threading.get_ident()
         assert (await store.get_run(first.run_id)) is not None  # the cancelled write ran, first
         assert await store._call(lambda conn: threading.get_ident(), write=True) == threading.get_ident()
+
+
+async def test_a_failed_checkpoint_aside_is_logged_and_writes_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    def broken(conn: sqlite3.Connection) -> bool:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 2)
+    async with SqliteStore(tmp_path / "f.db") as store:
+        monkeypatch.setattr(store_sqlite, "_checkpoint", broken)
+        for _ in range(2):  # the second starts a checkpoint aside, which fails
+            await store.begin_run(record(), [Message(role="user", content="x")])
+        assert store._checkpointing is not None
+        with pytest.raises(sqlite3.OperationalError):
+            await asyncio.wrap_future(store._checkpointing)
+        # the next write sees it: logged, nothing sent to the worker, the write done here
+        with caplog.at_level("WARNING", logger="rxinvoke"):
+            assert await store._call(lambda conn: threading.get_ident(), write=True) == threading.get_ident()
+        assert "SQLite checkpoint failed: disk I/O error" in caplog.text
+        rec = record()
+        await store.begin_run(rec, [Message(role="user", content="y")])
+        assert (await store.get_run(rec.run_id)) is not None
