@@ -10,8 +10,8 @@ thread and back cost a run more than the write itself (the two threads contend f
 W1 run made ~10 context switches). Automatic checkpoints are off: after every
 ``_CHECKPOINT_EVERY`` writes a checkpoint runs on a second connection in a thread of its own,
 while writes go on (it copies ~1,100 pages and syncs twice: 6-20 ms here, which the writes
-waited for when it ran on the worker), then a short one on the worker, which the next write
-waits for, copies the frames written meanwhile, so that the log starts over. A write that finds the database locked by another process
+waited for when it ran on the worker); if anything was written meanwhile, a short one on the
+worker, which the next write waits for, copies it, so that the log starts over. A write that finds the database locked by another process
 goes to the worker, which waits for it. The store's calls run one at a time, in call order.
 
 Transactions: every write is all or nothing (a batch of messages, a batch of envelopes, a run's
@@ -288,6 +288,12 @@ def _checkpoint(conn: sqlite3.Connection) -> bool:
     return bool(busy == 0 and frames == copied)
 
 
+def _after(aside: concurrent.futures.Future[bool], conn: sqlite3.Connection) -> bool:
+    """On the worker: wait for the checkpoint aside, then copy what it left (``_checkpoint``)."""
+    concurrent.futures.wait([aside])
+    return _checkpoint(conn)
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         _log.warning("rxinvoke: SQLite checkpoint failed: %s", future.exception())
@@ -406,6 +412,7 @@ class SqliteStore:
         self._aside: sqlite3.Connection | None = None
         self._aside_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._checkpointing: concurrent.futures.Future[bool] | None = None
+        self._uses = 0  # times the connection was taken (read by the checkpoint thread)
         self._owner = _this_owner()
         self._closed = False
         # Worker-thread caches, valid for committed data only (cleared on any rollback):
@@ -442,11 +449,9 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        if self._checkpointing is not None:
-            await asyncio.gather(asyncio.wrap_future(self._checkpointing), return_exceptions=True)
-            self._checkpointing = None
-        if self._aside_thread is not None:
-            self._aside_thread.shutdown(wait=False)  # idle: its one checkpoint is over
+        self._checkpointing = None
+        if self._aside_thread is not None:  # wait for a checkpoint aside still running
+            await asyncio.to_thread(self._aside_thread.shutdown)
             self._aside_thread = None
         if self._aside is not None:  # first: the worker's connection is then the last
             self._aside.close()  # (closing the last connection checkpoints and drops the log)
@@ -472,18 +477,29 @@ class SqliteStore:
             self._writes += 1
             if self._checkpointing is not None and self._checkpointing.done():
                 self._checkpointed(self._checkpointing)
-            if self._writes >= _CHECKPOINT_EVERY and self._inline:
-                self._writes = 0
-                if self._checkpointing is None:  # else: one is still running
-                    self._checkpoint_aside()
             if self._inline and not self._queued and self._conn is not None:
                 done, result = self._write_here(fn)
                 if done:
+                    self._checkpoint_due()  # after the write: the checkpoint copies it too
                     return result  # type: ignore[return-value]
+            self._checkpoint_due()
         future: asyncio.Future[_T] = self._submit(fn, write=write)
         # a cancelled caller leaves the call queued (the worker runs it anyway): it counts as
         # queued until the worker is done with it, so no later write overtakes it
         return await asyncio.shield(future)
+
+    def _checkpoint_due(self) -> None:
+        if self._writes < _CHECKPOINT_EVERY or not self._inline:
+            return
+        if self._checkpointing is None:
+            self._writes = 0
+            self._checkpoint_aside()
+        elif self._writes >= 2 * _CHECKPOINT_EVERY:
+            # the writes outrun the checkpoint aside: from here they wait behind the worker,
+            # which waits for it and copies the rest (the log holds 200 writes at most)
+            aside, self._checkpointing = self._checkpointing, None
+            self._writes = 0
+            self._submit(functools.partial(_after, aside), write=False).add_done_callback(_retrieve)
 
     def _checkpoint_aside(self) -> None:
         """Checkpoint on the side connection, in a thread of its own: writes on the caller's
@@ -503,20 +519,26 @@ class SqliteStore:
                 isolation_level=None,
                 check_same_thread=False,  # closed by close(), on the loop's thread
             )
-        return _checkpoint(self._aside)
+        uses = self._uses
+        quiet = not self._using.locked()
+        # every frame copied and no write meanwhile: the log starts over at the next write
+        return _checkpoint(self._aside) and quiet and self._uses == uses
 
     def _checkpointed(self, done: concurrent.futures.Future[bool]) -> None:
-        """After a checkpoint aside (seen by the next write): a short checkpoint on the
-        worker, before that write (it waits), copies the frames written meanwhile. Without
-        it, under a steady load, a write would always be under way while the checkpoint
-        ends: the log would never be copied whole, never start over, and grow without bound."""
+        """After a checkpoint aside (seen by the next write): unless it copied every frame
+        with no write meanwhile, a short checkpoint on the worker, before that write (it
+        waits), copies the frames written meanwhile. Without it, under a steady load, a write
+        would always be under way while the checkpoint ends: the log would never be copied
+        whole, never start over, and grow without bound."""
         self._checkpointing = None
         try:
-            done.result()
+            complete = done.result()
         except Exception as exc:  # the next checkpoint tries again
             _log.warning("rxinvoke: SQLite checkpoint failed: %s", exc)
             return
-        self._submit(_checkpoint, write=False).add_done_callback(_retrieve)
+        if not complete:
+            self._writes = 0  # the log starts over after this one
+            self._submit(_checkpoint, write=False).add_done_callback(_retrieve)
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool) -> asyncio.Future[Any]:
         self._queued += 1
@@ -533,6 +555,7 @@ class SqliteStore:
         Its failures are raised as the worker's would be."""
         if not self._using.acquire(blocking=False):
             return False, None  # the worker is running a call (from another loop's thread)
+        self._uses += 1
         try:
             conn = self._conn
             if conn is None or self._closed:
@@ -552,6 +575,7 @@ class SqliteStore:
 
         def locked(arg: Any) -> _T:
             with self._using:
+                self._uses += 1
                 return fn(arg)
 
         return locked
