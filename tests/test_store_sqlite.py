@@ -521,20 +521,44 @@ async def _wal_after_writes(path: Path, writes: int) -> int:
         return await store._call(lambda conn: os.path.getsize(f"{path}-wal"))
 
 
+class _Checkpoints:
+    """``_checkpoint`` watched: ``calls`` holds (thread, every frame copied) as each ends (the
+    thread's name without the executor's number); with ``hold``, a checkpoint aside sets
+    ``started`` and waits for ``release`` first."""
+
+    ASIDE, WORKER = "rxinvoke-sqlite-checkpoint", "rxinvoke-sqlite"
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, hold: bool = False) -> None:
+        import threading
+
+        self.calls: list[tuple[str, bool]] = []
+        self.started, self.release = threading.Event(), threading.Event()
+        checkpoint = store_sqlite._checkpoint
+
+        def watched(conn: sqlite3.Connection) -> bool:
+            name = threading.current_thread().name.rstrip("_0123456789")
+            if hold and name == self.ASIDE:
+                self.started.set()
+                assert self.release.wait(5)
+            complete = checkpoint(conn)
+            self.calls.append((name, complete))
+            return complete
+
+        monkeypatch.setattr(store_sqlite, "_checkpoint", watched)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+
+def _log_frames(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
 async def test_the_log_is_checkpointed_every_hundred_writes_aside_and_caught_up_on_the_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
-    calls: list[tuple[str, bool]] = []  # (thread name, every frame copied)
-    checkpoint = store_sqlite._checkpoint
-
-    def counted(conn: sqlite3.Connection) -> bool:
-        complete = checkpoint(conn)
-        calls.append((threading.current_thread().name, complete))
-        return complete
-
-    monkeypatch.setattr(store_sqlite, "_checkpoint", counted)
+    seen = _Checkpoints(monkeypatch)
     async with SqliteStore(tmp_path / "auto.db") as store:  # SQLite's own checkpoints are off
         assert await store._call(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
     checkpointed = await _wal_after_writes(tmp_path / "c.db", 450)
@@ -542,15 +566,15 @@ async def test_the_log_is_checkpointed_every_hundred_writes_aside_and_caught_up_
     # short one on the worker unless nothing was written meanwhile (the log starts over
     # after that one: these writes follow each other closely, so rounds are 100 writes plus
     # those written during the checkpoint aside apart)
-    names = [name.rstrip("_0123456789") for name, _ in calls]
-    assert names.count("rxinvoke-sqlite-checkpoint") in (3, 4)
-    rounds = "".join("a" if name == "rxinvoke-sqlite-checkpoint" else "w" for name in names)
-    assert set(rounds.replace("aw", "a")) == {"a"} and names[0] != "rxinvoke-sqlite"
-    assert all(complete for name, complete in calls if name == "rxinvoke-sqlite")
-    calls.clear()
+    names = seen.names
+    assert names.count(seen.ASIDE) in (3, 4)
+    rounds = "".join("a" if name == seen.ASIDE else "w" for name in names)
+    assert set(rounds.replace("aw", "a")) == {"a"} and names[0] != seen.WORKER
+    assert all(complete for name, complete in seen.calls if name == seen.WORKER)
+    seen.calls.clear()
     monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 10**9)
     unchecked = await _wal_after_writes(tmp_path / "u.db", 450)
-    assert calls == []
+    assert seen.calls == []
     # the log is reused after each round: it holds 100 writes and those written during one
     # checkpoint aside (as many again at most, in a loop of writes this tight), not all 450
     assert checkpointed < unchecked / 2
@@ -561,43 +585,26 @@ async def test_writes_that_outrun_a_checkpoint_aside_wait_for_it_on_the_worker(
 ) -> None:
     import threading
 
-    started, release = threading.Event(), threading.Event()
-    checkpoint = store_sqlite._checkpoint
-    where: list[str] = []
-
-    def slow(conn: sqlite3.Connection) -> bool:
-        if threading.current_thread().name.startswith("rxinvoke-sqlite-checkpoint"):
-            started.set()
-            assert release.wait(5)
-        where.append(threading.current_thread().name)
-        return checkpoint(conn)
-
-    monkeypatch.setattr(store_sqlite, "_checkpoint", slow)
+    seen = _Checkpoints(monkeypatch, hold=True)
     monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 3)
     here = threading.get_ident()
     async with SqliteStore(tmp_path / "b.db") as store:
         for _ in range(3):  # the third starts a checkpoint aside, which does not end
             await store.begin_run(record(), [Message(role="user", content="x")])
-        await asyncio.to_thread(started.wait, 5)
+        await asyncio.to_thread(seen.started.wait, 5)
         for _ in range(6):  # twice the count since it began: the sixth hands the rest on
             assert await store._call(lambda conn: threading.get_ident(), write=True) == here
 
         def write(conn: sqlite3.Connection) -> int:
-            where.append("the next write")
+            seen.calls.append(("the next write", True))
             return threading.get_ident()
 
         later = asyncio.ensure_future(store._call(write, write=True))
         await asyncio.sleep(0)
-        release.set()
+        seen.release.set()
         assert await later != here
         # it waited on the worker for the checkpoint aside, then for the worker's
-        assert [name.rstrip("_0123456789") for name in where] == [
-            "rxinvoke-sqlite-checkpoint", "rxinvoke-sqlite", "the next write"
-        ]
-
-
-def _log_frames(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+        assert seen.names == [seen.ASIDE, seen.WORKER, "the next write"]
 
 
 async def test_writes_go_on_on_the_callers_thread_while_a_checkpoint_runs_aside(
@@ -605,42 +612,25 @@ async def test_writes_go_on_on_the_callers_thread_while_a_checkpoint_runs_aside(
 ) -> None:
     import threading
 
-    started, release = threading.Event(), threading.Event()
-    checkpoint = store_sqlite._checkpoint
-    where: list[str] = []
-
-    def slow(conn: sqlite3.Connection) -> bool:
-        where.append(threading.current_thread().name)
-        if where[-1].startswith("rxinvoke-sqlite-checkpoint"):
-            started.set()
-            assert release.wait(5)
-        return checkpoint(conn)
-
-    monkeypatch.setattr(store_sqlite, "_checkpoint", slow)
+    seen = _Checkpoints(monkeypatch, hold=True)
     monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 3)
     here = threading.get_ident()
     async with SqliteStore(tmp_path / "s.db") as store:
         for _ in range(3):  # the third starts a checkpoint aside
             await store.begin_run(record(), [Message(role="user", content="x")])
         monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 10**9)  # no other from here
-        await asyncio.to_thread(started.wait, 5)
+        await asyncio.to_thread(seen.started.wait, 5)
         # the checkpoint holds its thread: writes are still done at once, on this thread
         for _ in range(2):
             assert await store._call(lambda conn: threading.get_ident(), write=True) == here
-        release.set()
+        seen.release.set()
         assert store._checkpointing is not None
         assert not await asyncio.wrap_future(store._checkpointing)  # written meanwhile
         # the next write waits behind a checkpoint on the worker, which copies the rest
         assert await store._call(lambda conn: threading.get_ident(), write=True) != here
-        assert [name.rstrip("_0123456789") for name in where] == [
-            "rxinvoke-sqlite-checkpoint", "rxinvoke-sqlite"
-        ]
+        assert seen.names == [seen.ASIDE, seen.WORKER]
         assert await store._call(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]) == 0
         assert await store._call(lambda conn: threading.get_ident(), write=True) == here
-
-
-def _log_frames(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
 
 
 async def test_a_checkpoint_aside_with_no_write_meanwhile_needs_none_on_the_worker(
@@ -648,14 +638,7 @@ async def test_a_checkpoint_aside_with_no_write_meanwhile_needs_none_on_the_work
 ) -> None:
     import threading
 
-    where: list[str] = []
-    checkpoint = store_sqlite._checkpoint
-
-    def counted(conn: sqlite3.Connection) -> bool:
-        where.append(threading.current_thread().name)
-        return checkpoint(conn)
-
-    monkeypatch.setattr(store_sqlite, "_checkpoint", counted)
+    seen = _Checkpoints(monkeypatch)
     monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 3)
     async with SqliteStore(tmp_path / "q.db") as store:
         for _ in range(3):  # the third starts a checkpoint aside
@@ -667,7 +650,7 @@ async def test_a_checkpoint_aside_with_no_write_meanwhile_needs_none_on_the_work
         # no checkpoint on the worker: the next write is done at once and starts the log over
         assert await store._call(lambda conn: threading.get_ident(), write=True) == threading.get_ident()
         await store.begin_run(record(), [Message(role="user", content="y")])
-        assert len(where) == 1 and where[0].startswith("rxinvoke-sqlite-checkpoint")
+        assert seen.names == [seen.ASIDE]
         assert 0 < await store._call(_log_frames) < before
 
 

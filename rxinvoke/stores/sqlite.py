@@ -11,8 +11,9 @@ W1 run made ~10 context switches). Automatic checkpoints are off: after every
 ``_CHECKPOINT_EVERY`` writes a checkpoint runs on a second connection in a thread of its own,
 while writes go on (it copies ~1,100 pages and syncs twice: 6-20 ms here, which the writes
 waited for when it ran on the worker); if anything was written meanwhile, a short one on the
-worker, which the next write waits for, copies it, so that the log starts over. A write that finds the database locked by another process
-goes to the worker, which waits for it. The store's calls run one at a time, in call order.
+worker, which the next write waits for, copies it, so that the log starts over. A write that
+finds the database locked by another process goes to the worker, which waits for it. The
+store's calls run one at a time, in call order.
 
 Transactions: every write is all or nothing (a batch of messages, a batch of envelopes, a run's
 terminal events plus its status), so a process killed at any moment leaves whole writes only.
@@ -290,7 +291,8 @@ def _checkpoint(conn: sqlite3.Connection) -> bool:
 
 def _after(aside: concurrent.futures.Future[bool], conn: sqlite3.Connection) -> bool:
     """On the worker: wait for the checkpoint aside, then copy what it left (``_checkpoint``)."""
-    concurrent.futures.wait([aside])
+    if aside.exception() is not None:  # waits for it
+        _log.warning("rxinvoke: SQLite checkpoint failed: %s", aside.exception())
     return _checkpoint(conn)
 
 
@@ -498,8 +500,7 @@ class SqliteStore:
             # the writes outrun the checkpoint aside: from here they wait behind the worker,
             # which waits for it and copies the rest (the log holds 200 writes at most)
             aside, self._checkpointing = self._checkpointing, None
-            self._writes = 0
-            self._submit(functools.partial(_after, aside), write=False).add_done_callback(_retrieve)
+            self._catch_up(functools.partial(_after, aside))
 
     def _checkpoint_aside(self) -> None:
         """Checkpoint on the side connection, in a thread of its own: writes on the caller's
@@ -537,8 +538,12 @@ class SqliteStore:
             _log.warning("rxinvoke: SQLite checkpoint failed: %s", exc)
             return
         if not complete:
-            self._writes = 0  # the log starts over after this one
-            self._submit(_checkpoint, write=False).add_done_callback(_retrieve)
+            self._catch_up(_checkpoint)
+
+    def _catch_up(self, checkpoint: Callable[[sqlite3.Connection], bool]) -> None:
+        """Finish a round on the worker (the writes after it wait): the log starts over."""
+        self._writes = 0
+        self._submit(checkpoint, write=False).add_done_callback(_retrieve)
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool) -> asyncio.Future[Any]:
         self._queued += 1
