@@ -42,29 +42,53 @@ async def env(redis_server: RedisServer, postgres_server: PostgresServer) -> Asy
     }
 
 
+def clients(
+    redis_server: RedisServer, postgres_server: PostgresServer, env: dict[str, str]
+) -> tuple[RedisTransport, PostgresStore, RuntimeInvocation]:
+    """The submitter's transport, a store to look at the runs, and an invocation that submits."""
+    transport = RedisTransport(redis_server.url, prefix=env["RXINVOKE_REDIS_PREFIX"], block=0.2)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    return transport, PostgresStore(postgres_server.dsn), inv
+
+
+def submit_sums(inv: RuntimeInvocation, count: int) -> list[Any]:
+    return [
+        inv.submit(EmitRequest(provider="offline", model="offline", input="what is 2 + 3?"))
+        for _ in range(count)
+    ]
+
+
+async def begun_by(worker: WorkerProcess, store: PostgresStore, count: int) -> str:
+    """Wait until ``worker`` runs ``count`` runs that have begun (stored as running, owned by
+    its process); returns what its runs' owner contains."""
+    mine = f":{worker.pid}:pg:"
+    for _ in range(1000):
+        running = [r for r in await store.list_runs(limit=1000) if r.status == "running" and mine in (r.owner or "")]
+        if len(running) >= count:
+            return mine
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{worker!r} never ran {count} begun runs at once")
+
+
 @pytest.mark.timeout(300)  # five processes on a CI machine that runs other envs at once
 @pytest.mark.parametrize("policy", ["fail", "retry"])
 async def test_four_workers_two_hundred_runs_one_killed_mid_run(
     redis_server: RedisServer, postgres_server: PostgresServer, env: dict[str, str], policy: str
 ) -> None:
-    workers = [await start_worker(f"w{i}", env, "--on-worker-loss", policy) for i in range(4)]
+    # w0 is slow (half a second per fragment: a run takes ~3.5 s), so the runs it has begun
+    # when it is killed are surely mid-run: with fast runs that all end in the same moment
+    # (a worker takes its runs together), they could all end between the look and the kill
+    slow = ("--delay", "0.5")
+    workers = [
+        await start_worker(f"w{i}", env, "--on-worker-loss", policy, *(slow if i == 0 else ()))
+        for i in range(4)
+    ]
     prefix = env["RXINVOKE_REDIS_PREFIX"]
-    transport = RedisTransport(redis_server.url, prefix=prefix, block=0.2)
-    store = PostgresStore(postgres_server.dsn)
+    transport, store, inv = clients(redis_server, postgres_server, env)
     try:
-        inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
-        streams = [
-            inv.submit(EmitRequest(provider="offline", model="offline", input="what is 2 + 3?"))
-            for _ in range(200)
-        ]
+        streams = submit_sums(inv, 200)
         # kill w0 once it runs runs that have begun (stored as running, owned by its process)
-        mine = f":{workers[0].pid}:pg:"
-        for _ in range(1000):
-            running = [r for r in await store.list_runs(limit=1000) if r.status == "running" and mine in (r.owner or "")]
-            if len(running) >= 3:
-                break
-            await asyncio.sleep(0.005)
-        assert len(running) >= 3
+        mine = await begun_by(workers[0], store, 3)
         workers[0].send_signal(signal.SIGKILL)
         await workers[0].wait()
 
@@ -137,3 +161,43 @@ async def _collect(stream: Any) -> list[Any]:
     )
     await done
     return items
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("policy", ["fail", "retry"])
+async def test_a_worker_paused_past_its_leases_goes_on_with_its_runs(
+    redis_server: RedisServer, postgres_server: PostgresServer, env: dict[str, str], policy: str
+) -> None:
+    # w0 stopped (SIGSTOP: a frozen VM, a long GC pause) for 3.5 lease lifetimes: its leases
+    # expire, w1's reaper reclaims its idle jobs and leaves them to their live owner (its
+    # PostgreSQL session lives on); w0 continued takes its leases again and ends its runs
+    workers = [
+        await start_worker("w0", env, "--on-worker-loss", policy, "--delay", "0.3"),
+        await start_worker("w1", env, "--on-worker-loss", policy),
+    ]
+    transport, store, inv = clients(redis_server, postgres_server, env)
+    try:
+        streams = submit_sums(inv, 40)
+        mine = await begun_by(workers[0], store, 3)
+        workers[0].send_signal(signal.SIGSTOP)
+        await asyncio.sleep(3.5)
+        workers[0].send_signal(signal.SIGCONT)
+        outcomes = await asyncio.wait_for(asyncio.gather(*(s.result for s in streams)), 120)
+        assert {o.output_text for o in outcomes} == {"2 + 3 = 5."}  # none cancelled or failed
+        records = {r.run_id: r for r in await store.list_runs(limit=2000)}
+        paused = [s.run_id for s in streams if mine in (records[s.run_id].owner or "")]
+        assert len(paused) >= 3  # w0's runs stayed w0's
+        for stream in streams:
+            types = [e.type for e in await store.read_events(stream.run_id)]
+            assert types.count("run_started") == 1 and "run_resumed" not in types
+            assert sum(t in TERMINAL for t in types) == 1 and types[-1] == "run_completed"
+            assert [e.type for e in await _collect(stream)] == types
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            await worker.stop(60)
+        await transport.close()
+        await store.close()
+    assert "taken again, the run goes on" in workers[0].log(1000), workers[0].log()
+    assert [w.returncode for w in workers] == [0, 0], [w.log() for w in workers]

@@ -5,6 +5,7 @@ the fixtures (tests/tests_support_servers.py); the XAUTOCLAIM reply parsing also
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -379,57 +380,101 @@ async def test_an_invalid_request_fails_on_its_stream(transport: RedisTransport,
     await store.close()
 
 
-async def test_a_worker_that_loses_its_lease_stops_and_the_run_never_runs_twice(
+class _PausedHolder:
+    """Worker "a" running a submitted run inside a tool that waits for ``go``, whose lease
+    then expires (a GC pause, a frozen VM): the heartbeats of these tests are called by hand."""
+
+    def __init__(self, transport: RedisTransport, path: Path) -> None:
+        self.transport, self.path = transport, path
+        self.go = asyncio.Event()
+        self.calls: list[str] = []
+
+    async def __aenter__(self) -> _PausedHolder:
+        entered = asyncio.Event()
+
+        @tool
+        async def slow() -> str:
+            """Take a while."""
+            self.calls.append("slow")
+            entered.set()
+            await self.go.wait()
+            return "slept"
+
+        def turns(req: ChatRequest) -> Any:
+            return tool_call_turn("slow", {}) if req.messages[-1].role == "user" else text_turn("done")
+
+        self.store = SqliteStore(self.path)
+        self.worker, self.stop, self.task = await worker_for(
+            self.store, self.transport, [slow], ScriptedProvider(turns), lease_ttl=600, name="a"
+        )
+        inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(self.transport))
+        self.stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+        await asyncio.wait_for(entered.wait(), 20)
+        self.lease_key = f"{self.transport.prefix}lease:{self.stream.run_id}"
+        await self.transport.client.delete(self.lease_key)  # a's lease expires
+        return self
+
+    async def terminals(self) -> int:
+        """The terminal events of the run in the store, once it is settled there (the stream
+        shows its end as soon as it is published; the store write may land a moment later)."""
+        for _ in range(500):
+            record = await self.store.get_run(self.stream.run_id)
+            if record is not None and record.is_finished:
+                break
+            await asyncio.sleep(0.01)
+        types = [e.type for e in await self.store.read_events(self.stream.run_id)]
+        return sum(t in ("run_completed", "run_failed", "run_cancelled") for t in types)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.go.set()
+        self.stop.set()
+        await self.task
+        await self.store.close()
+
+
+async def test_a_worker_whose_lease_another_holds_now_stops_and_the_run_never_runs_twice(
     transport: RedisTransport, tmp_path: Path
 ) -> None:
-    entered = asyncio.Event()
-    calls: list[str] = []
+    async with _PausedHolder(transport, tmp_path / "fence.db") as a:
+        rival = await transport.acquire(a.stream.run_id, 600)  # a reaper took the lease meanwhile
+        assert rival is not None
+        await a.worker.beat()  # a's refresh fails and the lease is not free: fenced out
+        with pytest.raises(InvocationCancelled):
+            await asyncio.wait_for(a.stream.result, 20)
+        assert a.worker.stats.lease_lost == 1 and a.worker.stats.leases_retaken == 0
+        assert a.calls == ["slow"] and await a.terminals() == 1
+        assert await transport.client.get(a.lease_key) == rival.token.encode()  # the rival's still
 
-    @tool
-    async def slow() -> str:
-        """Take a while."""
-        calls.append("slow")
-        entered.set()
-        await asyncio.Event().wait()
-        return "never"
 
-    def turns(req: ChatRequest) -> Any:
-        return tool_call_turn("slow", {}) if req.messages[-1].role == "user" else text_turn("done")
+async def test_a_paused_worker_takes_its_expired_lease_again_when_no_one_took_the_run(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    async with _PausedHolder(transport, tmp_path / "pause.db") as a:
+        await a.worker.beat()  # the lease is free and the store says the run is a's
+        assert a.worker.stats.leases_retaken == 1 and a.worker.stats.lease_lost == 0
+        assert await transport.client.exists(a.lease_key) == 1
+        a.go.set()
+        out = await asyncio.wait_for(a.stream.result, 20)
+        assert out.output_text == "done" and a.calls == ["slow"] and await a.terminals() == 1
+        for _ in range(200):  # the lease taken again is the one given back
+            if not await transport.client.exists(a.lease_key):
+                break
+            await asyncio.sleep(0.01)
+        assert not await transport.client.exists(a.lease_key)
 
-    path = tmp_path / "fence.db"
-    store_a, store_b = SqliteStore(path), SqliteStore(path)
-    # lease_ttl long: the heartbeats of this test are called by hand
-    a, stop_a, task_a = await worker_for(store_a, transport, [slow], ScriptedProvider(turns), lease_ttl=600, name="a")
-    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
-    stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
-    await asyncio.wait_for(entered.wait(), 20)
-    # a's lease expires (a GC pause, a frozen VM) and b takes the run's lease
-    await transport.client.delete(f"{transport.prefix}lease:{stream.run_id}")
-    b, stop_b, task_b = await worker_for(store_b, transport, [slow], ScriptedProvider(turns), lease_ttl=600, name="b")
-    assert await b.reap(min_idle=0) == 1
-    for _ in range(100):
-        if stream.run_id in b.active:
-            break
-        await asyncio.sleep(0.01)
-    await a.beat()  # a's refresh fails: fenced out, it cancels its run
-    with pytest.raises(InvocationCancelled):
-        await asyncio.wait_for(stream.result, 20)
-    assert a.stats.lease_lost == 1 and calls == ["slow"]  # b never executed it
-    assert b.stats.executed == 0
-    # the stream shows run_cancelled as soon as it is published; a's store write of it may
-    # land a moment later (the mirror does not wait for the store): wait for the settle
-    for _ in range(500):
-        record = await store_b.get_run(stream.run_id)
-        if record is not None and record.is_finished:
-            break
-        await asyncio.sleep(0.01)
-    types = [e.type for e in await store_b.read_events(stream.run_id)]
-    assert sum(t in ("run_completed", "run_failed", "run_cancelled") for t in types) == 1
-    for stop, task in ((stop_a, task_a), (stop_b, task_b)):
-        stop.set()
-        await task
-    await store_a.close()
-    await store_b.close()
+
+async def test_a_paused_worker_does_not_take_a_lease_again_for_a_run_taken_over(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    async with _PausedHolder(transport, tmp_path / "over.db") as a:
+        with sqlite3.connect(a.path) as conn:  # another process took the run over meanwhile
+            conn.execute("UPDATE runs SET owner = 'elsewhere:1:1' WHERE id = ?", (a.stream.run_id,))
+        conn.close()
+        await a.worker.beat()
+        with pytest.raises(InvocationCancelled):
+            await asyncio.wait_for(a.stream.result, 20)
+        assert a.worker.stats.lease_lost == 1 and a.worker.stats.leases_retaken == 0
+        assert not await transport.client.exists(a.lease_key)  # taken for the look, given back
 
 
 async def test_a_job_delivered_too_often_goes_to_the_dead_letters(transport: RedisTransport, tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ mirrors to the run's stream. Around each run:
 - **Lease.** Before it runs a job the worker takes the run's lease (``lease_ttl`` seconds,
   refreshed every third of it). A refresh that fails — the lease expired, or another worker
   holds it now — cancels the run at once: a run never goes on without its lease (fencing).
+  One exception: a lease that expired while this worker was paused (a GC pause, a frozen VM),
+  that no one took meanwhile, of a run the store still records as running here, is taken
+  again and the run goes on (the others' reapers leave a run to its live owner).
 - **Recovery.** A job whose worker died stays pending in the queue; a live worker keeps its
   own jobs fresh with every heartbeat, so only a dead worker's jobs go idle, and the reaper
   (every ``lease_ttl``) reclaims those idle for two lease lifetimes *whose lease is gone*.
@@ -62,6 +65,12 @@ _HELPER_STOP = 5.0
 """Seconds the worker waits, when it stops, for its heartbeat, reaper and cancel listener to
 end once cancelled."""
 
+_RETAKE_TRIES = 5
+_RETAKE_WAIT = 0.02
+"""An expired lease that another worker holds is tried again this often, this many seconds
+apart, before the run is stopped: a reaper that takes a look at a run (and leaves it to its
+live owner) holds its lease for a few milliseconds."""
+
 
 @dataclass(frozen=True)
 class WorkerStats:
@@ -76,6 +85,8 @@ class WorkerStats:
     dead_lettered: int = 0
     lease_lost: int = 0
     """Runs it cancelled because their lease was lost."""
+    leases_retaken: int = 0
+    """Expired leases it took again because no one had taken their run over (it went on)."""
     cancelled_remotely: int = 0
 
 
@@ -239,6 +250,8 @@ class Worker:
         kept = await self.transport.refresh([h.lease for h in held], self.lease_ttl)
         asked = await self.transport.cancel_requested([h.lease.run_id for h in held])
         for item, still_held, cancel in zip(held, kept, asked, strict=True):
+            if not still_held and not item.lease_lost and await self._retake(item):
+                still_held = True
             if not still_held:
                 if not item.lease_lost:
                     item.lease_lost = True
@@ -251,6 +264,34 @@ class Worker:
             elif cancel:
                 self._cancel(item, remote=True)
         await self.transport.heartbeat(self.name, [h.job.job_id for h in held if not h.lease_lost])
+
+    async def _retake(self, held: _Held) -> bool:
+        """Take a run's expired lease again if no one took it meanwhile and the store still
+        records the run as running here (this worker was paused — a long GC pause, a frozen
+        VM — and the others' reapers left the run to its owner, which lives): the run goes on
+        instead of being cancelled. False (the run is stopped) when another worker holds the
+        lease, or the run was settled or taken over meanwhile, or never begun."""
+        run_id = held.lease.run_id
+        lease = await self.transport.acquire(run_id, self.lease_ttl)
+        for _ in range(_RETAKE_TRIES - 1):
+            if lease is not None:
+                break
+            await asyncio.sleep(_RETAKE_WAIT)  # a reaper taking a look holds it a moment
+            lease = await self.transport.acquire(run_id, self.lease_ttl)
+        if lease is None:
+            return False  # another worker holds it now
+        record = await self.runtime.store.get_run(run_id)
+        owner = getattr(self.runtime.store, "owner", None)
+        if record is None or record.is_finished or owner is None or record.owner != owner:
+            await self.transport.release(lease)
+            return False
+        held.lease = lease
+        self._count(leases_retaken=1)
+        _log.warning(
+            "rxinvoke worker %s: the lease of run %s expired (this worker was paused?); "
+            "no one took the run over: taken again, the run goes on", self.name, run_id,
+        )
+        return True
 
     async def _reaper(self) -> None:
         while True:
@@ -296,7 +337,7 @@ class Worker:
         finally:
             self._held.pop(job.run_id, None)
             with contextlib.suppress(Exception):
-                await self.transport.release(lease)
+                await self.transport.release(held.lease)  # the lease taken again, if it was
 
     async def _run_job(self, job: Job, held: _Held) -> None:
         store = self.runtime.store
