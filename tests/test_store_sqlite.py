@@ -565,9 +565,10 @@ async def test_the_log_is_checkpointed_every_hundred_writes_aside_and_caught_up_
     # 100 writes after the log last started over, on their own thread, each followed by a
     # short one on the worker unless nothing was written meanwhile (the log starts over
     # after that one: these writes follow each other closely, so rounds are 100 writes plus
-    # those written during the checkpoint aside apart)
+    # those written during the checkpoint aside apart — at most 200 more, when the writes
+    # outrun it: 2 to 4 rounds in 450 writes, 2 on a machine so busy the asides run long)
     names = seen.names
-    assert names.count(seen.ASIDE) in (3, 4)
+    assert names.count(seen.ASIDE) in (2, 3, 4)
     rounds = "".join("a" if name == seen.ASIDE else "w" for name in names)
     assert set(rounds.replace("aw", "a")) == {"a"} and names[0] != seen.WORKER
     assert all(complete for name, complete in seen.calls if name == seen.WORKER)
