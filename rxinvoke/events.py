@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from ._display import clip, clock, field_texts, short_id
-from ._frozen import Frozen
+from ._frozen import Frozen, trusted
 from .messages import FinishReason, TokenUsage, ToolCall, utcnow
 
 __all__ = (
@@ -68,36 +68,6 @@ __all__ = (
 
 
 _E = TypeVar("_E", bound="EventBase")
-
-
-# BaseModel's four slots, set through their descriptors (a quarter fewer instructions
-# than object.__setattr__ by name)
-_SLOTS = BaseModel.__dict__
-_set_dict = _SLOTS["__dict__"].__set__
-_set_fields_set = _SLOTS["__pydantic_fields_set__"].__set__
-_set_extra = _SLOTS["__pydantic_extra__"].__set__
-_set_private = _SLOTS["__pydantic_private__"].__set__
-_new = object.__new__
-
-
-def trusted(cls: type[_E], values: dict[str, Any]) -> _E:
-    """An event built from values the runtime itself produced (every field given, known
-    good, in field order), without validation: on the publish path of every streamed
-    fragment, where pydantic's validation and ``model_copy`` would cost several µs per event."""
-    event: _E = _new(cls)
-    _set_dict(event, values)
-    fields = _ALL_FIELDS.get(cls)
-    if fields is None:
-        fields = _ALL_FIELDS[cls] = set(cls.model_fields)
-    # one set per class, shared: frozen events never change theirs (model_copy copies it
-    # first), and a run's events make one tracked object each fewer for the collector
-    _set_fields_set(event, fields if len(values) == len(fields) else set(values))
-    _set_extra(event, None)
-    _set_private(event, None)
-    return event
-
-
-_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
 
 
 class EventBase(Frozen):

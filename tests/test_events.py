@@ -58,6 +58,7 @@ from rxinvoke import (
     UsageRecorded,
 )
 from rxinvoke.events import AGENT_EVENT, CHAT_STREAM_EVENT
+from rxinvoke.messages import new_id
 
 RUN = "run-7f3a"
 SESSION = "4a6b7c1e-8a8e-4c38-9a52-2a7d6f1e0b11"
@@ -457,6 +458,30 @@ def test_token_usage_addition() -> None:
     assert USAGE == TokenUsage(input_tokens=42, output_tokens=7, total_tokens=49)  # unchanged
     with pytest.raises(TypeError):
         USAGE + 1  # type: ignore[operator]
+
+
+def test_a_sum_of_usages_is_a_usage_like_a_validated_one() -> None:
+    total = USAGE + USAGE  # built without validation: the same model in every respect
+    assert total.model_fields_set == TokenUsage(input_tokens=1, output_tokens=1, total_tokens=1).model_fields_set
+    assert TokenUsage.model_validate_json(total.model_dump_json()) == total
+    assert hash(total) == hash(TokenUsage(input_tokens=84, output_tokens=14, total_tokens=98))
+    with pytest.raises(pydantic.ValidationError):
+        total.input_tokens = 1  # type: ignore[misc]  # frozen
+
+
+def test_the_automatic_tool_choice_is_shared_and_frozen() -> None:
+    assert ToolChoice.auto() is ToolChoice.auto() and ToolChoice.auto() == ToolChoice(mode="auto")
+    with pytest.raises(pydantic.ValidationError):
+        ToolChoice.auto().mode = "none"  # type: ignore[misc]
+
+
+def test_new_ids_are_version_4_uuids_as_text() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(str(u) == i and u.version == 4 and u.variant == uuid.RFC_4122 for u, i in zip(parsed, ids, strict=True))
+    assert {i[19] for i in ids} == set("89ab")  # the variant digit takes each of its values
+    assert len({i[0] for i in ids}) == 16  # random digits elsewhere
 
 
 def test_token_usage_rejects_negative_counts() -> None:

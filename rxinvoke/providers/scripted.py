@@ -26,6 +26,7 @@ from typing import Any, Union
 from reactivex import abc
 
 from .._clock import sleep
+from .._frozen import trusted
 from ..errors import ProviderStreamError
 from ..events import (
     ChatFinished,
@@ -35,7 +36,6 @@ from ..events import (
     ChatToolCallArgumentsDelta,
     ChatToolCallCompleted,
     ChatToolCallStarted,
-    trusted,
 )
 from ..messages import ChatRequest, FinishReason, TokenUsage, ToolCall, new_id, utcnow
 

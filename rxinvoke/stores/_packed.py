@@ -17,7 +17,8 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, Literal, Union, get_args, get_origin
 
-from ..events import INVOCATION_EVENT, EventBase, InvocationEvent, trusted
+from .._frozen import trusted
+from ..events import INVOCATION_EVENT, EventBase, InvocationEvent
 
 __all__ = ("PackedEvent", "PackedLog", "pack_one", "unpack")
 
