@@ -78,13 +78,13 @@ async def test_a_failing_write_in_a_group_is_rolled_back_alone(tmp_path: Path) -
         release.wait(5)
 
     groups: list[int] = []
-    run_group = store._worker._run_group
+    group = store._group
 
-    def counted(fns: Sequence[Any]) -> list[Outcome]:
+    def counted(conn: Any, fns: Sequence[Any]) -> list[Outcome]:
         groups.append(len(fns))
-        return run_group(fns)
+        return group(conn, fns)
 
-    store._worker._run_group = counted  # type: ignore[method-assign]
+    store._group = counted  # type: ignore[method-assign]
     blocker = asyncio.ensure_future(store._call(block))
     await asyncio.to_thread(started.wait, 5)  # the worker is inside the blocker
     fresh = [record() for _ in range(20)]
@@ -92,7 +92,7 @@ async def test_a_failing_write_in_a_group_is_rolled_back_alone(tmp_path: Path) -
     writes.append(store.begin_run(record(run_id=taken.run_id), []))  # the run id is taken
     writes.extend(store.begin_run(r, [Message(role="user", content="hi")]) for r in fresh[10:])
     pending = [asyncio.ensure_future(w) for w in writes]
-    await asyncio.sleep(0)  # each write's task runs to its submit: all queue behind the blocker
+    await asyncio.sleep(0)  # each write's task runs to its call: all wait for the blocker
     release.set()
     await blocker
     outcomes = await asyncio.gather(*pending, return_exceptions=True)

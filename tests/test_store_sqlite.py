@@ -19,6 +19,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,8 +56,8 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def record(session: uuid.UUID | None = None) -> RunRecord:
-    run_id, session = str(uuid.uuid4()), session or uuid.uuid4()
+def record(session: uuid.UUID | None = None, run_id: str | None = None) -> RunRecord:
+    run_id, session = run_id or str(uuid.uuid4()), session or uuid.uuid4()
     request = RunRequest(provider="p", model="m", input="hi", run_id=run_id, session_id=session)
     return RunRecord(run_id=run_id, session_id=session, request=request)
 
@@ -603,8 +604,8 @@ async def test_writes_that_outrun_a_checkpoint_aside_wait_for_it_on_the_worker(
         later = asyncio.ensure_future(store._call(write, write=True))
         await asyncio.sleep(0)
         seen.release.set()
-        assert await later != here
-        # it waited on the worker for the checkpoint aside, then for the worker's
+        assert await later == here
+        # it waited for the worker, which waited for the checkpoint aside, then did its own
         assert seen.names == [seen.ASIDE, seen.WORKER, "the next write"]
 
 
@@ -627,9 +628,14 @@ async def test_writes_go_on_on_the_callers_thread_while_a_checkpoint_runs_aside(
         seen.release.set()
         assert store._checkpointing is not None
         assert not await asyncio.wrap_future(store._checkpointing)  # written meanwhile
-        # the next write waits behind a checkpoint on the worker, which copies the rest
-        assert await store._call(lambda conn: threading.get_ident(), write=True) != here
-        assert seen.names == [seen.ASIDE, seen.WORKER]
+        # the next write waits for a checkpoint on the worker, which copies the rest
+
+        def write(conn: sqlite3.Connection) -> int:
+            seen.calls.append(("the next write", True))
+            return threading.get_ident()
+
+        assert await store._call(write, write=True) == here
+        assert seen.names == [seen.ASIDE, seen.WORKER, "the next write"]
         assert await store._call(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]) == 0
         assert await store._call(lambda conn: threading.get_ident(), write=True) == here
 
@@ -674,14 +680,109 @@ async def test_a_write_whose_caller_was_cancelled_is_not_overtaken(tmp_path: Pat
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
             await queued
-        # still queued on the worker: a later write goes behind it, not on this thread
-        later = asyncio.ensure_future(store._call(lambda conn: threading.get_ident(), write=True))
+        # still queued on the worker: a later write waits until the worker is done with it
+
+        def later_write(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM runs WHERE id = ?", (first.run_id,)).fetchone() is not None
+
+        later = asyncio.ensure_future(store._call(later_write, write=True))
         await asyncio.sleep(0)
+        assert not later.done()
         release.set()
         await blocker
-        assert await later != threading.get_ident()
-        assert (await store.get_run(first.run_id)) is not None  # the cancelled write ran, first
+        assert await later  # the cancelled write ran, first
+        assert (await store.get_run(first.run_id)) is not None
         assert await store._call(lambda conn: threading.get_ident(), write=True) == threading.get_ident()
+
+
+def _transactions(store: SqliteStore) -> list[str]:
+    """The store connection's ``BEGIN`` and ``SAVEPOINT`` statements from now on."""
+    assert store._conn is not None
+    seen: list[str] = []
+    store._conn.set_trace_callback(lambda sql: seen.append(sql) if sql.startswith(("BEGIN", "SAVEPOINT")) else None)
+    return seen
+
+
+async def test_the_writes_of_one_loop_iteration_after_its_first_are_one_transaction(tmp_path: Path) -> None:
+    import threading
+
+    async with SqliteStore(tmp_path / "i.db") as store:
+        taken = record()
+        await store.begin_run(taken, [])
+        statements = _transactions(store)
+        fresh = [record() for _ in range(9)]
+        here = threading.get_ident()
+
+        async def begin(rec: RunRecord) -> int:
+            await store.begin_run(rec, [Message(role="user", content="hi")])
+            return threading.get_ident()
+
+        # ten runs begin in one loop iteration (as many concurrent runs do); one is refused
+        outcomes = await asyncio.gather(
+            *map(begin, fresh[:5]), store.begin_run(record(run_id=taken.run_id), []),
+            *map(begin, fresh[5:]), return_exceptions=True,
+        )
+        # the first at once, the other nine together at the iteration's end, on this thread
+        assert statements == ["BEGIN IMMEDIATE", "BEGIN IMMEDIATE", *["SAVEPOINT write"] * 9]
+        assert outcomes[:5] + outcomes[6:] == [here] * 9
+        assert isinstance(outcomes[5], StoreError) and "already stored" in str(outcomes[5])
+        for rec in fresh:  # the refused one was rolled back alone
+            assert [m.content for m in await store.load_history(rec.session_id)] == ["hi"]
+
+
+async def test_a_read_called_after_waiting_writes_sees_them(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "r.db") as store:
+        first, second = record(), record(session=uuid.uuid4())
+        writes = [
+            asyncio.ensure_future(store.begin_run(rec, [Message(role="user", content=rec.run_id)]))
+            for rec in (first, second)
+        ]
+        await asyncio.sleep(0)  # the first done at once, the second waits for the iteration's end
+        assert writes[0].done() and not writes[1].done()
+        history = await store.load_history(second.session_id)  # a read: the waiting write first
+        assert [m.content for m in history] == [second.run_id]
+        await asyncio.gather(*writes)
+
+
+async def test_waiting_writes_that_find_the_file_locked_go_to_the_worker_in_order(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "w.db"
+    async with SqliteStore(path) as store:
+        order: list[str] = []
+
+        def write(name: str) -> Any:
+            def run(conn: sqlite3.Connection) -> int:
+                order.append(name)
+                return threading.get_ident()
+
+            return store._call(run, write=True)
+
+        calls = [asyncio.ensure_future(write(name)) for name in ("a", "b", "c")]
+        await asyncio.sleep(0)  # a is done at once; b and c wait for the iteration's end
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # meanwhile another writer takes the write lock
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert calls[0].done() and not calls[1].done() and order == ["a"]
+        other.execute("COMMIT")
+        other.close()
+        a, b, c = await asyncio.gather(*calls)
+        assert order == ["a", "b", "c"] and a == threading.get_ident() and b == c != a
+
+
+async def test_writes_waiting_when_the_store_closes_or_their_caller_is_cancelled_are_done(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    store = SqliteStore(path)
+    await store.open()
+    recs = [record() for _ in range(3)]
+    writes = [asyncio.ensure_future(store.begin_run(rec, [])) for rec in recs]
+    await asyncio.sleep(0)  # the first done; the others wait for the iteration's end
+    writes[1].cancel()
+    await store.close()  # before that end
+    assert writes[0].done() and writes[2].done() and writes[2].exception() is None
+    async with SqliteStore(path) as again:
+        assert all([await again.get_run(rec.run_id) is not None for rec in recs])
 
 
 async def test_a_failed_checkpoint_aside_is_logged_and_writes_go_on(

@@ -13,14 +13,20 @@ while writes go on (it copies ~1,100 pages and syncs twice: 6-20 ms here, which 
 waited for when it ran on the worker); if anything was written meanwhile, a short one on the
 worker, which the next write waits for, copies it, so that the log starts over. A write that
 finds the database locked by another process goes to the worker, which waits for it. The
-store's calls run one at a time, in call order.
+writes that follow the first of one event-loop iteration wait for its end and are then done
+together, on the caller's thread (below); so do the writes called while the worker has calls,
+once it has none left — else, under a steady load of concurrent runs, each write would queue
+behind the one before on the worker and the writes would never come back to the caller's
+thread (the two threads then contend for the GIL on every write). The store's calls run one
+at a time, in call order (a read after waiting writes is done after them).
 
 Transactions: every write is all or nothing (a batch of messages, a batch of envelopes, a run's
 terminal events plus its status), so a process killed at any moment leaves whole writes only.
-A write alone is one ``BEGIN IMMEDIATE`` transaction; writes that wait for the worker together
-(many concurrent runs) are committed as one group (group commit): one transaction, each write
-in its own savepoint, so a write that fails is rolled back alone and the others commit. A
-write's caller learns its outcome once the group has committed. The file is in WAL mode with
+A write alone is one ``BEGIN IMMEDIATE`` transaction; writes that wait together (many
+concurrent runs: for the end of a loop iteration, or for the worker) are committed as one
+group (group commit): one transaction, each write in its own savepoint, so a write that fails
+is rolled back alone and the others commit. A write's caller learns its outcome once the group
+has committed. The file is in WAL mode with
 ``synchronous=NORMAL`` (default; ``synchronous="FULL"`` to survive power loss too): a committed
 transaction survives a crash of the process. Several processes may share a file: a writer waits for another
 writer up to ``busy_timeout`` seconds, and a busy error is retried.
@@ -239,6 +245,20 @@ def _process_start(pid: int) -> str:
     return stat.rpartition(")")[2].split()[19]  # field 22, starttime
 
 
+def _pass_on(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    """When ``source`` is done, ``target`` gets its outcome."""
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            target.cancel()
+        elif future.exception() is not None:
+            target.set_exception(future.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(future.result())
+
+    source.add_done_callback(done)
+
+
 def _this_owner() -> str:
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
@@ -409,6 +429,12 @@ class SqliteStore:
         self._using = threading.Lock()
         self._inline = synchronous == "NORMAL"  # a FULL commit syncs: never on the caller's thread
         self._queued = 0  # calls handed to the worker and not settled (later ones queue behind)
+        # writes waiting to be done together on the caller's thread: those after the first of
+        # a loop iteration (done at its end), or those called while the worker had calls
+        # (done when it has none left): None when no write waits and none was done here in
+        # this loop iteration
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] | None = None
+        self._batch_loop: asyncio.AbstractEventLoop | None = None
         self._writes = 0  # since the last checkpoint
         # checkpoints on a connection and thread of their own, so writes go on meanwhile
         self._aside: sqlite3.Connection | None = None
@@ -450,6 +476,8 @@ class SqliteStore:
         """Close the connection and stop the worker thread (idempotent)."""
         if self._closed:
             return
+        if self._batch and self._batch_loop is asyncio.get_running_loop():
+            self._write_batch()  # writes called before close() are done
         self._closed = True
         self._checkpointing = None
         if self._aside_thread is not None:  # wait for a checkpoint aside still running
@@ -479,11 +507,21 @@ class SqliteStore:
             self._writes += 1
             if self._checkpointing is not None and self._checkpointing.done():
                 self._checkpointed(self._checkpointing)
-            if self._inline and not self._queued and self._conn is not None:
-                done, result = self._write_here(fn)
-                if done:
-                    self._checkpoint_due()  # after the write: the checkpoint copies it too
-                    return result  # type: ignore[return-value]
+            if self._inline and self._conn is not None:
+                loop = asyncio.get_running_loop()
+                if self._batch is None and not self._queued:
+                    done, result = self._write_here(fn)
+                    if done:  # the writes that follow in this loop iteration wait for its end
+                        self._batch, self._batch_loop = [], loop
+                        loop.call_soon(self._end_iteration)
+                        self._checkpoint_due()  # after the write: the checkpoint copies it too
+                        return result  # type: ignore[return-value]
+                elif self._batch is None:  # the worker has calls: done here once it has none
+                    self._batch, self._batch_loop = [], loop
+                if self._batch is not None and self._batch_loop is loop:
+                    waiting: asyncio.Future[_T] = loop.create_future()
+                    self._batch.append((fn, waiting))
+                    return await asyncio.shield(waiting)
             self._checkpoint_due()
         future: asyncio.Future[_T] = self._submit(fn, write=write)
         # a cancelled caller leaves the call queued (the worker runs it anyway): it counts as
@@ -546,6 +584,8 @@ class SqliteStore:
         self._submit(checkpoint, write=False).add_done_callback(_retrieve)
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool) -> asyncio.Future[Any]:
+        if self._batch and self._batch_loop is asyncio.get_running_loop():
+            self._write_batch()  # the writes called before this call are done before it
         self._queued += 1
         future = self._worker.submit(fn, write=write)
         future.add_done_callback(self._settled)
@@ -553,11 +593,57 @@ class SqliteStore:
 
     def _settled(self, future: asyncio.Future[Any]) -> None:
         self._queued -= 1
+        loop = self._batch_loop
+        if not self._queued and self._batch and loop is not None:
+            # the writes that waited for the worker to be done (on their own loop's thread)
+            if loop is asyncio.get_running_loop():
+                self._drained()
+            else:
+                loop.call_soon_threadsafe(self._drained)
 
-    def _write_here(self, fn: Callable[[sqlite3.Connection], _T]) -> tuple[bool, _T | None]:
-        """Run the write ``fn`` on this thread if the connection is free and no other process
-        holds the write lock: ``(True, result)``; ``(False, None)`` to hand it to the worker.
-        Its failures are raised as the worker's would be."""
+    def _drained(self) -> None:
+        if not self._queued and self._batch:
+            self._write_batch()
+
+    def _end_iteration(self) -> None:
+        """At the end of a loop iteration with a write done on the caller's thread: the
+        writes that followed it in the iteration, in one transaction (once the worker is done
+        with its calls, if it has any)."""
+        if not (self._queued and self._batch):
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        """The waiting writes, in call order, in one transaction on this thread (each in a
+        savepoint: a write that fails is rolled back alone); handed to the worker, in order,
+        if the connection or the database is busy."""
+        batch = self._batch or []
+        self._batch = self._batch_loop = None
+        if not batch:
+            return
+        try:
+            done, outcomes = self._write_here(
+                lambda conn: self._group_here(conn, [fn for fn, _ in batch]), group=True
+            )
+        except Exception as exc:  # the group's transaction could not begin: none is written
+            done, outcomes = True, [(False, exc)] * len(batch)
+        if not done or outcomes is None:
+            for fn, waiting in batch:
+                _pass_on(self._submit(fn, write=True), waiting)
+            return
+        for (_fn, waiting), (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                waiting.set_result(value)
+            else:
+                waiting.set_exception(value)
+        self._checkpoint_due()
+
+    def _write_here(
+        self, fn: Callable[[sqlite3.Connection], _T], *, group: bool = False
+    ) -> tuple[bool, _T | None]:
+        """Run the write ``fn`` (or, with ``group``, the writes ``fn`` runs as a group) on
+        this thread if the connection is free and no other process holds the write lock:
+        ``(True, result)``; ``(False, None)`` to hand it to the worker. Its failures are
+        raised as the worker's would be."""
         if not self._using.acquire(blocking=False):
             return False, None  # the worker is running a call (from another loop's thread)
         self._uses += 1
@@ -567,7 +653,7 @@ class SqliteStore:
                 return False, None
             conn.execute("PRAGMA busy_timeout = 0")  # never wait here for another process
             try:
-                return True, self._attempt(functools.partial(fn, conn))
+                return True, fn(conn) if group else self._attempt(functools.partial(fn, conn))
             except _Busy:
                 return False, None  # nothing written (BEGIN IMMEDIATE refused): the worker waits
             finally:
@@ -601,6 +687,19 @@ class SqliteStore:
         """Run writes in one transaction, each in a savepoint (its ``_transaction``)."""
         conn = self._run(lambda conn: conn)  # opened (and migrated) outside the group
         self._run(self._begin)
+        return self._group(conn, fns)
+
+    def _group_here(
+        self, conn: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Outcome]:
+        """:meth:`_run_group` on the caller's thread (``_Busy``, before anything is written,
+        if another process holds the write lock)."""
+        self._attempt(lambda: self._begin(conn))
+        return self._group(conn, fns)
+
+    def _group(
+        self, conn: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         self._in_group = True
         try:
