@@ -785,6 +785,20 @@ async def test_writes_waiting_when_the_store_closes_or_their_caller_is_cancelled
         assert all([await again.get_run(rec.run_id) is not None for rec in recs])
 
 
+async def test_writes_queued_before_the_file_is_open_start_no_checkpoint_on_a_missing_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteStore(tmp_path / "new" / "f.db")  # not opened: the first write opens it
+    try:
+        await asyncio.gather(*(store.begin_run(record(), []) for _ in range(250)))
+        assert len(await store.list_runs(limit=300)) == 250
+        if store._checkpointing is not None:  # a checkpoint aside has ended (and logged any failure)
+            await asyncio.wrap_future(store._checkpointing)
+    finally:
+        await store.close()
+    assert "checkpoint failed" not in caplog.text
+
+
 async def test_a_failed_checkpoint_aside_is_logged_and_writes_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -529,8 +529,8 @@ class SqliteStore:
         return await asyncio.shield(future)
 
     def _checkpoint_due(self) -> None:
-        if self._writes < _CHECKPOINT_EVERY or not self._inline:
-            return
+        if self._writes < _CHECKPOINT_EVERY or not self._inline or self._conn is None:
+            return  # (not before the worker has opened the file: the first writes wait for it)
         if self._checkpointing is None:
             self._writes = 0
             self._checkpoint_aside()
