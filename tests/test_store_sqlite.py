@@ -799,6 +799,35 @@ async def test_writes_queued_before_the_file_is_open_start_no_checkpoint_on_a_mi
     assert "checkpoint failed" not in caplog.text
 
 
+async def test_writes_waiting_for_another_loops_call_on_the_worker_are_done_when_it_ends(tmp_path: Path) -> None:
+    import threading
+
+    async with SqliteStore(tmp_path / "l.db") as store:
+        started, release = threading.Event(), threading.Event()
+
+        def block(conn: object) -> None:
+            started.set()
+            release.wait(5)
+
+        blocker = asyncio.ensure_future(store._call(block))  # this loop's call holds the worker
+        await asyncio.to_thread(started.wait, 5)
+        recs = [record() for _ in range(3)]
+
+        def other_loop() -> list[str]:  # a second thread with a loop of its own writes meanwhile
+            async def writes() -> list[str]:
+                done = await asyncio.gather(*(store.begin_run(rec, []) for rec in recs))
+                return [owned.run_id for owned, _history in done]
+
+            return asyncio.run(writes())
+
+        other = asyncio.ensure_future(asyncio.to_thread(other_loop))
+        await asyncio.sleep(0.05)
+        assert not other.done()  # they wait for the worker, which this loop's call holds
+        release.set()
+        await blocker  # settled on this loop: the other loop is told, and writes them
+        assert await asyncio.wait_for(other, 10) == [rec.run_id for rec in recs]
+
+
 async def test_a_failed_checkpoint_aside_is_logged_and_writes_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
