@@ -30,7 +30,7 @@ from rxinvoke import (
     builtin_tools,
     tool,
 )
-from rxinvoke.errors import ResumeGap, SubscriberError, SubscriberOverflow, UserError
+from rxinvoke.errors import ResumeGap, StoreError, SubscriberError, SubscriberOverflow, UserError
 from rxinvoke.events import RunCompleted, RunStarted, TextDelta
 from rxinvoke.messages import ChatRequest, FinishReason
 from rxinvoke.stores import EventEnvelope
@@ -461,6 +461,22 @@ async def test_a_paused_worker_takes_its_expired_lease_again_when_no_one_took_th
                 break
             await asyncio.sleep(0.01)
         assert not await transport.client.exists(a.lease_key)
+
+
+async def test_a_paused_worker_whose_store_fails_does_not_take_its_lease_again(
+    transport: RedisTransport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _PausedHolder(transport, tmp_path / "down.db") as a:
+        async def failing(run_id: str) -> None:
+            raise StoreError("the store is away")
+
+        monkeypatch.setattr(a.store, "get_run", failing)
+        await a.worker.beat()  # whose the run is cannot be told: stopped, as a lost lease
+        monkeypatch.undo()
+        with pytest.raises(InvocationCancelled):
+            await asyncio.wait_for(a.stream.result, 20)
+        assert a.worker.stats.lease_lost == 1 and a.worker.stats.leases_retaken == 0
+        assert not await transport.client.exists(a.lease_key)  # the lease taken for the look
 
 
 async def test_a_paused_worker_does_not_take_a_lease_again_for_a_run_taken_over(

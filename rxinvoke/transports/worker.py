@@ -280,7 +280,11 @@ class Worker:
             lease = await self.transport.acquire(run_id, self.lease_ttl)
         if lease is None:
             return False  # another worker holds it now
-        record = await self.runtime.store.get_run(run_id)
+        try:
+            record = await self.runtime.store.get_run(run_id)
+        except Exception as exc:  # the store cannot say whose the run is: stop it (fencing)
+            _log.warning("rxinvoke worker %s: run %s: %s", self.name, run_id, exc)
+            record = None
         owner = getattr(self.runtime.store, "owner", None)
         if record is None or record.is_finished or owner is None or record.owner != owner:
             await self.transport.release(lease)
