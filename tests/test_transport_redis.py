@@ -513,6 +513,22 @@ async def test_a_job_delivered_too_often_goes_to_the_dead_letters(transport: Red
     await store.close()
 
 
+async def test_a_job_delivered_too_often_whose_owner_lives_is_left_to_it(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    async with _PausedHolder(transport, tmp_path / "live.db") as a:
+        store_b = SqliteStore(a.path)
+        b = Worker(AgentRuntime(providers=[OfflineProvider()], store=store_b), transport, name="b", max_deliveries=1)
+        [job] = await transport.reclaim("b", 0, 1)  # a's jobs idle while it is paused
+        assert job.deliveries == 2
+        await b._handle(job)  # delivered too often, but its owner (a) lives: not a dead letter
+        assert await transport.dead_letters() == [] and not a.stream.is_finished
+        a.go.set()
+        out = await asyncio.wait_for(a.stream.result, 20)  # a goes on and ends it
+        assert out.output_text == "done" and await a.terminals() == 1
+        await store_b.close()
+
+
 def test_a_worker_refuses_a_store_it_cannot_share() -> None:
     with pytest.raises(UserError, match="shared"):
         Worker(AgentRuntime(store=MemoryStore()), RedisTransport("redis://127.0.0.1:1/0"))

@@ -21,7 +21,8 @@ mirrors to the run's stream. Around each run:
   the stream; a run still ``running`` under a live owner (a worker that lost its lease but
   not its life) is left to it (with ``"retry"``, a run not taken over yet stays pending and
   is taken again later). A job delivered more than ``max_deliveries`` times goes to the dead
-  letters, its run settled as failed.
+  letters, its run settled as failed — unless its run still runs under a live owner (a
+  paused worker's jobs are reclaimed, and left, at every look): it stays pending, its owner's.
 - **Cancel.** A cancel request (marker + notice) cancels the run where it runs; the worker also
   checks the markers of its runs at every heartbeat (a notice missed while reconnecting), and
   before it starts one. A run cancelled before it began, or whose request is invalid, gets a
@@ -503,9 +504,11 @@ class Worker:
 
     async def _dead_letter(self, job: Job, running: bool) -> None:
         reason = f"delivered {job.deliveries} times (max_deliveries={self.max_deliveries})"
+        if running and not await self._recover(job.run_id):  # salvaged as any recovery
+            # its owner lives (paused, not dead): its run, not a poison one; the job stays
+            # pending (acknowledged, no worker would settle the run if its owner died later)
+            return
         _log.warning("rxinvoke worker %s: run %s %s: dead letter", self.name, job.run_id, reason)
-        if running:
-            await self._recover(job.run_id)  # salvaged as any recovery (if its owner is gone)
         await self.transport.dead_letter(job, reason)  # before the terminal event is seen
         self._count(dead_lettered=1)
         record = await self.runtime.store.get_run(job.run_id)
