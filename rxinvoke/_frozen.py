@@ -29,9 +29,9 @@ _new = object.__new__
 
 def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     """A model built from values rxinvoke itself produced (every field given, known good, in
-    field order), without validation: on the publish path of every streamed fragment, and for
-    the runtime's own events and messages, where pydantic's validation and ``model_copy``
-    would cost several µs each."""
+    field order), without validation: on the publish path of every streamed fragment (and for
+    sums of token usage), where pydantic's validation and ``model_copy`` would cost several µs
+    each."""
     model: _M = _new(cls)
     _set_dict(model, values)
     fields = _ALL_FIELDS.get(cls)

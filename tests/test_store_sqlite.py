@@ -551,6 +551,21 @@ class _Checkpoints:
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
 
+    NEXT = "the next write"
+
+    def next_write(self, conn: sqlite3.Connection) -> int:
+        """A write that notes itself in ``calls`` (as ``NEXT``) and says on which thread it ran."""
+        import threading
+
+        self.calls.append((self.NEXT, True))
+        return threading.get_ident()
+
+    @staticmethod
+    async def start_aside(store: SqliteStore) -> None:
+        """Three writes: with ``_CHECKPOINT_EVERY`` 3, the third starts a checkpoint aside."""
+        for _ in range(3):
+            await store.begin_run(record(), [Message(role="user", content="x")])
+
 
 def _log_frames(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
@@ -591,22 +606,17 @@ async def test_writes_that_outrun_a_checkpoint_aside_wait_for_it_on_the_worker(
     monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 3)
     here = threading.get_ident()
     async with SqliteStore(tmp_path / "b.db") as store:
-        for _ in range(3):  # the third starts a checkpoint aside, which does not end
-            await store.begin_run(record(), [Message(role="user", content="x")])
+        await seen.start_aside(store)  # which does not end
         await asyncio.to_thread(seen.started.wait, 5)
         for _ in range(6):  # twice the count since it began: the sixth hands the rest on
             assert await store._call(lambda conn: threading.get_ident(), write=True) == here
 
-        def write(conn: sqlite3.Connection) -> int:
-            seen.calls.append(("the next write", True))
-            return threading.get_ident()
-
-        later = asyncio.ensure_future(store._call(write, write=True))
+        later = asyncio.ensure_future(store._call(seen.next_write, write=True))
         await asyncio.sleep(0)
         seen.release.set()
         assert await later == here
         # it waited for the worker, which waited for the checkpoint aside, then did its own
-        assert seen.names == [seen.ASIDE, seen.WORKER, "the next write"]
+        assert seen.names == [seen.ASIDE, seen.WORKER, seen.NEXT]
 
 
 async def test_writes_go_on_on_the_callers_thread_while_a_checkpoint_runs_aside(
@@ -618,8 +628,7 @@ async def test_writes_go_on_on_the_callers_thread_while_a_checkpoint_runs_aside(
     monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 3)
     here = threading.get_ident()
     async with SqliteStore(tmp_path / "s.db") as store:
-        for _ in range(3):  # the third starts a checkpoint aside
-            await store.begin_run(record(), [Message(role="user", content="x")])
+        await seen.start_aside(store)
         monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 10**9)  # no other from here
         await asyncio.to_thread(seen.started.wait, 5)
         # the checkpoint holds its thread: writes are still done at once, on this thread
@@ -629,13 +638,8 @@ async def test_writes_go_on_on_the_callers_thread_while_a_checkpoint_runs_aside(
         assert store._checkpointing is not None
         assert not await asyncio.wrap_future(store._checkpointing)  # written meanwhile
         # the next write waits for a checkpoint on the worker, which copies the rest
-
-        def write(conn: sqlite3.Connection) -> int:
-            seen.calls.append(("the next write", True))
-            return threading.get_ident()
-
-        assert await store._call(write, write=True) == here
-        assert seen.names == [seen.ASIDE, seen.WORKER, "the next write"]
+        assert await store._call(seen.next_write, write=True) == here
+        assert seen.names == [seen.ASIDE, seen.WORKER, seen.NEXT]
         assert await store._call(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]) == 0
         assert await store._call(lambda conn: threading.get_ident(), write=True) == here
 
@@ -648,8 +652,7 @@ async def test_a_checkpoint_aside_with_no_write_meanwhile_needs_none_on_the_work
     seen = _Checkpoints(monkeypatch)
     monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 3)
     async with SqliteStore(tmp_path / "q.db") as store:
-        for _ in range(3):  # the third starts a checkpoint aside
-            await store.begin_run(record(), [Message(role="user", content="x")])
+        await seen.start_aside(store)
         monkeypatch.setattr(store_sqlite, "_CHECKPOINT_EVERY", 10**9)  # no other from here
         assert store._checkpointing is not None
         assert await asyncio.wrap_future(store._checkpointing)  # nothing written meanwhile

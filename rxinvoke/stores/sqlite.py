@@ -509,15 +509,16 @@ class SqliteStore:
                 self._checkpointed(self._checkpointing)
             if self._inline and self._conn is not None:
                 loop = asyncio.get_running_loop()
-                if self._batch is None and not self._queued:
-                    done, result = self._write_here(fn)
-                    if done:  # the writes that follow in this loop iteration wait for its end
+                if self._batch is None:
+                    if self._queued:  # the worker has calls: done here once it has none
                         self._batch, self._batch_loop = [], loop
-                        loop.call_soon(self._end_iteration)
-                        self._checkpoint_due()  # after the write: the checkpoint copies it too
-                        return result  # type: ignore[return-value]
-                elif self._batch is None:  # the worker has calls: done here once it has none
-                    self._batch, self._batch_loop = [], loop
+                    else:
+                        done, result = self._write_here(fn)
+                        if done:  # the writes that follow in this loop iteration wait for its end
+                            self._batch, self._batch_loop = [], loop
+                            loop.call_soon(self._end_iteration)
+                            self._checkpoint_due()  # after the write: the checkpoint copies it too
+                            return result  # type: ignore[return-value]
                 if self._batch is not None and self._batch_loop is loop:
                     waiting: asyncio.Future[_T] = loop.create_future()
                     self._batch.append((fn, waiting))
@@ -597,18 +598,14 @@ class SqliteStore:
         if not self._queued and self._batch and loop is not None:
             # the writes that waited for the worker to be done (on their own loop's thread)
             if loop is asyncio.get_running_loop():
-                self._drained()
+                self._end_iteration()
             else:
-                loop.call_soon_threadsafe(self._drained)
-
-    def _drained(self) -> None:
-        if not self._queued and self._batch:
-            self._write_batch()
+                loop.call_soon_threadsafe(self._end_iteration)
 
     def _end_iteration(self) -> None:
-        """At the end of a loop iteration with a write done on the caller's thread: the
-        writes that followed it in the iteration, in one transaction (once the worker is done
-        with its calls, if it has any)."""
+        """At the end of a loop iteration with a write done on the caller's thread, and when
+        the worker has no calls left: the writes waiting, in one transaction (unless the worker
+        has calls: then when it has none)."""
         if not (self._queued and self._batch):
             self._write_batch()
 
@@ -622,7 +619,7 @@ class SqliteStore:
             return
         try:
             done, outcomes = self._write_here(
-                lambda conn: self._group_here(conn, [fn for fn, _ in batch]), group=True
+                functools.partial(self._group_here, fns=[fn for fn, _ in batch])
             )
         except Exception as exc:  # the group's transaction could not begin: none is written
             done, outcomes = True, [(False, exc)] * len(batch)
@@ -637,13 +634,10 @@ class SqliteStore:
                 waiting.set_exception(value)
         self._checkpoint_due()
 
-    def _write_here(
-        self, fn: Callable[[sqlite3.Connection], _T], *, group: bool = False
-    ) -> tuple[bool, _T | None]:
-        """Run the write ``fn`` (or, with ``group``, the writes ``fn`` runs as a group) on
-        this thread if the connection is free and no other process holds the write lock:
-        ``(True, result)``; ``(False, None)`` to hand it to the worker. Its failures are
-        raised as the worker's would be."""
+    def _write_here(self, fn: Callable[[sqlite3.Connection], _T]) -> tuple[bool, _T | None]:
+        """Run the write ``fn`` (or a group of writes) on this thread if the connection is
+        free and no other process holds the write lock: ``(True, result)``; ``(False, None)``
+        to hand it to the worker. Its failures are raised as the worker's would be."""
         if not self._using.acquire(blocking=False):
             return False, None  # the worker is running a call (from another loop's thread)
         self._uses += 1
@@ -653,7 +647,7 @@ class SqliteStore:
                 return False, None
             conn.execute("PRAGMA busy_timeout = 0")  # never wait here for another process
             try:
-                return True, fn(conn) if group else self._attempt(functools.partial(fn, conn))
+                return True, self._attempt(functools.partial(fn, conn))
             except _Busy:
                 return False, None  # nothing written (BEGIN IMMEDIATE refused): the worker waits
             finally:

@@ -503,11 +503,11 @@ class Worker:
         await self.transport.append(list(segments_of(list(log_entries(envelopes)))))
 
     async def _dead_letter(self, job: Job, running: bool) -> None:
-        reason = f"delivered {job.deliveries} times (max_deliveries={self.max_deliveries})"
         if running and not await self._recover(job.run_id):  # salvaged as any recovery
             # its owner lives (paused, not dead): its run, not a poison one; the job stays
             # pending (acknowledged, no worker would settle the run if its owner died later)
             return
+        reason = f"delivered {job.deliveries} times (max_deliveries={self.max_deliveries})"
         _log.warning("rxinvoke worker %s: run %s %s: dead letter", self.name, job.run_id, reason)
         await self.transport.dead_letter(job, reason)  # before the terminal event is seen
         self._count(dead_lettered=1)
