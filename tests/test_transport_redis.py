@@ -233,6 +233,29 @@ async def test_an_unreachable_redis_never_blocks_a_run_and_the_loss_is_reported(
     await transport.close()
 
 
+async def test_flush_writes_now_without_waiting_out_the_interval_between_writes() -> None:
+    gate, writing = asyncio.Event(), asyncio.Event()
+    writes: list[list[int]] = []
+
+    class Slow:
+        async def append(self, segments: Any) -> None:
+            writes.append([segment.first_seq for _, segment in segments])
+            writing.set()
+            if len(writes) == 1:
+                await gate.wait()
+
+    mirror = EventMirror(Slow(), interval=3600.0)  # an hour between two writes, unless flushed
+    mirror.attach(AgentRuntime(providers=[OfflineProvider()]))
+    session = uuid.uuid4()
+    mirror.add(("r", session, 1, TextDelta(run_id="r", delta="a")))
+    flushed = asyncio.ensure_future(mirror.flush())
+    await writing.wait()  # the first write is in flight
+    mirror.add(("r", session, 2, TextDelta(run_id="r", delta="b")))  # arrives meanwhile
+    gate.set()
+    await asyncio.wait_for(flushed, 30)  # not an hour: the second write follows at once
+    assert writes == [[1], [2]] and mirror.stats.mirrored == 2
+
+
 async def test_envelopes_in_a_write_that_has_not_returned_count_as_buffered() -> None:
     class Stalled:  # only what the mirror calls: a transport whose write hangs until released
         def __init__(self) -> None:

@@ -54,6 +54,11 @@ class MirrorStats:
     """Envelopes not written yet: waiting, or in a write that has not returned."""
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class EventMirror:
     """Mirrors every envelope of one runtime to ``transport`` (see the module docstring).
 
@@ -84,6 +89,8 @@ class EventMirror:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Handle | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._pace: asyncio.Future[None] | None = None  # the wait between two writes
+        self._hurry = False  # flush() waits: no wait between writes until the buffer is empty
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -157,13 +164,27 @@ class EventMirror:
                 delay = 0.05
                 self._mirrored += len(taken)
                 if self.interval and self._buffer:
-                    await asyncio.sleep(self.interval)  # at most one write per interval
+                    await self._paced()  # at most one write per interval
         finally:
             self._flusher = None
             if self._buffer and self._loop is not None and not self._loop.is_closed():
                 self._timer = self._later(self._loop)
             else:
+                self._hurry = False
                 self._idle.set()
+
+    async def _paced(self) -> None:
+        """Wait ``interval`` seconds, or less if :meth:`flush` asks for a write now."""
+        assert self._loop is not None
+        if self._hurry:
+            return
+        pace = self._pace = self._loop.create_future()
+        timer = self._loop.call_later(self.interval, _settle, pace)
+        try:
+            await pace
+        finally:
+            timer.cancel()
+            self._pace = None
 
     def _requeue(self, taken: list[LogEntry]) -> None:
         """Put a failed write's envelopes back in front, in order, within the bound."""
@@ -188,10 +209,15 @@ class EventMirror:
         )
 
     async def flush(self) -> None:
-        """Write everything buffered now and wait until it is written (or dropped)."""
+        """Write everything buffered now and wait until it is written (or dropped): a flusher
+        waiting out ``interval`` between two writes writes at once, and back to back until
+        the buffer is empty."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._hurry = True
+        if self._pace is not None:
+            _settle(self._pace)  # a flusher waiting between two writes writes now
         if self._buffer and self._flusher is None:
             self._start_flush()
         await self._idle.wait()
