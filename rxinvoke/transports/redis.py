@@ -23,6 +23,13 @@ Reclaiming a dead worker's jobs: a live worker ``XCLAIM``s its own jobs every he
 gone — never idle time alone. ``XAUTOCLAIM`` answers ``[cursor, entries]`` on Redis 6.2 and
 ``[cursor, entries, deleted ids]`` on 7.0+; both are handled (:func:`parse_autoclaim`).
 
+The mirror's appends (:meth:`RedisTransport.append`) are calls of one Lua script (``XADD`` and,
+when due, ``EXPIRE`` per segment; up to 100 segments a call), pre-packed and pipelined on a
+connection of their own: redis-py's pipeline objects cost the run's loop more than the write
+(measured: ``benchmarks/scale_out.py`` line 4). A server that has not seen the script (or
+restarted) gets it in full (``EVAL``) on ``NOSCRIPT``. The streams of one call must live on
+one server (no Redis Cluster).
+
 Connection failures are retried by redis-py with exponential backoff; what still fails raises
 ``redis.exceptions.ConnectionError`` to the caller (the mirror and the worker retry on their
 own). The URL's password never appears in ``repr`` or in an error this module raises.
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -55,6 +63,22 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_APPEND = """
+-- KEYS: run streams; ARGV: maxlen, ttl, then five per key: seq, last, types, json, expire?
+local maxlen, ttl = ARGV[1], ARGV[2]
+for k = 1, #KEYS do
+    local i = 3 + (k - 1) * 5
+    redis.call('xadd', KEYS[k], 'MAXLEN', '~', maxlen, '*',
+        'seq', ARGV[i], 'last', ARGV[i + 1], 'types', ARGV[i + 2], 'json', ARGV[i + 3])
+    if ARGV[i + 4] == '1' then
+        redis.call('expire', KEYS[k], ttl)
+    end
+end
+return #KEYS
+"""
+_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
+_APPEND_CHUNK = 100
+"""Segments one script call appends at most (a script holds the server while it runs)."""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
@@ -195,6 +219,10 @@ class RedisTransport:
         )
         self._followers: set[_Follower] = set()
         self._tail: asyncio.Future[None] | None = None
+        # the mirror's appends go over a connection of their own, as pre-packed script calls:
+        # redis-py's pipeline costs the run's loop more than the write itself
+        self._appender: Any = None
+        self._append_lock = asyncio.Lock()
         self._refresh = self._client.register_script(_REFRESH)
         self._release = self._client.register_script(_RELEASE)
         self._queue = f"{prefix}runs"
@@ -234,12 +262,17 @@ class RedisTransport:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._tail
         await self._tail_client.aclose()
+        if self._appender is not None:
+            await self._appender.disconnect()
         await self._client.aclose(close_connection_pool=True)
 
     # --- run event streams --------------------------------------------------------------------
 
     async def append(self, segments: Sequence[tuple[str, Segment]]) -> None:
-        """Append each ``(run_id, segment)`` to its run's stream, in one pipelined round trip."""
+        """Append each ``(run_id, segment)`` to its run's stream, in one round trip: script
+        calls of up to ``_APPEND_CHUNK`` segments each, pipelined on the appends' own
+        connection (reconnected at the next call after a failure; a failed call may have
+        appended some segments: readers drop seqs they have)."""
         if not segments:
             return
         ttl = int(self.retention)
@@ -247,35 +280,64 @@ class RedisTransport:
         expires = self._expires
         if len(expires) > 100_000:  # runs whose end this process never wrote
             expires.clear()
-        async with self._client.pipeline(transaction=False) as pipe:
-            touched: set[str] = set()
-            for run_id, segment in segments:
-                key = self._stream(run_id)
-                pipe.xadd(
-                    key,
-                    {
-                        "seq": segment.first_seq,
-                        "last": segment.last_seq,
-                        "types": ",".join(segment.types),
-                        "json": segment.events,
-                    },
-                    maxlen=self.maxlen,
-                    approximate=True,
-                )
+        touched: list[str] = []
+        calls = []
+        for start in range(0, len(segments), _APPEND_CHUNK):
+            chunk = segments[start : start + _APPEND_CHUNK]
+            keys: list[str] = []
+            argv: list[Any] = [self.maxlen, ttl]
+            for run_id, segment in chunk:
+                keys.append(self._stream(run_id))
                 if segment.types[-1] in TERMINAL:  # a run's terminal event is its last
                     expires.pop(run_id, None)
-                    touched.add(run_id)
+                    touched.append(run_id)
+                    expire = 1
                 elif now - expires.get(run_id, -ttl) >= ttl / 10:
                     expires[run_id] = now
-                    touched.add(run_id)
-            for run_id in touched:
-                pipe.expire(self._stream(run_id), ttl)
-            try:
-                await pipe.execute()
-            except BaseException:
-                for run_id in touched:  # not set after all: the retry sets it
-                    expires.pop(run_id, None)
-                raise
+                    touched.append(run_id)
+                    expire = 1
+                else:
+                    expire = 0
+                argv += (segment.first_seq, segment.last_seq, ",".join(segment.types), segment.events, expire)
+            calls.append((len(keys), *keys, *argv))
+        try:
+            async with self._append_lock:
+                await self._send_appends(calls)
+        except BaseException:
+            for run_id in touched:  # not set after all: the retry sets it
+                expires.pop(run_id, None)
+            raise
+
+    async def _send_appends(self, calls: list[tuple[Any, ...]]) -> None:
+        from redis.exceptions import NoScriptError
+
+        if self._appender is None:
+            self._appender = self._client.connection_pool.make_connection()
+        connection = self._appender
+        try:
+            await connection.send_packed_command(
+                connection.pack_commands([("EVALSHA", _APPEND_SHA, *call) for call in calls])
+            )
+            missing = []
+            failure: Exception | None = None
+            for call in calls:
+                try:
+                    await connection.read_response()
+                except NoScriptError:  # a server that has not seen the script (or restarted)
+                    missing.append(call)
+                except Exception as exc:  # an error reply: the other calls still ran
+                    failure = failure or exc
+            if missing:
+                await connection.send_packed_command(
+                    connection.pack_commands([("EVAL", _APPEND, *call) for call in missing])
+                )
+                for _ in missing:
+                    await connection.read_response()
+            if failure is not None:
+                raise failure
+        except BaseException:
+            await connection.disconnect()  # a reply may be unread: the next call reconnects
+            raise
 
     def _announce(self, pipe: Any, run_id: str) -> None:
         pipe.hsetnx(self._meta(run_id), "state", "queued")
