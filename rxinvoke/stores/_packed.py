@@ -20,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from .._frozen import trusted
 from ..events import INVOCATION_EVENT, EventBase, InvocationEvent
 
-__all__ = ("PackedEvent", "PackedLog", "pack_one", "unpack")
+__all__ = ("PLAIN_EVENTS", "PackedEvent", "PackedLog", "pack_one", "unpack")
 
 PackedLog = tuple[tuple[Any, ...] | bytes, ...]
 """One item per event: a tuple of plain field values (in field order) or JSON bytes."""
@@ -56,6 +56,9 @@ for _cls in _event_classes():
         _FLAT[_cls.model_fields["type"].default] = (_cls, _names)
         _GETTERS[_cls] = itemgetter(*_names)
 
+
+PLAIN_EVENTS: frozenset[type[EventBase]] = frozenset(_GETTERS)
+"""The event classes whose fields are all plain values."""
 
 PackedEvent = tuple[Any, ...] | bytes
 """One event of a packed log."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import pydantic_core
@@ -26,6 +27,7 @@ from ..events import (
 )
 from ..messages import Compaction, Message, ToolCall
 from ..request import RunOutput
+from ._packed import PLAIN_EVENTS
 from .base import EventEnvelope, RunRecord
 
 __all__ = (
@@ -55,29 +57,55 @@ TWINS: dict[type[EventBase], tuple[type[EventBase], tuple[tuple[str, str], ...]]
 }
 
 
+# chat event class -> (its twin's class, the twin's values to compare, the chat event's they
+# must equal: run and fields, read by itemgetters from the events' __dict__)
+_TWIN_CHECK: dict[type[EventBase], tuple[type[EventBase], itemgetter[Any], itemgetter[Any]]] = {
+    chat: (
+        twin,
+        itemgetter("run_id", *(field for field, _ in fields)),
+        itemgetter("run_id", *(source for _, source in fields)),
+    )
+    for chat, (twin, fields) in TWINS.items()
+}
+
+
 def encode_segment(events: Sequence[InvocationEvent]) -> bytes:
     """A run's consecutive events as one JSON array, each agent twin that follows its chat
     event (``text_delta`` after ``chat_text_delta``, ``tool_call_*`` after
     ``chat_tool_call_*``) as ``null``: the twin is rebuilt from the event before it on decoding
     (:func:`decode_segment`), so a streamed answer is encoded once, not twice (a W1 run: 126
-    events, 55 of them twins; 40% fewer bytes, a third less encoding)."""
-    items: list[InvocationEvent | None] = list(events)
-    twins = TWINS
-    chat = None
-    for i, event in enumerate(events):
-        twin = twins.get(type(chat)) if chat is not None else None
-        if twin is not None and type(event) is twin[0]:
-            # exactly chat.as_agent(): the same moment (offset included), run and values
-            mine, theirs = event.__dict__, chat.__dict__
-            if mine["timestamp"] is theirs["timestamp"] and mine["run_id"] == theirs["run_id"]:
-                for field, source in twin[1]:
-                    if mine[field] != theirs[source]:
-                        break
-                else:
-                    items[i] = None
-        chat = event
-    # each event by its own model's serializer: the same JSON as the union's TypeAdapter,
-    # ~40% faster (no union dispatch per event)
+    events, 55 of them twins; 40% fewer bytes, a third less encoding).
+
+    An event whose fields are all plain values (a text fragment, ``model_started`` …) is
+    encoded from its ``__dict__`` (the same JSON, a quarter cheaper than its model's
+    serializer); any other by its own model's serializer (the same JSON as the union's
+    TypeAdapter, ~40% faster: no union dispatch per event)."""
+    items: list[Any] = []
+    append = items.append
+    plain = PLAIN_EVENTS
+    checks = _TWIN_CHECK
+    expected: type[EventBase] | None = None  # the class of the previous event's twin
+    moment: Any = None
+    twin_values: itemgetter[Any] | None = None
+    chat_values: Any = None
+    for event in events:
+        kind = type(event)
+        values = event.__dict__
+        if (
+            kind is expected
+            and values["timestamp"] is moment  # exactly chat.as_agent(): the same moment
+            and twin_values(values) == chat_values  # type: ignore[misc]
+        ):
+            append(None)
+            expected = None  # a twin has no twin
+            continue
+        append(values if kind in plain else event)
+        check = checks.get(kind)
+        if check is None:
+            expected = None
+        else:
+            expected, twin_values, chat_of = check
+            moment, chat_values = values["timestamp"], chat_of(values)
     return pydantic_core.to_json(items)
 
 
