@@ -293,6 +293,46 @@ async def test_flush_writes_now_without_waiting_out_the_interval_between_writes(
     assert writes == [[1], [2]] and mirror.stats.mirrored == 2
 
 
+class _Flaky:
+    """A transport whose first write fails (only what the mirror calls)."""
+
+    def __init__(self) -> None:
+        self.failed = asyncio.Event()
+        self.written: list[tuple[str, int, int]] = []
+
+    async def append(self, segments: Any) -> None:
+        if not self.failed.is_set():
+            self.failed.set()
+            raise ConnectionError("down")
+        self.written += [(run, segment.first_seq, segment.last_seq) for run, segment in segments]
+
+
+def _fragments(mirror: EventMirror, seqs: range) -> None:
+    session = uuid.uuid4()
+    for seq in seqs:
+        mirror.add(("r", session, seq, TextDelta(run_id="r", delta=str(seq))))
+
+
+@pytest.mark.parametrize(("bound", "written", "dropped"), [(100, [("r", 1, 3), ("r", 4, 5)], 0), (4, [("r", 4, 5)], 3)])
+async def test_a_failed_write_is_written_first_at_the_next_attempt_within_the_bound(
+    bound: int, written: list[tuple[str, int, int]], dropped: int
+) -> None:
+    flaky = _Flaky()
+    mirror = EventMirror(flaky, interval=0, max_buffer=bound)  # type: ignore[arg-type]
+    runtime = AgentRuntime(providers=[OfflineProvider()])
+    mirror.attach(runtime)
+    reports: list[SubscriberError] = []
+    runtime.errors.subscribe(reports.append)
+    _fragments(mirror, range(1, 4))
+    await asyncio.wait_for(flaky.failed.wait(), 10)  # 1-3 failed: kept, encoded, to retry
+    _fragments(mirror, range(4, 6))  # past a bound of 4: the failed write's segment goes
+    await asyncio.wait_for(mirror.flush(), 10)
+    stats = mirror.stats
+    assert flaky.written == written  # in order, each envelope once
+    assert (stats.failed_writes, stats.dropped, stats.mirrored, stats.buffered) == (1, dropped, 5 - dropped, 0)
+    assert [r.dropped for r in reports if isinstance(r, SubscriberOverflow)] == ([dropped] if dropped else [])
+
+
 async def test_envelopes_in_a_write_that_has_not_returned_count_as_buffered() -> None:
     class Stalled:  # only what the mirror calls: a transport whose write hangs until released
         def __init__(self) -> None:

@@ -36,7 +36,9 @@ __all__ = (
     "continuing",
     "decided",
     "decode_segment",
+    "SegmentItem",
     "encode_segment",
+    "encode_typed",
     "envelopes_of",
     "message_of",
     "why",
@@ -57,19 +59,28 @@ TWINS: dict[type[EventBase], tuple[type[EventBase], tuple[tuple[str, str], ...]]
 }
 
 
-# chat event class -> (its twin's class, the twin's values to compare, the chat event's they
+# chat event type -> (its twin's type, the twin's values to compare, the chat event's they
 # must equal: run and fields, read by itemgetters from the events' __dict__)
-_TWIN_CHECK: dict[type[EventBase], tuple[type[EventBase], itemgetter[Any], itemgetter[Any]]] = {
-    chat: (
-        twin,
+_TWIN_CHECK: dict[str, tuple[str, itemgetter[Any], itemgetter[Any]]] = {
+    chat.model_fields["type"].default: (
+        twin.model_fields["type"].default,
         itemgetter("run_id", *(field for field, _ in fields)),
         itemgetter("run_id", *(source for _, source in fields)),
     )
     for chat, (twin, fields) in TWINS.items()
 }
 
+SegmentItem = InvocationEvent | dict[str, Any]
+"""An event as :func:`encode_segment` takes it: the event, or the ``__dict__`` of one whose
+fields are all plain values (what the Redis mirror keeps while it waits: invisible to the GC)."""
 
-def encode_segment(events: Sequence[InvocationEvent]) -> bytes:
+
+def encode_segment(events: Sequence[SegmentItem]) -> bytes:
+    """See :func:`encode_typed` (this without the types)."""
+    return encode_typed(events)[0]
+
+
+def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]:
     """A run's consecutive events as one JSON array, each agent twin that follows its chat
     event (``text_delta`` after ``chat_text_delta``, ``tool_call_*`` after
     ``chat_tool_call_*``) as ``null``: the twin is rebuilt from the event before it on decoding
@@ -79,34 +90,43 @@ def encode_segment(events: Sequence[InvocationEvent]) -> bytes:
     An event whose fields are all plain values (a text fragment, ``model_started`` …) is
     encoded from its ``__dict__`` (the same JSON, a quarter cheaper than its model's
     serializer); any other by its own model's serializer (the same JSON as the union's
-    TypeAdapter, ~40% faster: no union dispatch per event)."""
+    TypeAdapter, ~40% faster: no union dispatch per event). Returns the JSON and the events'
+    types."""
     items: list[Any] = []
     append = items.append
+    types: list[str] = []
+    typed = types.append
     plain = PLAIN_EVENTS
     checks = _TWIN_CHECK
-    expected: type[EventBase] | None = None  # the class of the previous event's twin
+    expected: str | None = None  # the type of the previous event's twin
     moment: Any = None
     twin_values: itemgetter[Any] | None = None
     chat_values: Any = None
+    item: SegmentItem
     for event in events:
-        kind = type(event)
-        values = event.__dict__
+        if type(event) is dict:
+            values = item = event
+        else:
+            values = event.__dict__
+            item = values if type(event) in plain else event
+        kind = values["type"]
+        typed(kind)
         if (
-            kind is expected
+            kind == expected
             and values["timestamp"] is moment  # exactly chat.as_agent(): the same moment
             and twin_values(values) == chat_values  # type: ignore[misc]
         ):
             append(None)
             expected = None  # a twin has no twin
             continue
-        append(values if kind in plain else event)
+        append(item)
         check = checks.get(kind)
         if check is None:
             expected = None
         else:
             expected, twin_values, chat_of = check
             moment, chat_values = values["timestamp"], chat_of(values)
-    return pydantic_core.to_json(items)
+    return pydantic_core.to_json(items), tuple(types)
 
 
 def decode_segment(text: str | bytes) -> list[InvocationEvent]:

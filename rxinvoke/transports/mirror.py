@@ -11,8 +11,13 @@ the loop a few hundred µs), and an observer in another process sees an event wi
 ``interval`` plus one round trip (measured: ``benchmarks/scale_out.py``). ``interval=0``
 writes on the next loop iteration and back to back (lowest latency, most round trips).
 
+The buffer keeps each event as the ``__dict__`` of its plain values when it has only those
+(most events: the GC does not track them while they wait), and a write's envelopes are
+encoded before it is sent (the events are not kept alive while it is away).
+
 A slow or unreachable transport never blocks a run: the buffer keeps up to ``max_buffer``
-envelopes; past that the oldest are dropped, counted in :attr:`EventMirror.stats` and reported
+envelopes; past that the oldest are dropped (a failed write's envelopes are kept encoded, as
+its segments, and dropped a segment at a time), counted in :attr:`EventMirror.stats` and reported
 once per overflow on the runtime's ``errors`` (a :class:`~rxinvoke.errors.SubscriberOverflow`
 of the subscription ``"mirror"``); a reader of the run's stream then meets a gap in the seqs
 (:class:`~rxinvoke.errors.ResumeGap`) and can read the durable store instead. A failed write is
@@ -32,8 +37,8 @@ from reactivex.disposable import Disposable
 from ..errors import SubscriberOverflow
 from ..runtime import AgentRuntime
 from ..stores.base import LogEntry
-from ._wire import segments_of
-from .base import Transport
+from ._wire import WireEntry, wire_entry, wire_segments
+from .base import Segment, Transport
 
 __all__ = ("EventMirror", "MirrorStats")
 
@@ -78,7 +83,11 @@ class EventMirror:
         self.transport = transport
         self.interval = interval
         self.max_buffer = max_buffer
-        self._buffer: deque[LogEntry] = deque()
+        # (run_id, seq, event or its plain values: no object the GC tracks for most events)
+        self._buffer: deque[WireEntry] = deque()
+        # a failed write's segments, encoded already (written first at the next attempt)
+        self._retry: list[tuple[str, Segment]] = []
+        self._retrying = 0  # the envelopes in them
         self._mirrored = 0
         self._dropped = 0
         self._unreported = 0
@@ -97,7 +106,10 @@ class EventMirror:
     @property
     def stats(self) -> MirrorStats:
         return MirrorStats(
-            self._mirrored, self._dropped, self._failed, len(self._buffer) + self._writing
+            self._mirrored,
+            self._dropped,
+            self._failed,
+            len(self._buffer) + self._writing + self._retrying,
         )
 
     def attach(self, runtime: AgentRuntime) -> abc.DisposableBase:
@@ -119,13 +131,11 @@ class EventMirror:
     def add(self, entry: LogEntry) -> None:
         """Mirror one ``(run_id, session_id, seq, event)`` entry (what the tap hands over)."""
         buffer = self._buffer
-        buffer.append(entry)
-        if len(buffer) + self._writing > self.max_buffer:  # a write in flight counts
-            buffer.popleft()
-            self._dropped += 1
-            self._unreported += 1
-        self._idle.clear()
+        buffer.append(wire_entry(entry))
+        if len(buffer) + self._writing + self._retrying > self.max_buffer:  # in flight counts
+            self._drop_oldest()
         if self._timer is None and self._flusher is None and self._loop is not None:
+            self._idle.clear()  # (set only when neither is: the flusher found nothing left)
             self._timer = self._later(self._loop)
 
     def _later(self, loop: asyncio.AbstractEventLoop) -> asyncio.Handle:
@@ -141,33 +151,38 @@ class EventMirror:
     async def _flush_loop(self) -> None:
         delay = 0.05
         try:
-            while self._buffer:
+            while self._buffer or self._retry:
                 self._report_drops()
                 taken = list(self._buffer)
                 self._buffer.clear()
-                self._writing = len(taken)
+                # encoded before the write: the events are not kept alive while it is away
+                segments = [*self._retry, *wire_segments(taken)]
+                count = self._retrying + len(taken)
+                del taken
+                self._retry, self._retrying = [], 0
+                self._writing = count
                 try:
-                    await self.transport.append(list(segments_of(taken)))
+                    await self.transport.append(segments)
                 except asyncio.CancelledError:
                     self._writing = 0
-                    self._buffer.extendleft(reversed(taken))
+                    self._requeue(segments, count)
                     raise
                 except Exception as exc:
                     self._writing = 0
                     self._failed += 1
-                    _log.warning("rxinvoke: mirroring %d events failed (%s); retrying", len(taken), exc)
-                    self._requeue(taken)
+                    _log.warning("rxinvoke: mirroring %d events failed (%s); retrying", count, exc)
+                    self._requeue(segments, count)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
                 self._writing = 0
                 delay = 0.05
-                self._mirrored += len(taken)
+                self._mirrored += count
                 if self.interval and self._buffer:
                     await self._paced()  # at most one write per interval
         finally:
             self._flusher = None
-            if self._buffer and self._loop is not None and not self._loop.is_closed():
+            if (self._buffer or self._retry) and self._loop is not None and not self._loop.is_closed():
                 self._timer = self._later(self._loop)
             else:
                 self._hurry = False
@@ -186,14 +201,23 @@ class EventMirror:
             timer.cancel()
             self._pace = None
 
-    def _requeue(self, taken: list[LogEntry]) -> None:
-        """Put a failed write's envelopes back in front, in order, within the bound."""
-        self._buffer.extendleft(reversed(taken))
-        excess = len(self._buffer) - self.max_buffer
-        for _ in range(max(excess, 0)):
+    def _requeue(self, segments: list[tuple[str, Segment]], count: int) -> None:
+        """Keep a failed write's segments to be written first, within the bound."""
+        self._retry, self._retrying = segments, count
+        while len(self._buffer) + self._retrying > self.max_buffer:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest envelopes kept: a failed write's first segment, else one entry."""
+        if self._retry:
+            _, segment = self._retry.pop(0)
+            dropped = segment.last_seq - segment.first_seq + 1
+            self._retrying -= dropped
+        else:
             self._buffer.popleft()
-            self._dropped += 1
-            self._unreported += 1
+            dropped = 1
+        self._dropped += dropped
+        self._unreported += dropped
 
     def _report_drops(self) -> None:
         if not self._unreported or self._runtime is None:
@@ -218,7 +242,7 @@ class EventMirror:
         self._hurry = True
         if self._pace is not None:
             _settle(self._pace)  # a flusher waiting between two writes writes now
-        if self._buffer and self._flusher is None:
+        if (self._buffer or self._retry) and self._flusher is None:
             self._start_flush()
         await self._idle.wait()
 
