@@ -593,6 +593,27 @@ async def test_a_paused_worker_does_not_take_a_lease_again_for_a_run_taken_over(
         assert not await transport.client.exists(a.lease_key)  # taken for the look, given back
 
 
+async def test_a_run_that_ends_while_a_heartbeat_is_away_is_not_a_lost_lease(
+    transport: RedisTransport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _PausedHolder(transport, tmp_path / "ends.db") as a:
+        refresh = transport.refresh
+
+        async def slow_refresh(leases: Any, ttl: float) -> list[bool]:
+            a.go.set()  # the run ends (and gives its lease back) before the refresh lands
+            await asyncio.wait_for(a.stream.result, 20)
+            for _ in range(500):
+                if not a.worker._held:
+                    break
+                await asyncio.sleep(0.01)
+            return await refresh(leases, ttl)  # False: the lease is gone
+
+        monkeypatch.setattr(transport, "refresh", slow_refresh)
+        await a.worker.beat()
+        assert a.worker.stats.lease_lost == 0 and a.worker.stats.leases_retaken == 0
+        assert await a.terminals() == 1
+
+
 async def test_a_job_delivered_too_often_goes_to_the_dead_letters(transport: RedisTransport, tmp_path: Path) -> None:
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     stream = inv.submit(request())

@@ -251,6 +251,8 @@ class Worker:
         kept = await self.transport.refresh([h.lease for h in held], self.lease_ttl)
         asked = await self.transport.cancel_requested([h.lease.run_id for h in held])
         for item, still_held, cancel in zip(held, kept, asked, strict=True):
+            if self._held.get(item.lease.run_id) is not item:
+                continue  # the run ended while the heartbeat was away: its lease was given back
             if not still_held and not item.lease_lost and await self._retake(item):
                 still_held = True
             if not still_held:
