@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine line and the ``--quick`` command line."""
+"""What every benchmark shares: the machine line, the ``--quick`` command line and paired
+measurement of variants of one workload."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import asyncio
 import os
 import platform
-from collections.abc import Callable, Coroutine
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import reactivex
@@ -33,3 +36,32 @@ def cli(main: Callable[[bool], Coroutine[Any, Any, None]], doc: str | None) -> N
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
     asyncio.run(main(parser.parse_args().quick))
+
+
+async def paired(
+    variants: dict[str, Callable[[int], Awaitable[None]]], runs: int, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Per variant: (median µs per run, median of its per-round ratios to the first variant).
+
+    A variant is called with a number of runs to do (and whatever must be settled after
+    them, such as a flush, inside the call). Each round times ``runs`` runs of every variant
+    back to back (the order reversed every
+    other round), so the machine's drift — large on shared 2-core machines — hits the
+    variants of one round alike; the median of the paired ratios ignores the rounds a burst
+    of other work hit (a variant against itself reads 0.97-1.03x here, where best-of-N reads
+    0.8-1.2x)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            started = time.perf_counter()
+            await variants[name](runs)
+            times[name].append((time.perf_counter() - started) / runs * 1e6)
+    base = times[names[0]]
+    return {
+        name: (
+            statistics.median(measured),
+            statistics.median(a / b for a, b in zip(measured, base, strict=True)),
+        )
+        for name, measured in times.items()
+    }

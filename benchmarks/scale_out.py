@@ -11,8 +11,9 @@ Debian's packages) unless ``RXINVOKE_BENCH_REDIS`` and ``RXINVOKE_BENCH_POSTGRES
 3. the queue: 1 000 W1 runs (10 ms model latency) submitted to 4 worker processes
    (PostgresStore) against 1 000 concurrent W1 runs in one process (MemoryStore), wall times
    (target ratio <= 1.5);
-4. the publish path: sequential W1 runs with the mirror attached against without, per run
-   (target ratio <= 1.10).
+4. the publish path: sequential W1 runs with the mirror attached against without, per run:
+   two runtimes side by side in 20 alternating rounds of 150 runs, the median of the paired
+   ratios (``benchmarks._common.paired``; target ratio <= 1.10).
 
     python -m benchmarks.scale_out            # full run
     python -m benchmarks.scale_out --quick    # smoke run with tiny counts (CI)
@@ -28,10 +29,10 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-from benchmarks._common import cli, machine_line
+from benchmarks._common import cli, machine_line, paired
 from benchmarks.runtime import W1Provider, lookup
 from rxinvoke import AgentRuntime, EmitRequest, MemoryStore, PostgresStore, RuntimeInvocation
 from rxinvoke.events import TextDelta
@@ -208,33 +209,30 @@ async def in_process(runs: int) -> float:
 # --- 4. the publish path with the mirror attached ----------------------------------------------
 
 
-async def publish_path(url: str, runs: int) -> tuple[float, float]:
+async def publish_path(url: str, runs: int, rounds: int) -> tuple[float, float, float]:
+    """(µs per run without the mirror, with it, the median of the paired ratios): two runtimes
+    side by side, measured in alternating blocks of ``runs`` runs (``paired``)."""
     transport = RedisTransport(url, prefix=f"p{uuid.uuid4().hex[:6]}:")
 
-    async def per_run(mirrored: bool) -> float:
+    async def variant(mirrored: bool) -> Callable[[int], Awaitable[None]]:
         runtime = AgentRuntime(providers=[W1Provider()], tools=[lookup])
         mirror = EventMirror(transport)
         if mirrored:
             mirror.attach(runtime)
         inv = RuntimeInvocation(runtime)
         runtime.bus.observe("any").subscribe(lambda e: None)
-        for _ in range(20):
-            await inv.emit(w1_request())
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            for _ in range(runs):
-                await inv.emit(w1_request())
-            await mirror.flush()
-            best = min(best, (time.perf_counter() - started) / runs)
-        return best * 1e6
 
-    plain, mirrored = [], []
-    for _ in range(3):  # interleaved: the machine's drift hits both
-        plain.append(await per_run(False))
-        mirrored.append(await per_run(True))
+        async def block(count: int) -> None:
+            for _ in range(count):
+                await inv.emit(w1_request())
+            await mirror.flush()  # the block's envelopes are written inside its time
+
+        await block(20)  # warm up
+        return block
+
+    measured = await paired({"plain": await variant(False), "mirrored": await variant(True)}, runs, rounds)
     await transport.close()
-    return min(plain), min(mirrored)
+    return measured["plain"][0], measured["mirrored"][0], measured["mirrored"][1]
 
 
 async def main(quick: bool) -> None:
@@ -257,10 +255,10 @@ async def main(quick: bool) -> None:
             f"3. {runs} W1 runs, 10 ms model latency: 4 workers via the queue {remote:.2f} s, "
             f"one process {local:.2f} s: {remote / local:.2f}x (target <= 1.5x)"
         )
-        plain, mirrored = await publish_path(url, 20 if quick else 300)
+        plain, mirrored, ratio = await publish_path(url, *((20, 2) if quick else (150, 20)))
         print(
-            f"4. sequential W1 per run: {plain:.0f} µs, with the Redis mirror {mirrored:.0f} µs: "
-            f"{mirrored / plain:.2f}x (target <= 1.10x)"
+            f"4. sequential W1 per run (medians of {'2' if quick else '20'} paired rounds): {plain:.0f} µs, "
+            f"with the Redis mirror {mirrored:.0f} µs: {ratio:.2f}x (target <= 1.10x)"
         )
 
 
