@@ -1,25 +1,28 @@
 """OpenTelemetry export overhead (issue 15): sequential W1 runs (every event consumed by a
 subscriber) with and without
 ``rxinvoke.otel.instrument`` attached (the SDK's in-memory exporter behind a batch span
-processor, an in-memory metric reader), interleaved in one process; target <= 1.3x.
+processor, an in-memory metric reader): two runtimes side by side in one process, measured in
+alternating rounds (``benchmarks._common.paired``: the median of the per-round ratios);
+target <= 1.3x.
 
 Run: ``python -m benchmarks.otel`` (``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Awaitable, Callable
 
-from benchmarks._common import cli, machine_line
+from benchmarks._common import cli, machine_line, paired
 from benchmarks.runtime import W1Provider, _build, lookup
 from rxinvoke import AgentRuntime, RuntimeInvocation
 
 
-async def _per_run(inv: RuntimeInvocation, runs: int) -> float:
-    start = time.perf_counter()
-    for _ in range(runs):
-        await inv.emit(_build)
-    return (time.perf_counter() - start) / runs * 1e6
+def _runs(inv: RuntimeInvocation) -> Callable[[int], Awaitable[None]]:
+    async def block(count: int) -> None:
+        for _ in range(count):
+            await inv.emit(_build)
+
+    return block
 
 
 async def main(quick: bool) -> None:
@@ -32,7 +35,7 @@ async def main(quick: bool) -> None:
 
     from rxinvoke.otel import instrument
 
-    runs, rounds = (50, 2) if quick else (500, 5)
+    runs, rounds = (20, 2) if quick else (100, 30)
     plain = RuntimeInvocation(AgentRuntime(providers=[W1Provider()], tools=[lookup]))
     traced_runtime = AgentRuntime(providers=[W1Provider()], tools=[lookup])
     seen = [0]
@@ -44,20 +47,18 @@ async def main(quick: bool) -> None:
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     instrument(traced_runtime, tracer_provider, meter_provider)
     traced = RuntimeInvocation(traced_runtime)
-    for inv in (plain, traced):  # warm up
-        await _per_run(inv, 20)
-    without, with_ = [], []
-    for _ in range(rounds):  # interleaved: drift on a shared machine hits both alike
-        without.append(await _per_run(plain, runs))
-        with_.append(await _per_run(traced, runs))
-        exporter.clear()
-    best_without, best_with = min(without), min(with_)
+    variants = {"without": _runs(plain), "with": _runs(traced)}
+    for block in variants.values():  # warm up
+        await block(20)
+    measured = await paired(variants, runs, rounds)
+    exporter.clear()
     tracer_provider.shutdown()
+    (without, _), (with_, ratio) = measured["without"], measured["with"]
     print("# rxinvoke OpenTelemetry export benchmark" + (" (quick)" if quick else ""))
     print(f"# machine: {machine_line(**{'opentelemetry-sdk': sdk})}")
     print(
-        f"1. W1 sequential: {best_without:.0f} us/run without, {best_with:.0f} us/run with the "
-        f"exporter (best of {rounds} x {runs}) · ratio {best_with / best_without:.2f}x (target <= 1.3x)"
+        f"1. W1 sequential: {without:.0f} us/run without, {with_:.0f} us/run with the exporter "
+        f"(medians of {rounds} paired rounds of {runs}) · ratio {ratio:.2f}x (target <= 1.3x)"
     )
 
 
