@@ -479,6 +479,16 @@ async def test_a_write_runs_on_the_callers_thread_and_a_read_on_the_worker(tmp_p
         assert conn.execute("SELECT status FROM runs WHERE id = ?", (rec.run_id,)).fetchone() == ("running",)
 
 
+async def test_the_worker_waits_for_other_processes_and_a_write_here_never_does(tmp_path: Path) -> None:
+    def timeout(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+
+    async with SqliteStore(tmp_path / "b.db", busy_timeout=7.5) as store:
+        for _ in range(2):  # switched when the connection changes hands, each way
+            assert await store._call(timeout, write=True) == 0  # here: never waits
+            assert await store._call(timeout) == 7500  # the worker: waits busy_timeout
+
+
 async def test_with_synchronous_full_every_write_runs_on_the_worker(tmp_path: Path) -> None:
     import threading
 
@@ -487,11 +497,16 @@ async def test_with_synchronous_full_every_write_runs_on_the_worker(tmp_path: Pa
         assert await store._call(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
 
 
-async def test_a_write_behind_another_processes_lock_waits_on_the_worker_not_the_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("written_here_first", [False, True], ids=["fresh", "after-a-write-here"])
+async def test_a_write_behind_another_processes_lock_waits_on_the_worker_not_the_loop(
+    tmp_path: Path, written_here_first: bool
+) -> None:
     import asyncio
 
     path = tmp_path / "l.db"
     async with SqliteStore(path) as store:
+        if written_here_first:  # the connection was left never to wait: the worker's call waits
+            await store.begin_run(record(), [])
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another writer holds the file's write lock
         rec = record()

@@ -427,6 +427,10 @@ class SqliteStore:
         # runs calls, a write done on the caller's thread takes it without waiting (or goes
         # to the worker)
         self._using = threading.Lock()
+        # whether the connection waits busy_timeout for another process's lock (the worker's
+        # calls) or not at all (the writes on the caller's thread): switched only on a change
+        # of hands, not around every write
+        self._waits = True
         self._inline = synchronous == "NORMAL"  # a FULL commit syncs: never on the caller's thread
         self._queued = 0  # calls handed to the worker and not settled (later ones queue behind)
         # writes waiting to be done together on the caller's thread: those after the first of
@@ -645,13 +649,13 @@ class SqliteStore:
             conn = self._conn
             if conn is None or self._closed:
                 return False, None
-            conn.execute("PRAGMA busy_timeout = 0")  # never wait here for another process
+            if self._waits:  # never wait here for another process (the worker sets it back)
+                conn.execute("PRAGMA busy_timeout = 0")
+                self._waits = False
             try:
                 return True, self._attempt(functools.partial(fn, conn))
             except _Busy:
                 return False, None  # nothing written (BEGIN IMMEDIATE refused): the worker waits
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         finally:
             self._using.release()
 
@@ -661,6 +665,9 @@ class SqliteStore:
         def locked(arg: Any) -> _T:
             with self._using:
                 self._uses += 1
+                if not self._waits and self._conn is not None:  # set to 0 by a write here
+                    self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                    self._waits = True
                 return fn(arg)
 
         return locked
