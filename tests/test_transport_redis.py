@@ -283,6 +283,8 @@ async def test_flush_writes_now_without_waiting_out_the_interval_between_writes(
 
     mirror = EventMirror(Slow(), interval=3600.0)  # an hour between two writes, unless flushed
     mirror.attach(AgentRuntime(providers=[OfflineProvider()]))
+    await asyncio.wait_for(mirror.flush(), 1)  # nothing buffered: at once, and pacing stays on
+    assert not mirror._hurry and writes == []
     session = uuid.uuid4()
     mirror.add(("r", session, 1, TextDelta(run_id="r", delta="a")))
     flushed = asyncio.ensure_future(mirror.flush())
@@ -291,6 +293,7 @@ async def test_flush_writes_now_without_waiting_out_the_interval_between_writes(
     gate.set()
     await asyncio.wait_for(flushed, 30)  # not an hour: the second write follows at once
     assert writes == [[1], [2]] and mirror.stats.mirrored == 2
+    assert not mirror._hurry  # idle again: the next writes are paced
 
 
 class _Flaky:

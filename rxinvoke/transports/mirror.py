@@ -239,6 +239,8 @@ class EventMirror:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._flusher is None and not (self._buffer or self._retry):
+            return  # nothing to write (and no flusher to hurry)
         self._hurry = True
         if self._pace is not None:
             _settle(self._pace)  # a flusher waiting between two writes writes now
