@@ -497,16 +497,11 @@ async def test_with_synchronous_full_every_write_runs_on_the_worker(tmp_path: Pa
         assert await store._call(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
 
 
-@pytest.mark.parametrize("written_here_first", [False, True], ids=["fresh", "after-a-write-here"])
-async def test_a_write_behind_another_processes_lock_waits_on_the_worker_not_the_loop(
-    tmp_path: Path, written_here_first: bool
-) -> None:
+async def test_a_write_behind_another_processes_lock_waits_on_the_worker_not_the_loop(tmp_path: Path) -> None:
     import asyncio
 
     path = tmp_path / "l.db"
     async with SqliteStore(path) as store:
-        if written_here_first:  # the connection was left never to wait: the worker's call waits
-            await store.begin_run(record(), [])
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another writer holds the file's write lock
         rec = record()

@@ -206,40 +206,32 @@ async def test_a_run_stream_expires_retention_after_its_end_and_is_not_refreshed
 
 
 async def test_appends_of_many_runs_land_in_order_even_after_the_server_forgot_the_script(
-    redis_server: RedisServer,
+    transport: RedisTransport,
 ) -> None:
-    transport = RedisTransport(redis_server.url, prefix=f"a{uuid.uuid4().hex[:8]}:")
-    try:
-        session = uuid.uuid4()
-        runs = [f"run-{i}" for i in range(250)]  # more than one script call's worth
-        for seq in (1, 2):
-            if seq == 2:
-                await transport.client.script_flush()  # as after a restart: NOSCRIPT
-            entries = [(run, session, seq, TextDelta(run_id=run, delta=f"{run}/{seq}")) for run in runs]
-            await transport.append(list(segments_of(entries)))
-        for run in (runs[0], runs[149], runs[-1]):
-            read = await transport.client.xrange(f"{transport.prefix}run:{run}")
-            assert [fields[b"seq"] for _, fields in read] == [b"1", b"2"]
-            assert b"/2" in read[1][1][b"json"]
-    finally:
-        await transport.close()
+    session = uuid.uuid4()
+    runs = [f"run-{i}" for i in range(250)]  # more than one script call's worth
+    for seq in (1, 2):
+        if seq == 2:
+            await transport.client.script_flush()  # as after a restart: NOSCRIPT
+        entries = [(run, session, seq, TextDelta(run_id=run, delta=f"{run}/{seq}")) for run in runs]
+        await transport.append(list(segments_of(entries)))
+    for run in (runs[0], runs[149], runs[-1]):
+        read = await transport.client.xrange(f"{transport.prefix}run:{run}")
+        assert [fields[b"seq"] for _, fields in read] == [b"1", b"2"]
+        assert b"/2" in read[1][1][b"json"]
 
 
 async def test_an_append_the_server_refuses_raises_and_the_next_one_goes_through(
-    redis_server: RedisServer,
+    transport: RedisTransport,
 ) -> None:
-    transport = RedisTransport(redis_server.url, prefix=f"w{uuid.uuid4().hex[:8]}:")
-    try:
-        session = uuid.uuid4()
-        await transport.client.set(f"{transport.prefix}run:taken", "not a stream")
-        bad = [("taken", session, 1, TextDelta(run_id="taken", delta="x"))]
-        with pytest.raises(Exception, match="WRONGTYPE"):
-            await transport.append(list(segments_of(bad)))
-        good = [("fine", session, 1, TextDelta(run_id="fine", delta="y"))]
-        await transport.append(list(segments_of(good)))
-        assert await transport.client.xlen(f"{transport.prefix}run:fine") == 1
-    finally:
-        await transport.close()
+    session = uuid.uuid4()
+    await transport.client.set(f"{transport.prefix}run:taken", "not a stream")
+    bad = [("taken", session, 1, TextDelta(run_id="taken", delta="x"))]
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await transport.append(list(segments_of(bad)))
+    good = [("fine", session, 1, TextDelta(run_id="fine", delta="y"))]
+    await transport.append(list(segments_of(good)))
+    assert await transport.client.xlen(f"{transport.prefix}run:fine") == 1
 
 
 async def test_observing_an_unknown_run_is_an_error(transport: RedisTransport) -> None:
