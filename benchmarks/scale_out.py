@@ -255,9 +255,10 @@ async def main(quick: bool) -> None:
             f"3. {runs} W1 runs, 10 ms model latency: 4 workers via the queue {remote:.2f} s, "
             f"one process {local:.2f} s: {remote / local:.2f}x (target <= 1.5x)"
         )
-        plain, mirrored, ratio = await publish_path(url, *((20, 2) if quick else (150, 20)))
+        block, rounds = (20, 2) if quick else (150, 20)
+        plain, mirrored, ratio = await publish_path(url, block, rounds)
         print(
-            f"4. sequential W1 per run (medians of {'2' if quick else '20'} paired rounds): {plain:.0f} µs, "
+            f"4. sequential W1 per run (medians of {rounds} paired rounds): {plain:.0f} µs, "
             f"with the Redis mirror {mirrored:.0f} µs: {ratio:.2f}x (target <= 1.10x)"
         )
 

@@ -183,6 +183,7 @@ class RedisTransport:
             from redis.asyncio.retry import Retry
             from redis.backoff import ExponentialBackoff
             from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.exceptions import NoScriptError
             from redis.exceptions import TimeoutError as RedisTimeoutError
         except ImportError as exc:  # pragma: no cover - the extra is missing
             raise ImportError("RedisTransport needs redis: pip install 'rxinvoke[redis]'") from exc
@@ -223,6 +224,7 @@ class RedisTransport:
         # redis-py's pipeline costs the run's loop more than the write itself
         self._appender: Any = None
         self._append_lock = asyncio.Lock()
+        self._no_script = NoScriptError
         self._refresh = self._client.register_script(_REFRESH)
         self._release = self._client.register_script(_RELEASE)
         self._queue = f"{prefix}runs"
@@ -309,8 +311,6 @@ class RedisTransport:
             raise
 
     async def _send_appends(self, calls: list[tuple[Any, ...]]) -> None:
-        from redis.exceptions import NoScriptError
-
         if self._appender is None:
             self._appender = self._client.connection_pool.make_connection()
         connection = self._appender
@@ -323,7 +323,7 @@ class RedisTransport:
             for call in calls:
                 try:
                     await connection.read_response()
-                except NoScriptError:  # a server that has not seen the script (or restarted)
+                except self._no_script:  # a server that has not seen the script (or restarted)
                     missing.append(call)
                 except Exception as exc:  # an error reply: the other calls still ran
                     failure = failure or exc
