@@ -10,6 +10,10 @@ pay. The ratio (rxinvoke time / baseline time per run) is the runtime's overhead
 C1000 = 1000 concurrent W1 runs on distinct sessions whose model calls each take 10 ms
 (``asyncio.sleep``), wall time for all of them, against the baseline doing the same.
 
+Line 4 counts what a burst keeps alive: GC-tracked objects per run while 1000 runs wait on
+their model (a full collection walks all of them; the plain baseline's coroutines keep a
+dozen), and the collector's full collections and time over a burst of 1000 runs.
+
     python -m benchmarks.runtime            # full run
     python -m benchmarks.runtime --quick    # smoke run with tiny counts (CI)
 """
@@ -17,9 +21,10 @@ C1000 = 1000 concurrent W1 runs on distinct sessions whose model calls each take
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from reactivex import operators as ops
@@ -203,6 +208,46 @@ async def concurrent(runs: int, latency: float) -> tuple[float, float]:
     return rx, time.perf_counter() - start
 
 
+async def in_flight(runs: int) -> tuple[float, float, int, float]:
+    """GC-tracked objects per run kept alive while ``runs`` concurrent runs wait on their first
+    model call (what a full collection walks during a burst): rxinvoke, baseline; and the
+    collector's work over the whole burst: collections of the oldest generation, seconds."""
+    inv, _ = _runtime(0.05)
+    await inv.emit(_build)  # warm: first-use caches are not the runs' own
+    publish, _ = _baseline_publisher()
+
+    async def count(start: Callable[[int], Awaitable[Any]]) -> tuple[float, list[asyncio.Task[Any]]]:
+        gc.collect()
+        before = len(gc.get_objects())
+        tasks = [asyncio.ensure_future(start(run)) for run in range(runs)]
+        await asyncio.sleep(0.02)  # every run is in its first model call (50 ms)
+        gc.collect()
+        return (len(gc.get_objects()) - before) / runs, tasks
+
+    base, tasks = await count(lambda run: baseline_run(run, publish, 0.05))
+    await asyncio.gather(*tasks)
+    rx, tasks = await count(lambda run: inv.emit(_build))
+    await asyncio.gather(*tasks)
+    full, seconds, began = [0], [0.0], [0.0]
+
+    def timing(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            seconds[0] += time.perf_counter() - began[0]
+            full[0] += info["generation"] == 2
+
+    inv, _ = _runtime(0.010)
+    await inv.emit(_build)
+    gc.collect()
+    gc.callbacks.append(timing)
+    try:
+        await asyncio.gather(*(inv.emit(_build) for _ in range(runs)))
+    finally:
+        gc.callbacks.remove(timing)
+    return rx, base, full[0], seconds[0]
+
+
 async def main(quick: bool) -> None:
     runs, concurrent_runs = (20, 50) if quick else (500, 1000)
     print(f"# rxinvoke runtime benchmark ({'quick' if quick else 'full'})")
@@ -218,6 +263,12 @@ async def main(quick: bool) -> None:
         f"2. {concurrent_runs} concurrent W1 runs, 10 ms per model call: rxinvoke "
         f"{rx_wall:.2f} s wall · plain asyncio {base_wall:.2f} s · ratio {rx_wall / base_wall:.1f}x"
         " (target <= 2x)"
+    )
+    rx_kept, base_kept, full, gc_seconds = await in_flight(concurrent_runs)
+    print(
+        f"4. {concurrent_runs} W1 runs in flight, waiting on the model: {rx_kept:.0f} GC-tracked objects "
+        f"kept per run (plain asyncio {base_kept:.0f}) · over a burst of {concurrent_runs} runs the "
+        f"collector ran {full} full collections, {gc_seconds:.2f} s"
     )
     if quick:
         return

@@ -7,8 +7,7 @@ so a ``reactivex.testing.TestScheduler`` drives a whole run in virtual time. Wit
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
 
 from reactivex import abc
@@ -16,7 +15,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from ._compat import DeadlineExceeded, uncancel
 
-__all__ = ("deadline", "loop_scheduler", "sleep")
+__all__ = ("Deadline", "deadline", "loop_scheduler", "sleep")
 
 
 def loop_scheduler(scheduler: abc.SchedulerBase | None) -> abc.SchedulerBase:
@@ -43,37 +42,60 @@ async def sleep(scheduler: abc.SchedulerBase | None, seconds: float) -> None:
         timer.dispose()
 
 
-@asynccontextmanager
-async def deadline(scheduler: abc.SchedulerBase | None, timeout: float | None) -> AsyncIterator[None]:
-    """Bound the block to ``timeout`` seconds on ``scheduler``: past it the block is
-    cancelled and :class:`~rxinvoke._compat.DeadlineExceeded` raised. A TimeoutError the block
-    raises itself propagates as it is; None: no bound."""
-    if timeout is None:
-        yield
-        return
-    task = asyncio.current_task()
-    assert task is not None
-    clock = loop_scheduler(scheduler)
-    expired = False
+def deadline(scheduler: abc.SchedulerBase | None, timeout: float | None) -> Deadline:
+    """Bound an ``async with`` block to ``timeout`` seconds on ``scheduler``: past it the
+    block is cancelled and :class:`~rxinvoke._compat.DeadlineExceeded` raised. A TimeoutError
+    the block raises itself propagates as it is; None: no bound."""
+    return Deadline(scheduler, timeout)
 
-    def expire(_: abc.SchedulerBase, __: Any = None) -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
 
-    # Single-threaded schedulers run expire only while the block is suspended at an await,
-    # so the cancel lands inside the block, never after it. On the loop's own clock, a plain
-    # loop timer (what AsyncIOScheduler.schedule_relative makes, without its disposables).
-    if isinstance(clock, AsyncIOScheduler):
-        stop = asyncio.get_running_loop().call_later(timeout, expire, clock).cancel
-    else:
-        stop = clock.schedule_relative(timeout, expire).dispose
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not expired:
-            raise
-        uncancel(task)
-        raise DeadlineExceeded from None
-    finally:
-        stop()
+class Deadline:
+    """What :func:`deadline` returns (a class, not a generator-based context manager: each
+    model call makes one, and a call waiting on its model keeps it alive)."""
+
+    __slots__ = ("_expired", "_scheduler", "_task", "_timeout", "_timer")
+
+    def __init__(self, scheduler: abc.SchedulerBase | None, timeout: float | None) -> None:
+        self._scheduler, self._timeout = scheduler, timeout
+        self._expired = False
+        self._timer: asyncio.TimerHandle | abc.DisposableBase | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        timeout = self._timeout
+        if timeout is None:
+            return
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        clock = loop_scheduler(self._scheduler)
+        # Single-threaded schedulers run _expire only while the block is suspended at an
+        # await, so the cancel lands inside the block, never after it. On the loop's own
+        # clock, a plain loop timer (what AsyncIOScheduler.schedule_relative makes, without
+        # its disposables).
+        if isinstance(clock, AsyncIOScheduler):
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._expire)
+        else:
+            self._timer = clock.schedule_relative(timeout, self._expire)
+
+    def _expire(self, _scheduler: abc.SchedulerBase | None = None, _state: Any = None) -> None:
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        timer = self._timer
+        if timer is None:
+            return
+        if isinstance(timer, asyncio.TimerHandle):
+            timer.cancel()
+        else:
+            timer.dispose()
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and self._expired:
+            assert self._task is not None
+            uncancel(self._task)
+            raise DeadlineExceeded from None

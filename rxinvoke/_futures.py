@@ -1,4 +1,5 @@
-"""Futures: outcomes reported elsewhere (``retrieve``), and coroutines started eagerly.
+"""Futures: outcomes reported elsewhere (``retrieve``), waiting for a task without cancelling
+it (``when_done``), and coroutines started eagerly.
 
 ``start_eagerly(coro)`` is ``asyncio.ensure_future(coro)`` without the detour through the loop
 when ``coro`` finishes without waiting (a MemoryStore call, a log write of such a store): it runs
@@ -20,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine, Generator
+from functools import partial
 from typing import Any, Generic, TypeVar, cast
 
-__all__ = ("retrieve", "start_eagerly")
+__all__ = ("retrieve", "start_eagerly", "when_done")
 
 _EAGER_TASKS = sys.version_info >= (3, 12)
 
@@ -34,6 +36,21 @@ def retrieve(future: asyncio.Future[Any]) -> None:
     "exception was never retrieved" for an outcome that was reported another way."""
     if not future.cancelled():
         future.exception()
+
+
+def when_done(future: asyncio.Future[Any]) -> asyncio.Future[None]:
+    """A future settled (with None) once ``future`` is done; cancelling it leaves ``future``
+    alone. What ``asyncio.shield(future)`` gives its awaiter, without copying the outcome over:
+    three objects kept alive while waiting instead of nine (an awaiter reads
+    ``future.result()`` itself)."""
+    waiter: asyncio.Future[None] = future.get_loop().create_future()
+    future.add_done_callback(partial(_wake, waiter))
+    return waiter
+
+
+def _wake(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> None:
+    if not waiter.done():  # else its awaiter was cancelled
+        waiter.set_result(None)
 
 
 def start_eagerly(coro: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:

@@ -37,8 +37,8 @@ class Run:
     """What the runtime's parts share about one run (instead of long parameter lists)."""
 
     __slots__ = (
-        "_listener", "_loop", "_outcome", "_scheduler", "_started_at", "_thread",
-        "_timeout_listener", "_timer", "context", "control", "ended", "provider", "reason",
+        "_closed", "_ended", "_listener", "_loop", "_outcome", "_scheduler", "_started_at",
+        "_thread", "_timeout_listener", "_timer", "context", "control", "provider", "reason",
         "request", "run_id", "session_id", "started", "task",
     )
 
@@ -63,8 +63,8 @@ class Run:
         self.started = False
         """The run's task began: cancelling it now lands inside the loop."""
         self.task: asyncio.Task[RunOutput] | None = None
-        self.ended = asyncio.Event()
-        """Set when ``run()`` returns (idempotent emits of this process wait on it)."""
+        self._closed = False
+        self._ended: asyncio.Event | None = None  # made when someone waits for it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
         self._listener: abc.DisposableBase | None = None
@@ -73,6 +73,15 @@ class Run:
         self._scheduler: abc.SchedulerBase | None = None
         self._started_at: datetime | None = None
         self._outcome: asyncio.Future[RunOutput] | None = None
+
+    @property
+    def ended(self) -> asyncio.Event:
+        """Set when ``run()`` returns (idempotent emits of this process wait on it)."""
+        if self._ended is None:
+            self._ended = asyncio.Event()
+            if self._closed:
+                self._ended.set()
+        return self._ended
 
     @property
     def outcome(self) -> asyncio.Future[RunOutput]:
@@ -102,10 +111,13 @@ class Run:
         self._scheduler = scheduler
         self._started_at = scheduler.now
         task = self.task = loop.create_task(drive)
-        self._listener = self.control.add_cancel_listener(lambda: self.stop("cancelled"))
+        self._listener = self.control.add_cancel_listener(self._on_cancel)
         self._timeout_listener = self.control.add_timeout_listener(self._on_timeout_change)
         self._arm(self.control.timeout)
         return task
+
+    def _on_cancel(self) -> None:
+        self.stop("cancelled")
 
     def _on_timeout_change(self, timeout: float | None) -> None:
         loop = self._loop
@@ -122,7 +134,7 @@ class Run:
             self._timer.dispose()
             self._timer = None
         scheduler, started = self._scheduler, self._started_at
-        if timeout is None or scheduler is None or started is None or self.ended.is_set():
+        if timeout is None or scheduler is None or started is None or self._closed:
             return
         remaining = timeout - (scheduler.now - started).total_seconds()
         if remaining <= 0:
@@ -157,4 +169,6 @@ class Run:
             if disposable is not None:
                 disposable.dispose()
         self._listener = self._timeout_listener = self._timer = None
-        self.ended.set()
+        self._closed = True
+        if self._ended is not None:
+            self._ended.set()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 __all__ = ("SessionGate",)
 
@@ -16,15 +15,44 @@ class SessionGate:
     def __init__(self) -> None:
         self._locks: dict[uuid.UUID, tuple[asyncio.Lock, list[int]]] = {}
 
-    @asynccontextmanager
-    async def hold(self, session_id: uuid.UUID) -> AsyncIterator[None]:
-        """Hold the session for the duration of the block (waiting for earlier holders)."""
-        lock, users = self._locks.setdefault(session_id, (asyncio.Lock(), [0]))
-        users[0] += 1
+    def hold(self, session_id: uuid.UUID) -> _Hold:
+        """Hold the session for the duration of an ``async with`` block (waiting for earlier
+        holders)."""
+        return _Hold(self._locks, session_id)
+
+
+class _Hold:
+    """One ``async with gate.hold(session_id)`` (a class, not a generator-based context
+    manager: a run waiting on its model keeps one object alive here instead of five)."""
+
+    __slots__ = ("_lock", "_locks", "_session_id", "_users")
+
+    def __init__(self, locks: dict[uuid.UUID, tuple[asyncio.Lock, list[int]]], session_id: uuid.UUID) -> None:
+        self._locks, self._session_id = locks, session_id
+
+    async def __aenter__(self) -> None:
+        entry = self._locks.get(self._session_id)
+        if entry is None:
+            entry = self._locks[self._session_id] = (asyncio.Lock(), [0])
+        self._lock, self._users = entry
+        self._users[0] += 1
         try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[session_id]
+            await self._lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        users = self._users
+        users[0] -= 1
+        if users[0] == 0:
+            del self._locks[self._session_id]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
@@ -136,7 +137,7 @@ class Control:
         with state.lock:
             if not state.is_cancelled:
                 state.listeners.append(listener)
-                return _Listener(state, listener)
+                return _Listener(state, state.listeners, listener)
         listener()
         return Disposable()
 
@@ -148,13 +149,7 @@ class Control:
         state = self._state
         with state.lock:
             state.timeout_listeners.append(listener)
-
-        def remove() -> None:
-            with state.lock:
-                if listener in state.timeout_listeners:
-                    state.timeout_listeners.remove(listener)
-
-        return Disposable(remove)
+        return _Listener(state, state.timeout_listeners, listener)
 
     def __repr__(self) -> str:
         return (
@@ -164,18 +159,17 @@ class Control:
 
 
 class _Listener(abc.DisposableBase):
-    """Removes a cancel listener (a lean disposable: no lock, no closure)."""
+    """Removes a cancel or timeout listener (a lean disposable: no lock, no closure)."""
 
-    __slots__ = ("_listener", "_state")
+    __slots__ = ("_listener", "_listeners", "_state")
 
-    def __init__(self, state: _ControlState, listener: Callable[[], None]) -> None:
-        self._state, self._listener = state, listener
+    def __init__(self, state: _ControlState, listeners: list[Any], listener: Callable[..., None]) -> None:
+        self._state, self._listeners, self._listener = state, listeners, listener
 
     def dispose(self) -> None:
-        state = self._state
-        with state.lock:
-            if self._listener in state.listeners:
-                state.listeners.remove(self._listener)
+        with self._state.lock:
+            if self._listener in self._listeners:
+                self._listeners.remove(self._listener)
 
 
 def _check_timeout(timeout: float | None) -> None:

@@ -54,7 +54,7 @@ from ._context import build_context
 from ._doom import DoomLoopDetector
 from ._eventlog import EventLog
 from ._execute import ToolExecutor
-from ._futures import start_eagerly
+from ._futures import start_eagerly, when_done
 from ._model_call import call_model
 from ._resume import Resumption, resumption_of
 from ._run import Run
@@ -547,7 +547,9 @@ class AgentRuntime:
     async def _outcome(self, run: Run, task: asyncio.Task[RunOutput]) -> RunOutput:
         run_id, control = run.run_id, run.control
         try:
-            return await asyncio.shield(task)
+            if not task.done():
+                await when_done(task)  # the caller's cancellation does not reach the task
+            return task.result()
         except asyncio.CancelledError:
             caller = asyncio.current_task()
             if not task.done() or (caller is not None and cancel_requested(caller)):

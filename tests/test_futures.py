@@ -1,5 +1,6 @@
 """start_eagerly: a coroutine run at once up to its first suspension (an eager task on 3.12+;
-before, in the caller's task, with no task when it does not wait)."""
+before, in the caller's task, with no task when it does not wait); when_done: waiting for a task
+without cancelling it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from rxinvoke._futures import start_eagerly
+from rxinvoke._futures import start_eagerly, when_done
 
 
 async def test_a_coroutine_that_does_not_wait_completes_in_the_callers_task() -> None:
@@ -115,3 +116,34 @@ async def test_an_error_after_the_first_suspension_is_the_tasks_outcome() -> Non
     assert not future.done()
     with pytest.raises(KeyError, match="late"):
         await future
+
+
+async def test_when_done_settles_after_the_future_and_leaves_its_outcome_there() -> None:
+    gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    waiter = when_done(gate)
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    gate.set_exception(ValueError("boom"))
+    assert await waiter is None  # the outcome is not copied over
+    with pytest.raises(ValueError, match="boom"):
+        gate.result()
+
+
+async def test_cancelling_the_waiter_of_when_done_leaves_the_task_running() -> None:
+    release = asyncio.Event()
+
+    async def work() -> str:
+        await release.wait()
+        return "done"
+
+    task = asyncio.ensure_future(work())
+    waiter = when_done(task)
+    awaiting = asyncio.ensure_future(waiter)
+    await asyncio.sleep(0)
+    awaiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await awaiting
+    assert waiter.cancelled() and not task.done()
+    release.set()
+    assert await task == "done"  # and the waiter's callback, run after a cancel, raised nothing
+    await asyncio.sleep(0)
