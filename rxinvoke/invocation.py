@@ -157,6 +157,7 @@ class RuntimeInvocation:
         run_request = request.into_run_request(
             run_id=context.run_id, session_id=request.session_id or context.session_id
         )
+        del context, request  # not kept alive for the whole run
         return await self.runtime.run(run_request, control)
 
     async def on(

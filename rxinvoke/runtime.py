@@ -110,6 +110,9 @@ class _NotResumable(Exception):
     """The run to take over is finished, or its owner lives (resume_interrupted: None)."""
 
 
+_NO_USAGE = TokenUsage()
+"""A run's usage before its first model call (frozen: shared)."""
+
 _SETTLE_ATTEMPTS = 3
 """Writes of a run's end before the store failure is the run's error."""
 _SETTLE_BACKOFF = 0.05
@@ -173,6 +176,7 @@ class AgentRuntime:
         self._stray_context = SessionContext()
         self.bus = EventBus(context_for=self.context_for)
         self.log = EventLog(self.store, self.bus)
+        self._publish = self.bus.publish  # one bound method, not one per run's frame
         """The durable event log of this runtime's runs (``replay``, ``subscribe_run``)."""
         self._executor = ToolExecutor(
             self.tools, self.policy, self.bus.publish, clock=lambda: self.scheduler
@@ -584,9 +588,9 @@ class AgentRuntime:
             client_request_id=request.client_request_id,
         )
         preamble = (
-            [Message(role="system", content=request.system_prompt, run_id=run.run_id)]
+            (Message(role="system", content=request.system_prompt, run_id=run.run_id),)
             if request.system_prompt and request.resumes is None
-            else []
+            else ()
         )
         # a continuation answers the paused calls instead of adding a user message
         opening = (
@@ -672,7 +676,7 @@ class AgentRuntime:
     ) -> RunOutput:
         """The claimed run, from ``run_started`` (``run_resumed``: a run taken over) to its
         settled terminal event."""
-        publish = self.bus.publish
+        publish = self._publish
         run_id = run.run_id
         after_seq = resumption.after_seq if resumption is not None else 0
         self.log.begin(run_id, run.session_id, last_seq=after_seq)
@@ -802,10 +806,16 @@ class AgentRuntime:
             run_id=record.run_id,
         )
 
+    def _awaiting_approval(self, calls: Sequence[ToolCall]) -> list[ToolCall]:
+        # a method, not a comprehension in _loop: before Python 3.12 that makes two closure
+        # cells in every run's _loop frame
+        tools, rule = self.tools, self.policy.approval
+        return [call for call in calls if needs_approval(tools, rule, call)]
+
     async def _loop(
         self, run: Run, history: list[Message], resumption: Resumption | None = None
     ) -> RunOutput:
-        publish = self.bus.publish
+        publish = self._publish
         policy = self.policy
         request, run_id = run.request, run.run_id
         # the stored history, ending with this run's opening (committed by begin_run; a run
@@ -813,7 +823,7 @@ class AgentRuntime:
         # the run's next write
         if resumption is not None and resumption.dangling:
             calls = resumption.dangling
-            waiting = [c for c in calls if needs_approval(self.tools, policy.approval, c)]
+            waiting = self._awaiting_approval(calls)
             if waiting:  # the dead attempt had not paused for them yet: the run pauses now
                 return RunOutput(
                     run_id=run_id,
@@ -831,7 +841,7 @@ class AgentRuntime:
         publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
 
         specs = self.tools.specs()
-        total = resumption.usage if resumption is not None else TokenUsage()
+        total = resumption.usage if resumption is not None else _NO_USAGE
         doom = DoomLoopDetector(policy.doom_loop)
         pending: tuple[PendingApproval, ...] = ()
         text = ""
@@ -894,7 +904,7 @@ class AgentRuntime:
                 break
             trip = doom.check(calls)
             if trip is None:
-                waiting = [c for c in calls if needs_approval(self.tools, policy.approval, c)]
+                waiting = self._awaiting_approval(calls)
                 if waiting:
                     pending = await self._pause(run, calls, waiting)
                     finish = FinishReason.AWAITING_APPROVAL

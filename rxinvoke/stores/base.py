@@ -197,7 +197,7 @@ class RunRecord(Frozen):
     finished_at: datetime | None = None
     iterations: int = 0
     """Model calls whose usage was recorded."""
-    total_usage: TokenUsage = Field(default_factory=TokenUsage)
+    total_usage: TokenUsage = TokenUsage()  # frozen: one shared zero, not one per record
     """The sum of the recorded usage of the run's model calls."""
     owner: str | None = None
     """``host:pid`` of the process running it (stores shared between processes only)."""
