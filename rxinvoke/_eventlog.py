@@ -50,6 +50,8 @@ from ._futures import retrieve, start_eagerly
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import InvocationEvent
 from .messages import Message
+from .stores._packed import PLAIN_EVENTS as _PLAIN
+from .stores._packed import revive
 from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store
 
 __all__ = ("EventLog",)
@@ -147,7 +149,9 @@ class EventLog:
         if run is None:
             return
         seq = run.seq = run.seq + 1
-        entry = (run_id, run.session_id, seq, event)
+        # kept until written as a plain __dict__ when it can be (stores._packed.kept): with
+        # many runs waiting for their transactions, their fragments cost the collector nothing
+        entry = (run_id, run.session_id, seq, event.__dict__ if type(event) in _PLAIN else event)
         self._pending.append(entry)
         if self._taps:
             for tap in self._taps:
@@ -276,7 +280,7 @@ class EventLog:
     def unflushed(self, run_id: str) -> list[EventEnvelope]:
         """The envelopes of ``run_id`` numbered but not yet stored, in seq order."""
         return [
-            EventEnvelope.of(event, run_id, session_id, seq)
+            EventEnvelope.of(revive(event), run_id, session_id, seq)
             for rid, session_id, seq, event in sorted(
                 (*(e for batch, _ in self._in_flight.values() for e in batch), *self._pending),
                 key=_seq_of,

@@ -4,6 +4,7 @@ the event log hands ordered stores its writes without waiting for the write befo
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import uuid
 from collections.abc import Sequence
@@ -185,10 +186,29 @@ async def test_two_failed_writes_in_flight_put_back_each_runs_envelopes_in_seq_o
         with pytest.raises(StoreError, match="hiccup"):
             await write
     assert [e.seq for e in log.unflushed(r.run_id)] == [1, 2, 3, 4, 5]  # back in seq order
+    assert [e.event.delta for e in log.unflushed(r.run_id)] == ["a0", "a1", "a2", "b0", "b1"]  # type: ignore[union-attr]
     await log.commit_messages(r.session_id, [])
     stored = await store.read_events(r.run_id)
     assert [e.seq for e in stored] == [1, 2, 3, 4, 5]
     assert [e.event.delta for e in stored] == ["a0", "a1", "a2", "b0", "b1"]  # type: ignore[union-attr]
+
+
+async def test_the_log_keeps_plain_events_as_untracked_dicts_until_they_are_written() -> None:
+    store = _GatedStore(True)
+    bus = EventBus()
+    log = EventLog(store, bus)
+    r = record()
+    await store.begin_run(r, [])
+    log.begin(r.run_id, r.session_id)
+    published = [TextDelta(run_id=r.run_id, delta=f"t{i}") for i in range(3)]
+    for event in published:
+        bus.publish(event)
+    kept = [entry[3] for entry in log._pending]
+    assert all(type(item) is dict and not gc.is_tracked(item) for item in kept)  # not the models
+    assert [e.event for e in log.unflushed(r.run_id)] == published  # equal events again
+    store.gate.set()
+    await log.commit_messages(r.session_id, [])
+    assert [e.event for e in await store.read_events(r.run_id)] == published
 
 
 async def test_a_store_dropped_without_close_is_collected_and_its_thread_ends(tmp_path: Path) -> None:

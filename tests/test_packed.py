@@ -1,4 +1,5 @@
-"""Packed event logs (MemoryStore's run logs) and event batches (the log's writes)."""
+"""Packed event logs (MemoryStore's run logs), events as the event log keeps them until written
+(kept / revive), and event batches (the log's writes)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from test_events import ALL_EXAMPLES, RUN
 
 from rxinvoke import TextDelta
 from rxinvoke.events import EventBase
-from rxinvoke.stores._packed import PackedLog, pack_one, unpack
+from rxinvoke.stores._packed import PLAIN_EVENTS, PackedLog, kept, pack_one, revive, unpack
 from rxinvoke.stores.base import EventBatch, EventEnvelope, log_entries
 
 
@@ -64,3 +65,27 @@ def test_an_event_batch_is_a_sequence_of_envelopes_built_on_read(event: EventBas
     assert [e.event_id for e in batch[0:1]] == [f"{RUN}:1"]
     assert log_entries(batch) is entries  # stores that know batches take the entries as they are
     assert list(log_entries(list(batch))) == entries  # any other sequence of envelopes
+
+
+def test_a_kept_event_is_its_plain_dict_or_itself_and_revives_equal() -> None:
+    plain = [e for e in ALL_EXAMPLES if type(e) in PLAIN_EVENTS]
+    assert plain and len(plain) < len(ALL_EXAMPLES)
+    for event in ALL_EXAMPLES:
+        item = kept(event)
+        if type(event) in PLAIN_EVENTS:
+            assert item is event.__dict__ and not gc.is_tracked(item)  # invisible to the GC
+        else:
+            assert item is event
+        assert kept(item) is item
+        revived = revive(item)
+        assert revived == event and type(revived) is type(event)
+        assert pack_one(item) == pack_one(event)  # type: ignore[arg-type]
+        if revived is not event:
+            assert revived.__dict__ is not event.__dict__  # a copy: never one dict for two models
+
+
+@pytest.mark.parametrize("event", ALL_EXAMPLES, ids=lambda e: e.type)
+def test_an_event_batch_of_kept_entries_builds_the_same_envelopes(event: EventBase) -> None:
+    session = uuid.uuid4()
+    batch = EventBatch([(RUN, session, 1, kept(event))])  # type: ignore[arg-type]
+    assert list(batch) == [EventEnvelope.of(event, RUN, session, 1)]  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from .._frozen import trusted
 from ..events import INVOCATION_EVENT, EventBase, InvocationEvent
 
-__all__ = ("PLAIN_EVENTS", "PackedEvent", "PackedLog", "pack_one", "unpack")
+__all__ = ("PLAIN_EVENTS", "PackedEvent", "PackedLog", "SegmentItem", "kept", "pack_one", "revive", "unpack")
 
 PackedLog = tuple[tuple[Any, ...] | bytes, ...]
 """One item per event: a tuple of plain field values (in field order) or JSON bytes."""
@@ -48,13 +48,14 @@ _TYPE_AT = 2
 # event classes whose fields are all plain values
 _FLAT: dict[str, tuple[type[EventBase], tuple[str, ...]]] = {}
 _GETTERS: dict[type[EventBase], itemgetter[Any]] = {}
+_GETTERS_BY_TYPE: dict[str, itemgetter[Any]] = {}
 for _cls in _event_classes():
     _names = tuple(_cls.model_fields)
     if _names[_TYPE_AT] != "type":  # pragma: no cover - a broken event contract
         raise TypeError(f"{_cls.__name__}: 'type' must be its third field")
     if all(_is_plain(field.annotation) for field in _cls.model_fields.values()):
         _FLAT[_cls.model_fields["type"].default] = (_cls, _names)
-        _GETTERS[_cls] = itemgetter(*_names)
+        _GETTERS[_cls] = _GETTERS_BY_TYPE[_cls.model_fields["type"].default] = itemgetter(*_names)
 
 
 PLAIN_EVENTS: frozenset[type[EventBase]] = frozenset(_GETTERS)
@@ -63,13 +64,35 @@ PLAIN_EVENTS: frozenset[type[EventBase]] = frozenset(_GETTERS)
 PackedEvent = tuple[Any, ...] | bytes
 """One event of a packed log."""
 
+SegmentItem = InvocationEvent | dict[str, Any]
+"""An event as the event log keeps it until it is written (:func:`kept`): the event, or the
+``__dict__`` of one whose fields are all plain values."""
 
-def pack_one(event: InvocationEvent) -> PackedEvent:
-    """``event`` as an item of a packed log."""
-    getter = _GETTERS.get(type(event))
+
+def kept(event: SegmentItem) -> SegmentItem:
+    """``event`` as the event log keeps it until it is written: the ``__dict__`` of an event
+    whose fields are all plain values (a dict of plain values, and the entry tuple holding it,
+    are invisible to the garbage collector: a run's streamed fragments waiting for their
+    transaction cost the collector nothing), else the event itself."""
+    return event.__dict__ if type(event) in PLAIN_EVENTS else event  # a kept dict: itself
+
+
+def revive(item: SegmentItem) -> InvocationEvent:
+    """The event of a :func:`kept` item (equal to the original; a new object for a dict)."""
+    if type(item) is dict:
+        cls, _names = _FLAT[item["type"]]
+        return trusted(cls, dict(item))  # type: ignore[return-value]
+    return item  # type: ignore[return-value]
+
+
+def pack_one(event: SegmentItem) -> PackedEvent:
+    """``event`` (or a :func:`kept` item) as an item of a packed log."""
+    if type(event) is dict:
+        return _GETTERS_BY_TYPE[event["type"]](event)  # type: ignore[no-any-return]
+    getter = _GETTERS.get(type(event))  # type: ignore[arg-type]
     if getter is not None:
         return getter(event.__dict__)  # type: ignore[no-any-return]
-    return event.__pydantic_serializer__.to_json(event)
+    return event.__pydantic_serializer__.to_json(event)  # type: ignore[union-attr]
 
 
 def unpack(packed: Sequence[PackedEvent], start: int = 0) -> list[InvocationEvent]:

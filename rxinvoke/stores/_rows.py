@@ -27,7 +27,7 @@ from ..events import (
 )
 from ..messages import Compaction, Message, ToolCall
 from ..request import RunOutput
-from ._packed import PLAIN_EVENTS
+from ._packed import PLAIN_EVENTS, SegmentItem
 from .base import EventEnvelope, RunRecord
 
 __all__ = (
@@ -70,9 +70,6 @@ _TWIN_CHECK: dict[str, tuple[str, itemgetter[Any], itemgetter[Any]]] = {
     for chat, (twin, fields) in TWINS.items()
 }
 
-SegmentItem = InvocationEvent | dict[str, Any]
-"""An event as :func:`encode_segment` takes it: the event, or the ``__dict__`` of one whose
-fields are all plain values (what the Redis mirror keeps while it waits: invisible to the GC)."""
 
 
 def encode_segment(events: Sequence[SegmentItem]) -> bytes:

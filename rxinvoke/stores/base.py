@@ -41,7 +41,9 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
   ``run_started`` first); None (the status settled if the log ends with a terminal event)
   when the run is not running or its owner lives.
 - Writes are handed over as :class:`EventBatch` (a sequence of envelopes built on demand);
-  :func:`log_entries` gives a store the plain ``(run_id, session_id, seq, event)`` entries.
+  :func:`log_entries` gives a store the plain ``(run_id, session_id, seq, event)`` entries
+  (each event as the log keeps it: the event, or the ``__dict__`` of one whose fields are all
+  plain values; ``stores._packed.revive`` gives the event back).
 - A store keeps an envelope's event, run and seq: ``event_id``, ``session_id``, ``type`` and
   ``emitted_at`` may be derived when it is read (``"{run_id}:{seq}"``, the run's session, the
   event's type and timestamp), as :meth:`EventEnvelope.of` builds them.
@@ -61,6 +63,7 @@ from .._frozen import Frozen
 from ..events import InvocationEvent, RunFailed, RunStarted
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
+from ._packed import SegmentItem, revive
 
 __all__ = (
     "EventBatch",
@@ -129,8 +132,10 @@ class EventEnvelope(Frozen):
 
 _ENVELOPE_FIELDS = frozenset(EventEnvelope.model_fields)
 
-LogEntry = tuple[str, "uuid.UUID | None", int, InvocationEvent]
-"""``(run_id, session_id, seq, event)``: an envelope's content before the envelope is built."""
+LogEntry = tuple[str, "uuid.UUID | None", int, SegmentItem]
+"""``(run_id, session_id, seq, event)``: an envelope's content before the envelope is built;
+the event as the log keeps it (``stores._packed.kept``: an event whose fields are all plain
+values as its ``__dict__``; ``revive`` gives the event back)."""
 
 
 class EventBatch(Sequence[EventEnvelope]):
@@ -169,7 +174,7 @@ class EventBatch(Sequence[EventEnvelope]):
 
 def _envelope(entry: LogEntry) -> EventEnvelope:
     run_id, session_id, seq, event = entry
-    return EventEnvelope.of(event, run_id, session_id, seq)
+    return EventEnvelope.of(revive(event), run_id, session_id, seq)
 
 
 def log_entries(events: Sequence[EventEnvelope]) -> Iterable[LogEntry]:

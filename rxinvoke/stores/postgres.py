@@ -63,10 +63,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydantic_core
 
 from ..errors import MigrationError, SessionAwaitingApproval, SessionBusy, StoreError, UnknownRun
-from ..events import InvocationEvent, UsageRecorded
+from ..events import UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
 from ._batch import BatchRefused, WriteBatcher
+from ._packed import SegmentItem
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -1063,7 +1064,7 @@ class PostgresStore:
             return
         first: dict[str, int] = {}
         last: dict[str, int] = {}
-        batches: dict[str, list[InvocationEvent]] = {}
+        batches: dict[str, list[SegmentItem]] = {}
         usage = []
         for run_id, _session_id, seq, event in log_entries(events):
             previous = last.get(run_id)

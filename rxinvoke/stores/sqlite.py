@@ -74,9 +74,10 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from ..errors import MigrationError, SessionAwaitingApproval, StoreError, UnknownRun
-from ..events import InvocationEvent, UsageRecorded
+from ..events import UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
+from ._packed import SegmentItem
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -1149,7 +1150,7 @@ class SqliteStore:
         cached = self._last_seq
         last: dict[str, int] = {}
         first: dict[str, int] = {}
-        batches: dict[str, list[InvocationEvent]] = {}
+        batches: dict[str, list[SegmentItem]] = {}
         usage = []
         for run_id, _session_id, seq, event in log_entries(events):
             previous = last.get(run_id)

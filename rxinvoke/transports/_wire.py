@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from itertools import groupby
 from operator import itemgetter
 
-from ..stores._packed import PLAIN_EVENTS
+from ..stores._packed import kept
 from ..stores._rows import SegmentItem, decode_segment, encode_typed
 from ..stores.base import EventEnvelope, LogEntry
 from .base import Segment
@@ -28,8 +28,7 @@ fields are all plain values (invisible to the GC while it waits), else the event
 
 def wire_entry(entry: LogEntry) -> WireEntry:
     """A log entry ``(run_id, session_id, seq, event)`` as the mirror keeps it."""
-    event = entry[3]
-    return entry[0], entry[2], event.__dict__ if type(event) in PLAIN_EVENTS else event
+    return entry[0], entry[2], kept(entry[3])
 
 
 def segments_of(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
