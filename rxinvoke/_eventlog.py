@@ -46,7 +46,7 @@ from reactivex.disposable import Disposable
 from reactivex.subject import Subject
 
 from ._bus import EventBus
-from ._futures import retrieve, start_eagerly
+from ._futures import retrieve, shielded, start_eagerly
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import InvocationEvent
 from .messages import Message
@@ -179,7 +179,7 @@ class EventLog:
             if self._pending:
                 await self._serialized(self.store.append_events)
             elif self._in_flight:  # stores finish writes in order: the last one ends last
-                await asyncio.shield(next(reversed(self._in_flight.values()))[1])
+                await shielded(next(reversed(self._in_flight.values()))[1])
             else:
                 return  # nothing left: a write failed and its envelopes were numbered over
 
@@ -228,7 +228,7 @@ class EventLog:
         # when the write is done, not when this caller leaves: a cancelled caller does not
         # cancel its write (shield), and the next write cannot start before it ends.
         if getattr(self.store, "ordered_calls", False):
-            await asyncio.shield(self._start(write_with, always=always))
+            await shielded(self._start(write_with, always=always))
             return
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock[0] is not loop:  # a lock belongs to one loop
@@ -244,7 +244,7 @@ class EventLog:
             lock.release()
         else:
             write.add_done_callback(lambda _: lock.release())
-        await asyncio.shield(write)
+        await shielded(write)
 
     def _start(
         self, write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]], *, always: bool = False

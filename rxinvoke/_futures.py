@@ -1,5 +1,5 @@
 """Futures: outcomes reported elsewhere (``retrieve``), waiting for a task without cancelling
-it (``when_done``), and coroutines started eagerly.
+it (``when_done``, ``shielded``), and coroutines started eagerly.
 
 ``start_eagerly(coro)`` is ``asyncio.ensure_future(coro)`` without the detour through the loop
 when ``coro`` finishes without waiting (a MemoryStore call, a log write of such a store): it runs
@@ -24,7 +24,7 @@ from collections.abc import Coroutine, Generator
 from functools import partial
 from typing import Any, Generic, TypeVar, cast
 
-__all__ = ("retrieve", "start_eagerly", "when_done")
+__all__ = ("retrieve", "shielded", "start_eagerly", "when_done")
 
 _EAGER_TASKS = sys.version_info >= (3, 12)
 
@@ -46,6 +46,15 @@ def when_done(future: asyncio.Future[Any]) -> asyncio.Future[None]:
     waiter: asyncio.Future[None] = future.get_loop().create_future()
     future.add_done_callback(partial(_wake, waiter))
     return waiter
+
+
+async def shielded(future: asyncio.Future[_T]) -> _T:
+    """``await asyncio.shield(future)`` for a future: its outcome, and the caller's
+    cancellation does not reach it; five objects kept alive while it waits instead of nine (a
+    run waiting for its store's worker waits here several times over)."""
+    if not future.done():
+        await when_done(future)
+    return future.result()
 
 
 def _wake(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> None:

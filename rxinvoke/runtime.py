@@ -54,7 +54,7 @@ from ._context import build_context
 from ._doom import DoomLoopDetector
 from ._eventlog import EventLog
 from ._execute import ToolExecutor
-from ._futures import start_eagerly, when_done
+from ._futures import shielded, start_eagerly, when_done
 from ._model_call import call_model
 from ._resume import Resumption, resumption_of
 from ._run import Run
@@ -612,7 +612,7 @@ class AgentRuntime:
                 claim = start_eagerly(self.store.begin_run(record, opening, preamble=preamble))
                 interrupted = False
                 try:
-                    stored, history = await asyncio.shield(claim)
+                    stored, history = await shielded(claim)
                 except SessionBusy:
                     await self._wait_session(run.session_id)
                     continue
@@ -649,7 +649,7 @@ class AgentRuntime:
             claim = start_eagerly(take_over())
             interrupted = False
             try:
-                taken = await asyncio.shield(claim)
+                taken = await shielded(claim)
             except asyncio.CancelledError:
                 taken, interrupted = await claim, True
             if taken is None:
@@ -752,7 +752,7 @@ class AgentRuntime:
             write = start_eagerly(self.log.finish(run_id, outcome))
             while not write.done():
                 try:
-                    await asyncio.shield(write)
+                    await shielded(write)
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if task is not None:

@@ -1,6 +1,6 @@
 """start_eagerly: a coroutine run at once up to its first suspension (an eager task on 3.12+;
 before, in the caller's task, with no task when it does not wait); when_done: waiting for a task
-without cancelling it."""
+without cancelling it (and shielded: asyncio.shield for a future)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rxinvoke._futures import start_eagerly, when_done
+from rxinvoke._futures import shielded, start_eagerly, when_done
 
 
 async def test_a_coroutine_that_does_not_wait_completes_in_the_callers_task() -> None:
@@ -147,3 +147,28 @@ async def test_cancelling_the_waiter_of_when_done_leaves_the_task_running() -> N
     release.set()
     assert await task == "done"  # and the waiter's callback, run after a cancel, raised nothing
     await asyncio.sleep(0)
+
+
+async def test_shielded_gives_the_futures_outcome_and_a_cancelled_caller_leaves_it_running() -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    done.set_result(7)
+    assert await shielded(done) == 7
+    failing: asyncio.Future[int] = loop.create_future()
+    failing.set_exception(KeyError("k"))
+    with pytest.raises(KeyError):
+        await shielded(failing)
+    pending: asyncio.Future[int] = loop.create_future()
+    caller = asyncio.ensure_future(shielded(pending))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert not pending.done()  # the caller's cancellation did not reach it
+    pending.set_result(1)
+    gone: asyncio.Future[int] = loop.create_future()
+    waiting = asyncio.ensure_future(shielded(gone))
+    await asyncio.sleep(0)
+    gone.cancel()  # the future itself cancelled: its awaiter sees the cancellation
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
+from .._futures import shielded
 from ..errors import MigrationError, SessionAwaitingApproval, StoreError, UnknownRun
 from ..events import UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
@@ -527,12 +528,12 @@ class SqliteStore:
                 if self._batch is not None and self._batch_loop is loop:
                     waiting: asyncio.Future[_T] = loop.create_future()
                     self._batch.append((fn, waiting))
-                    return await asyncio.shield(waiting)
+                    return await shielded(waiting)
             self._checkpoint_due()
         future: asyncio.Future[_T] = self._submit(fn, write=write)
         # a cancelled caller leaves the call queued (the worker runs it anyway): it counts as
         # queued until the worker is done with it, so no later write overtakes it
-        return await asyncio.shield(future)
+        return await shielded(future)
 
     def _checkpoint_due(self) -> None:
         if self._writes < _CHECKPOINT_EVERY or not self._inline or self._conn is None:
