@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 import reactivex
@@ -54,7 +55,7 @@ from .stores._packed import PLAIN_EVENTS as _PLAIN
 from .stores._packed import revive
 from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store
 
-__all__ = ("EventLog",)
+__all__ = ("Collector", "EventLog")
 
 _log = logging.getLogger("rxinvoke")
 
@@ -67,6 +68,19 @@ class _RunLog:
     def __init__(self, session_id: uuid.UUID | None, seq: int) -> None:
         self.session_id = session_id
         self.seq = seq
+
+
+class Collector:
+    """Where :meth:`EventLog.collect` appends each numbered entry: ``entries`` (a deque the
+    collector's owner takes from); ``on_first()`` is called before an entry is appended to an
+    empty deque, ``on_full()`` after one takes it past ``limit`` entries (the owner may move
+    ``limit``). Neither may raise."""
+
+    __slots__ = ("entries", "limit", "on_first", "on_full")
+
+    def __init__(self, on_first: Callable[[], None], on_full: Callable[[], None], limit: int) -> None:
+        self.entries: deque[LogEntry] = deque()
+        self.on_first, self.on_full, self.limit = on_first, on_full, limit
 
 
 class EventLog:
@@ -93,7 +107,7 @@ class EventLog:
         # run id -> followers (subscribe_run): indexed, so a follower costs nothing for the
         # envelopes of other runs
         self._followers: dict[str, tuple[Callable[[EventEnvelope], None], ...]] = {}
-        self._taps: tuple[Callable[[LogEntry], None], ...] = ()
+        self._collectors: tuple[Collector, ...] = ()
         self._attachment = bus.attach_plain(self._on_event)
 
     # --- numbering ---------------------------------------------------------------------------
@@ -126,13 +140,13 @@ class EventLog:
 
         return Disposable(stop)
 
-    def tap(self, callback: Callable[[LogEntry], None]) -> abc.DisposableBase:
-        """Call ``callback((run_id, session_id, seq, event))`` for every event as it is numbered,
-        without building an envelope (it must not raise); dispose the result to stop."""
-        self._taps = (*self._taps, callback)
+    def collect(self, collector: Collector) -> abc.DisposableBase:
+        """Append every entry to ``collector.entries`` as it is numbered (a tap without a call
+        per event); dispose the result to stop."""
+        self._collectors = (*self._collectors, collector)
 
         def stop() -> None:
-            self._taps = tuple(t for t in self._taps if t is not callback)
+            self._collectors = tuple(c for c in self._collectors if c is not collector)
 
         return Disposable(stop)
 
@@ -153,9 +167,14 @@ class EventLog:
         # many runs waiting for their transactions, their fragments cost the collector nothing
         entry = (run_id, run.session_id, seq, event.__dict__ if type(event) in _PLAIN else event)
         self._pending.append(entry)
-        if self._taps:
-            for tap in self._taps:
-                tap(entry)  # taps are guarded: they never raise
+        if self._collectors:
+            for collector in self._collectors:  # its callbacks never raise
+                entries = collector.entries
+                if not entries:
+                    collector.on_first()
+                entries.append(entry)
+                if len(entries) > collector.limit:
+                    collector.on_full()
         followers = self._followers.get(run_id) if self._followers else None
         observed = bool(self._live.observers)
         if followers or observed:

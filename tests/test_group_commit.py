@@ -257,3 +257,30 @@ async def test_a_group_whose_transaction_sqlite_ended_writes_nothing(tmp_path: P
     fresh = record()  # the store goes on working
     assert (await store.begin_run(fresh, []))[0].run_id == fresh.run_id
     await store.close()
+
+
+async def test_a_collector_gets_every_numbered_entry_and_hears_of_the_first_and_of_overflow() -> None:
+    from rxinvoke._eventlog import Collector
+
+    bus = EventBus()
+    log = EventLog(MemoryStore(), bus)
+    r = record()
+    log.begin(r.run_id, r.session_id)
+    heard: list[str] = []
+    collector = Collector(lambda: heard.append("first"), lambda: heard.append("full"), limit=3)
+    stop = log.collect(collector)
+    for i in range(2):
+        bus.publish(TextDelta(run_id=r.run_id, delta=f"a{i}"))
+    assert heard == ["first"]  # once, when the deque was empty
+    assert [(rid, sid, seq) for rid, sid, seq, _ in collector.entries] == [
+        (r.run_id, r.session_id, 1), (r.run_id, r.session_id, 2)
+    ]
+    assert [item["delta"] for *_, item in collector.entries] == ["a0", "a1"]  # as the log keeps them
+    collector.entries.clear()
+    for i in range(4):
+        bus.publish(TextDelta(run_id=r.run_id, delta=f"b{i}"))
+    assert heard == ["first", "first", "full"]  # the 4th entry took it past 3
+    bus.publish(TextDelta(run_id="another-run", delta="x"))  # not logged: not collected
+    stop.dispose()
+    bus.publish(TextDelta(run_id=r.run_id, delta="late"))
+    assert len(collector.entries) == 4 and heard == ["first", "first", "full"]

@@ -8,12 +8,11 @@ from collections.abc import Iterator, Sequence
 from itertools import groupby
 from operator import itemgetter
 
-from ..stores._packed import kept
-from ..stores._rows import SegmentItem, decode_segment, encode_typed
+from ..stores._rows import decode_segment, encode_typed
 from ..stores.base import EventEnvelope, LogEntry
 from .base import Segment
 
-__all__ = ("TERMINAL", "WireEntry", "decode", "segments_of", "wire_entry", "wire_segments")
+__all__ = ("TERMINAL", "decode", "segments_of", "wire_segments")
 
 TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
@@ -21,28 +20,19 @@ MAX_SEGMENT = 500
 """Envelopes in one segment at most."""
 
 
-WireEntry = tuple[str, int, SegmentItem]
-"""``(run_id, seq, event)``, the event as the mirror keeps it: the ``__dict__`` of one whose
-fields are all plain values (invisible to the GC while it waits), else the event."""
-
-
-def wire_entry(entry: LogEntry) -> WireEntry:
-    """A log entry ``(run_id, session_id, seq, event)`` as the mirror keeps it."""
-    return entry[0], entry[2], kept(entry[3])
-
-
 def segments_of(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
-    """The segments of log entries ``(run_id, session_id, seq, event)`` (:func:`wire_segments`)."""
-    return wire_segments([wire_entry(entry) for entry in entries])
+    """The segments of log entries (:func:`wire_segments`)."""
+    return wire_segments(entries)
 
 
-def wire_segments(entries: Sequence[WireEntry]) -> Iterator[tuple[str, Segment]]:
-    """``(run_id, segment)`` for each run's ``(run_id, seq, event)`` entries: one segment per
+def wire_segments(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
+    """``(run_id, segment)`` for each run's ``(run_id, session_id, seq, event)`` entries (the
+    event as the log keeps it, or the event: ``stores._packed.kept``): one segment per
     stretch of consecutive seqs of a run (at most ``MAX_SEGMENT`` envelopes), each run's in
     order. Runs interleaved in ``entries`` (concurrent runs publishing at once) are grouped
     per run first: a segment is one stream entry, so a flush of a hundred interleaved runs
     costs a hundred appends, not one per change of run."""
-    by_run: dict[str, list[WireEntry]] = {}
+    by_run: dict[str, list[LogEntry]] = {}
     for run_id, stretch in groupby(entries, _RUN):  # sequential runs: one stretch each
         found = by_run.get(run_id)
         if found is None:
@@ -53,14 +43,14 @@ def wire_segments(entries: Sequence[WireEntry]) -> Iterator[tuple[str, Segment]]
         start = 0
         count = len(mine)
         while start < count:
-            first = mine[start][1]
+            first = mine[start][2]
             end = min(start + MAX_SEGMENT, count)
-            if mine[end - 1][1] - first != end - 1 - start:  # a gap (seqs only grow): find it
+            if mine[end - 1][2] - first != end - 1 - start:  # a gap (seqs only grow): find it
                 end = start + 1
-                while end < count and end - start < MAX_SEGMENT and mine[end][1] == first + end - start:
+                while end < count and end - start < MAX_SEGMENT and mine[end][2] == first + end - start:
                     end += 1
-            events, types = encode_typed([entry[2] for entry in mine[start:end]])
-            yield run_id, Segment(first, mine[end - 1][1], types, events)
+            events, types = encode_typed([entry[3] for entry in mine[start:end]])
+            yield run_id, Segment(first, mine[end - 1][2], types, events)
             start = end
 
 

@@ -1,19 +1,21 @@
 """EventMirror: a runtime's envelopes mirrored to a transport's run streams, batched, off the run.
 
-:meth:`EventMirror.attach` taps the runtime's numbered events (``runtime.log.tap``: the seq of
-the durable log, no envelope built). Observing only appends to a buffer — the run never waits for the
-transport. A flusher task on the loop takes everything buffered, groups each run's consecutive
-envelopes into segments (a burst of a streamed answer's fragments becomes one entry) and writes
-them in one pipelined round trip; what arrives meanwhile waits for the next write. A batch
+:meth:`EventMirror.attach` collects the runtime's numbered events (``runtime.log.collect``: the
+seq of the durable log, no envelope built): the log itself appends each entry to the mirror's
+buffer, without a call into the mirror per event — the run never waits for the transport. A
+flusher task on the loop takes everything buffered, groups each run's consecutive envelopes
+into segments (a burst of a streamed answer's fragments becomes one entry) and writes them in
+one pipelined round trip; what arrives meanwhile waits for the next write. A batch
 waits ``interval`` seconds (3 ms by default) from its first envelope, and writes are at least
 that far apart: under any load the mirror makes at most ~300 round trips a second (each costs
 the loop a few hundred µs), and an observer in another process sees an event within about
 ``interval`` plus one round trip (measured: ``benchmarks/scale_out.py``). ``interval=0``
 writes on the next loop iteration and back to back (lowest latency, most round trips).
 
-The buffer keeps each event as the ``__dict__`` of its plain values when it has only those
-(most events: the GC does not track them while they wait), and a write's envelopes are
-encoded before it is sent (the events are not kept alive while it is away).
+The buffer holds the log's own entries, each event as the log keeps it (the ``__dict__`` of its
+plain values when it has only those — most events: the GC does not track them while they
+wait), and a write's envelopes are encoded before it is sent (the events are not kept alive
+while it is away).
 
 A slow or unreachable transport never blocks a run: the buffer keeps up to ``max_buffer``
 envelopes; past that the oldest are dropped (a failed write's envelopes are kept encoded, as
@@ -34,10 +36,11 @@ from dataclasses import dataclass
 from reactivex import abc
 from reactivex.disposable import Disposable
 
+from .._eventlog import Collector
 from ..errors import SubscriberOverflow
 from ..runtime import AgentRuntime
 from ..stores.base import LogEntry
-from ._wire import WireEntry, wire_entry, wire_segments
+from ._wire import wire_segments
 from .base import Segment, Transport
 
 __all__ = ("EventMirror", "MirrorStats")
@@ -83,8 +86,10 @@ class EventMirror:
         self.transport = transport
         self.interval = interval
         self.max_buffer = max_buffer
-        # (run_id, seq, event or its plain values: no object the GC tracks for most events)
-        self._buffer: deque[WireEntry] = deque()
+        # the log's entries (run_id, session_id, seq, event or its plain values: no object the
+        # GC tracks for most events), appended by the log itself (EventLog.collect)
+        self._collector = Collector(self._first_buffered, self._overflowed, max_buffer)
+        self._buffer: deque[LogEntry] = self._collector.entries
         # a failed write's segments, encoded already (written first at the next attempt)
         self._retry: list[tuple[str, Segment]] = []
         self._retrying = 0  # the envelopes in them
@@ -119,7 +124,7 @@ class EventMirror:
             raise RuntimeError("this mirror is attached already")
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
-        self._subscription = runtime.log.tap(self.add)
+        self._subscription = runtime.log.collect(self._collector)
 
         def detach() -> None:
             if self._subscription is not None:
@@ -129,14 +134,29 @@ class EventMirror:
         return Disposable(detach)
 
     def add(self, entry: LogEntry) -> None:
-        """Mirror one ``(run_id, session_id, seq, event)`` entry (what the tap hands over)."""
-        buffer = self._buffer
-        buffer.append(wire_entry(entry))
-        if len(buffer) + self._writing + self._retrying > self.max_buffer:  # in flight counts
-            self._drop_oldest()
+        """Mirror one ``(run_id, session_id, seq, event)`` entry (what the runtime's log does
+        for each numbered event once attached)."""
+        collector = self._collector
+        if not collector.entries:
+            self._first_buffered()
+        collector.entries.append(entry)
+        if len(collector.entries) > collector.limit:
+            self._overflowed()
+
+    def _first_buffered(self) -> None:
         if self._timer is None and self._flusher is None and self._loop is not None:
             self._idle.clear()  # (set only when neither is: the flusher found nothing left)
             self._timer = self._later(self._loop)
+
+    def _overflowed(self) -> None:
+        # the bound counts what is in flight (a write not returned, a failed write kept)
+        while self._buffer and len(self._buffer) > self._collector.limit:
+            self._drop_oldest()
+
+    def _in_flight(self, writing: int, retrying: int) -> None:
+        """Record what is kept outside the buffer (it counts against the bound)."""
+        self._writing, self._retrying = writing, retrying
+        self._collector.limit = self.max_buffer - writing - retrying
 
     def _later(self, loop: asyncio.AbstractEventLoop) -> asyncio.Handle:
         if self.interval:
@@ -159,23 +179,23 @@ class EventMirror:
                 segments = [*self._retry, *wire_segments(taken)]
                 count = self._retrying + len(taken)
                 del taken
-                self._retry, self._retrying = [], 0
-                self._writing = count
+                self._retry = []
+                self._in_flight(count, 0)
                 try:
                     await self.transport.append(segments)
                 except asyncio.CancelledError:
-                    self._writing = 0
+                    self._in_flight(0, 0)
                     self._requeue(segments, count)
                     raise
                 except Exception as exc:
-                    self._writing = 0
+                    self._in_flight(0, 0)
                     self._failed += 1
                     _log.warning("rxinvoke: mirroring %d events failed (%s); retrying", count, exc)
                     self._requeue(segments, count)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
-                self._writing = 0
+                self._in_flight(0, 0)
                 delay = 0.05
                 self._mirrored += count
                 if self.interval and self._buffer:
@@ -203,7 +223,8 @@ class EventMirror:
 
     def _requeue(self, segments: list[tuple[str, Segment]], count: int) -> None:
         """Keep a failed write's segments to be written first, within the bound."""
-        self._retry, self._retrying = segments, count
+        self._retry = segments
+        self._in_flight(self._writing, count)
         while len(self._buffer) + self._retrying > self.max_buffer:
             self._drop_oldest()
 
@@ -212,7 +233,7 @@ class EventMirror:
         if self._retry:
             _, segment = self._retry.pop(0)
             dropped = segment.last_seq - segment.first_seq + 1
-            self._retrying -= dropped
+            self._in_flight(self._writing, self._retrying - dropped)
         else:
             self._buffer.popleft()
             dropped = 1
