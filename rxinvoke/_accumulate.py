@@ -43,6 +43,15 @@ class Accumulator:
         self.has_events = False
         """True once the stream yielded anything (its events are published: no retry)."""
 
+    def add_text(self, delta: str) -> None:
+        """Fold one text fragment in (what :meth:`add` does with a ``chat_text_delta``)."""
+        self.has_events = True
+        if self.finish_reason is not None:
+            raise ProviderStreamError(
+                self._provider, self._model, "chat_text_delta received after chat_finished"
+            )
+        self._text.append(delta)
+
     def add(self, event: ChatStreamEvent) -> None:
         """Fold one chat event in; events after ``chat_finished`` are a stream error."""
         self.has_events = True

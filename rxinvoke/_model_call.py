@@ -29,7 +29,14 @@ from ._accumulate import Accumulator
 from ._clock import deadline, sleep
 from ._compat import DeadlineExceeded
 from .errors import ProviderConnectionError, ProviderError, ProviderHTTPError, RxInvokeError
-from .events import ChatStreamEvent, ChatTextDelta, InvocationEvent, ToolCallCompleted
+from .events import (
+    ChatStreamEvent,
+    ChatTextDelta,
+    InvocationEvent,
+    ToolCallCompleted,
+    agent_text,
+    text_fragment,
+)
 from .messages import ChatRequest, TextJoiner
 from .policy import RuntimePolicy
 from .providers.base import ChatProvider
@@ -109,11 +116,21 @@ async def _stream(
     try:
         async for raw in stream:
             event: ChatStreamEvent
-            if isinstance(raw, ChatTextDelta):
+            if type(raw) is ChatTextDelta:  # the hot path: every streamed fragment
                 delta = text.feed(raw.delta)
                 if not delta:
                     continue  # a high surrogate waiting for its pair
                 # a provider may stamp the run id itself (ChatRequest.run_id): no copy then
+                if raw.run_id != run_id or delta is not raw.delta:
+                    raw = text_fragment(run_id, raw.timestamp, delta)
+                accumulator.add_text(delta)
+                publish(raw)
+                publish(agent_text(raw))
+                continue
+            if isinstance(raw, ChatTextDelta):  # a provider's own subclass
+                delta = text.feed(raw.delta)
+                if not delta:
+                    continue
                 event = raw if raw.run_id == run_id else raw.with_run_id(run_id)
                 if delta is not raw.delta:
                     event = event.model_copy(update={"delta": delta})

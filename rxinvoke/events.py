@@ -168,6 +168,23 @@ class TextDelta(_AgentEventBase):
     delta: str
 
 
+
+def text_fragment(run_id: str, timestamp: datetime, delta: str) -> ChatTextDelta:
+    """A ``chat_text_delta`` of run ``run_id`` built from values the runtime checked (the hot
+    path of every streamed fragment: no validation)."""
+    return trusted(
+        ChatTextDelta,
+        {"run_id": run_id, "timestamp": timestamp, "type": "chat_text_delta", "delta": delta},
+    )
+
+
+def agent_text(event: ChatTextDelta) -> TextDelta:
+    """The ``text_delta`` twin of a republished ``chat_text_delta`` (same run, moment, text)."""
+    return trusted(
+        TextDelta,
+        {"run_id": event.run_id, "timestamp": event.timestamp, "type": "text_delta", "delta": event.delta},
+    )
+
 class ToolCallStarted(_AgentEventBase):
     """The model began a tool call."""
 
@@ -377,10 +394,7 @@ class ChatTextDelta(EventBase):
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
             return None
-        return trusted(
-            TextDelta,
-            {"run_id": self.run_id, "timestamp": self.timestamp, "type": "text_delta", "delta": self.delta},
-        )
+        return agent_text(self)
 
 
 class ChatToolCallStarted(EventBase):

@@ -79,7 +79,7 @@ class TextJoiner:
         """The valid text of ``fragment`` (a trailing high surrogate is held for the next)."""
         if self._held:
             fragment, self._held = self._held + fragment, ""
-        elif _SURROGATE.search(fragment) is None:
+        elif fragment.isascii() or _SURROGATE.search(fragment) is None:  # isascii: a flag read
             return fragment
         if fragment and "\ud800" <= fragment[-1] <= "\udbff":
             fragment, self._held = fragment[:-1], fragment[-1]

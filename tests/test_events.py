@@ -57,8 +57,8 @@ from rxinvoke import (
     ToolSuccess,
     UsageRecorded,
 )
-from rxinvoke.events import AGENT_EVENT, CHAT_STREAM_EVENT
-from rxinvoke.messages import new_id
+from rxinvoke.events import AGENT_EVENT, CHAT_STREAM_EVENT, agent_text, text_fragment
+from rxinvoke.messages import TextJoiner, new_id
 
 RUN = "run-7f3a"
 SESSION = "4a6b7c1e-8a8e-4c38-9a52-2a7d6f1e0b11"
@@ -585,3 +585,23 @@ def test_a_named_tool_choice_needs_a_non_blank_name() -> None:
     with pytest.raises(pydantic.ValidationError):
         ToolChoice.tool("   ")
     assert ToolChoice.tool(" calc ").name == "calc"
+
+
+@given(st.text(max_size=20))
+@settings(max_examples=50)
+def test_the_hot_path_builders_equal_the_validated_events(delta: str) -> None:
+    moment = datetime(2026, 12, 6, 21, 30, tzinfo=timezone.utc)
+    fragment = text_fragment("run-1", moment, delta)
+    assert fragment == ChatTextDelta(run_id="run-1", timestamp=moment, delta=delta)
+    assert fragment.model_dump_json() == ChatTextDelta(run_id="run-1", timestamp=moment, delta=delta).model_dump_json()
+    twin = agent_text(fragment)
+    assert twin == fragment.as_agent() == TextDelta(run_id="run-1", timestamp=moment, delta=delta)
+    assert type(twin) is TextDelta and list(twin.__dict__) == list(TextDelta.model_fields)
+
+
+def test_the_text_joiner_hands_plain_text_back_as_it_is_and_still_joins_split_pairs() -> None:
+    joiner = TextJoiner()
+    for text in ("ascii ", "déjà vu ", "😀 "):
+        assert joiner.feed(text) is text
+    assert joiner.feed("a\ud83d") == "a"  # the high surrogate is held
+    assert joiner.feed("\ude00b") == "😀b"
