@@ -82,6 +82,15 @@ class Collector:
         self.entries: deque[LogEntry] = deque()
         self.on_first, self.on_full, self.limit = on_first, on_full, limit
 
+    def add(self, entry: LogEntry) -> None:
+        """Append ``entry``, calling ``on_first`` / ``on_full`` as described above."""
+        entries = self.entries
+        if not entries:
+            self.on_first()
+        entries.append(entry)
+        if len(entries) > self.limit:
+            self.on_full()
+
 
 class EventLog:
     """The durable, replayable log of the runs a runtime executes.
@@ -169,12 +178,7 @@ class EventLog:
         self._pending.append(entry)
         if self._collectors:
             for collector in self._collectors:  # its callbacks never raise
-                entries = collector.entries
-                if not entries:
-                    collector.on_first()
-                entries.append(entry)
-                if len(entries) > collector.limit:
-                    collector.on_full()
+                collector.add(entry)
         followers = self._followers.get(run_id) if self._followers else None
         observed = bool(self._live.observers)
         if followers or observed:

@@ -116,21 +116,19 @@ async def _stream(
     try:
         async for raw in stream:
             event: ChatStreamEvent
-            if type(raw) is ChatTextDelta:  # the hot path: every streamed fragment
+            if isinstance(raw, ChatTextDelta):
                 delta = text.feed(raw.delta)
                 if not delta:
                     continue  # a high surrogate waiting for its pair
-                # a provider may stamp the run id itself (ChatRequest.run_id): no copy then
-                if raw.run_id != run_id or delta is not raw.delta:
-                    raw = text_fragment(run_id, raw.timestamp, delta)
-                accumulator.add_text(delta)
-                publish(raw)
-                publish(agent_text(raw))
-                continue
-            if isinstance(raw, ChatTextDelta):  # a provider's own subclass
-                delta = text.feed(raw.delta)
-                if not delta:
+                if type(raw) is ChatTextDelta:  # the hot path: every streamed fragment
+                    # a provider may stamp the run id itself (ChatRequest.run_id): no copy then
+                    if raw.run_id != run_id or delta is not raw.delta:
+                        raw = text_fragment(run_id, raw.timestamp, delta)
+                    accumulator.add_text(delta)
+                    publish(raw)
+                    publish(agent_text(raw))
                     continue
+                # a provider's own subclass: copied as it is, its fields kept
                 event = raw if raw.run_id == run_id else raw.with_run_id(run_id)
                 if delta is not raw.delta:
                     event = event.model_copy(update={"delta": delta})

@@ -168,7 +168,6 @@ class TextDelta(_AgentEventBase):
     delta: str
 
 
-
 def text_fragment(run_id: str, timestamp: datetime, delta: str) -> ChatTextDelta:
     """A ``chat_text_delta`` of run ``run_id`` built from values the runtime checked (the hot
     path of every streamed fragment: no validation)."""
@@ -184,6 +183,7 @@ def agent_text(event: ChatTextDelta) -> TextDelta:
         TextDelta,
         {"run_id": event.run_id, "timestamp": event.timestamp, "type": "text_delta", "delta": event.delta},
     )
+
 
 class ToolCallStarted(_AgentEventBase):
     """The model began a tool call."""

@@ -54,7 +54,7 @@ from ._context import build_context
 from ._doom import DoomLoopDetector
 from ._eventlog import EventLog
 from ._execute import ToolExecutor
-from ._futures import shielded, start_eagerly, when_done
+from ._futures import shielded, start_eagerly
 from ._model_call import call_model
 from ._resume import Resumption, resumption_of
 from ._run import Run
@@ -176,8 +176,8 @@ class AgentRuntime:
         self._stray_context = SessionContext()
         self.bus = EventBus(context_for=self.context_for)
         self.log = EventLog(self.store, self.bus)
-        self._publish = self.bus.publish  # one bound method, not one per run's frame
         """The durable event log of this runtime's runs (``replay``, ``subscribe_run``)."""
+        self._publish = self.bus.publish  # one bound method, not one per run's frame
         self._executor = ToolExecutor(
             self.tools, self.policy, self.bus.publish, clock=lambda: self.scheduler
         )
@@ -551,9 +551,7 @@ class AgentRuntime:
     async def _outcome(self, run: Run, task: asyncio.Task[RunOutput]) -> RunOutput:
         run_id, control = run.run_id, run.control
         try:
-            if not task.done():
-                await when_done(task)  # the caller's cancellation does not reach the task
-            return task.result()
+            return await shielded(task)  # the caller's cancellation does not reach the task
         except asyncio.CancelledError:
             caller = asyncio.current_task()
             if not task.done() or (caller is not None and cancel_requested(caller)):

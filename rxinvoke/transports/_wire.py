@@ -12,7 +12,7 @@ from ..stores._rows import decode_segment, encode_typed
 from ..stores.base import EventEnvelope, LogEntry
 from .base import Segment
 
-__all__ = ("TERMINAL", "decode", "segments_of", "wire_segments")
+__all__ = ("TERMINAL", "decode", "segments_of")
 
 TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
@@ -21,11 +21,6 @@ MAX_SEGMENT = 500
 
 
 def segments_of(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
-    """The segments of log entries (:func:`wire_segments`)."""
-    return wire_segments(entries)
-
-
-def wire_segments(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
     """``(run_id, segment)`` for each run's ``(run_id, session_id, seq, event)`` entries (the
     event as the log keeps it, or the event: ``stores._packed.kept``): one segment per
     stretch of consecutive seqs of a run (at most ``MAX_SEGMENT`` envelopes), each run's in

@@ -40,7 +40,7 @@ from .._eventlog import Collector
 from ..errors import SubscriberOverflow
 from ..runtime import AgentRuntime
 from ..stores.base import LogEntry
-from ._wire import wire_segments
+from ._wire import segments_of
 from .base import Segment, Transport
 
 __all__ = ("EventMirror", "MirrorStats")
@@ -136,12 +136,7 @@ class EventMirror:
     def add(self, entry: LogEntry) -> None:
         """Mirror one ``(run_id, session_id, seq, event)`` entry (what the runtime's log does
         for each numbered event once attached)."""
-        collector = self._collector
-        if not collector.entries:
-            self._first_buffered()
-        collector.entries.append(entry)
-        if len(collector.entries) > collector.limit:
-            self._overflowed()
+        self._collector.add(entry)
 
     def _first_buffered(self) -> None:
         if self._timer is None and self._flusher is None and self._loop is not None:
@@ -176,7 +171,7 @@ class EventMirror:
                 taken = list(self._buffer)
                 self._buffer.clear()
                 # encoded before the write: the events are not kept alive while it is away
-                segments = [*self._retry, *wire_segments(taken)]
+                segments = [*self._retry, *segments_of(taken)]
                 count = self._retrying + len(taken)
                 del taken
                 self._retry = []
