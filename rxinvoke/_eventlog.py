@@ -51,9 +51,8 @@ from ._futures import retrieve, shielded, start_eagerly
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import InvocationEvent
 from .messages import Message
-from .stores._packed import PLAIN_EVENTS as _PLAIN
-from .stores._packed import revive
-from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store
+from .stores._packed import KEEPERS, revive
+from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store, session_of
 
 __all__ = ("Collector", "EventLog")
 
@@ -61,12 +60,16 @@ _log = logging.getLogger("rxinvoke")
 
 _MAX_POLL = 1.0
 
+# bound once: a method looked up on an imported name is a bound-method object per call (3.11)
+_keeper_of = KEEPERS.get
+
 
 class _RunLog:
-    __slots__ = ("seq", "session_id")
+    __slots__ = ("key", "seq", "session_id")
 
     def __init__(self, session_id: uuid.UUID | None, seq: int) -> None:
         self.session_id = session_id
+        self.key = None if session_id is None else str(session_id)  # for the entries
         self.seq = seq
 
 
@@ -104,7 +107,7 @@ class EventLog:
         self.store = store
         self._bus = bus
         self._runs: dict[str, _RunLog] = {}
-        # (run_id, session_id, seq, event) per numbered event: an envelope is built only when
+        # (run_id, session key, seq, event) per numbered event: an envelope is built only when
         # someone reads it (a follower, an observer of envelopes, a store that wants one)
         self._pending: list[LogEntry] = []
         # id(batch) -> (batch, its write), in write order; a write removes its own entry
@@ -172,9 +175,11 @@ class EventLog:
         if run is None:
             return
         seq = run.seq = run.seq + 1
-        # kept until written as a plain __dict__ when it can be (stores._packed.kept): with
-        # many runs waiting for their transactions, their fragments cost the collector nothing
-        entry = (run_id, run.session_id, seq, event.__dict__ if type(event) in _PLAIN else event)
+        # kept until written as a tuple of plain values when it can be (stores._packed.kept),
+        # with the session as text: an entry of only plain values is one the collector stops
+        # tracking, so many runs' fragments waiting for their transactions cost it nothing
+        keep = _keeper_of(type(event))
+        entry = (run_id, run.key, seq, event if keep is None else keep(event.__dict__))
         self._pending.append(entry)
         if self._collectors:
             for collector in self._collectors:  # its callbacks never raise
@@ -303,8 +308,8 @@ class EventLog:
     def unflushed(self, run_id: str) -> list[EventEnvelope]:
         """The envelopes of ``run_id`` numbered but not yet stored, in seq order."""
         return [
-            EventEnvelope.of(revive(event), run_id, session_id, seq)
-            for rid, session_id, seq, event in sorted(
+            EventEnvelope.of(revive(event), run_id, session_of(key), seq)
+            for rid, key, seq, event in sorted(
                 (*(e for batch, _ in self._in_flight.values() for e in batch), *self._pending),
                 key=_seq_of,
             )

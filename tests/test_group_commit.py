@@ -18,6 +18,7 @@ from rxinvoke._bus import EventBus
 from rxinvoke._eventlog import EventLog
 from rxinvoke.events import RunStarted, TextDelta
 from rxinvoke.stores import EventEnvelope, MemoryStore
+from rxinvoke.stores._packed import revive
 from rxinvoke.stores._worker import GroupWorker, Outcome
 
 
@@ -193,7 +194,7 @@ async def test_two_failed_writes_in_flight_put_back_each_runs_envelopes_in_seq_o
     assert [e.event.delta for e in stored] == ["a0", "a1", "a2", "b0", "b1"]  # type: ignore[union-attr]
 
 
-async def test_the_log_keeps_plain_events_as_untracked_dicts_until_they_are_written() -> None:
+async def test_the_log_keeps_plain_events_in_entries_the_collector_stops_tracking() -> None:
     store = _GatedStore(True)
     bus = EventBus()
     log = EventLog(store, bus)
@@ -203,8 +204,12 @@ async def test_the_log_keeps_plain_events_as_untracked_dicts_until_they_are_writ
     published = [TextDelta(run_id=r.run_id, delta=f"t{i}") for i in range(3)]
     for event in published:
         bus.publish(event)
-    kept = [entry[3] for entry in log._pending]
-    assert all(type(item) is dict and not gc.is_tracked(item) for item in kept)  # not the models
+    assert all(type(entry[3]) is tuple for entry in log._pending)  # not the models
+    # a tuple holding a dict, a UUID or a model stays tracked: these hold plain values only (an
+    # entry is untracked by the collection that finds its event's tuple untracked: the second)
+    gc.collect()
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in log._pending)
     assert [e.event for e in log.unflushed(r.run_id)] == published  # equal events again
     store.gate.set()
     await log.commit_messages(r.session_id, [])
@@ -273,9 +278,9 @@ async def test_a_collector_gets_every_numbered_entry_and_hears_of_the_first_and_
         bus.publish(TextDelta(run_id=r.run_id, delta=f"a{i}"))
     assert heard == ["first"]  # once, when the deque was empty
     assert [(rid, sid, seq) for rid, sid, seq, _ in collector.entries] == [
-        (r.run_id, r.session_id, 1), (r.run_id, r.session_id, 2)
+        (r.run_id, str(r.session_id), 1), (r.run_id, str(r.session_id), 2)
     ]
-    assert [item["delta"] for *_, item in collector.entries] == ["a0", "a1"]  # as the log keeps them
+    assert [revive(item).delta for *_, item in collector.entries] == ["a0", "a1"]  # type: ignore[union-attr]
     collector.entries.clear()
     for i in range(4):
         bus.publish(TextDelta(run_id=r.run_id, delta=f"b{i}"))

@@ -12,7 +12,15 @@ from test_events import ALL_EXAMPLES, RUN
 
 from rxinvoke import TextDelta
 from rxinvoke.events import EventBase
-from rxinvoke.stores._packed import PLAIN_EVENTS, PackedLog, kept, pack_one, revive, unpack
+from rxinvoke.stores._packed import (
+    PLAIN_EVENTS,
+    PackedLog,
+    kept,
+    pack_one,
+    plain_values,
+    revive,
+    unpack,
+)
 from rxinvoke.stores.base import EventBatch, EventEnvelope, log_entries
 
 
@@ -57,7 +65,7 @@ def test_a_packed_log_is_untracked_by_the_garbage_collector_after_a_collection()
 @pytest.mark.parametrize("event", ALL_EXAMPLES[:3], ids=lambda e: e.type)
 def test_an_event_batch_is_a_sequence_of_envelopes_built_on_read(event: EventBase) -> None:
     session = uuid.uuid4()
-    entries = [(RUN, session, 1, event), (RUN, session, 2, event)]
+    entries = [(RUN, str(session), 1, event), (RUN, str(session), 2, event)]
     batch = EventBatch(entries)
     assert len(batch) == 2
     assert batch[1] == EventEnvelope.of(event, RUN, session, 2)
@@ -67,13 +75,16 @@ def test_an_event_batch_is_a_sequence_of_envelopes_built_on_read(event: EventBas
     assert list(log_entries(list(batch))) == entries  # any other sequence of envelopes
 
 
-def test_a_kept_event_is_its_plain_dict_or_itself_and_revives_equal() -> None:
+def test_a_kept_event_is_its_plain_values_or_itself_and_revives_equal() -> None:
     plain = [e for e in ALL_EXAMPLES if type(e) in PLAIN_EVENTS]
     assert plain and len(plain) < len(ALL_EXAMPLES)
     for event in ALL_EXAMPLES:
         item = kept(event)
         if type(event) in PLAIN_EVENTS:
-            assert item is event.__dict__ and not gc.is_tracked(item)  # invisible to the GC
+            assert item == pack_one(event) and type(item) is tuple  # a packed log's item
+            assert plain_values(item) == event.__dict__  # type: ignore[arg-type]
+            gc.collect()
+            assert not gc.is_tracked(item)  # invisible to the GC once a collection saw it
         else:
             assert item is event
         assert kept(item) is item
@@ -87,5 +98,5 @@ def test_a_kept_event_is_its_plain_dict_or_itself_and_revives_equal() -> None:
 @pytest.mark.parametrize("event", ALL_EXAMPLES, ids=lambda e: e.type)
 def test_an_event_batch_of_kept_entries_builds_the_same_envelopes(event: EventBase) -> None:
     session = uuid.uuid4()
-    batch = EventBatch([(RUN, session, 1, kept(event))])  # type: ignore[arg-type]
+    batch = EventBatch([(RUN, str(session), 1, kept(event))])  # type: ignore[arg-type]
     assert list(batch) == [EventEnvelope.of(event, RUN, session, 1)]  # type: ignore[arg-type]

@@ -3,10 +3,13 @@
 An event whose fields are all plain values (str, int, float, bool, datetime, None: a text
 fragment, ``model_started``, ``run_started`` …) is kept as a tuple of its field values (in
 field order: ``run_id``, ``timestamp``, ``type``, …); any other event (one holding a model or an
-enum: ``chat_finished``, ``usage_recorded``, ``tool_execution_finished`` …) as its JSON bytes. Python's garbage collector stops tracking a
-tuple of plain values after the first collection that sees it, so a kept log costs it nothing,
-and building the tuples costs a fraction of encoding every event as JSON (~0.2 µs per event
-against ~1.7 µs). Unpacking builds the events again, equal to the originals.
+enum: ``chat_finished``, ``usage_recorded``, ``tool_execution_finished`` …) as its JSON bytes.
+Python's garbage collector stops tracking a tuple of plain values after the first collection
+that sees it (a tuple holding a dict or any other container, even an untracked one, stays
+tracked), so a kept log costs it nothing, and building the tuples costs a fraction of encoding
+every event as JSON (~0.2 µs per event against ~1.7 µs). Unpacking builds the events again,
+equal to the originals. The runtime's event log keeps the events waiting for their write in
+the same form (:func:`kept`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,18 @@ from typing import Any, Literal, Union, get_args, get_origin
 from .._frozen import trusted
 from ..events import INVOCATION_EVENT, EventBase, InvocationEvent
 
-__all__ = ("PLAIN_EVENTS", "PackedEvent", "PackedLog", "SegmentItem", "kept", "pack_one", "revive", "unpack")
+__all__ = (
+    "KEEPERS",
+    "PLAIN_EVENTS",
+    "PackedEvent",
+    "PackedLog",
+    "SegmentItem",
+    "kept",
+    "pack_one",
+    "plain_values",
+    "revive",
+    "unpack",
+)
 
 PackedLog = tuple[tuple[Any, ...] | bytes, ...]
 """One item per event: a tuple of plain field values (in field order) or JSON bytes."""
@@ -48,14 +62,13 @@ _TYPE_AT = 2
 # event classes whose fields are all plain values
 _FLAT: dict[str, tuple[type[EventBase], tuple[str, ...]]] = {}
 _GETTERS: dict[type[EventBase], itemgetter[Any]] = {}
-_GETTERS_BY_TYPE: dict[str, itemgetter[Any]] = {}
 for _cls in _event_classes():
     _names = tuple(_cls.model_fields)
     if _names[_TYPE_AT] != "type":  # pragma: no cover - a broken event contract
         raise TypeError(f"{_cls.__name__}: 'type' must be its third field")
     if all(_is_plain(field.annotation) for field in _cls.model_fields.values()):
         _FLAT[_cls.model_fields["type"].default] = (_cls, _names)
-        _GETTERS[_cls] = _GETTERS_BY_TYPE[_cls.model_fields["type"].default] = itemgetter(*_names)
+        _GETTERS[_cls] = itemgetter(*_names)
 
 
 PLAIN_EVENTS: frozenset[type[EventBase]] = frozenset(_GETTERS)
@@ -64,31 +77,43 @@ PLAIN_EVENTS: frozenset[type[EventBase]] = frozenset(_GETTERS)
 PackedEvent = tuple[Any, ...] | bytes
 """One event of a packed log."""
 
-SegmentItem = InvocationEvent | dict[str, Any]
+SegmentItem = InvocationEvent | tuple[Any, ...]
 """An event as the event log keeps it until it is written (:func:`kept`): the event, or the
-``__dict__`` of one whose fields are all plain values."""
+tuple of field values of one whose fields are all plain values (an item of a packed log)."""
+
+KEEPERS: dict[type[EventBase], itemgetter[Any]] = _GETTERS
+"""Class -> the getter of its fields' values from an event's ``__dict__`` (:func:`kept`), for
+the classes of :data:`PLAIN_EVENTS`."""
 
 
 def kept(event: SegmentItem) -> SegmentItem:
-    """``event`` as the event log keeps it until it is written: the ``__dict__`` of an event
-    whose fields are all plain values (a dict of plain values, and the entry tuple holding it,
-    are invisible to the garbage collector: a run's streamed fragments waiting for their
-    transaction cost the collector nothing), else the event itself."""
-    return event.__dict__ if type(event) in PLAIN_EVENTS else event  # a kept dict: itself
+    """``event`` as the event log keeps it until it is written: the tuple of its field values
+    if they are all plain (it, and the log's entry tuple holding it, are invisible to the
+    garbage collector once collections have seen them, the entry one after its event's: a
+    run's streamed fragments waiting for their transaction cost it next to nothing), else the
+    event itself."""
+    getter = _GETTERS.get(type(event))  # type: ignore[arg-type]
+    return event if getter is None else getter(event.__dict__)
 
 
 def revive(item: SegmentItem) -> InvocationEvent:
-    """The event of a :func:`kept` item (equal to the original; a new object for a dict)."""
-    if type(item) is dict:
-        cls, _names = _FLAT[item["type"]]
-        return trusted(cls, dict(item))  # type: ignore[return-value]
+    """The event of a :func:`kept` item (equal to the original; a new object for a tuple)."""
+    if type(item) is tuple:
+        cls, names = _FLAT[item[_TYPE_AT]]
+        return trusted(cls, dict(zip(names, item, strict=True)))  # type: ignore[return-value]
     return item  # type: ignore[return-value]
+
+
+def plain_values(item: tuple[Any, ...]) -> dict[str, Any]:
+    """The ``__dict__`` of the event of a kept tuple (``revive(item).__dict__``, without the
+    event)."""
+    return dict(zip(_FLAT[item[_TYPE_AT]][1], item, strict=True))
 
 
 def pack_one(event: SegmentItem) -> PackedEvent:
     """``event`` (or a :func:`kept` item) as an item of a packed log."""
-    if type(event) is dict:
-        return _GETTERS_BY_TYPE[event["type"]](event)  # type: ignore[no-any-return]
+    if type(event) is tuple:
+        return event
     getter = _GETTERS.get(type(event))  # type: ignore[arg-type]
     if getter is not None:
         return getter(event.__dict__)  # type: ignore[no-any-return]

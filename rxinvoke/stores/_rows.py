@@ -27,7 +27,7 @@ from ..events import (
 )
 from ..messages import Compaction, Message, ToolCall
 from ..request import RunOutput
-from ._packed import PLAIN_EVENTS, SegmentItem
+from ._packed import PLAIN_EVENTS, SegmentItem, plain_values
 from .base import EventEnvelope, RunRecord
 
 __all__ = (
@@ -85,10 +85,10 @@ def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]
     events, 55 of them twins; 40% fewer bytes, a third less encoding).
 
     An event whose fields are all plain values (a text fragment, ``model_started`` …) is
-    encoded from its ``__dict__`` (the same JSON, a quarter cheaper than its model's
-    serializer); any other by its own model's serializer (the same JSON as the union's
-    TypeAdapter, ~40% faster: no union dispatch per event). Returns the JSON and the events'
-    types."""
+    encoded from its ``__dict__``, or from the log's tuple of its values (the same JSON, a
+    quarter cheaper than its model's serializer); any other by its own model's serializer (the
+    same JSON as the union's TypeAdapter, ~40% faster: no union dispatch per event). Returns
+    the JSON and the events' types."""
     items: list[Any] = []
     append = items.append
     types: list[str] = []
@@ -99,10 +99,10 @@ def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]
     moment: Any = None
     twin_values: itemgetter[Any] | None = None
     chat_values: Any = None
-    item: SegmentItem
+    item: Any
     for event in events:
-        if type(event) is dict:
-            values = item = event
+        if type(event) is tuple:  # a kept event (stores._packed.kept)
+            values = item = plain_values(event)
         else:
             values = event.__dict__
             item = values if type(event) in plain else event

@@ -41,9 +41,9 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
   ``run_started`` first); None (the status settled if the log ends with a terminal event)
   when the run is not running or its owner lives.
 - Writes are handed over as :class:`EventBatch` (a sequence of envelopes built on demand);
-  :func:`log_entries` gives a store the plain ``(run_id, session_id, seq, event)`` entries
-  (each event as the log keeps it: the event, or the ``__dict__`` of one whose fields are all
-  plain values; ``stores._packed.revive`` gives the event back).
+  :func:`log_entries` gives a store the plain ``(run_id, session key, seq, event)`` entries
+  (each event as the log keeps it: the event, or the tuple of field values of one whose
+  fields are all plain values; ``stores._packed.revive`` gives the event back).
 - A store keeps an envelope's event, run and seq: ``event_id``, ``session_id``, ``type`` and
   ``emitted_at`` may be derived when it is read (``"{run_id}:{seq}"``, the run's session, the
   event's type and timestamp), as :meth:`EventEnvelope.of` builds them.
@@ -51,6 +51,7 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -74,6 +75,7 @@ __all__ = (
     "RunStatus",
     "Store",
     "log_entries",
+    "session_of",
 )
 
 RunStatus = Literal["running", "completed", "failed", "cancelled", "awaiting_approval"]
@@ -132,10 +134,18 @@ class EventEnvelope(Frozen):
 
 _ENVELOPE_FIELDS = frozenset(EventEnvelope.model_fields)
 
-LogEntry = tuple[str, "uuid.UUID | None", int, SegmentItem]
-"""``(run_id, session_id, seq, event)``: an envelope's content before the envelope is built;
-the event as the log keeps it (``stores._packed.kept``: an event whose fields are all plain
-values as its ``__dict__``; ``revive`` gives the event back)."""
+LogEntry = tuple[str, "str | None", int, SegmentItem]
+"""``(run_id, session key, seq, event)``: an envelope's content before the envelope is built,
+all plain values for most events (the garbage collector stops tracking such a tuple): the
+session id as text (:func:`session_of` gives the UUID back), the event as the log keeps it
+(``stores._packed.kept``: an event whose fields are all plain values as the tuple of their
+values; ``revive`` gives the event back)."""
+
+
+@functools.lru_cache(maxsize=256)
+def session_of(key: str | None) -> uuid.UUID | None:
+    """The session id of a :data:`LogEntry`'s session key."""
+    return None if key is None else uuid.UUID(key)
 
 
 class EventBatch(Sequence[EventEnvelope]):
@@ -173,16 +183,20 @@ class EventBatch(Sequence[EventEnvelope]):
 
 
 def _envelope(entry: LogEntry) -> EventEnvelope:
-    run_id, session_id, seq, event = entry
-    return EventEnvelope.of(revive(event), run_id, session_id, seq)
+    run_id, key, seq, event = entry
+    return EventEnvelope.of(revive(event), run_id, session_of(key), seq)
 
 
 def log_entries(events: Sequence[EventEnvelope]) -> Iterable[LogEntry]:
-    """``(run_id, session_id, seq, event)`` of each envelope of ``events``, in order, without
+    """``(run_id, session key, seq, event)`` of each envelope of ``events``, in order, without
     building envelopes for an :class:`EventBatch`."""
     if isinstance(events, EventBatch):
         return events.entries
-    return ((e.run_id, e.session_id, e.seq, e.event) for e in events)
+    return ((e.run_id, _key(e.session_id), e.seq, e.event) for e in events)
+
+
+def _key(session_id: uuid.UUID | None) -> str | None:
+    return None if session_id is None else str(session_id)
 
 
 class RunRecord(Frozen):
