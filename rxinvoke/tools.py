@@ -67,11 +67,23 @@ class Tool:
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
         self.parameters: dict[str, Any] = schema
+        self._spec: tuple[str, str, dict[str, Any], ToolSpec] | None = None
 
     @property
     def spec(self) -> ToolSpec:
-        """What a provider is told about this tool."""
-        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
+        """What a provider is told about this tool: built once (every run's model calls send
+        it), again after ``name``, ``description`` or ``parameters`` is replaced (a change made
+        inside the ``parameters`` dict is not seen: assign a new one)."""
+        cached = self._spec
+        if (
+            cached is None
+            or cached[0] != self.name
+            or cached[1] != self.description
+            or cached[2] is not self.parameters
+        ):
+            spec = ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
+            cached = self._spec = (self.name, self.description, self.parameters, spec)
+        return cached[3]
 
     def needs_approval(self, arguments: str) -> bool:
         """Whether a call with these JSON ``arguments`` waits for a person: the tool's

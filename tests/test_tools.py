@@ -198,6 +198,23 @@ def test_spec_is_what_the_provider_sees() -> None:
     assert spec.parameters == add.parameters
 
 
+def test_a_spec_is_built_once_and_again_after_its_parts_are_replaced() -> None:
+    @tool
+    def ping(host: str) -> str:
+        """Ping a host."""
+        return host
+
+    first = ping.spec
+    assert ping.spec is first  # every run's model calls send it: not rebuilt each time
+    ping.description = "Ping a host, twice."
+    assert ping.spec.description == "Ping a host, twice." and ping.spec is not first
+    ping.name = "ping2"
+    assert ping.spec.name == "ping2"
+    ping.parameters = {**ping.parameters, "required": []}
+    assert ping.spec.parameters["required"] == []
+    assert ToolRegistry([ping]).specs() == (ping.spec,)
+
+
 def test_field_constraints_and_descriptions_reach_schema_and_validation() -> None:
     @tool
     def pick(
