@@ -168,6 +168,17 @@ class TextDelta(_AgentEventBase):
     delta: str
 
 
+def model_started(run_id: str, provider: str, model: str, iteration: int) -> ModelStarted:
+    """``ModelStarted`` from values the runtime checked (no validation: every model call)."""
+    return trusted(
+        ModelStarted,
+        {
+            "run_id": run_id, "timestamp": utcnow(), "type": "model_started",
+            "provider": provider, "model": model, "iteration": iteration,
+        },
+    )
+
+
 def text_fragment(run_id: str, timestamp: datetime, delta: str) -> ChatTextDelta:
     """A ``chat_text_delta`` of run ``run_id`` built from values the runtime checked (the hot
     path of every streamed fragment: no validation)."""
@@ -276,6 +287,20 @@ class UsageRecorded(_AgentEventBase):
 
     type: Literal["usage_recorded"] = "usage_recorded"
     usage: TokenUsage
+
+
+def assistant_committed(run_id: str, message_id: str) -> AssistantMessageCommitted:
+    """``AssistantMessageCommitted`` from values the runtime checked (no validation: every
+    model call)."""
+    return trusted(
+        AssistantMessageCommitted,
+        {"run_id": run_id, "timestamp": utcnow(), "type": "assistant_message_committed", "message_id": message_id},
+    )
+
+
+def usage_recorded(run_id: str, usage: TokenUsage) -> UsageRecorded:
+    """``UsageRecorded`` from values the runtime checked (no validation: every model call)."""
+    return trusted(UsageRecorded, {"run_id": run_id, "timestamp": utcnow(), "type": "usage_recorded", "usage": usage})
 
 
 class RunCompleted(_AgentEventBase):

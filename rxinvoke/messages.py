@@ -264,3 +264,23 @@ class ChatRequest(_Frozen):
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = Field(default_factory=ToolChoice.auto)
     run_id: str | None = None
+
+
+def chat_request(
+    provider: str,
+    model: str,
+    messages: tuple[Message, ...],
+    tools: tuple[ToolSpec, ...],
+    tool_choice: ToolChoice,
+    run_id: str,
+) -> ChatRequest:
+    """A ``ChatRequest`` from values the runtime checked (its validated run request's provider,
+    model and tool choice, the session's messages, the registry's specs): no validation on
+    every model call."""
+    return trusted(
+        ChatRequest,
+        {
+            "provider": provider, "model": model, "messages": messages, "tools": tools,
+            "tool_choice": tool_choice, "run_id": run_id,
+        },
+    )

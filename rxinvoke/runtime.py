@@ -76,12 +76,10 @@ from .errors import (
 from .events import (
     ApprovalDecided,
     ApprovalRequested,
-    AssistantMessageCommitted,
     ContextBuilt,
     DoomLoopDetected,
     EventKind,
     InvocationEvent,
-    ModelStarted,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -90,9 +88,11 @@ from .events import (
     ToolFailure,
     ToolMessageCommitted,
     ToolResult,
-    UsageRecorded,
+    assistant_committed,
+    model_started,
+    usage_recorded,
 )
-from .messages import ChatRequest, FinishReason, Message, TokenUsage, ToolCall, new_id
+from .messages import FinishReason, Message, TokenUsage, ToolCall, chat_request, new_id
 from .policy import RuntimePolicy
 from .providers.base import ChatProvider, ProviderRegistry
 from .request import PendingApproval, RunOutput, RunRequest
@@ -839,6 +839,9 @@ class AgentRuntime:
         publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
 
         specs = self.tools.specs()
+        provider_id, model = request.provider, request.model
+        if provider_id is None or model is None:  # pragma: no cover - resolve() sets both
+            raise RuntimeError(f"run {run_id}: its request names no provider or model")
         total = resumption.usage if resumption is not None else _NO_USAGE
         doom = DoomLoopDetector(policy.doom_loop)
         pending: tuple[PendingApproval, ...] = ()
@@ -849,21 +852,10 @@ class AgentRuntime:
             context, spent = await self._compactor.prepare(run, messages, specs)
             if spent is not None:
                 total = total + spent
-            publish(
-                ModelStarted(
-                    run_id=run_id, provider=request.provider, model=request.model, iteration=iteration
-                )
-            )
+            publish(model_started(run_id, provider_id, model, iteration))
             rescued = False
             while True:
-                chat = ChatRequest(
-                    provider=request.provider,
-                    model=request.model,
-                    messages=tuple(context),
-                    tools=specs,
-                    tool_choice=request.tool_choice,
-                    run_id=run_id,
-                )
+                chat = chat_request(provider_id, model, tuple(context), specs, request.tool_choice, run_id)
                 try:
                     accumulated = await call_model(
                         run.provider, chat, run_id=run_id, policy=policy, publish=publish,
@@ -890,10 +882,10 @@ class AgentRuntime:
                 # status (EventLog.finish, under the session gate): one transaction fewer
                 self.log.defer_messages(run_id, [assistant])
             messages.append(assistant)
-            publish(AssistantMessageCommitted(run_id=run_id, message_id=assistant.id))
-            usage = accumulated.usage or TokenUsage()
+            publish(assistant_committed(run_id, assistant.id))
+            usage = accumulated.usage or _NO_USAGE
             total = total + usage
-            publish(UsageRecorded(run_id=run_id, usage=usage))
+            publish(usage_recorded(run_id, usage))
             text = assistant.content
 
             calls = assistant.tool_calls

@@ -57,8 +57,16 @@ from rxinvoke import (
     ToolSuccess,
     UsageRecorded,
 )
-from rxinvoke.events import AGENT_EVENT, CHAT_STREAM_EVENT, agent_text, text_fragment
-from rxinvoke.messages import TextJoiner, new_id
+from rxinvoke.events import (
+    AGENT_EVENT,
+    CHAT_STREAM_EVENT,
+    agent_text,
+    assistant_committed,
+    model_started,
+    text_fragment,
+    usage_recorded,
+)
+from rxinvoke.messages import TextJoiner, ToolSpec, chat_request, new_id
 
 RUN = "run-7f3a"
 SESSION = "4a6b7c1e-8a8e-4c38-9a52-2a7d6f1e0b11"
@@ -597,6 +605,34 @@ def test_the_hot_path_builders_equal_the_validated_events(delta: str) -> None:
     twin = agent_text(fragment)
     assert twin == fragment.as_agent() == TextDelta(run_id="run-1", timestamp=moment, delta=delta)
     assert type(twin) is TextDelta and list(twin.__dict__) == list(TextDelta.model_fields)
+
+
+@given(st.text(min_size=1, max_size=10), st.integers(min_value=0, max_value=10**6))
+@settings(max_examples=30)
+def test_the_model_call_builders_equal_the_validated_events(name: str, count: int) -> None:
+    usage = TokenUsage(input_tokens=count, output_tokens=1, total_tokens=count + 1)
+    built = [model_started("run-1", name, name, count), assistant_committed("run-1", name),
+             usage_recorded("run-1", usage)]
+    validated = [
+        ModelStarted(run_id="run-1", timestamp=built[0].timestamp, provider=name, model=name, iteration=count),
+        AssistantMessageCommitted(run_id="run-1", timestamp=built[1].timestamp, message_id=name),
+        UsageRecorded(run_id="run-1", timestamp=built[2].timestamp, usage=usage),
+    ]
+    for mine, theirs in zip(built, validated, strict=True):
+        assert mine == theirs and type(mine) is type(theirs)
+        assert list(mine.__dict__) == list(type(theirs).model_fields)  # every field, in order
+        assert mine.model_dump_json() == theirs.model_dump_json()
+        assert mine.timestamp.tzinfo is not None
+
+
+def test_a_chat_request_built_by_the_runtime_equals_the_validated_one() -> None:
+    messages = (Message(role="user", content="hi"),)
+    specs = (add_spec := ToolSpec(name="add"),)
+    built = chat_request("p", "m", messages, specs, ToolChoice.required(), "run-1")
+    assert built == ChatRequest(
+        provider="p", model="m", messages=messages, tools=specs, tool_choice=ToolChoice.required(), run_id="run-1"
+    )
+    assert list(built.__dict__) == list(ChatRequest.model_fields) and built.tools[0] is add_spec
 
 
 def test_the_text_joiner_hands_plain_text_back_as_it_is_and_still_joins_split_pairs() -> None:
