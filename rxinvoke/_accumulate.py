@@ -13,7 +13,7 @@ from .events import (
     ChatToolCallCompleted,
     ChatToolCallStarted,
 )
-from .messages import FinishReason, Message, TokenUsage, ToolCall
+from .messages import FinishReason, Message, TokenUsage, ToolCall, new_message
 
 __all__ = ("Accumulator",)
 
@@ -116,4 +116,4 @@ class Accumulator:
             raise ProviderStreamError(
                 self._provider, self._model, "stream ended without chat_finished"
             )
-        return Message(role="assistant", content=self.text, tool_calls=self.tool_calls, run_id=run_id)
+        return new_message("assistant", self.text, run_id, tool_calls=self.tool_calls)

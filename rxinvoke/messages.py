@@ -247,6 +247,26 @@ class Message(_Frozen):
         return clip(text, 159)
 
 
+def new_message(
+    role: Role,
+    content: str,
+    run_id: str,
+    *,
+    tool_calls: tuple[ToolCall, ...] = (),
+    tool_call_id: str | None = None,
+) -> Message:
+    """A new :class:`Message` of run ``run_id`` from values the runtime checked (a validated
+    request's input, a model call's accumulated answer, a tool's reply): no validation on the
+    messages every run makes."""
+    return trusted(
+        Message,
+        {
+            "role": role, "content": content, "tool_calls": tool_calls, "tool_call_id": tool_call_id,
+            "id": new_id(), "run_id": run_id, "created_at": utcnow(), "compaction": None,
+        },
+    )
+
+
 class ToolSpec(_Frozen):
     """What a provider is told about a tool: its name, description and JSON schema."""
 

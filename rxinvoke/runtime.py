@@ -92,7 +92,7 @@ from .events import (
     model_started,
     usage_recorded,
 )
-from .messages import FinishReason, Message, TokenUsage, ToolCall, chat_request, new_id
+from .messages import FinishReason, Message, TokenUsage, ToolCall, chat_request, new_id, new_message
 from .policy import RuntimePolicy
 from .providers.base import ChatProvider, ProviderRegistry
 from .request import PendingApproval, RunOutput, RunRequest
@@ -586,13 +586,13 @@ class AgentRuntime:
             client_request_id=request.client_request_id,
         )
         preamble = (
-            (Message(role="system", content=request.system_prompt, run_id=run.run_id),)
+            (new_message("system", request.system_prompt, run.run_id),)
             if request.system_prompt and request.resumes is None
             else ()
         )
         # a continuation answers the paused calls instead of adding a user message
         opening = (
-            [Message(role="user", content=request.input, run_id=run.run_id)]
+            [new_message("user", request.input, run.run_id)]
             if request.resumes is None
             else []
         )
@@ -1053,7 +1053,7 @@ class AgentRuntime:
     ) -> list[Message]:
         """The tool messages answering ``calls``, in call order."""
         return [
-            Message(role="tool", content=content, tool_call_id=call.id, run_id=run.run_id)
+            new_message("tool", content, run.run_id, tool_call_id=call.id)
             for call, content in zip(calls, contents, strict=True)
         ]
 

@@ -66,7 +66,7 @@ from rxinvoke.events import (
     text_fragment,
     usage_recorded,
 )
-from rxinvoke.messages import TextJoiner, ToolSpec, chat_request, new_id
+from rxinvoke.messages import TextJoiner, ToolSpec, chat_request, new_id, new_message
 
 RUN = "run-7f3a"
 SESSION = "4a6b7c1e-8a8e-4c38-9a52-2a7d6f1e0b11"
@@ -633,6 +633,17 @@ def test_a_chat_request_built_by_the_runtime_equals_the_validated_one() -> None:
         provider="p", model="m", messages=messages, tools=specs, tool_choice=ToolChoice.required(), run_id="run-1"
     )
     assert list(built.__dict__) == list(ChatRequest.model_fields) and built.tools[0] is add_spec
+
+
+def test_the_runtime_s_new_messages_equal_the_validated_ones() -> None:
+    call = ToolCall(id="c1", name="add", arguments="{}")
+    for role, extra in (("user", {}), ("assistant", {"tool_calls": (call,)}), ("tool", {"tool_call_id": "c1"})):
+        built = new_message(role, "text", "run-1", **extra)  # type: ignore[arg-type]
+        validated = Message(role=role, content="text", run_id="run-1", id=built.id, created_at=built.created_at, **extra)
+        assert built == validated and list(built.__dict__) == list(Message.model_fields)
+        assert built.model_dump_json() == validated.model_dump_json()
+    first, second = new_message("user", "a", "r"), new_message("user", "a", "r")
+    assert first.id != second.id and uuid.UUID(first.id).version == 4  # fresh ids, as new_id makes
 
 
 def test_the_text_joiner_hands_plain_text_back_as_it_is_and_still_joins_split_pairs() -> None:
