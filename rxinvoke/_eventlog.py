@@ -237,13 +237,21 @@ class EventLog:
     async def finish(self, run_id: str, outcome: RunOutcome) -> None:
         """Write the waiting envelopes, the run's deferred messages and its terminal
         ``outcome`` in one transaction."""
+        await shielded(self.finishing(run_id, outcome))
+
+    def finishing(self, run_id: str, outcome: RunOutcome) -> asyncio.Future[None]:
+        """Start :meth:`finish`'s write; its outcome as a future (the write goes on when its
+        waiter stops waiting). For a store that runs its calls in call order, the write itself
+        (no task around it: a burst of runs waiting for their last writes keeps fewer objects)."""
 
         async def settle(batch: Sequence[EventEnvelope]) -> None:
             messages = self._deferred.get(run_id, [])
             await self.store.finish_run(run_id, outcome, events=batch, messages=messages)
             self._deferred.pop(run_id, None)
 
-        await self._serialized(settle, always=True)
+        if getattr(self.store, "ordered_calls", False):
+            return self._start(settle, always=True)
+        return start_eagerly(self._serialized(settle, always=True))
 
     async def _serialized(
         self, write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]], *, always: bool = False

@@ -747,7 +747,7 @@ class AgentRuntime:
         # ends the run with InvocationFailed naming the StoreError.
         attempt = 0
         while True:
-            write = start_eagerly(self.log.finish(run_id, outcome))
+            write = self.log.finishing(run_id, outcome)
             while not write.done():
                 try:
                     await shielded(write)

@@ -16,8 +16,9 @@ import pytest
 from rxinvoke import Message, RunRecord, RunRequest, SqliteStore, StoreError
 from rxinvoke._bus import EventBus
 from rxinvoke._eventlog import EventLog
+from rxinvoke._futures import shielded
 from rxinvoke.events import RunStarted, TextDelta
-from rxinvoke.stores import EventEnvelope, MemoryStore
+from rxinvoke.stores import EventEnvelope, MemoryStore, RunOutcome
 from rxinvoke.stores._packed import revive
 from rxinvoke.stores._worker import GroupWorker, Outcome
 
@@ -289,3 +290,38 @@ async def test_a_collector_gets_every_numbered_entry_and_hears_of_the_first_and_
     stop.dispose()
     bus.publish(TextDelta(run_id=r.run_id, delta="late"))
     assert len(collector.entries) == 4 and heard == ["first", "first", "full"]
+
+
+class _GatedFinish(MemoryStore):
+    """A MemoryStore whose finish_run waits for a gate."""
+
+    def __init__(self, ordered: bool) -> None:
+        super().__init__()
+        self.ordered_calls = ordered  # type: ignore[misc]
+        self.gate = asyncio.Event()
+
+    async def finish_run(self, run_id: str, outcome: RunOutcome, **kwargs: Any) -> None:
+        await self.gate.wait()
+        await super().finish_run(run_id, outcome, **kwargs)
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+async def test_a_run_s_last_write_outlives_a_waiter_that_stops_waiting(ordered: bool) -> None:
+    store = _GatedFinish(ordered)
+    bus = EventBus()
+    log = EventLog(store, bus)
+    r = record()
+    await store.begin_run(r, [])
+    log.begin(r.run_id, r.session_id)
+    bus.publish(RunStarted(run_id=r.run_id, session_id=str(r.session_id), provider="p", model="m"))
+    write = log.finishing(r.run_id, RunOutcome(status="completed"))
+    waiter = asyncio.ensure_future(shielded(write))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not write.done()  # the write goes on without its waiter
+    store.gate.set()
+    await write
+    assert (await store.get_run(r.run_id)).status == "completed"  # type: ignore[union-attr]
+    assert [e.type for e in await store.read_events(r.run_id)] == ["run_started"]
