@@ -21,7 +21,7 @@ MAX_SEGMENT = 500
 
 
 def segments_of(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
-    """``(run_id, segment)`` for each run's ``(run_id, session_id, seq, event)`` entries (the
+    """``(run_id, segment)`` for each run's ``(run_id, session key, seq, event)`` entries (the
     event as the log keeps it, or the event: ``stores._packed.kept``): one segment per
     stretch of consecutive seqs of a run (at most ``MAX_SEGMENT`` envelopes), each run's in
     order. Runs interleaved in ``entries`` (concurrent runs publishing at once) are grouped

@@ -86,7 +86,7 @@ class EventMirror:
         self.transport = transport
         self.interval = interval
         self.max_buffer = max_buffer
-        # the log's entries (run_id, session_id, seq, event or its plain values: no object the
+        # the log's entries (run_id, session key, seq, event or its plain values: no object the
         # GC tracks for most events), appended by the log itself (EventLog.collect)
         self._collector = Collector(self._first_buffered, self._overflowed, max_buffer)
         self._buffer: deque[LogEntry] = self._collector.entries
@@ -134,7 +134,7 @@ class EventMirror:
         return Disposable(detach)
 
     def add(self, entry: LogEntry) -> None:
-        """Mirror one ``(run_id, session_id, seq, event)`` entry (what the runtime's log does
+        """Mirror one ``(run_id, session key, seq, event)`` entry (what the runtime's log does
         for each numbered event once attached)."""
         self._collector.add(entry)
 
