@@ -17,6 +17,7 @@ from rxinvoke import AgentRuntime, EmitRequest, RuntimeInvocation, SqliteStore, 
 from rxinvoke.errors import StoreError
 from rxinvoke.events import ChatTextDelta, EventBase, InvocationEvent
 from rxinvoke.providers.scripted import ScriptedProvider
+from rxinvoke.stores._packed import kept
 from rxinvoke.stores._rows import TWINS, decode_segment, encode_segment
 from rxinvoke.transports._wire import decode, segments_of
 
@@ -70,6 +71,11 @@ def test_twins_are_encoded_once_and_decode_equal() -> None:
     assert [e.model_dump_json() for e in restored] == [e.model_dump_json() for e in events]
 
 
+def test_events_as_the_log_keeps_them_encode_to_the_same_segment() -> None:
+    events = _with_twins(ALL_EXAMPLES)
+    assert encode_segment([kept(e) for e in events]) == encode_segment(events)  # twins as null too
+
+
 def test_a_segment_with_every_twin_spelled_out_still_decodes() -> None:
     events = _with_twins(ALL_EXAMPLES)
     assert decode_segment(pydantic_core.to_json(events)) == events  # what earlier versions wrote
@@ -91,6 +97,7 @@ def test_an_agent_event_that_is_not_the_twin_is_encoded_whole(follower: TextDelt
     events: list[InvocationEvent] = [chat, follower]
     text = encode_segment(events)
     assert None not in json.loads(text)
+    assert encode_segment([kept(chat), kept(follower)]) == text  # as the log keeps them
     restored = decode_segment(text)
     assert restored == events and restored[1].model_dump_json() == follower.model_dump_json()
 

@@ -27,7 +27,7 @@ from ..events import (
 )
 from ..messages import Compaction, Message, ToolCall
 from ..request import RunOutput
-from ._packed import PLAIN_EVENTS, SegmentItem, plain_values
+from ._packed import _TYPE_AT, PLAIN_EVENTS, SegmentItem, plain_values
 from .base import EventEnvelope, RunRecord
 
 __all__ = (
@@ -60,16 +60,17 @@ TWINS: dict[type[EventBase], tuple[type[EventBase], tuple[tuple[str, str], ...]]
 
 
 # chat event type -> (its twin's type, the twin's values to compare, the chat event's they
-# must equal: run and fields, read by itemgetters from the events' __dict__)
-_TWIN_CHECK: dict[str, tuple[str, itemgetter[Any], itemgetter[Any]]] = {
+# must equal: run and fields, read by itemgetters from the events' __dict__; the twin's
+# values read from its kept tuple, by position)
+_TWIN_CHECK: dict[str, tuple[str, itemgetter[Any], itemgetter[Any], itemgetter[Any]]] = {
     chat.model_fields["type"].default: (
         twin.model_fields["type"].default,
         itemgetter("run_id", *(field for field, _ in fields)),
         itemgetter("run_id", *(source for _, source in fields)),
+        itemgetter(*(list(twin.model_fields).index(name) for name in ("run_id", *(f for f, _ in fields)))),
     )
     for chat, (twin, fields) in TWINS.items()
 }
-
 
 
 def encode_segment(events: Sequence[SegmentItem]) -> bytes:
@@ -98,10 +99,17 @@ def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]
     expected: str | None = None  # the type of the previous event's twin
     moment: Any = None
     twin_values: itemgetter[Any] | None = None
+    twin_at: itemgetter[Any] | None = None
     chat_values: Any = None
     item: Any
     for event in events:
-        if type(event) is tuple:  # a kept event (stores._packed.kept)
+        if type(event) is tuple:  # a kept event (stores._packed.kept): a twin needs no dict
+            kind = event[_TYPE_AT]
+            if kind == expected and event[1] is moment and twin_at(event) == chat_values:  # type: ignore[misc]
+                typed(kind)
+                append(None)
+                expected = None
+                continue
             values = item = plain_values(event)
         else:
             values = event.__dict__
@@ -121,7 +129,7 @@ def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]
         if check is None:
             expected = None
         else:
-            expected, twin_values, chat_of = check
+            expected, twin_values, chat_of, twin_at = check
             moment, chat_values = values["timestamp"], chat_of(values)
     return pydantic_core.to_json(items), tuple(types)
 
