@@ -103,27 +103,24 @@ def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]
     chat_values: Any = None
     item: Any
     for event in events:
+        # a twin is exactly chat.as_agent(): the twin's type, the same moment, the same values
         if type(event) is tuple:  # a kept event (stores._packed.kept): a twin needs no dict
             kind = event[_TYPE_AT]
-            if kind == expected and event[1] is moment and twin_at(event) == chat_values:  # type: ignore[misc]
-                typed(kind)
-                append(None)
-                expected = None
-                continue
-            values = item = plain_values(event)
+            twin = kind == expected and event[1] is moment and twin_at(event) == chat_values  # type: ignore[misc]
+            values = None
         else:
             values = event.__dict__
-            item = values if type(event) in plain else event
-        kind = values["type"]
+            kind = values["type"]
+            twin = kind == expected and values["timestamp"] is moment and twin_values(values) == chat_values  # type: ignore[misc]
         typed(kind)
-        if (
-            kind == expected
-            and values["timestamp"] is moment  # exactly chat.as_agent(): the same moment
-            and twin_values(values) == chat_values  # type: ignore[misc]
-        ):
+        if twin:
             append(None)
             expected = None  # a twin has no twin
             continue
+        if values is None:
+            values = item = plain_values(event)  # type: ignore[arg-type]
+        else:
+            item = values if type(event) in plain else event
         append(item)
         check = checks.get(kind)
         if check is None:
