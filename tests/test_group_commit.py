@@ -29,6 +29,16 @@ def record(session: uuid.UUID | None = None, run_id: str | None = None) -> RunRe
     return RunRecord(run_id=run_id, session_id=session, request=request)
 
 
+async def _logging_one_run(store: MemoryStore) -> tuple[EventBus, EventLog, RunRecord]:
+    """A bus, an event log on ``store``, and a run begun in both."""
+    bus = EventBus()
+    log = EventLog(store, bus)
+    r = record()
+    await store.begin_run(r, [])
+    log.begin(r.run_id, r.session_id)
+    return bus, log, r
+
+
 async def test_the_worker_groups_consecutive_writes_and_runs_reads_alone_in_order() -> None:
     log: list[tuple[str, Any]] = []
     started, release = threading.Event(), threading.Event()
@@ -170,11 +180,7 @@ class _FailsTwice(_GatedStore):
 
 async def test_two_failed_writes_in_flight_put_back_each_runs_envelopes_in_seq_order() -> None:
     store = _FailsTwice()
-    bus = EventBus()
-    log = EventLog(store, bus)
-    r = record()
-    await store.begin_run(r, [])
-    log.begin(r.run_id, r.session_id)
+    bus, log, r = await _logging_one_run(store)
     for i in range(3):
         bus.publish(TextDelta(run_id=r.run_id, delta=f"a{i}"))
     first = asyncio.ensure_future(log.commit_messages(r.session_id, []))
@@ -197,11 +203,7 @@ async def test_two_failed_writes_in_flight_put_back_each_runs_envelopes_in_seq_o
 
 async def test_the_log_keeps_plain_events_in_entries_the_collector_stops_tracking() -> None:
     store = _GatedStore(True)
-    bus = EventBus()
-    log = EventLog(store, bus)
-    r = record()
-    await store.begin_run(r, [])
-    log.begin(r.run_id, r.session_id)
+    bus, log, r = await _logging_one_run(store)
     published = [TextDelta(run_id=r.run_id, delta=f"t{i}") for i in range(3)]
     for event in published:
         bus.publish(event)
@@ -292,13 +294,8 @@ async def test_a_collector_gets_every_numbered_entry_and_hears_of_the_first_and_
     assert len(collector.entries) == 4 and heard == ["first", "first", "full"]
 
 
-class _GatedFinish(MemoryStore):
-    """A MemoryStore whose finish_run waits for a gate."""
-
-    def __init__(self, ordered: bool) -> None:
-        super().__init__()
-        self.ordered_calls = ordered  # type: ignore[misc]
-        self.gate = asyncio.Event()
+class _GatedFinish(_GatedStore):
+    """A MemoryStore whose finish_run (and message commits) wait for a gate."""
 
     async def finish_run(self, run_id: str, outcome: RunOutcome, **kwargs: Any) -> None:
         await self.gate.wait()
@@ -308,11 +305,7 @@ class _GatedFinish(MemoryStore):
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 async def test_a_run_s_last_write_outlives_a_waiter_that_stops_waiting(ordered: bool) -> None:
     store = _GatedFinish(ordered)
-    bus = EventBus()
-    log = EventLog(store, bus)
-    r = record()
-    await store.begin_run(r, [])
-    log.begin(r.run_id, r.session_id)
+    bus, log, r = await _logging_one_run(store)
     bus.publish(RunStarted(run_id=r.run_id, session_id=str(r.session_id), provider="p", model="m"))
     write = log.finishing(r.run_id, RunOutcome(status="completed"))
     waiter = asyncio.ensure_future(shielded(write))
