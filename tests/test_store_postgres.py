@@ -491,6 +491,40 @@ async def test_resume_run_takes_over_a_dead_owners_run_for_this_process(
     assert [e.type for e in await b.read_events(held.run_id)] == ["run_started", "text_delta", "run_completed"]
 
 
+async def test_the_runs_of_one_dead_owner_are_taken_over_at_once(
+    two: tuple[PostgresStore, PostgresStore], postgres_server: PostgresServer, schema: str
+) -> None:
+    # the reapers of several workers take a dead worker's runs over together: a probe of its
+    # liveness lock must not make another probe of the same lock think its owner lives
+    a, b = two
+    c = await PostgresStore(postgres_server.dsn, schema=schema, session_poll=30).open()
+    try:
+        runs = [record(uuid.uuid4()) for _ in range(8)]
+        for rec in runs:
+            await a.begin_run(rec, [])
+            await a.append_events([started(rec)])
+        key = int(a.owner.rsplit(":", 1)[1])
+        await a.close()
+        for _ in range(100):  # the server ends a's backend (and frees its lock) a moment later
+            held = await psql(
+                postgres_server,
+                f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {key}",
+            )
+            if held == [(0,)]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("a's liveness lock was never released")
+        taken = await asyncio.gather(*(s.resume_run(rec.run_id, []) for rec in runs for s in (b, c)))
+        owners = [[t[0].owner for t in taken[2 * i : 2 * i + 2] if t is not None] for i in range(len(runs))]
+        assert all(len(o) == 1 for o in owners), owners  # each run taken over, once
+        for rec, (owner,) in zip(runs, owners, strict=True):
+            stored = await b.get_run(rec.run_id)
+            assert stored is not None and (stored.status, stored.owner) == ("running", owner)
+    finally:
+        await c.close()
+
+
 # --- schema --------------------------------------------------------------------------------------
 
 

@@ -1138,11 +1138,15 @@ class PostgresStore:
 
     async def _owner_is_gone(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> bool:
         """True if ``owner`` is a PostgresStore whose liveness lock is free (its connection
-        ended). The probe takes the lock for this transaction only."""
+        ended). The probe takes the lock shared, for this transaction only: probes of one
+        owner at once (the reapers of several workers taking its runs over) all see it free,
+        where an exclusive probe would see the lock held by another probe, its owner alive."""
         key = _owner_key(owner)
         if key is None or owner == self._owner:
             return False
-        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, key))
+        cur = await conn.execute(
+            "SELECT pg_try_advisory_xact_lock_shared(%s, %s)", (_LOCK_CLASS, key)
+        )
         row = await cur.fetchone()
         return bool(row and row[0])
 
