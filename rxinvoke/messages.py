@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from os import urandom
 from typing import Annotated, Any, Literal
@@ -40,9 +42,10 @@ ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1
 Role = Literal["system", "user", "assistant", "tool"]
 
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC (never the scheduler clock)."""
-    return datetime.now(timezone.utc)
+utcnow: Callable[[], datetime] = functools.partial(datetime.now, timezone.utc)
+"""The current time, timezone-aware UTC (never the scheduler clock). A partial, not a
+function: every event's timestamp default calls it, and a partial runs no Python frame
+(a third fewer instructions)."""
 
 
 def new_id() -> str:
