@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ("Frozen", "trusted")
+__all__ = ("Frozen", "trusted", "trusted_builder")
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -47,3 +48,38 @@ def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
 
 _ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
 
+
+
+def trusted_builder(cls: type[_M], **constants: Any) -> Callable[..., _M]:
+    """A function that builds :func:`trusted` ``cls`` models from its fields' values given
+    positionally, in field order, but for the fields of ``constants`` (the ``type`` tag, say),
+    which every model it builds shares: compiled once (as ``dataclasses`` builds its methods),
+    for the models of every streamed fragment, whose generic :func:`trusted` call (a second
+    frame, a class lookup, a size check) would cost a quarter more."""
+    names = tuple(cls.model_fields)
+    unknown = set(constants) - set(names)
+    if unknown or not all(name.isidentifier() for name in names):
+        raise TypeError(f"{cls.__name__}: not its field names: {sorted(unknown) or names!r}")
+    params = [name for name in names if name not in constants]
+    values = ", ".join(
+        f"{name!r}: {name if name not in constants else f'_c_{name}'}" for name in names
+    )
+    source = (
+        f"def build({', '.join(params)}):\n"
+        "    model = _new(_cls)\n"
+        f"    _set_dict(model, {{{values}}})\n"
+        "    _set_fields_set(model, _fields)\n"
+        "    _set_extra(model, None)\n"
+        "    _set_private(model, None)\n"
+        "    return model\n"
+    )
+    scope: dict[str, Any] = {
+        "_new": _new, "_cls": cls, "_set_dict": _set_dict, "_set_fields_set": _set_fields_set,
+        "_set_extra": _set_extra, "_set_private": _set_private,
+        "_fields": _ALL_FIELDS.setdefault(cls, set(names)),
+        **{f"_c_{name}": value for name, value in constants.items()},
+    }
+    exec(source, scope)
+    build: Callable[..., _M] = scope["build"]
+    build.__qualname__ = build.__name__ = f"build_{cls.__name__}"
+    return build

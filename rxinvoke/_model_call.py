@@ -34,8 +34,8 @@ from .events import (
     ChatTextDelta,
     InvocationEvent,
     ToolCallCompleted,
-    agent_text,
     text_fragment,
+    text_twin,
 )
 from .messages import ChatRequest, TextJoiner
 from .policy import RuntimePolicy
@@ -117,16 +117,18 @@ async def _stream(
         async for raw in stream:
             event: ChatStreamEvent
             if isinstance(raw, ChatTextDelta):
-                delta = text.feed(raw.delta)
-                if not delta:
-                    continue  # a high surrogate waiting for its pair
+                delta = raw.delta
+                if text.held or not delta.isascii():  # else it is valid text as it is
+                    delta = text.feed(delta)
+                    if not delta:
+                        continue  # a high surrogate waiting for its pair
                 if type(raw) is ChatTextDelta:  # the hot path: every streamed fragment
                     # a provider may stamp the run id itself (ChatRequest.run_id): no copy then
                     if raw.run_id != run_id or delta is not raw.delta:
                         raw = text_fragment(run_id, raw.timestamp, delta)
                     accumulator.add_text(delta)
                     publish(raw)
-                    publish(agent_text(raw))
+                    publish(text_twin(run_id, raw.timestamp, delta))
                     continue
                 # a provider's own subclass: copied as it is, its fields kept
                 event = raw if raw.run_id == run_id else raw.with_run_id(run_id)

@@ -14,13 +14,14 @@ Ordering, per run: ``run_started`` first; exactly one terminal event (``run_comp
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import Field, TypeAdapter
 
 from ._display import clip, clock, field_texts, short_id
-from ._frozen import Frozen, trusted
+from ._frozen import Frozen, trusted, trusted_builder
 from .messages import FinishReason, TokenUsage, ToolCall, utcnow
 
 __all__ = (
@@ -179,21 +180,6 @@ def model_started(run_id: str, provider: str, model: str, iteration: int) -> Mod
     )
 
 
-def text_fragment(run_id: str, timestamp: datetime, delta: str) -> ChatTextDelta:
-    """A ``chat_text_delta`` of run ``run_id`` built from values the runtime checked (the hot
-    path of every streamed fragment: no validation)."""
-    return trusted(
-        ChatTextDelta,
-        {"run_id": run_id, "timestamp": timestamp, "type": "chat_text_delta", "delta": delta},
-    )
-
-
-def agent_text(event: ChatTextDelta) -> TextDelta:
-    """The ``text_delta`` twin of a republished ``chat_text_delta`` (same run, moment, text)."""
-    return trusted(
-        TextDelta,
-        {"run_id": event.run_id, "timestamp": event.timestamp, "type": "text_delta", "delta": event.delta},
-    )
 
 
 class ToolCallStarted(_AgentEventBase):
@@ -420,6 +406,22 @@ class ChatTextDelta(EventBase):
         if self.run_id is None:
             return None
         return agent_text(self)
+
+
+text_fragment: Callable[[str, datetime, str], ChatTextDelta] = trusted_builder(
+    ChatTextDelta, type="chat_text_delta"
+)
+"""``text_fragment(run_id, timestamp, delta)``: a ``chat_text_delta`` of run ``run_id`` built
+from values the runtime checked (the hot path of every streamed fragment: no validation)."""
+
+text_twin: Callable[[str | None, datetime, str], TextDelta] = trusted_builder(TextDelta, type="text_delta")
+"""``text_twin(run_id, timestamp, delta)``: the ``text_delta`` twin of the republished
+``chat_text_delta`` of these values (same run, moment, text)."""
+
+
+def agent_text(event: ChatTextDelta) -> TextDelta:
+    """The ``text_delta`` twin of a republished ``chat_text_delta`` (same run, moment, text)."""
+    return text_twin(event.run_id, event.timestamp, event.delta)
 
 
 class ChatToolCallStarted(EventBase):

@@ -73,24 +73,26 @@ class TextJoiner:
     """Joins text fragments whose UTF-16 surrogate pairs may be split between two fragments
     (a JSON stream may send ``"\\ud83d"`` and ``"\\ude00"`` apart)."""
 
-    __slots__ = ("_held",)
+    __slots__ = ("held",)
 
     def __init__(self) -> None:
-        self._held = ""
+        self.held = ""
+        """A high surrogate waiting for its pair (empty: none). While it is empty, an ASCII
+        fragment is its own valid text: the stream's hot path reads it without a call."""
 
     def feed(self, fragment: str) -> str:
         """The valid text of ``fragment`` (a trailing high surrogate is held for the next)."""
-        if self._held:
-            fragment, self._held = self._held + fragment, ""
+        if self.held:
+            fragment, self.held = self.held + fragment, ""
         elif fragment.isascii() or _SURROGATE.search(fragment) is None:  # isascii: a flag read
             return fragment
         if fragment and "\ud800" <= fragment[-1] <= "\udbff":
-            fragment, self._held = fragment[:-1], fragment[-1]
+            fragment, self.held = fragment[:-1], fragment[-1]
         return valid_text(fragment)
 
     def flush(self) -> str:
         """What is held (a lone high surrogate: U+FFFD), or empty."""
-        held, self._held = self._held, ""
+        held, self.held = self.held, ""
         return valid_text(held) if held else ""
 
 

@@ -57,6 +57,7 @@ from rxinvoke import (
     ToolSuccess,
     UsageRecorded,
 )
+from rxinvoke._frozen import trusted_builder
 from rxinvoke.events import (
     AGENT_EVENT,
     CHAT_STREAM_EVENT,
@@ -64,6 +65,7 @@ from rxinvoke.events import (
     assistant_committed,
     model_started,
     text_fragment,
+    text_twin,
     usage_recorded,
 )
 from rxinvoke.messages import TextJoiner, ToolSpec, chat_request, new_id, new_message
@@ -604,7 +606,25 @@ def test_the_hot_path_builders_equal_the_validated_events(delta: str) -> None:
     assert fragment.model_dump_json() == ChatTextDelta(run_id="run-1", timestamp=moment, delta=delta).model_dump_json()
     twin = agent_text(fragment)
     assert twin == fragment.as_agent() == TextDelta(run_id="run-1", timestamp=moment, delta=delta)
-    assert type(twin) is TextDelta and list(twin.__dict__) == list(TextDelta.model_fields)
+    assert twin == text_twin("run-1", moment, delta)
+    for built in (fragment, twin):
+        assert list(built.__dict__) == list(type(built).model_fields)  # every field, in order
+        assert built.model_fields_set == set(type(built).model_fields)
+    assert type(twin) is TextDelta and twin.model_dump_json() == TextDelta(
+        run_id="run-1", timestamp=moment, delta=delta
+    ).model_dump_json()
+
+
+def test_a_trusted_builder_takes_the_fields_it_does_not_fix_in_field_order() -> None:
+    build = trusted_builder(ToolCallStarted, type="tool_call_started")
+    moment = datetime(2026, 12, 7, 2, 0, tzinfo=timezone.utc)
+    event = build("run-1", moment, "call-1", "add")
+    assert event == ToolCallStarted(run_id="run-1", timestamp=moment, call_id="call-1", tool_name="add")
+    assert hash(event) == hash(ToolCallStarted(run_id="run-1", timestamp=moment, call_id="call-1", tool_name="add"))
+    with pytest.raises(TypeError):  # it builds only whole models
+        build("run-1", moment, "call-1")
+    with pytest.raises(TypeError, match="tool"):
+        trusted_builder(ToolCallStarted, tool="x")  # not a field
 
 
 @given(st.text(min_size=1, max_size=10), st.integers(min_value=0, max_value=10**6))
