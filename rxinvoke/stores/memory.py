@@ -310,7 +310,7 @@ class MemoryStore:
                 if type(log) is tuple:
                     raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
                 raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {len(log)}")
-            log.append(pack_one(event))
+            log.append(event if type(event) is tuple else pack_one(event))  # kept: as it is
             if type(event) is UsageRecorded:
                 usage[run_id].append(event.usage)
 
