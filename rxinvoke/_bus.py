@@ -82,9 +82,11 @@ class EventBus:
         # every event, no context (the event log, observe("any")): first, and without the
         # context lookup when nobody else listens
         self._plain: tuple[PlainDeliver, ...] = ()
+        self._plain_labels: dict[PlainDeliver, str] = {}  # the ones that may raise
         # run id -> callbacks (the run index): a subscription to one run costs nothing for
         # the events of other runs (a filter per subscription would see every event)
         self._by_run: dict[str, tuple[Deliver, ...]] = {}
+        self._indexed = False  # any callback in _routes, _any or _by_run (set under the lock)
         self._route_lock = threading.Lock()
         self._completers: set[_Detach] = set()  # observe() subscriptions, for complete()
         self._is_completed = False
@@ -95,20 +97,24 @@ class EventBus:
         its kind's subscribers, ``ANY``'s, its run's subscribers (:meth:`attach_run`), and
         observers."""
         for plain in self._plain:
-            plain(event)
-        routes = self._routes.get(event.type)
-        every = self._any
-        of_run = self._by_run.get(event.run_id) if self._by_run else None  # type: ignore[arg-type]
-        if routes or every or of_run:
-            context = self._context_for(event.run_id)  # once per event, not per subscriber
-            if routes:
-                for deliver in routes:
+            try:
+                plain(event)
+            except Exception as exc:  # an observe("any") observer raised (the others never do)
+                self._plain_raised(plain, event, exc)
+        if self._indexed:  # else only plain subscribers listen: no lookups
+            routes = self._routes.get(event.type)
+            every = self._any
+            of_run = self._by_run.get(event.run_id) if self._by_run else None  # type: ignore[arg-type]
+            if routes or every or of_run:
+                context = self._context_for(event.run_id)  # once per event, not per subscriber
+                if routes:
+                    for deliver in routes:
+                        deliver(event, context)
+                for deliver in every:
                     deliver(event, context)
-            for deliver in every:
-                deliver(event, context)
-            if of_run:
-                for deliver in of_run:
-                    deliver(event, context)
+                if of_run:
+                    for deliver in of_run:
+                        deliver(event, context)
         subject = self._subject
         if subject.observers:
             try:
@@ -144,15 +150,41 @@ class EventBus:
         return self._register(_Detach(self, key, deliver, on_completed), add)
 
     def attach_plain(
-        self, deliver: PlainDeliver, on_completed: Callable[[], None] | None = None
+        self,
+        deliver: PlainDeliver,
+        on_completed: Callable[[], None] | None = None,
+        *,
+        label: str | None = None,
     ) -> abc.DisposableBase:
         """Call ``deliver(event)`` for every event, before any context-taking subscriber; it
-        must not raise. ``on_completed`` is called by :meth:`complete`. Dispose to detach."""
+        must not raise, unless it has a ``label``: then what it raises is reported on
+        :attr:`errors` as the ``label`` subscription's (an observer's ``on_next`` is attached
+        as it is, without a guarding frame per event). ``on_completed`` is called by
+        :meth:`complete`. Dispose to detach."""
 
         def add() -> None:
             self._plain = (*self._plain, deliver)
+            if label is not None:
+                self._plain_labels[deliver] = label
 
         return self._register(_Detach(self, _PLAIN_KEY, deliver, on_completed), add)
+
+    def _plain_raised(self, deliver: PlainDeliver, event: InvocationEvent, exc: Exception) -> None:
+        label = self._plain_labels.get(deliver)
+        if label is None:  # pragma: no cover - rxinvoke's own plain subscribers never raise
+            _log.exception("rxinvoke: a plain subscriber raised", exc_info=exc)
+            return
+        self._observer_raised(label, event, exc)
+
+    def _observer_raised(self, label: str, event: InvocationEvent, exc: Exception) -> None:
+        self.report(
+            SubscriberError(
+                f"{label} observer raised {type(exc).__name__}: {exc}",
+                subscription=label,
+                event=event,
+                cause=exc,
+            )
+        )
 
     def attach_run(
         self,
@@ -180,9 +212,14 @@ class EventBus:
                     on_completed()
                 return token
             add()
+            self._reindex()
             if token.on_completed is not None:
                 self._completers.add(token)
         return token
+
+    def _reindex(self) -> None:
+        """Note whether any callback is indexed (call under the lock, after every change)."""
+        self._indexed = bool(self._routes or self._any or self._by_run)
 
     def complete(self) -> None:
         """End the stream: complete every observer and ``errors``; later publishes are dropped."""
@@ -190,6 +227,7 @@ class EventBus:
             self._is_completed = True
             completers, self._completers = list(self._completers), set()
             self._routes, self._any, self._by_run, self._plain = {}, (), {}, ()
+            self._reindex()
         for token in completers:
             if token.on_completed is not None:
                 token.on_completed()
@@ -197,34 +235,39 @@ class EventBus:
         self._errors.on_completed()
 
     def _detach(self, token: _Detach) -> None:
-        key, deliver = token._key, token._deliver
         with self._route_lock:
             self._completers.discard(token)
-            if key.startswith(_RUN_KEY):
-                run_id = key[len(_RUN_KEY) :]
-                callbacks = self._by_run.get(run_id, ())
-                if deliver in callbacks:
-                    index = callbacks.index(deliver)
-                    left = callbacks[:index] + callbacks[index + 1 :]
-                    if left:
-                        self._by_run[run_id] = left
-                    else:
-                        del self._by_run[run_id]
-                return
-            if key == _PLAIN_KEY:
-                self._plain = tuple(p for p in self._plain if p is not deliver)
-                return
-            current = self._any if key == "any" else self._routes.get(key, ())
-            if deliver not in current:
-                return
-            index = current.index(deliver)
-            remaining = current[:index] + current[index + 1 :]
-            if key == "any":
-                self._any = remaining
-            elif remaining:
-                self._routes[key] = remaining
-            else:
-                del self._routes[key]
+            self._unindex(token._key, token._deliver)
+            self._reindex()
+
+    def _unindex(self, key: str, deliver: Deliver | PlainDeliver) -> None:
+        """Remove ``deliver`` from the index ``key`` names (under the lock)."""
+        if key.startswith(_RUN_KEY):
+            run_id = key[len(_RUN_KEY) :]
+            callbacks = self._by_run.get(run_id, ())
+            if deliver in callbacks:
+                index = callbacks.index(deliver)
+                left = callbacks[:index] + callbacks[index + 1 :]
+                if left:
+                    self._by_run[run_id] = left
+                else:
+                    del self._by_run[run_id]
+            return
+        if key == _PLAIN_KEY:
+            self._plain = tuple(p for p in self._plain if p is not deliver)
+            self._plain_labels.pop(deliver, None)  # type: ignore[arg-type]
+            return
+        current = self._any if key == "any" else self._routes.get(key, ())
+        if deliver not in current:
+            return
+        index = current.index(deliver)
+        remaining = current[:index] + current[index + 1 :]
+        if key == "any":
+            self._any = remaining
+        elif remaining:
+            self._routes[key] = remaining
+        else:
+            del self._routes[key]
 
     def observe(self, kind: EventKind | str = EventKind.ANY) -> Observable[InvocationEvent]:
         """A hot Observable of the events of ``kind``; its observers are fault-isolated."""
@@ -235,22 +278,14 @@ class EventBus:
             observer: abc.ObserverBase[InvocationEvent],
             scheduler: abc.SchedulerBase | None = None,
         ) -> abc.DisposableBase:
-            # one callback for both indexes: the kind index passes a context it ignores
-            def deliver(event: InvocationEvent, context: SessionContext | None = None) -> None:
+            def deliver(event: InvocationEvent, context: SessionContext) -> None:
                 try:
                     observer.on_next(event)
                 except Exception as exc:
-                    self.report(
-                        SubscriberError(
-                            f"{label} observer raised {type(exc).__name__}: {exc}",
-                            subscription=label,
-                            event=event,
-                            cause=exc,
-                        )
-                    )
+                    self._observer_raised(label, event, exc)
 
-            if member is EventKind.ANY:
-                return self.attach_plain(deliver, observer.on_completed)
+            if member is EventKind.ANY:  # no context: its on_next itself, guarded by publish
+                return self.attach_plain(observer.on_next, observer.on_completed, label=label)
             return self.attach(member, deliver, observer.on_completed)
 
         return reactivex.create(subscribe)

@@ -185,7 +185,7 @@ class EventLog:
             for collector in self._collectors:  # its callbacks never raise
                 collector.add(entry)
         followers = self._followers.get(run_id) if self._followers else None
-        observed = bool(self._live.observers)
+        observed = self._live.observers
         if followers or observed:
             envelope = EventEnvelope.of(event, run_id, run.session_id, seq)
             if followers:

@@ -102,6 +102,29 @@ def test_observe_unknown_kind_raises_value_error_naming_valid_kinds(kind: str) -
     assert "run_started" in str(info.value)
 
 
+def test_indexed_subscribers_come_and_go_beside_plain_ones() -> None:
+    # publish skips the kind and run indexes while only plain subscribers listen: each kind of
+    # subscription must switch them on when it comes and leave plain delivery when it goes
+    bus = EventBus()
+    every: list = []
+    bus.observe(EventKind.ANY).subscribe(on_next=every.append)
+    bus.publish(_delta(0))
+    attachers = [
+        (lambda sink: bus.observe(EventKind.TEXT_DELTA).subscribe(on_next=sink.append), ["1", "2"]),
+        (lambda sink: bus.attach(EventKind.ANY, lambda event, context: sink.append(event)), ["1", "2"]),
+        (lambda sink: bus.attach_run("r", lambda event, context: sink.append(event)), ["1"]),
+    ]
+    for attach, expected in attachers:
+        sink: list = []
+        subscription = attach(sink)
+        bus.publish(_delta(1))
+        bus.publish(_delta(2, run_id="other"))
+        subscription.dispose()
+        bus.publish(_delta(3))
+        assert [e.delta for e in sink] == expected
+    assert [e.delta for e in every] == ["0"] + ["1", "2", "3"] * 3
+
+
 # --- fault isolation ------------------------------------------------------------------------
 
 
