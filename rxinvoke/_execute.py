@@ -19,11 +19,11 @@ from ._clock import loop_scheduler
 from .errors import ToolError, ToolExecutionError, ToolTimeout, UnknownTool
 from .events import (
     InvocationEvent,
-    ToolExecutionFinished,
-    ToolExecutionStarted,
     ToolFailure,
     ToolResult,
     ToolSuccess,
+    tool_execution_finished,
+    tool_execution_started,
 )
 from .messages import ToolCall, valid_text
 from .policy import RuntimePolicy
@@ -63,7 +63,7 @@ class ToolExecutor:
         return list(await asyncio.gather(*(bounded(call) for call in calls)))
 
     async def _execute_one(self, call: ToolCall, run_id: str) -> ToolResult:
-        self._publish(ToolExecutionStarted(run_id=run_id, call_id=call.id, tool_name=call.name))
+        self._publish(tool_execution_started(run_id, call.id, call.name))
         started = time.perf_counter()
         try:
             output = await self._run(call)
@@ -71,12 +71,8 @@ class ToolExecutor:
         except ToolError as exc:
             result = ToolFailure(error=exc.message, error_type=type(exc).__name__)
         self._publish(
-            ToolExecutionFinished(
-                run_id=run_id,
-                call_id=call.id,
-                tool_name=call.name,
-                result=result,
-                duration_ms=(time.perf_counter() - started) * 1000.0,
+            tool_execution_finished(
+                run_id, call.id, call.name, result, (time.perf_counter() - started) * 1000.0
             )
         )
         return result

@@ -130,6 +130,19 @@ class RunStarted(_AgentEventBase):
     """The run paused for approval that this run continues."""
 
 
+def run_started(
+    run_id: str, session_id: str, provider: str, model: str, runtime: str | None, resumes: str | None
+) -> RunStarted:
+    """``RunStarted`` from values the runtime checked (no validation: every run)."""
+    return trusted(
+        RunStarted,
+        {
+            "run_id": run_id, "timestamp": utcnow(), "type": "run_started", "session_id": session_id,
+            "provider": provider, "model": model, "runtime": runtime, "resumes": resumes,
+        },
+    )
+
+
 class RunResumed(_AgentEventBase):
     """The run goes on in another process after the one running it died
     (``Worker(on_worker_loss="retry")``): the events up to ``after_seq`` are the interrupted
@@ -151,6 +164,14 @@ class ContextBuilt(_AgentEventBase):
 
     type: Literal["context_built"] = "context_built"
     message_count: int
+
+
+def context_built(run_id: str, message_count: int) -> ContextBuilt:
+    """``ContextBuilt`` from values the runtime checked (no validation: every run)."""
+    return trusted(
+        ContextBuilt,
+        {"run_id": run_id, "timestamp": utcnow(), "type": "context_built", "message_count": message_count},
+    )
 
 
 class ModelStarted(_AgentEventBase):
@@ -213,6 +234,18 @@ class ToolExecutionStarted(_AgentEventBase):
     tool_name: str
 
 
+def tool_execution_started(run_id: str, call_id: str, tool_name: str) -> ToolExecutionStarted:
+    """``ToolExecutionStarted`` from values the runtime checked (no validation: every tool
+    execution)."""
+    return trusted(
+        ToolExecutionStarted,
+        {
+            "run_id": run_id, "timestamp": utcnow(), "type": "tool_execution_started",
+            "call_id": call_id, "tool_name": tool_name,
+        },
+    )
+
+
 class ToolSuccess(Frozen):
     """A tool's output."""
 
@@ -253,6 +286,20 @@ class ToolExecutionFinished(_AgentEventBase):
         return isinstance(self.result, ToolSuccess)
 
 
+def tool_execution_finished(
+    run_id: str, call_id: str, tool_name: str, result: ToolResult, duration_ms: float
+) -> ToolExecutionFinished:
+    """``ToolExecutionFinished`` from values the runtime checked (no validation: every tool
+    execution)."""
+    return trusted(
+        ToolExecutionFinished,
+        {
+            "run_id": run_id, "timestamp": utcnow(), "type": "tool_execution_finished",
+            "call_id": call_id, "tool_name": tool_name, "result": result, "duration_ms": duration_ms,
+        },
+    )
+
+
 class AssistantMessageCommitted(_AgentEventBase):
     """The assistant message of a model call was committed to the session history."""
 
@@ -266,6 +313,18 @@ class ToolMessageCommitted(_AgentEventBase):
     type: Literal["tool_message_committed"] = "tool_message_committed"
     message_id: str
     call_id: str
+
+
+def tool_message_committed(run_id: str, message_id: str, call_id: str) -> ToolMessageCommitted:
+    """``ToolMessageCommitted`` from values the runtime checked (no validation: every tool
+    reply)."""
+    return trusted(
+        ToolMessageCommitted,
+        {
+            "run_id": run_id, "timestamp": utcnow(), "type": "tool_message_committed",
+            "message_id": message_id, "call_id": call_id,
+        },
+    )
 
 
 class UsageRecorded(_AgentEventBase):
@@ -296,6 +355,17 @@ class RunCompleted(_AgentEventBase):
     type: Literal["run_completed"] = "run_completed"
     finish_reason: FinishReason
     iterations: int
+
+
+def run_completed(run_id: str, finish_reason: FinishReason, iterations: int) -> RunCompleted:
+    """``RunCompleted`` from values the runtime checked (no validation: every run)."""
+    return trusted(
+        RunCompleted,
+        {
+            "run_id": run_id, "timestamp": utcnow(), "type": "run_completed",
+            "finish_reason": finish_reason, "iterations": iterations,
+        },
+    )
 
 
 class RunFailed(_AgentEventBase):

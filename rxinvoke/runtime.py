@@ -76,20 +76,20 @@ from .errors import (
 from .events import (
     ApprovalDecided,
     ApprovalRequested,
-    ContextBuilt,
     DoomLoopDetected,
     EventKind,
     InvocationEvent,
     RunCancelled,
-    RunCompleted,
     RunFailed,
     RunResumed,
-    RunStarted,
     ToolFailure,
-    ToolMessageCommitted,
     ToolResult,
     assistant_committed,
+    context_built,
     model_started,
+    run_completed,
+    run_started,
+    tool_message_committed,
     usage_recorded,
 )
 from .messages import FinishReason, Message, TokenUsage, ToolCall, chat_request, new_id, new_message
@@ -163,6 +163,8 @@ class AgentRuntime:
         default_provider: str | None = None,
         default_model: str | None = None,
     ) -> None:
+        if name is not None and not isinstance(name, str):  # the events carry it unvalidated
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
         self.name = name
         """This runtime's name (``run_started.runtime``, ``SessionContext.runtime``)."""
         self.default_provider = default_provider
@@ -680,13 +682,13 @@ class AgentRuntime:
         self.log.begin(run_id, run.session_id, last_seq=after_seq)
         if after_seq == 0:  # a new run, or a run taken over that died before writing an event
             publish(
-                RunStarted(
-                    run_id=run_id,
-                    session_id=str(run.session_id),
-                    provider=run.request.provider or "",
-                    model=run.request.model or "",
-                    runtime=self.name,
-                    resumes=run.request.resumes,
+                run_started(
+                    run_id,
+                    str(run.session_id),
+                    run.request.provider or "",
+                    run.request.model or "",
+                    self.name,
+                    run.request.resumes,
                 )
             )
         if resumption is not None:
@@ -727,11 +729,7 @@ class AgentRuntime:
             publish(RunFailed(run_id=run_id, error=message))
             await self._settle(run_id, RunOutcome.failed(message))
             raise InvocationFailed(message, run_id=run_id, cause=exc) from exc
-        publish(
-            RunCompleted(
-                run_id=run_id, finish_reason=output.finish_reason, iterations=output.iterations
-            )
-        )
+        publish(run_completed(run_id, output.finish_reason, output.iterations))
         if output.pending:
             await self._settle(run_id, RunOutcome.paused(output))
             self._arm_approval_timeout(output)
@@ -836,7 +834,7 @@ class AgentRuntime:
         elif request.resumes is not None and (resumption is None or resumption.paused_unanswered):
             history = await self._answer_paused(run, history)
         messages = build_context(history)
-        publish(ContextBuilt(run_id=run_id, message_count=len(messages)))
+        publish(context_built(run_id, len(messages)))
 
         specs = self.tools.specs()
         provider_id, model = request.provider, request.model
@@ -1062,8 +1060,4 @@ class AgentRuntime:
         announced."""
         messages.extend(replies)
         for reply in replies:
-            self.bus.publish(
-                ToolMessageCommitted(
-                    run_id=run.run_id, message_id=reply.id, call_id=reply.tool_call_id or ""
-                )
-            )
+            self.bus.publish(tool_message_committed(run.run_id, reply.id, reply.tool_call_id or ""))

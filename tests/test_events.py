@@ -63,9 +63,15 @@ from rxinvoke.events import (
     CHAT_STREAM_EVENT,
     agent_text,
     assistant_committed,
+    context_built,
     model_started,
+    run_completed,
+    run_started,
     text_fragment,
     text_twin,
+    tool_execution_finished,
+    tool_execution_started,
+    tool_message_committed,
     usage_recorded,
 )
 from rxinvoke.messages import TextJoiner, ToolSpec, chat_request, new_id, new_message
@@ -613,6 +619,38 @@ def test_the_hot_path_builders_equal_the_validated_events(delta: str) -> None:
     assert type(twin) is TextDelta and twin.model_dump_json() == TextDelta(
         run_id="run-1", timestamp=moment, delta=delta
     ).model_dump_json()
+
+
+@given(st.text(min_size=1, max_size=10), st.integers(min_value=0, max_value=10**6), st.booleans())
+@settings(max_examples=30)
+def test_the_run_and_tool_builders_equal_the_validated_events(name: str, count: int, ok: bool) -> None:
+    result = ToolSuccess(output=name) if ok else ToolFailure(error=name, error_type="ToolError")
+    named = name if ok else None
+    built = [
+        run_started("run-1", "s-1", name, name, named, named),
+        context_built("run-1", count),
+        tool_execution_started("run-1", name, name),
+        tool_execution_finished("run-1", name, name, result, count / 7),
+        tool_message_committed("run-1", name, name),
+        run_completed("run-1", FinishReason.STOP if ok else FinishReason.LENGTH, count),
+    ]
+    validated = [
+        RunStarted(run_id="run-1", timestamp=built[0].timestamp, session_id="s-1", provider=name, model=name,
+                   runtime=named, resumes=named),
+        ContextBuilt(run_id="run-1", timestamp=built[1].timestamp, message_count=count),
+        ToolExecutionStarted(run_id="run-1", timestamp=built[2].timestamp, call_id=name, tool_name=name),
+        ToolExecutionFinished(run_id="run-1", timestamp=built[3].timestamp, call_id=name, tool_name=name,
+                              result=result, duration_ms=count / 7),
+        ToolMessageCommitted(run_id="run-1", timestamp=built[4].timestamp, message_id=name, call_id=name),
+        RunCompleted(run_id="run-1", timestamp=built[5].timestamp, finish_reason=FinishReason.STOP if ok
+                     else FinishReason.LENGTH, iterations=count),
+    ]
+    for mine, theirs in zip(built, validated, strict=True):
+        assert mine == theirs and type(mine) is type(theirs)
+        assert list(mine.__dict__) == list(type(theirs).model_fields)  # every field, in order
+        assert mine.model_dump_json() == theirs.model_dump_json()
+        assert INVOCATION_EVENT.validate_json(mine.model_dump_json()) == mine
+        assert mine.timestamp.tzinfo is not None
 
 
 def test_a_trusted_builder_takes_the_fields_it_does_not_fix_in_field_order() -> None:

@@ -1502,3 +1502,14 @@ async def test_a_fragment_stamped_with_the_run_id_is_published_as_it_is(stamp: b
     assert [e.delta for e in published] == ["a ", "b"] and out.output_text == "a b"
     same = [p is y for p, y in zip(published, provider.yielded, strict=True)]
     assert same == [stamp, stamp]  # stamped: no copy; unstamped: a copy with the run id
+
+
+async def test_a_runtime_name_that_is_not_text_is_refused_at_construction() -> None:
+    # run_started carries the name unvalidated: a wrong one is refused before any run
+    with pytest.raises(TypeError, match="name must be a str"):
+        AgentRuntime(name=7)  # type: ignore[arg-type]
+    runtime = AgentRuntime(providers=[ScriptedProvider([ScriptedProvider.text_turn("hi")])], name="edge-1")
+    events: list = []
+    runtime.events.subscribe(events.append)
+    await runtime.run(request("x"))
+    assert events[0].type == "run_started" and events[0].runtime == "edge-1"
