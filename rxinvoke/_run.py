@@ -24,7 +24,7 @@ from typing import Any, Literal
 from reactivex import abc
 
 from ._futures import retrieve
-from .control import Control, SessionContext
+from .control import Control, session_context
 from .providers.base import ChatProvider
 from .request import RunOutput, RunRequest
 
@@ -57,7 +57,7 @@ class Run:
         self.control = control
         self.run_id = run_id
         self.session_id = session_id
-        self.context = SessionContext(session_id=session_id, run_id=run_id, runtime=runtime)
+        self.context = session_context(session_id, run_id, runtime)
         self.reason: StopReason | None = None
         """Why the run is being stopped, once it is."""
         self.started = False

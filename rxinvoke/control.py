@@ -22,7 +22,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 from reactivex.subject import AsyncSubject
 
-from ._frozen import Frozen
+from ._frozen import Frozen, trusted
 
 __all__ = ("Control", "SessionContext")
 
@@ -34,6 +34,11 @@ class SessionContext(Frozen):
     run_id: str | None = None
     runtime: str | None = None
     """The name of the runtime running it (``AgentRuntime(name=...)``), if it has one."""
+
+
+def session_context(session_id: uuid.UUID | None, run_id: str | None, runtime: str | None = None) -> SessionContext:
+    """A SessionContext from values rxinvoke checked (no validation: every run and emit)."""
+    return trusted(SessionContext, {"session_id": session_id, "run_id": run_id, "runtime": runtime})
 
 
 class _ControlState:

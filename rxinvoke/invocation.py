@@ -25,7 +25,7 @@ from reactivex import operators as ops
 
 from ._runstream import RunStream, RunStreamLike
 from ._sink import Handler, HandlerSink, Overflow, SubscriptionStats
-from .control import Control, SessionContext
+from .control import Control, SessionContext, session_context
 from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UserError
 from .events import EventKind, InvocationEvent, RunStarted
 from .messages import new_id
@@ -148,7 +148,7 @@ class RuntimeInvocation:
             InvocationFailed: the run failed (``run_id`` and ``cause`` set).
         """
         control = control or Control()
-        context = SessionContext(session_id=uuid.uuid4(), run_id=new_id())
+        context = session_context(uuid.uuid4(), new_id())
         if control.is_cancelled:
             raise InvocationCancelled("cancelled before the run started")
         request = build if isinstance(build, EmitRequest) else await self._build(build, context, control)

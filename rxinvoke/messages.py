@@ -137,6 +137,11 @@ class TokenUsage(_Frozen):
         )
 
 
+NO_USAGE = TokenUsage()
+"""Zero tokens: the usage of a run before its first model call, the start of usage sums
+(frozen: one shared instance)."""
+
+
 class ToolCall(_Frozen):
     """A tool call requested by the model; ``arguments`` is the raw JSON text it produced
     (a dict is accepted too, and stored as its JSON text)."""

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ._display import clip, short_id
 from ._frozen import Frozen as _Frozen
+from ._frozen import trusted
 from .messages import FinishReason, ModelName, ProviderId, TokenUsage, ToolChoice
 
 __all__ = ("EmitRequest", "PendingApproval", "RunOutput", "RunRequest")
@@ -87,8 +88,30 @@ class EmitRequest(_RequestFields):
 
     def into_run_request(self, **update: Any) -> RunRequest:
         """The RunRequest for this emit (tool choice auto), with ``update`` applied."""
+        run_id = update.get("run_id")
+        session_id = update.get("session_id", self.session_id)
+        if (
+            update.keys() <= _IDS
+            and (run_id is None or type(run_id) is str)
+            and (session_id is None or type(session_id) is uuid.UUID)
+        ):  # what emit gives every run: this request's checked fields and two checked ids
+            mine = self.__dict__
+            metadata = mine["metadata"]
+            return trusted(
+                RunRequest,
+                {
+                    "provider": mine["provider"], "model": mine["model"], "input": mine["input"],
+                    "session_id": session_id, "client_request_id": mine["client_request_id"],
+                    "metadata": None if metadata is None else dict(metadata),  # as validation copies
+                    "run_id": run_id, "tool_choice": _AUTO, "system_prompt": None, "resumes": None,
+                },
+            )
         fields = {name: getattr(self, name) for name in _RequestFields.model_fields}
         return RunRequest(**{**fields, **update})
+
+
+_IDS = frozenset({"run_id", "session_id"})
+_AUTO = ToolChoice.auto()  # frozen: shared
 
 
 class PendingApproval(_Frozen):
@@ -123,6 +146,27 @@ class RunOutput(_Frozen):
     """The text of the last assistant message."""
     pending: tuple[PendingApproval, ...] = ()
     """With ``finish_reason=awaiting_approval``: the calls waiting for a decision."""
+
+    @classmethod
+    def checked(
+        cls,
+        run_id: str,
+        session_id: uuid.UUID,
+        iterations: int,
+        finish_reason: FinishReason,
+        total_usage: TokenUsage,
+        output_text: str,
+        pending: tuple[PendingApproval, ...] = (),
+    ) -> RunOutput:
+        """A RunOutput from values the runtime checked (no validation: every run)."""
+        return trusted(
+            cls,
+            {
+                "run_id": run_id, "session_id": session_id, "iterations": iterations,
+                "finish_reason": finish_reason, "total_usage": total_usage,
+                "output_text": output_text, "pending": pending,
+            },
+        )
 
     def __repr__(self) -> str:
         usage = self.total_usage

@@ -92,7 +92,15 @@ from .events import (
     tool_message_committed,
     usage_recorded,
 )
-from .messages import FinishReason, Message, TokenUsage, ToolCall, chat_request, new_id, new_message
+from .messages import (
+    NO_USAGE,
+    FinishReason,
+    Message,
+    ToolCall,
+    chat_request,
+    new_id,
+    new_message,
+)
 from .policy import RuntimePolicy
 from .providers.base import ChatProvider, ProviderRegistry
 from .request import PendingApproval, RunOutput, RunRequest
@@ -109,9 +117,6 @@ _log = logging.getLogger("rxinvoke")
 class _NotResumable(Exception):
     """The run to take over is finished, or its owner lives (resume_interrupted: None)."""
 
-
-_NO_USAGE = TokenUsage()
-"""A run's usage before its first model call (frozen: shared)."""
 
 _SETTLE_ATTEMPTS = 3
 """Writes of a run's end before the store failure is the run's error."""
@@ -581,12 +586,7 @@ class AgentRuntime:
         if run.reason is not None:  # stopped before its task began: nothing published or stored
             raise asyncio.CancelledError
         request = run.request
-        record = RunRecord(
-            run_id=run.run_id,
-            session_id=run.session_id,
-            request=request,
-            client_request_id=request.client_request_id,
-        )
+        record = RunRecord.begun(run.run_id, run.session_id, request)
         preamble = (
             (new_message("system", request.system_prompt, run.run_id),)
             if request.system_prompt and request.resumes is None
@@ -840,7 +840,7 @@ class AgentRuntime:
         provider_id, model = request.provider, request.model
         if provider_id is None or model is None:  # pragma: no cover - resolve() sets both
             raise RuntimeError(f"run {run_id}: its request names no provider or model")
-        total = resumption.usage if resumption is not None else _NO_USAGE
+        total = resumption.usage if resumption is not None else NO_USAGE
         doom = DoomLoopDetector(policy.doom_loop)
         pending: tuple[PendingApproval, ...] = ()
         text = ""
@@ -881,7 +881,7 @@ class AgentRuntime:
                 self.log.defer_messages(run_id, [assistant])
             messages.append(assistant)
             publish(assistant_committed(run_id, assistant.id))
-            usage = accumulated.usage or _NO_USAGE
+            usage = accumulated.usage or NO_USAGE
             total = total + usage
             publish(usage_recorded(run_id, usage))
             text = assistant.content
@@ -920,15 +920,7 @@ class AgentRuntime:
             self._committed(run, replies, messages)
             finish = FinishReason.DOOM_LOOP
             break
-        return RunOutput(
-            run_id=run_id,
-            session_id=run.session_id,
-            iterations=iteration,
-            finish_reason=finish,
-            total_usage=total,
-            output_text=text,
-            pending=pending,
-        )
+        return RunOutput.checked(run_id, run.session_id, iteration, finish, total, text, pending)
 
     async def _pause(
         self, run: Run, calls: tuple[ToolCall, ...], waiting: list[ToolCall]

@@ -41,6 +41,7 @@ from rxinvoke import (
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunRequest,
     RunResumed,
     RunStarted,
     TextDelta,
@@ -580,6 +581,56 @@ def test_into_run_request_carries_key_and_metadata() -> None:
     assert run.client_request_id == "req-1"
     assert run.metadata == {"n": 1}
     assert run.session_id is None
+
+
+@given(st.booleans(), st.booleans())
+@settings(max_examples=10)
+def test_a_runs_request_from_an_emit_equals_the_validated_one(keyed: bool, with_metadata: bool) -> None:
+    emit = _emit(provider=" offline ", input="what is 2 + 3?")
+    if keyed:
+        emit = emit.with_client_request_id("req-1").with_session_id(SESSION)
+    if with_metadata:
+        emit = emit.with_metadata({"n": [1]})
+    session = emit.session_id or uuid.uuid4()
+    run = emit.into_run_request(run_id="run-1", session_id=session)  # what emit does
+    fields = {name: getattr(emit, name) for name in ("provider", "model", "input", "client_request_id", "metadata")}
+    validated = RunRequest(**fields, run_id="run-1", session_id=session)
+    assert run == validated and type(run) is RunRequest
+    assert list(run.__dict__) == list(RunRequest.model_fields)  # every field, in order
+    assert run.model_dump_json() == validated.model_dump_json()
+    if with_metadata:
+        assert run.metadata is not emit.metadata  # its own dict, as validation makes
+    with pytest.raises(pydantic.ValidationError):  # other updates are validated
+        emit.into_run_request(run_id="run-1", session_id=session, system_prompt=7)
+
+
+def test_the_run_value_builders_equal_the_validated_values() -> None:
+    from rxinvoke.control import SessionContext, session_context
+    from rxinvoke.request import PendingApproval, RunOutput
+    from rxinvoke.stores.base import RunOutcome, RunRecord
+
+    session = uuid.UUID(SESSION)
+    usage = TokenUsage(input_tokens=3, output_tokens=4, total_tokens=7)
+    pending = (PendingApproval(call_id="c1", tool_name="add", arguments="{}"),)
+    request = RunRequest(provider="p", model="m", input="hi", run_id="run-1", client_request_id="k")
+    output = RunOutput.checked("run-1", session, 2, FinishReason.STOP, usage, "done", pending)
+    record = RunRecord.begun("run-1", session, request)
+    pairs = [
+        (session_context(session, "run-1", "edge"), SessionContext(session_id=session, run_id="run-1", runtime="edge")),
+        (output, RunOutput(run_id="run-1", session_id=session, iterations=2, finish_reason=FinishReason.STOP,
+                           total_usage=usage, output_text="done", pending=pending)),
+        (record, RunRecord(run_id="run-1", session_id=session, request=request, client_request_id="k",
+                           started_at=record.started_at)),
+        (RunOutcome.completed(output), RunOutcome(status="completed", output=output)),
+        (RunOutcome.paused(output), RunOutcome(status="awaiting_approval", output=output)),
+    ]
+    for mine, theirs in pairs:
+        assert mine == theirs and type(mine) is type(theirs)
+        assert list(mine.__dict__) == list(type(theirs).model_fields)  # every field, in order
+        assert mine.model_dump_json() == theirs.model_dump_json()
+    assert record.started_at.tzinfo is not None and record.total_usage == TokenUsage()
+    with pytest.raises(pydantic.ValidationError):  # what is not a run's output is validated
+        RunOutcome.completed("not an output")  # type: ignore[arg-type]
 
 
 def test_with_methods_validate_their_values() -> None:

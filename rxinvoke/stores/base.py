@@ -60,9 +60,9 @@ from typing import Literal, Protocol, overload, runtime_checkable
 from pydantic import Field
 
 from .._display import clip, clock, short_id
-from .._frozen import Frozen
+from .._frozen import Frozen, trusted
 from ..events import InvocationEvent, RunFailed, RunStarted
-from ..messages import Message, TokenUsage, utcnow
+from ..messages import NO_USAGE, Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
 from ._packed import SegmentItem, revive
 
@@ -216,10 +216,23 @@ class RunRecord(Frozen):
     finished_at: datetime | None = None
     iterations: int = 0
     """Model calls whose usage was recorded."""
-    total_usage: TokenUsage = TokenUsage()  # frozen: one shared zero, not one per record
+    total_usage: TokenUsage = NO_USAGE  # frozen: one shared zero, not one per record
     """The sum of the recorded usage of the run's model calls."""
     owner: str | None = None
     """``host:pid`` of the process running it (stores shared between processes only)."""
+
+    @classmethod
+    def begun(cls, run_id: str, session_id: uuid.UUID, request: RunRequest) -> RunRecord:
+        """The record of a run beginning now (from values the runtime checked: no validation)."""
+        return trusted(
+            cls,
+            {
+                "run_id": run_id, "session_id": session_id, "request": request, "status": "running",
+                "client_request_id": request.client_request_id, "output": None, "error": None,
+                "started_at": utcnow(), "finished_at": None, "iterations": 0,
+                "total_usage": NO_USAGE, "owner": None,
+            },
+        )
 
     @property
     def is_finished(self) -> bool:
@@ -250,12 +263,18 @@ class RunOutcome(Frozen):
     @classmethod
     def completed(cls, output: RunOutput) -> RunOutcome:
         """The run completed with ``output``."""
-        return cls(status="completed", output=output)
+        return cls._with_output("completed", output)
 
     @classmethod
     def paused(cls, output: RunOutput) -> RunOutcome:
         """The run paused for approval of ``output.pending``."""
-        return cls(status="awaiting_approval", output=output)
+        return cls._with_output("awaiting_approval", output)
+
+    @classmethod
+    def _with_output(cls, status: str, output: RunOutput) -> RunOutcome:
+        if cls is RunOutcome and type(output) is RunOutput:  # nothing to check: every run
+            return trusted(cls, {"status": status, "output": output, "error": None})
+        return cls(status=status, output=output)
 
     @classmethod
     def failed(cls, error: str) -> RunOutcome:

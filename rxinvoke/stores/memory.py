@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 
 from ..errors import SessionAwaitingApproval, StoreError, UnknownRun
 from ..events import UsageRecorded
-from ..messages import Message, TokenUsage, utcnow
+from ..messages import NO_USAGE, Message, TokenUsage, utcnow
 from ._packed import PackedEvent, PackedLog, pack_one, unpack
 from ._rows import decided
 from .base import EventEnvelope, LogEntry, RunOutcome, RunRecord, log_entries
@@ -206,7 +206,7 @@ class MemoryStore:
                 "error": outcome.error,
                 "finished_at": utcnow(),
                 "iterations": len(usage),
-                "total_usage": sum(usage, TokenUsage()),
+                "total_usage": sum(usage, NO_USAGE),
             }
         )
         self._runs[run_id] = finished.__pydantic_serializer__.to_json(finished)
@@ -294,7 +294,7 @@ class MemoryStore:
             return RunRecord.model_validate_json(record)
         usage = self._usage[run_id]
         return record.model_copy(
-            update={"iterations": len(usage), "total_usage": sum(usage, TokenUsage())}
+            update={"iterations": len(usage), "total_usage": sum(usage, NO_USAGE)}
         )
 
     def _append(self, events: Sequence[EventEnvelope]) -> None:
