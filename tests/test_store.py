@@ -206,6 +206,25 @@ async def test_a_bad_event_batch_writes_nothing(store: Store) -> None:
     assert stored is not None and (stored.iterations, stored.total_usage.total_tokens) == (0, 0)
 
 
+async def test_a_batch_of_interleaved_runs_is_written_whole_or_not_at_all(store: Store) -> None:
+    a, b = await start(store, record()), await start(store, record())
+
+    def delta(rec: RunRecord, seq: int) -> EventEnvelope:
+        return envelope(rec, seq, TextDelta(run_id=rec.run_id, delta=f"{seq}"))
+
+    with pytest.raises(StoreError):  # b's second stretch skips a seq: neither run gets anything
+        await store.append_events([delta(a, 1), delta(b, 1), delta(a, 2), delta(b, 3)])
+    with pytest.raises(StoreError):  # a's second stretch repeats a seq
+        await store.append_events(EventBatch([
+            (e.run_id, e.session_id, e.seq, e.event) for e in (delta(a, 1), delta(b, 1), delta(a, 1))
+        ]))
+    assert await store.read_events(a.run_id) == [] and await store.read_events(b.run_id) == []
+    batch = [delta(a, 1), delta(b, 1), delta(a, 2), delta(b, 2), delta(b, 3)]
+    await store.append_events(batch)
+    assert [e.seq for e in await store.read_events(a.run_id)] == [1, 2]
+    assert [e.seq for e in await store.read_events(b.run_id)] == [1, 2, 3]
+
+
 async def test_unknown_runs(store: Store) -> None:
     with pytest.raises(UnknownRun) as caught:
         await store.read_events("nope")

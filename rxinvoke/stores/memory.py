@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
-from itertools import islice
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from pydantic import TypeAdapter
 
@@ -300,19 +300,43 @@ class MemoryStore:
     def _append(self, events: Sequence[EventEnvelope]) -> None:
         """Append each envelope to its run's log (each must be ``last + 1``): all of them, or
         none (a refused envelope takes back the ones appended before it)."""
-        logs, usage = self._logs, self._usage
-        for index, (run_id, _session_id, seq, event) in enumerate(log_entries(events)):
-            log = logs.get(run_id)
-            if type(log) is not list or seq != len(log) + 1:
-                self._take_back(list(islice(log_entries(events), index)))
-                if log is None:
-                    raise UnknownRun(run_id)
-                if type(log) is tuple:
-                    raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
-                raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {len(log)}")
-            log.append(event if type(event) is tuple else pack_one(event))  # kept: as it is
-            if type(event) is UsageRecorded:
-                usage[run_id].append(event.usage)
+        entries = log_entries(events)
+        if type(entries) is not list:
+            entries = list(entries)
+        logs = self._logs
+        run: str | None = None
+        log: PackedLog | list[PackedEvent] | None = None
+        append: Callable[[PackedEvent], None]  # the first entry sets it (run is None)
+        expected = 0
+        for entry in entries:  # a run's log looked up once per stretch of its entries
+            run_id, _session_id, seq, event = entry
+            if run_id != run:
+                log = logs.get(run_id)
+                if type(log) is not list:
+                    self._refuse(entries, entry, log)
+                run, append, expected = run_id, log.append, len(log) + 1
+            if seq != expected:
+                self._refuse(entries, entry, log)
+            expected += 1
+            if type(event) is tuple:
+                append(event)  # kept: as it is
+            else:
+                append(pack_one(event))
+                if type(event) is UsageRecorded:
+                    self._usage[run_id].append(event.usage)
+
+    def _refuse(
+        self, entries: list[LogEntry], entry: LogEntry, log: PackedLog | list[PackedEvent] | None
+    ) -> NoReturn:
+        """Take back the entries appended before ``entry`` and raise why it is refused."""
+        index = next(i for i, e in enumerate(entries) if e is entry)
+        self._take_back(entries[:index])
+        run_id, seq = entry[0], entry[2]
+        if log is None:
+            raise UnknownRun(run_id)
+        if type(log) is tuple:
+            raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
+        raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {len(log)}")
 
     def _take_back(self, appended: list[LogEntry]) -> None:
         for run_id, _session_id, _seq, event in reversed(appended):
