@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ("Frozen", "trusted", "trusted_builder")
+__all__ = ("Frozen", "fill_trusted", "trusted", "trusted_builder")
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -44,6 +44,17 @@ def trusted(cls: type[_M], values: dict[str, Any]) -> _M:
     _set_extra(model, None)
     _set_private(model, None)
     return model
+
+
+def fill_trusted(model: BaseModel, values: dict[str, Any], fields_set: set[str]) -> None:
+    """Give the new ``model`` (in its ``__init__``) ``values`` — every field, known good, in
+    field order — and ``fields_set`` (shared: frozen models never change theirs) as
+    validation would: the fast path of a constructor whose common arguments need no
+    validator."""
+    _set_dict(model, values)
+    _set_fields_set(model, fields_set)
+    _set_extra(model, None)
+    _set_private(model, None)
 
 
 _ALL_FIELDS: dict[type[BaseModel], set[str]] = {}

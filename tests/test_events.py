@@ -704,6 +704,35 @@ def test_the_run_and_tool_builders_equal_the_validated_events(name: str, count: 
         assert mine.timestamp.tzinfo is not None
 
 
+@given(st.text(max_size=20), st.one_of(st.none(), st.text(max_size=8)), st.booleans())
+@settings(max_examples=50)
+def test_a_text_fragment_constructed_plainly_equals_the_validated_one(delta: str, run_id: str | None, stamped: bool) -> None:
+    # ChatTextDelta(delta=...) (and with run_id=) skips the validator: the same model anyway
+    data: dict[str, object] = {"delta": delta, "run_id": run_id} if stamped else {"delta": delta}
+    built = ChatTextDelta(**data)
+    validated = ChatTextDelta.model_validate({**data, "timestamp": built.timestamp})
+    assert built == validated and built.model_fields_set == set(data)
+    assert list(built.__dict__) == list(ChatTextDelta.model_fields)
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert INVOCATION_EVENT.validate_json(built.model_dump_json()) == built
+    assert built.timestamp.tzinfo is not None and built.type == "chat_text_delta"
+
+
+def test_a_text_fragment_constructed_otherwise_is_validated() -> None:
+    assert not ChatTextDelta.__pydantic_custom_init__  # validation never goes through __init__
+    for bad in ({"delta": 3}, {"delta": "x", "run_id": 3}, {"delta": "x", "other": 1}, {}):
+        with pytest.raises(pydantic.ValidationError):
+            ChatTextDelta(**bad)
+    moment = datetime(2026, 12, 7, tzinfo=timezone.utc)
+    assert ChatTextDelta(delta="x", timestamp=moment).timestamp == moment
+
+    class Tagged(ChatTextDelta):
+        tag: str = "t"
+
+    tagged = Tagged(delta="x")  # a subclass: validated, its own fields kept
+    assert tagged.tag == "t" and type(tagged) is Tagged and tagged.model_fields_set == {"delta"}
+
+
 def test_a_trusted_builder_takes_the_fields_it_does_not_fix_in_field_order() -> None:
     build = trusted_builder(ToolCallStarted, type="tool_call_started")
     moment = datetime(2026, 12, 7, 2, 0, tzinfo=timezone.utc)
