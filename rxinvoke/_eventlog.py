@@ -120,6 +120,8 @@ class EventLog:
         # envelopes of other runs
         self._followers: dict[str, tuple[Callable[[EventEnvelope], None], ...]] = {}
         self._collectors: tuple[Collector, ...] = ()
+        self._tapped = False  # any collector, follower or observer of envelopes
+        self._envelopes: Observable[EventEnvelope] = reactivex.create(self._observe_live)
         self._attachment = bus.attach_plain(self._on_event)
 
     # --- numbering ---------------------------------------------------------------------------
@@ -142,6 +144,7 @@ class EventLog:
         """Call ``callback(envelope)`` for each envelope of ``run_id`` as it is numbered (it
         must not raise); dispose the result to stop."""
         self._followers[run_id] = (*self._followers.get(run_id, ()), callback)
+        self._retap()
 
         def stop() -> None:
             left = tuple(c for c in self._followers.get(run_id, ()) if c is not callback)
@@ -149,6 +152,7 @@ class EventLog:
                 self._followers[run_id] = left
             else:
                 self._followers.pop(run_id, None)
+            self._retap()
 
         return Disposable(stop)
 
@@ -156,16 +160,35 @@ class EventLog:
         """Append every entry to ``collector.entries`` as it is numbered (a tap without a call
         per event); dispose the result to stop."""
         self._collectors = (*self._collectors, collector)
+        self._retap()
 
         def stop() -> None:
             self._collectors = tuple(c for c in self._collectors if c is not collector)
+            self._retap()
 
         return Disposable(stop)
 
     @property
     def envelopes(self) -> Observable[EventEnvelope]:
         """A hot Observable of every envelope as it is numbered (before it is stored)."""
-        return self._live
+        return self._envelopes
+
+    def _observe_live(
+        self, observer: abc.ObserverBase[EventEnvelope], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        subscription = self._live.subscribe(observer)
+        self._retap()
+
+        def stop() -> None:
+            subscription.dispose()
+            self._retap()
+
+        return Disposable(stop)
+
+    def _retap(self) -> None:
+        """Note whether anything taps the numbered entries (after every change of the taps):
+        while nothing does, numbering an event looks at none of them."""
+        self._tapped = bool(self._collectors or self._followers or self._live.observers)
 
     def _on_event(self, event: InvocationEvent) -> None:
         run_id = event.run_id
@@ -181,6 +204,8 @@ class EventLog:
         keep = _keeper_of(type(event))
         entry = (run_id, run.key, seq, event if keep is None else keep(event.__dict__))
         self._pending.append(entry)
+        if not self._tapped:
+            return
         if self._collectors:
             for collector in self._collectors:  # its callbacks never raise
                 collector.add(entry)

@@ -34,7 +34,7 @@ from rxinvoke import (
     UnknownRun,
 )
 from rxinvoke._bus import EventBus
-from rxinvoke._eventlog import EventLog
+from rxinvoke._eventlog import Collector, EventLog
 from rxinvoke.messages import FinishReason
 from rxinvoke.stores import EventEnvelope, RunOutcome
 
@@ -71,6 +71,35 @@ async def test_replay_gives_every_published_event_in_order(store: Store) -> None
     assert [e.seq for e in envelopes] == list(range(1, len(published) + 1))
     assert {(e.run_id, e.session_id) for e in envelopes} == {(out.run_id, out.session_id)}
     assert shape(await collect(inv.replay(out.run_id, after_seq=len(published) - 2))) == shape(envelopes[-2:])
+
+
+async def test_each_tap_of_the_log_sees_the_envelopes_while_it_taps(store: Store) -> None:
+    # the log skips its taps while none is there: each kind must switch them on and off
+    gate = asyncio.Event()
+    inv = invocation(store, [text_turn("one"), text_turn("two"), [gate, *text_turn("three")]])
+    log = inv.runtime.log
+    seen: list[EventEnvelope] = []
+    observed = log.envelopes.subscribe(seen.append)
+    first = await inv.emit(emit_request())
+    observed.dispose()
+    await inv.emit(emit_request())
+    assert {e.run_id for e in seen} == {first.run_id}
+    assert shape(seen) == shape(await collect(inv.replay(first.run_id)))
+    collector, followed = Collector(lambda: None, lambda: None, 10_000), []
+    stops = [log.collect(collector)]
+    began = asyncio.Event()
+    inv.runtime.events.subscribe(lambda e: began.set() if e.type == "run_started" else None)
+    third = asyncio.ensure_future(inv.emit(emit_request()))
+    await began.wait()  # the third run waits at its gate
+    stops.append(log.follow(next(iter(log._runs)), followed.append))
+    gate.set()
+    output = await third
+    for stop in stops:
+        stop.dispose()
+    assert [seq for _run, _key, seq, _event in collector.entries] == list(range(1, len(collector.entries) + 1))
+    assert {e.run_id for e in followed} == {output.run_id} and followed[-1].type == "run_completed"
+    assert "text_delta" in [e.type for e in followed]
+    assert not log._tapped
 
 
 async def test_replay_and_subscribe_run_of_an_unknown_run_error(store: Store) -> None:
