@@ -362,13 +362,13 @@ async def test_memory_store_keeps_finished_runs_and_idle_sessions_out_of_the_col
         session, [Message(role="assistant", tool_calls=(call,)), Message(role="tool", content="5", tool_call_id="c1")],
         events=[first := envelope(rec, 1, TextDelta(run_id=rec.run_id, delta="a"))],
     )
-    assert isinstance(store._sessions[session], list)  # a run of it is running: live objects
+    assert isinstance(store._sessions[session.int], list)  # a run of it is running: live objects
     terminal = envelope(rec, 2, RunCompleted(run_id=rec.run_id, finish_reason=FinishReason.STOP, iterations=1))
     before = await store.load_history(session)
     await store.finish_run(rec.run_id, RunOutcome.completed(output(rec)), events=[terminal])
     gc.collect()
     gc.collect()
-    kept = [store._runs[rec.run_id], store._sessions[session], store._logs[rec.run_id]]
+    kept = [store._runs[rec.run_id], store._sessions[session.int], store._logs[rec.run_id]]
     assert not any(gc.is_tracked(item) for item in kept)  # bytes, and tuples of plain values
     assert await store.load_history(session) == before  # decoded equal
     got = await store.get_run(rec.run_id)
@@ -377,7 +377,7 @@ async def test_memory_store_keeps_finished_runs_and_idle_sessions_out_of_the_col
     with pytest.raises(StoreError, match="already completed"):
         await store.finish_run(rec.run_id, RunOutcome.cancelled())
     nxt = await start(store, record(session=session))  # the next run of the session decodes it
-    assert isinstance(store._sessions[session], list)
+    assert isinstance(store._sessions[session.int], list)
     assert [m.content for m in await store.load_history(session)][:2] == ["", "5"]
     assert nxt.status == "running"
 

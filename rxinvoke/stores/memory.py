@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from pydantic import TypeAdapter
 
+from .._frozen import trusted
 from ..errors import SessionAwaitingApproval, StoreError, UnknownRun
 from ..events import UsageRecorded
 from ..messages import NO_USAGE, Message, TokenUsage, utcnow
@@ -61,10 +62,12 @@ class MemoryStore:
         self._max_finished = max_finished_runs
         self._max_sessions = max_sessions
         self._finished: deque[str] = deque()
-        # least recently used first (a plain dict: iterating an OrderedDict hashes every key)
-        # a session with a run running: its messages; an idle one: them as JSON bytes
-        self._sessions: dict[uuid.UUID, list[Message] | bytes] = {}
-        self._running: Counter[uuid.UUID] = Counter()  # sessions with running runs
+        # sessions by their UUID's int (a UUID hashes in Python, an int in C: a run looks its
+        # session up a dozen times), least recently used first (a plain dict: iterating an
+        # OrderedDict hashes every key); a session with a run running: its messages; an idle
+        # one: them as JSON bytes
+        self._sessions: dict[int, list[Message] | bytes] = {}
+        self._running: Counter[int] = Counter()  # sessions with running runs
         self._runs: dict[str, RunRecord | bytes] = {}  # finished: the record as JSON bytes
         self._by_request: dict[str, str] = {}
         self._key_of: dict[str, str] = {}  # run id -> its client_request_id
@@ -72,10 +75,10 @@ class MemoryStore:
         # once it finished
         self._logs: dict[str, list[PackedEvent] | PackedLog] = {}
         self._usage: dict[str, list[TokenUsage]] = {}  # running runs (folded into the record)
-        self._paused: dict[uuid.UUID, str] = {}  # session -> its run awaiting approval
+        self._paused: dict[int, str] = {}  # session -> its run awaiting approval
 
     async def load_history(self, session_id: uuid.UUID) -> list[Message]:
-        history = self._sessions.get(session_id)
+        history = self._sessions.get(session_id.int)
         if history is None:
             return []
         return _MESSAGES.validate_json(history) if isinstance(history, bytes) else list(history)
@@ -88,26 +91,29 @@ class MemoryStore:
         events: Sequence[EventEnvelope] = (),
     ) -> None:
         self._append(events)
-        self._history_of(session_id).extend(messages)
-        self._pack_if_idle(session_id)
+        key = session_id.int
+        self._history_of(key).extend(messages)
+        if not self._running.get(key):
+            self._pack(key)
 
-    def _pack_if_idle(self, session_id: uuid.UUID) -> None:
-        history = self._sessions.get(session_id)
-        if isinstance(history, list) and not self._running[session_id]:
-            self._sessions[session_id] = _MESSAGES.dump_json(history)
+    def _pack(self, key: int) -> None:
+        """Keep the history of the session ``key``, which has no run running, as JSON bytes."""
+        history = self._sessions.get(key)
+        if isinstance(history, list):
+            self._sessions[key] = _MESSAGES.dump_json(history)
 
-    def _history_of(self, session_id: uuid.UUID) -> list[Message]:
+    def _history_of(self, key: int) -> list[Message]:
         """The session's history (created if new, decoded if packed), marked as the most
         recently used."""
         sessions = self._sessions
-        stored = sessions.pop(session_id, None)
+        stored = sessions.pop(key, None)
         if stored is None:
             history: list[Message] = []
-            sessions[session_id] = history
+            sessions[key] = history
             self._forget_idle_sessions()
             return history
         history = _MESSAGES.validate_json(stored) if isinstance(stored, bytes) else stored
-        sessions[session_id] = history  # now the most recently used
+        sessions[key] = history  # now the most recently used
         return history
 
     def _forget_idle_sessions(self) -> None:
@@ -115,19 +121,19 @@ class MemoryStore:
         if limit is None or len(sessions) <= limit:
             return
         excess = len(sessions) - limit
-        idle: list[uuid.UUID] = []
-        for session_id in sessions:  # least recently used first
-            if not self._running[session_id]:
-                idle.append(session_id)
+        idle: list[int] = []
+        for key in sessions:  # least recently used first
+            if not self._running[key]:
+                idle.append(key)
                 if len(idle) == excess:
                     break
-        for session_id in idle:
-            del sessions[session_id]
+        for key in idle:
+            del sessions[key]
 
     @property
     def session_ids(self) -> tuple[uuid.UUID, ...]:
         """Sessions that have history."""
-        return tuple(self._sessions)
+        return tuple(uuid.UUID(int=key) for key in self._sessions)
 
 
     async def begin_run(
@@ -141,8 +147,9 @@ class MemoryStore:
         if existing is not None:
             return existing, []
         session_id = record.session_id
+        key = session_id.int
         resumes = record.request.resumes
-        paused = self._paused.get(session_id)
+        paused = self._paused.get(key)
         if resumes is not None:
             if paused != resumes:
                 status = self._record(resumes).status if resumes in self._runs else "unknown"
@@ -150,10 +157,10 @@ class MemoryStore:
         elif paused is not None:
             raise SessionAwaitingApproval(str(session_id), paused)
         self._claim(record)  # nothing can fail from here on: the three steps are one
-        self._running[record.session_id] += 1
+        self._running[key] += 1
         if resumes is not None:
             self._resumed(resumes)
-        stored = self._history_of(record.session_id)
+        stored = self._history_of(key)
         stored.extend([*preamble, *messages] if not stored else messages)
         return record, list(stored)
 
@@ -190,35 +197,40 @@ class MemoryStore:
         if isinstance(record, bytes):
             raise StoreError(f"run {run_id!r} is already {self._record(run_id).status}")
         self._append(events)
-        session_id = record.session_id
+        key = record.session_id.int
         if messages:
-            self._history_of(session_id).extend(messages)
+            self._history_of(key).extend(messages)
         self._logs[run_id] = tuple(self._logs[run_id])
         if outcome.status == "awaiting_approval":
-            self._paused[session_id] = run_id  # kept, with its session, until resumed
+            self._paused[key] = run_id  # kept, with its session, until resumed
         else:
-            self._settled(session_id)
+            self._settled(key)
         usage = self._usage.pop(run_id, [])
-        finished = record.model_copy(
-            update={
+        finished = trusted(  # the record with the outcome's checked values: nothing to validate
+            RunRecord,
+            {
+                **record.__dict__,
                 "status": outcome.status,
                 "output": outcome.output,
                 "error": outcome.error,
                 "finished_at": utcnow(),
                 "iterations": len(usage),
                 "total_usage": sum(usage, NO_USAGE),
-            }
+            },
         )
         self._runs[run_id] = finished.__pydantic_serializer__.to_json(finished)
         if outcome.status != "awaiting_approval":
             self._finished_run(run_id)
 
-    def _settled(self, session_id: uuid.UUID) -> None:
-        self._running[session_id] -= 1
-        if self._running[session_id] <= 0:
-            del self._running[session_id]
-            self._pack_if_idle(session_id)
-            self._forget_idle_sessions()
+    def _settled(self, key: int) -> None:
+        running = self._running
+        left = running[key] - 1
+        if left > 0:
+            running[key] = left
+            return
+        del running[key]
+        self._pack(key)
+        self._forget_idle_sessions()
 
     def _finished_run(self, run_id: str) -> None:
         self._finished.append(run_id)
@@ -228,10 +240,10 @@ class MemoryStore:
     def _resumed(self, run_id: str) -> None:
         """The paused ``run_id`` is continued: completed, its session free, forgettable."""
         record = self._record(run_id)
-        del self._paused[record.session_id]
+        del self._paused[record.session_id.int]
         done = record.model_copy(update={"status": "completed"})
         self._runs[run_id] = done.__pydantic_serializer__.to_json(done)
-        self._settled(record.session_id)
+        self._settled(record.session_id.int)
         self._finished_run(run_id)
 
     async def decide(
