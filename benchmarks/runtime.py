@@ -5,7 +5,9 @@ W1 = one run with one tool call (arguments in 3 deltas) and a 50-delta streamed 
 coroutine that builds the same events (the same frozen pydantic models, 124 of them) and
 publishes them through a reactivex ``Subject`` → ``filter`` chain to one consumer, with the same
 number of loop checkpoints as the scripted provider makes: what any reactive agent loop must
-pay. The ratio (rxinvoke time / baseline time per run) is the runtime's overhead factor.
+pay. The ratio (rxinvoke time / baseline time per run) is the runtime's overhead factor,
+measured in alternating paired rounds (``benchmarks._common.paired``: the median of the
+per-round ratios, which the machine's drift hits alike).
 
 C1000 = 1000 concurrent W1 runs on distinct sessions whose model calls each take 10 ms
 (``asyncio.sleep``), wall time for all of them, against the baseline doing the same.
@@ -30,7 +32,7 @@ from typing import Any
 from reactivex import operators as ops
 from reactivex.subject import Subject
 
-from benchmarks._common import cli, machine_line
+from benchmarks._common import cli, machine_line, paired
 from rxinvoke import (
     AgentRuntime,
     ChatFinished,
@@ -163,22 +165,29 @@ def _build(ctx: object, control: object) -> EmitRequest:
     return EmitRequest(provider="w1", model="w1", input="look abc up")
 
 
-async def sequential(runs: int) -> tuple[float, float, int, int]:
-    """ms per run: rxinvoke, baseline; events per run of each."""
+async def sequential(runs: int, rounds: int) -> tuple[float, float, float, int, int]:
+    """µs per run: rxinvoke, baseline (medians), the median of their per-round ratios
+    (``benchmarks._common.paired``: alternating rounds); events per run of each."""
     inv, seen = _runtime(0.0)
-    await inv.emit(_build)
-    seen[0] = 0
-    start = time.perf_counter()
-    for _ in range(runs):
-        await inv.emit(_build)
-    rx = (time.perf_counter() - start) / runs * 1000
-    rx_events = seen[0] // runs
     publish, base_seen = _baseline_publisher()
-    start = time.perf_counter()
-    for run in range(runs):
-        await baseline_run(run, publish, 0.0)
-    base = (time.perf_counter() - start) / runs * 1000
-    return rx, base, rx_events, base_seen[0] // runs
+    counter = iter(range(10**9))
+
+    async def rxinvoke(count: int) -> None:
+        for _ in range(count):
+            await inv.emit(_build)
+
+    async def baseline(count: int) -> None:
+        for _ in range(count):
+            await baseline_run(next(counter), publish, 0.0)
+
+    variants = {"baseline": baseline, "rxinvoke": rxinvoke}
+    for block in variants.values():  # warm up
+        await block(20)
+    seen[0] = base_seen[0] = 0
+    measured = await paired(variants, runs, rounds)
+    (base, _), (rx, ratio) = measured["baseline"], measured["rxinvoke"]
+    done = runs * rounds
+    return rx, base, ratio, seen[0] // done, base_seen[0] // done
 
 
 async def spread(runs: int) -> tuple[float, float, float]:
@@ -249,14 +258,14 @@ async def in_flight(runs: int) -> tuple[float, float, int, float]:
 
 
 async def main(quick: bool) -> None:
-    runs, concurrent_runs = (20, 50) if quick else (500, 1000)
+    (runs, rounds), concurrent_runs = ((10, 2), 50) if quick else ((100, 20), 1000)
     print(f"# rxinvoke runtime benchmark ({'quick' if quick else 'full'})")
     print(f"# machine: {machine_line()}")
-    rx, base, rx_events, base_events = await sequential(runs)
+    rx, base, ratio, rx_events, base_events = await sequential(runs, rounds)
     print(
-        f"1. W1 run, sequential: rxinvoke {rx:.2f} ms/run ({rx_events} events) · plain asyncio "
-        f"+ Subject→filter {base:.2f} ms/run ({base_events} events) · ratio {rx / base:.1f}x"
-        " (target <= 1.5x)"
+        f"1. W1 run, sequential: rxinvoke {rx / 1000:.2f} ms/run ({rx_events} events) · plain asyncio "
+        f"+ Subject→filter {base / 1000:.2f} ms/run ({base_events} events) · ratio {ratio:.2f}x"
+        f" (median of {rounds} paired rounds of {runs} runs; target <= 1.5x)"
     )
     rx_wall, base_wall = await concurrent(concurrent_runs, 0.010)
     print(
