@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ._display import clip, short_id
 from ._frozen import Frozen as _Frozen
-from ._frozen import trusted
+from ._frozen import fill_trusted, trusted
 from .messages import FinishReason, ModelName, ProviderId, TokenUsage, ToolChoice
 
 __all__ = ("EmitRequest", "PendingApproval", "RunOutput", "RunRequest")
@@ -34,6 +34,8 @@ class _RequestFields(_Frozen):
     """The user message that starts the run."""
 
     def __init__(self, /, *args: str, **data: Any) -> None:
+        if not args and type(self) is EmitRequest and len(data) == 3 and _fill_emit(self, data):
+            return
         if args:
             names = _POSITIONAL.get(len(args))
             if names is None:
@@ -112,6 +114,30 @@ class EmitRequest(_RequestFields):
 
 _IDS = frozenset({"run_id", "session_id"})
 _AUTO = ToolChoice.auto()  # frozen: shared
+
+
+_NAMED = {"provider", "model", "input"}  # the fields set of EmitRequest(provider=, model=, input=)
+
+
+def _fill_emit(request: EmitRequest, data: dict[str, Any]) -> bool:
+    """Fill ``EmitRequest(provider=..., model=..., input=...)`` without the validator when the
+    three are text that is valid as it is (a provider and a model non-empty and stripped, as
+    their constraints make them); False, filling nothing, for anything else."""
+    provider, model, text = data.get("provider"), data.get("model"), data.get("input")
+    if not (
+        type(provider) is str and type(model) is str and type(text) is str
+        and provider and model and provider.strip() == provider and model.strip() == model
+    ):
+        return False
+    fill_trusted(
+        request,
+        {
+            "provider": provider, "model": model, "input": text, "session_id": None,
+            "client_request_id": None, "metadata": None,
+        },
+        _NAMED,
+    )
+    return True
 
 
 class PendingApproval(_Frozen):

@@ -54,7 +54,7 @@ from ._context import build_context
 from ._doom import DoomLoopDetector
 from ._eventlog import EventLog
 from ._execute import ToolExecutor
-from ._futures import shielded, start_eagerly
+from ._futures import shielded, start_eagerly, when_done
 from ._model_call import call_model
 from ._resume import Resumption, resumption_of
 from ._run import Run
@@ -558,7 +558,9 @@ class AgentRuntime:
     async def _outcome(self, run: Run, task: asyncio.Task[RunOutput]) -> RunOutput:
         run_id, control = run.run_id, run.control
         try:
-            return await shielded(task)  # the caller's cancellation does not reach the task
+            if not task.done():  # shielded(task), inline: the caller's cancellation stays here
+                await when_done(task)
+            return task.result()
         except asyncio.CancelledError:
             caller = asyncio.current_task()
             if not task.done() or (caller is not None and cancel_requested(caller)):

@@ -633,6 +633,24 @@ def test_the_run_value_builders_equal_the_validated_values() -> None:
         RunOutcome.completed("not an output")  # type: ignore[arg-type]
 
 
+@given(st.text(max_size=6), st.text(max_size=6), st.text(max_size=10))
+@settings(max_examples=60)
+def test_an_emit_request_of_three_texts_equals_the_validated_one(provider: str, model: str, text: str) -> None:
+    # EmitRequest(provider=, model=, input=) skips the validator when the texts are valid as
+    # they are: the same request (or the same error) either way
+    data = {"provider": provider, "model": model, "input": text}
+    try:
+        validated = EmitRequest.model_validate(data)
+    except pydantic.ValidationError:
+        with pytest.raises(pydantic.ValidationError):
+            EmitRequest(**data)
+        return
+    built = EmitRequest(**data)
+    assert built == validated and built.model_fields_set == validated.model_fields_set == set(data)
+    assert list(built.__dict__) == list(EmitRequest.model_fields)
+    assert built.model_dump_json() == validated.model_dump_json()
+
+
 def test_with_methods_validate_their_values() -> None:
     request = EmitRequest(provider="offline", model="offline", input="hi")
     with pytest.raises(pydantic.ValidationError):
