@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 import reactivex
 from reactivex import Observable, abc
@@ -35,6 +36,13 @@ __all__ = ("Deliver", "EventBus", "PlainDeliver", "SubscriptionStats")
 _log = logging.getLogger("rxinvoke")
 
 _RUN_KEY = "\x00run:"  # index keys of attach_run (never an event kind)
+_EVENT_KINDS = tuple(
+    (cls, cls.model_fields["type"].default) for cls in get_args(get_args(InvocationEvent)[0])
+)
+"""(class, kind) of every event class."""
+_CLASSES_OF: dict[str, tuple[type, ...]] = {}
+for _cls, _kind in _EVENT_KINDS:
+    _CLASSES_OF[_kind] = (*_CLASSES_OF.get(_kind, ()), _cls)
 _PLAIN_KEY = "\x00plain"  # the index key of attach_plain
 
 Deliver = Callable[[InvocationEvent, SessionContext], None]
@@ -87,6 +95,8 @@ class EventBus:
         # the events of other runs (a filter per subscription would see every event)
         self._by_run: dict[str, tuple[Deliver, ...]] = {}
         self._indexed = False  # any callback in _routes, _any or _by_run (set under the lock)
+        self._runs_only: dict[str, tuple[Deliver, ...]] | None = None  # _by_run, if only it is
+        self._compiled: dict[type, tuple[Deliver, ...]] = {}  # event class -> kind's + ANY's
         self._route_lock = threading.Lock()
         self._completers: set[_Detach] = set()  # observe() subscriptions, for complete()
         self._is_completed = False
@@ -101,16 +111,24 @@ class EventBus:
                 plain(event)
             except Exception as exc:  # an observe("any") observer raised (the others never do)
                 self._plain_raised(plain, event, exc)
-        if self._indexed:  # else only plain subscribers listen: no lookups
-            routes = self._routes.get(event.type)
-            every = self._any
+        # what is indexed decides the lookups: none (only plain subscribers), the run index
+        # alone (open RunStreams: one lookup), or the kinds too (their callbacks and ANY's per
+        # event class, compiled at every change: one lookup)
+        runs_only = self._runs_only
+        if runs_only is not None:
+            of_run = runs_only.get(event.run_id)  # type: ignore[arg-type]
+            if of_run:
+                context = self._context_for(event.run_id)
+                for deliver in of_run:
+                    deliver(event, context)
+        elif self._indexed:
+            routes = self._compiled.get(type(event))
+            if routes is None:  # a class of its own (a provider's subclass): by its kind
+                routes = self._routes.get(event.type, ()) + self._any
             of_run = self._by_run.get(event.run_id) if self._by_run else None  # type: ignore[arg-type]
-            if routes or every or of_run:
+            if routes or of_run:
                 context = self._context_for(event.run_id)  # once per event, not per subscriber
-                if routes:
-                    for deliver in routes:
-                        deliver(event, context)
-                for deliver in every:
+                for deliver in routes:
                     deliver(event, context)
                 if of_run:
                     for deliver in of_run:
@@ -212,14 +230,30 @@ class EventBus:
                     on_completed()
                 return token
             add()
-            self._reindex()
+            self._reindex(token._key)
             if token.on_completed is not None:
                 self._completers.add(token)
         return token
 
-    def _reindex(self) -> None:
-        """Note whether any callback is indexed (call under the lock, after every change)."""
-        self._indexed = bool(self._routes or self._any or self._by_run)
+    def _reindex(self, key: str | None = None) -> None:
+        """Note what is indexed and compile each event class's kind and ANY callbacks (call
+        under the lock, after every change; ``key``: the index that changed, None for all):
+        a change of one kind recompiles its classes only."""
+        kinds = bool(self._routes or self._any)
+        self._indexed = kinds or bool(self._by_run)
+        self._runs_only = self._by_run if self._by_run and not kinds else None
+        if key is not None and (key.startswith(_RUN_KEY) or key == _PLAIN_KEY):
+            return  # the kind index is as it was
+        every, routes = self._any, self._routes
+        if not kinds:
+            self._compiled = {}
+        elif key is None or key == "any" or not self._compiled:
+            self._compiled = {cls: routes.get(kind, ()) + every for cls, kind in _EVENT_KINDS}
+        else:
+            self._compiled = {
+                **self._compiled,
+                **{cls: routes.get(key, ()) + every for cls in _CLASSES_OF.get(key, ())},
+            }
 
     def complete(self) -> None:
         """End the stream: complete every observer and ``errors``; later publishes are dropped."""
@@ -238,7 +272,7 @@ class EventBus:
         with self._route_lock:
             self._completers.discard(token)
             self._unindex(token._key, token._deliver)
-            self._reindex()
+            self._reindex(token._key)
 
     def _unindex(self, key: str, deliver: Deliver | PlainDeliver) -> None:
         """Remove ``deliver`` from the index ``key`` names (under the lock)."""

@@ -125,6 +125,34 @@ def test_indexed_subscribers_come_and_go_beside_plain_ones() -> None:
     assert [e.delta for e in every] == ["0"] + ["1", "2", "3"] * 3
 
 
+def test_an_event_of_a_class_of_its_own_reaches_its_kinds_subscribers() -> None:
+    # the kind index is compiled per event class; a provider's subclass goes by its kind
+    class Tagged(TextDelta):
+        tag: str = "t"
+
+    bus = EventBus()
+    by_kind: list = []
+    every: list = []
+    bus.observe(EventKind.TEXT_DELTA).subscribe(on_next=by_kind.append)
+    bus.attach(EventKind.ANY, lambda event, context: every.append(event))
+    bus.observe(EventKind.RUN_STARTED).subscribe(on_next=by_kind.append)  # another kind: recompiled
+    tagged, plain = Tagged(run_id="r", delta="x"), _delta(1)
+    bus.publish(tagged)
+    bus.publish(plain)
+    assert by_kind == [tagged, plain] and every == [tagged, plain]
+
+
+def test_run_subscriptions_alone_are_delivered_with_their_context() -> None:
+    bus = EventBus()
+    seen: list = []
+    subscription = bus.attach_run("r", lambda event, context: seen.append((event.delta, context.run_id)))
+    bus.publish(_delta(1))
+    bus.publish(_delta(2, run_id="other"))
+    subscription.dispose()
+    bus.publish(_delta(3))
+    assert seen == [("1", "r")]
+
+
 # --- fault isolation ------------------------------------------------------------------------
 
 
