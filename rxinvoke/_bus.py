@@ -249,11 +249,10 @@ class EventBus:
             self._compiled = {}
         elif key is None or key == "any" or not self._compiled:
             self._compiled = {cls: routes.get(kind, ()) + every for cls, kind in _EVENT_KINDS}
-        else:
-            self._compiled = {
-                **self._compiled,
-                **{cls: routes.get(key, ()) + every for cls in _CLASSES_OF.get(key, ())},
-            }
+        else:  # in place: a publisher's lookup meanwhile sees the old entry or the new one
+            compiled = self._compiled
+            for cls in _CLASSES_OF.get(key, ()):
+                compiled[cls] = routes.get(key, ()) + every
 
     def complete(self) -> None:
         """End the stream: complete every observer and ``errors``; later publishes are dropped."""
