@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, TypeAdapter
 
@@ -477,26 +477,27 @@ class ChatTextDelta(EventBase):
     type: Literal["chat_text_delta"] = "chat_text_delta"
     delta: str
 
-    def __init__(self, /, **data: Any) -> None:
-        # every provider's streamed fragment, ChatTextDelta(delta=text) (or with run_id=): a
-        # str and a str or None are valid as they are, so the model is filled without the
-        # validator (a third of its cost), equal to the validated one; anything else (or a
-        # subclass) is validated
-        delta = data.get("delta")
-        if type(delta) is str and type(self) is ChatTextDelta:
-            size = len(data)
-            if size == 1:
-                fill_trusted(self, {"run_id": None, "timestamp": utcnow(), "type": "chat_text_delta", "delta": delta}, _DELTA_SET)
-                return
-            run_id = data.get("run_id", _ABSENT)
-            if size == 2 and (run_id is None or type(run_id) is str):
-                fill_trusted(self, {"run_id": run_id, "timestamp": utcnow(), "type": "chat_text_delta", "delta": delta}, _RUN_DELTA_SET)
-                return
-        super().__init__(**data)
+    if not TYPE_CHECKING:  # type checkers keep the fields' signature pydantic gives them
+        def __init__(self, /, **data: Any) -> None:
+            # every provider's streamed fragment, ChatTextDelta(delta=text) (or with run_id=): a
+            # str and a str or None are valid as they are, so the model is filled without the
+            # validator (a third of its cost), equal to the validated one; anything else (or a
+            # subclass) is validated
+            delta = data.get("delta")
+            if type(delta) is str and type(self) is ChatTextDelta:
+                size = len(data)
+                if size == 1:
+                    fill_trusted(self, {"run_id": None, "timestamp": utcnow(), "type": "chat_text_delta", "delta": delta}, _DELTA_SET)
+                    return
+                run_id = data.get("run_id", _ABSENT)
+                if size == 2 and (run_id is None or type(run_id) is str):
+                    fill_trusted(self, {"run_id": run_id, "timestamp": utcnow(), "type": "chat_text_delta", "delta": delta}, _RUN_DELTA_SET)
+                    return
+            super().__init__(**data)
 
-    # pydantic's own mark of its __init__: validation (model_validate, JSON, nested) never
-    # calls this one, it builds models itself as it does for any model
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+        # pydantic's own mark of its __init__: validation (model_validate, JSON, nested) never
+        # calls this one, it builds models itself as it does for any model
+        __init__.__pydantic_base_init__ = True
 
     def as_agent(self) -> AgentEvent | None:
         if self.run_id is None:
