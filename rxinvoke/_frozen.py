@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -61,34 +61,45 @@ _ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
 
 
 
-def trusted_builder(cls: type[_M], **constants: Any) -> Callable[..., _M]:
+def trusted_builder(
+    cls: type[_M], *, computed: Mapping[str, Callable[[], Any]] | None = None, **constants: Any
+) -> Callable[..., _M]:
     """A function that builds :func:`trusted` ``cls`` models from its fields' values given
     positionally, in field order, but for the fields of ``constants`` (the ``type`` tag, say),
-    which every model it builds shares: compiled once (as ``dataclasses`` builds its methods),
-    for the models of every streamed fragment, whose generic :func:`trusted` call (a second
-    frame, a class lookup, a size check) would cost a quarter more."""
+    which every model it builds shares, and those of ``computed``, each the result of its
+    function at every build (a timestamp: ``{"timestamp": utcnow}``): compiled once (as
+    ``dataclasses`` builds its methods), for the models the runtime builds on every run and
+    every streamed fragment, whose generic :func:`trusted` call (a second frame, a class
+    lookup, a size check) would cost a quarter more."""
+    computed = dict(computed or {})
     names = tuple(cls.model_fields)
-    unknown = set(constants) - set(names)
+    unknown = (set(constants) | set(computed)) - set(names)
     if unknown or not all(name.isidentifier() for name in names):
         raise TypeError(f"{cls.__name__}: not its field names: {sorted(unknown) or names!r}")
-    params = [name for name in names if name not in constants]
-    values = ", ".join(
-        f"{name!r}: {name if name not in constants else f'_c_{name}'}" for name in names
-    )
+
+    def value(name: str) -> str:
+        if name in constants:
+            return f"_c_{name}"
+        return f"_f_{name}()" if name in computed else name
+
+    params = [name for name in names if name not in constants and name not in computed]
+    values = ", ".join(f"{name!r}: {value(name)}" for name in names)
     source = (
         f"def build({', '.join(params)}):\n"
-        "    model = _new(_cls)\n"
-        f"    _set_dict(model, {{{values}}})\n"
-        "    _set_fields_set(model, _fields)\n"
-        "    _set_extra(model, None)\n"
-        "    _set_private(model, None)\n"
-        "    return model\n"
+        # the model's local name starts with "_", as no field's may (a field named "model")
+        "    _m = _new(_cls)\n"
+        f"    _set_dict(_m, {{{values}}})\n"
+        "    _set_fields_set(_m, _fields)\n"
+        "    _set_extra(_m, None)\n"
+        "    _set_private(_m, None)\n"
+        "    return _m\n"
     )
     scope: dict[str, Any] = {
         "_new": _new, "_cls": cls, "_set_dict": _set_dict, "_set_fields_set": _set_fields_set,
         "_set_extra": _set_extra, "_set_private": _set_private,
         "_fields": _ALL_FIELDS.setdefault(cls, set(names)),
-        **{f"_c_{name}": value for name, value in constants.items()},
+        **{f"_c_{name}": fixed for name, fixed in constants.items()},
+        **{f"_f_{name}": make for name, make in computed.items()},
     }
     exec(source, scope)
     build: Callable[..., _M] = scope["build"]

@@ -135,17 +135,15 @@ class RunStarted(_AgentEventBase):
     """The run paused for approval that this run continues."""
 
 
-def run_started(
-    run_id: str, session_id: str, provider: str, model: str, runtime: str | None, resumes: str | None
-) -> RunStarted:
-    """``RunStarted`` from values the runtime checked (no validation: every run)."""
-    return trusted(
-        RunStarted,
-        {
-            "run_id": run_id, "timestamp": utcnow(), "type": "run_started", "session_id": session_id,
-            "provider": provider, "model": model, "runtime": runtime, "resumes": resumes,
-        },
-    )
+def _stamped(cls: type[_E]) -> Callable[..., _E]:
+    """The trusted builder of the event class ``cls`` (``_frozen.trusted_builder``): its
+    fields' values positionally after ``run_id``, its ``type`` tag fixed, its timestamp now."""
+    return trusted_builder(cls, computed={"timestamp": utcnow}, type=cls.model_fields["type"].default)
+
+
+run_started: Callable[[str, str, str, str, str | None, str | None], RunStarted] = _stamped(RunStarted)
+"""``run_started(run_id, session_id, provider, model, runtime, resumes)`` from values the
+runtime checked (no validation: every run; the timestamp is now)."""
 
 
 class RunResumed(_AgentEventBase):
@@ -171,12 +169,8 @@ class ContextBuilt(_AgentEventBase):
     message_count: int
 
 
-def context_built(run_id: str, message_count: int) -> ContextBuilt:
-    """``ContextBuilt`` from values the runtime checked (no validation: every run)."""
-    return trusted(
-        ContextBuilt,
-        {"run_id": run_id, "timestamp": utcnow(), "type": "context_built", "message_count": message_count},
-    )
+context_built: Callable[[str, int], ContextBuilt] = _stamped(ContextBuilt)
+"""``context_built(run_id, message_count)``, as :data:`run_started` is built."""
 
 
 class ModelStarted(_AgentEventBase):
@@ -195,17 +189,9 @@ class TextDelta(_AgentEventBase):
     delta: str
 
 
-def model_started(run_id: str, provider: str, model: str, iteration: int) -> ModelStarted:
-    """``ModelStarted`` from values the runtime checked (no validation: every model call)."""
-    return trusted(
-        ModelStarted,
-        {
-            "run_id": run_id, "timestamp": utcnow(), "type": "model_started",
-            "provider": provider, "model": model, "iteration": iteration,
-        },
-    )
-
-
+model_started: Callable[[str, str, str, int], ModelStarted] = _stamped(ModelStarted)
+"""``model_started(run_id, provider, model, iteration)``, as :data:`run_started` is built
+(every model call)."""
 
 
 class ToolCallStarted(_AgentEventBase):
@@ -239,16 +225,11 @@ class ToolExecutionStarted(_AgentEventBase):
     tool_name: str
 
 
-def tool_execution_started(run_id: str, call_id: str, tool_name: str) -> ToolExecutionStarted:
-    """``ToolExecutionStarted`` from values the runtime checked (no validation: every tool
-    execution)."""
-    return trusted(
-        ToolExecutionStarted,
-        {
-            "run_id": run_id, "timestamp": utcnow(), "type": "tool_execution_started",
-            "call_id": call_id, "tool_name": tool_name,
-        },
-    )
+tool_execution_started: Callable[[str, str, str], ToolExecutionStarted] = _stamped(
+    ToolExecutionStarted
+)
+"""``tool_execution_started(run_id, call_id, tool_name)``, as :data:`run_started` is built
+(every tool execution)."""
 
 
 class ToolSuccess(Frozen):
@@ -291,18 +272,11 @@ class ToolExecutionFinished(_AgentEventBase):
         return isinstance(self.result, ToolSuccess)
 
 
-def tool_execution_finished(
-    run_id: str, call_id: str, tool_name: str, result: ToolResult, duration_ms: float
-) -> ToolExecutionFinished:
-    """``ToolExecutionFinished`` from values the runtime checked (no validation: every tool
-    execution)."""
-    return trusted(
-        ToolExecutionFinished,
-        {
-            "run_id": run_id, "timestamp": utcnow(), "type": "tool_execution_finished",
-            "call_id": call_id, "tool_name": tool_name, "result": result, "duration_ms": duration_ms,
-        },
-    )
+tool_execution_finished: Callable[[str, str, str, ToolResult, float], ToolExecutionFinished] = (
+    _stamped(ToolExecutionFinished)
+)
+"""``tool_execution_finished(run_id, call_id, tool_name, result, duration_ms)``, as
+:data:`run_started` is built (every tool execution)."""
 
 
 class AssistantMessageCommitted(_AgentEventBase):
@@ -320,16 +294,11 @@ class ToolMessageCommitted(_AgentEventBase):
     call_id: str
 
 
-def tool_message_committed(run_id: str, message_id: str, call_id: str) -> ToolMessageCommitted:
-    """``ToolMessageCommitted`` from values the runtime checked (no validation: every tool
-    reply)."""
-    return trusted(
-        ToolMessageCommitted,
-        {
-            "run_id": run_id, "timestamp": utcnow(), "type": "tool_message_committed",
-            "message_id": message_id, "call_id": call_id,
-        },
-    )
+tool_message_committed: Callable[[str, str, str], ToolMessageCommitted] = _stamped(
+    ToolMessageCommitted
+)
+"""``tool_message_committed(run_id, message_id, call_id)``, as :data:`run_started` is built
+(every tool reply)."""
 
 
 class UsageRecorded(_AgentEventBase):
@@ -339,18 +308,14 @@ class UsageRecorded(_AgentEventBase):
     usage: TokenUsage
 
 
-def assistant_committed(run_id: str, message_id: str) -> AssistantMessageCommitted:
-    """``AssistantMessageCommitted`` from values the runtime checked (no validation: every
-    model call)."""
-    return trusted(
-        AssistantMessageCommitted,
-        {"run_id": run_id, "timestamp": utcnow(), "type": "assistant_message_committed", "message_id": message_id},
-    )
+assistant_committed: Callable[[str, str], AssistantMessageCommitted] = _stamped(
+    AssistantMessageCommitted
+)
+"""``assistant_committed(run_id, message_id)``, as :data:`run_started` is built (every model
+call)."""
 
-
-def usage_recorded(run_id: str, usage: TokenUsage) -> UsageRecorded:
-    """``UsageRecorded`` from values the runtime checked (no validation: every model call)."""
-    return trusted(UsageRecorded, {"run_id": run_id, "timestamp": utcnow(), "type": "usage_recorded", "usage": usage})
+usage_recorded: Callable[[str, TokenUsage], UsageRecorded] = _stamped(UsageRecorded)
+"""``usage_recorded(run_id, usage)``, as :data:`run_started` is built (every model call)."""
 
 
 class RunCompleted(_AgentEventBase):
@@ -362,15 +327,8 @@ class RunCompleted(_AgentEventBase):
     iterations: int
 
 
-def run_completed(run_id: str, finish_reason: FinishReason, iterations: int) -> RunCompleted:
-    """``RunCompleted`` from values the runtime checked (no validation: every run)."""
-    return trusted(
-        RunCompleted,
-        {
-            "run_id": run_id, "timestamp": utcnow(), "type": "run_completed",
-            "finish_reason": finish_reason, "iterations": iterations,
-        },
-    )
+run_completed: Callable[[str, FinishReason, int], RunCompleted] = _stamped(RunCompleted)
+"""``run_completed(run_id, finish_reason, iterations)``, as :data:`run_started` is built."""
 
 
 class RunFailed(_AgentEventBase):

@@ -761,6 +761,11 @@ def test_a_trusted_builder_takes_the_fields_it_does_not_fix_in_field_order() -> 
         build("run-1", moment, "call-1")
     with pytest.raises(TypeError, match="tool"):
         trusted_builder(ToolCallStarted, tool="x")  # not a field
+    stamps = iter([moment, moment + timedelta(seconds=1)])
+    stamped = trusted_builder(ToolCallStarted, computed={"timestamp": lambda: next(stamps)}, type="tool_call_started")
+    assert [stamped("run-1", "c", "add").timestamp for _ in range(2)] == [moment, moment + timedelta(seconds=1)]
+    with pytest.raises(TypeError, match="when"):
+        trusted_builder(ToolCallStarted, computed={"when": lambda: moment})  # not a field
 
 
 @given(st.text(min_size=1, max_size=10), st.integers(min_value=0, max_value=10**6))
