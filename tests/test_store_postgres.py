@@ -77,6 +77,20 @@ async def psql(server: PostgresServer, sql: str) -> list[tuple[Any, ...]]:
         return list(await cur.fetchall()) if cur.description else []
 
 
+async def liveness_locks(server: PostgresServer, owner: str, *, until: int) -> int:
+    """How many hold the liveness lock of the store ``owner`` (``host:pid:pg:<key>``), polled
+    for up to five seconds until it is ``until``."""
+    key = int(owner.rsplit(":", 1)[1])
+    held = -1
+    for _ in range(100):
+        rows = await psql(server, f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {key}")
+        held = int(rows[0][0])
+        if held == until:
+            break
+        await asyncio.sleep(0.05)
+    return held
+
+
 # --- one run per session across processes --------------------------------------------------------
 
 
@@ -503,17 +517,10 @@ async def test_the_runs_of_one_dead_owner_are_taken_over_at_once(
         for rec in runs:
             await a.begin_run(rec, [])
             await a.append_events([started(rec)])
-        key = int(a.owner.rsplit(":", 1)[1])
+        owner = a.owner
         await a.close()
-        for _ in range(100):  # the server ends a's backend (and frees its lock) a moment later
-            held = await psql(
-                postgres_server,
-                f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {key}",
-            )
-            if held == [(0,)]:
-                break
-            await asyncio.sleep(0.05)
-        else:
+        # the server ends a's backend (and frees its lock) a moment later
+        if await liveness_locks(postgres_server, owner, until=0) != 0:
             pytest.fail("a's liveness lock was never released")
         taken = await asyncio.gather(*(s.resume_run(rec.run_id, []) for rec in runs for s in (b, c)))
         owners = [[t[0].owner for t in taken[2 * i : 2 * i + 2] if t is not None] for i in range(len(runs))]
@@ -634,15 +641,7 @@ async def test_connections_killed_by_the_server_are_replaced_without_losing_a_wr
         # the store's own connection (its liveness lock) came back too: nobody recovers its runs
         other = record(uuid.uuid4())
         await store.begin_run(other, [])
-        for _ in range(100):
-            rows = await psql(
-                postgres_server,
-                f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {store.owner.rsplit(':', 1)[1]}",
-            )
-            if rows == [(1,)]:
-                break
-            await asyncio.sleep(0.05)
-        assert rows == [(1,)]
+        assert await liveness_locks(postgres_server, store.owner, until=1) == 1
 
 
 async def test_a_store_closed_while_its_own_connection_reconnects_leaves_it_closed(
