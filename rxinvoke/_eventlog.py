@@ -51,8 +51,8 @@ from ._futures import retrieve, shielded, start_eagerly
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import InvocationEvent
 from .messages import Message
-from .stores._packed import KEEPERS, revive
-from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store, session_of
+from .stores._packed import KEEPERS, SegmentItem, revive
+from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store, Stretch, session_of
 
 __all__ = ("Collector", "EventLog")
 
@@ -65,12 +65,37 @@ _keeper_of = KEEPERS.get
 
 
 class _RunLog:
-    __slots__ = ("key", "seq", "session_id")
+    __slots__ = ("back", "first", "key", "pending", "run_id", "seq", "session_id", "waiting")
 
-    def __init__(self, session_id: uuid.UUID | None, seq: int) -> None:
+    def __init__(self, run_id: str, session_id: uuid.UUID | None, seq: int) -> None:
+        self.run_id = run_id
         self.session_id = session_id
         self.key = None if session_id is None else str(session_id)  # for the entries
         self.seq = seq
+        # the events numbered and not handed to a write yet, as the log keeps them: seq
+        # ``first + i`` at index i (a list item per event, no tuple: see stores.base.Stretch)
+        self.pending: list[SegmentItem] = []
+        self.first = 0
+        self.back: list[tuple[int, list[SegmentItem]]] = []  # failed writes' (first, events)
+        self.waiting = False  # in EventLog._waiting
+
+    def take(self) -> list[Stretch]:
+        """What waits for a write, as stretches in seq order (the failed writes' first)."""
+        run_id, key = self.run_id, self.key
+        self.waiting = False
+        if not self.back:
+            taken = [(run_id, key, self.first, self.pending)]
+            self.pending = []
+            return taken
+        chunks = sorted((*self.back, (self.first, self.pending)) if self.pending else self.back)
+        self.back, self.pending = [], []
+        stretches: list[Stretch] = []
+        for first, events in chunks:
+            if stretches and stretches[-1][2] + len(stretches[-1][3]) == first:
+                stretches[-1][3].extend(events)  # contiguous: one stretch
+            else:
+                stretches.append((run_id, key, first, list(events)))
+        return stretches
 
 
 class Collector:
@@ -107,11 +132,12 @@ class EventLog:
         self.store = store
         self._bus = bus
         self._runs: dict[str, _RunLog] = {}
-        # (run_id, session key, seq, event) per numbered event: an envelope is built only when
-        # someone reads it (a follower, an observer of envelopes, a store that wants one)
-        self._pending: list[LogEntry] = []
-        # id(batch) -> (batch, its write), in write order; a write removes its own entry
-        self._in_flight: dict[int, tuple[list[LogEntry], asyncio.Future[None]]] = {}
+        # the runs with numbered events not handed to a write yet (each keeps them: an envelope
+        # is built only when someone reads it: a follower, an observer of envelopes, a store
+        # that wants one)
+        self._waiting: list[_RunLog] = []
+        # id(batch) -> (its runs, the batch, its write), in write order; a write removes its own
+        self._in_flight: dict[int, tuple[list[_RunLog], EventBatch, asyncio.Future[None]]] = {}
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._written = 0
         self._deferred: dict[str, list[Message]] = {}
@@ -128,7 +154,7 @@ class EventLog:
 
     def begin(self, run_id: str, session_id: uuid.UUID | None, *, last_seq: int = 0) -> None:
         """Log the events of ``run_id`` from now on, numbered from ``last_seq + 1``."""
-        self._runs[run_id] = _RunLog(session_id, last_seq)
+        self._runs[run_id] = _RunLog(run_id, session_id, last_seq)
 
     def end(self, run_id: str) -> None:
         """Stop logging ``run_id`` (its envelopes still waiting are written by the next flush;
@@ -202,10 +228,17 @@ class EventLog:
         # with the session as text: an entry of only plain values is one the collector stops
         # tracking, so many runs' fragments waiting for their transactions cost it nothing
         keep = _keeper_of(type(event))
-        entry = (run_id, run.key, seq, event if keep is None else keep(event.__dict__))
-        self._pending.append(entry)
+        item = event if keep is None else keep(event.__dict__)
+        pending = run.pending
+        if not pending:
+            run.first = seq
+            if not run.waiting:
+                run.waiting = True
+                self._waiting.append(run)
+        pending.append(item)
         if not self._tapped:
             return
+        entry = (run_id, run.key, seq, item)
         if self._collectors:
             for collector in self._collectors:  # its callbacks never raise
                 collector.add(entry)
@@ -229,15 +262,16 @@ class EventLog:
         """
         target = self._written + self._unwritten()
         while self._written < target:
-            if self._pending:
+            if self._waiting:
                 await self._serialized(self.store.append_events)
             elif self._in_flight:  # stores finish writes in order: the last one ends last
-                await shielded(next(reversed(self._in_flight.values()))[1])
+                await shielded(next(reversed(self._in_flight.values()))[2])
             else:
                 return  # nothing left: a write failed and its envelopes were numbered over
 
     def _unwritten(self) -> int:
-        return len(self._pending) + sum(len(batch) for batch, _ in self._in_flight.values())
+        waiting = sum(len(run.pending) + sum(len(e) for _, e in run.back) for run in self._waiting)
+        return waiting + sum(len(batch) for _, batch, _ in self._in_flight.values())
 
     async def commit_messages(self, session_id: uuid.UUID, messages: Sequence[Message]) -> None:
         """Commit ``messages`` to the session together with every envelope numbered so far.
@@ -310,26 +344,37 @@ class EventLog:
     def _start(
         self, write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]], *, always: bool = False
     ) -> asyncio.Future[None]:
-        batch, self._pending = self._pending, []
-        write = start_eagerly(self._write_batch(batch, write_with, always))
+        runs, self._waiting = self._waiting, []
+        if len(runs) == 1:
+            batch = EventBatch.of_stretches(runs[0].take())
+        else:
+            batch = EventBatch.of_stretches([stretch for run in runs for stretch in run.take()])
+        write = start_eagerly(self._write_batch(runs, batch, write_with, always))
         if not write.done():
-            self._in_flight[id(batch)] = (batch, write)
+            self._in_flight[id(batch)] = (runs, batch, write)
             write.add_done_callback(retrieve)
         return write
 
     async def _write_batch(
         self,
-        batch: list[LogEntry],
+        runs: list[_RunLog],
+        batch: EventBatch,
         write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]],
         always: bool,
     ) -> None:
         try:
             if batch or always:
-                await write_with(EventBatch(batch))
+                await write_with(batch)
         except BaseException as exc:
             # retried by the next write, each run's envelopes still in seq order (with writes
-            # in flight, envelopes numbered later may be back already)
-            self._pending = sorted((*batch, *self._pending), key=_seq_of) if self._pending else batch
+            # in flight, envelopes numbered later may be back already: take() sorts them)
+            by_run = {run.run_id: run for run in runs}
+            for run_id, _key, first, events in batch.stretches:
+                run = by_run[run_id]
+                run.back.append((first, events))
+                if not run.waiting:
+                    run.waiting = True
+                    self._waiting.append(run)
             if isinstance(exc, Exception):
                 _log.warning("event log write failed (%d envelopes kept for retry): %s", len(batch), exc)
             raise
@@ -340,14 +385,21 @@ class EventLog:
 
     def unflushed(self, run_id: str) -> list[EventEnvelope]:
         """The envelopes of ``run_id`` numbered but not yet stored, in seq order."""
-        return [
-            EventEnvelope.of(revive(event), run_id, session_of(key), seq)
-            for rid, key, seq, event in sorted(
-                (*(e for batch, _ in self._in_flight.values() for e in batch), *self._pending),
-                key=_seq_of,
-            )
-            if rid == run_id
-        ]
+        stretches = [s for _, batch, _ in self._in_flight.values() for s in batch.stretches]
+        for run in self._waiting:
+            if run.run_id == run_id:
+                stretches.extend((run_id, run.key, first, events) for first, events in run.back)
+                if run.pending:
+                    stretches.append((run_id, run.key, run.first, run.pending))
+        return sorted(
+            (
+                EventEnvelope.of(revive(event), run_id, session_of(key), first + i)
+                for rid, key, first, events in stretches
+                if rid == run_id
+                for i, event in enumerate(events)
+            ),
+            key=_seq_of,
+        )
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -532,5 +584,5 @@ class _Follower:
             delay = self._poll_interval if fresh else min(delay * 2, _MAX_POLL)
 
 
-def _seq_of(entry: LogEntry) -> int:
-    return entry[2]
+def _seq_of(envelope: EventEnvelope) -> int:
+    return envelope.seq

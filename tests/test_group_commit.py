@@ -207,12 +207,12 @@ async def test_the_log_keeps_plain_events_in_entries_the_collector_stops_trackin
     published = [TextDelta(run_id=r.run_id, delta=f"t{i}") for i in range(3)]
     for event in published:
         bus.publish(event)
-    assert all(type(entry[3]) is tuple for entry in log._pending)  # not the models
-    # a tuple holding a dict, a UUID or a model stays tracked: these hold plain values only (an
-    # entry is untracked by the collection that finds its event's tuple untracked: the second)
+    waiting = log._runs[r.run_id].pending  # one list item per event, no entry tuple around it
+    assert len(waiting) == 3 and all(type(item) is tuple for item in waiting)  # not the models
+    # a tuple holding a dict, a UUID or a model stays tracked: these hold plain values only,
+    # untracked by the first collection that sees them
     gc.collect()
-    gc.collect()
-    assert not any(gc.is_tracked(entry) for entry in log._pending)
+    assert not any(gc.is_tracked(item) for item in waiting)
     assert [e.event for e in log.unflushed(r.run_id)] == published  # equal events again
     store.gate.set()
     await log.commit_messages(r.session_id, [])

@@ -74,8 +74,11 @@ __all__ = (
     "RunRecord",
     "RunStatus",
     "Store",
+    "Stretch",
     "log_entries",
+    "log_stretches",
     "session_of",
+    "stretches_of",
 )
 
 RunStatus = Literal["running", "completed", "failed", "cancelled", "awaiting_approval"]
@@ -148,21 +151,60 @@ def session_of(key: str | None) -> uuid.UUID | None:
     return None if key is None else uuid.UUID(key)
 
 
+Stretch = tuple[str, "str | None", int, list[SegmentItem]]
+"""``(run_id, session key, first seq, events)``: consecutive envelopes of one run, the event at
+index ``i`` numbered ``first + i``, each event as the log keeps it (:data:`LogEntry`). The
+runtime's event log keeps what waits for a write in this form: one list item per event, no
+tuple per event (what a burst of runs streaming at once keeps alive is what drives the
+garbage collector's collections)."""
+
+
 class EventBatch(Sequence[EventEnvelope]):
     """The envelopes of one write, built only when someone reads them.
 
     The runtime's event log hands its writes to a store as a batch: a store that knows it can
-    take the :attr:`entries` as they are (no envelope object per event, on the publish path of
-    every streamed fragment); any other code sees an ordinary sequence of envelopes.
+    take the :attr:`stretches` (or the :attr:`entries`) as they are (no envelope object per
+    event, on the publish path of every streamed fragment); any other code sees an ordinary
+    sequence of envelopes. Built from entries (``EventBatch(entries)``) or from stretches
+    (:meth:`of_stretches`); each form is derived from the other on first use.
     """
 
-    __slots__ = ("entries",)
+    __slots__ = ("_entries", "_stretches", "_count")
 
     def __init__(self, entries: list[LogEntry]) -> None:
-        self.entries = entries
+        self._entries: list[LogEntry] | None = entries
+        self._stretches: list[Stretch] | None = None
+        self._count = len(entries)
+
+    @classmethod
+    def of_stretches(cls, stretches: list[Stretch]) -> EventBatch:
+        """A batch of ``stretches`` (each run's in seq order)."""
+        batch = cls.__new__(cls)
+        batch._entries = None
+        batch._stretches = stretches
+        batch._count = sum(len(stretch[3]) for stretch in stretches)
+        return batch
+
+    @property
+    def entries(self) -> list[LogEntry]:
+        """``(run_id, session key, seq, event)`` per envelope, in order."""
+        if self._entries is None:
+            self._entries = [
+                (run_id, key, first + i, event)
+                for run_id, key, first, events in self._stretches or ()
+                for i, event in enumerate(events)
+            ]
+        return self._entries
+
+    @property
+    def stretches(self) -> list[Stretch]:
+        """The envelopes as :data:`Stretch` es: each run's consecutive seqs, in order."""
+        if self._stretches is None:
+            self._stretches = stretches_of(self._entries or ())
+        return self._stretches
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return self._count
 
     @overload
     def __getitem__(self, index: int) -> EventEnvelope: ...
@@ -179,7 +221,23 @@ class EventBatch(Sequence[EventEnvelope]):
         return map(_envelope, self.entries)
 
     def __repr__(self) -> str:
-        return f"EventBatch({len(self.entries)} envelopes)"
+        return f"EventBatch({self._count} envelopes)"
+
+
+def stretches_of(entries: Iterable[LogEntry]) -> list[Stretch]:
+    """``entries`` as stretches: a new one at each change of run or break in the seqs."""
+    stretches: list[Stretch] = []
+    events: list[SegmentItem] = []
+    run: str | None = None
+    next_seq = 0
+    for run_id, key, seq, event in entries:
+        if run_id != run or seq != next_seq or not stretches:
+            events = []
+            stretches.append((run_id, key, seq, events))
+            run = run_id
+        events.append(event)
+        next_seq = seq + 1
+    return stretches
 
 
 def _envelope(entry: LogEntry) -> EventEnvelope:
@@ -193,6 +251,14 @@ def log_entries(events: Sequence[EventEnvelope]) -> Iterable[LogEntry]:
     if isinstance(events, EventBatch):
         return events.entries
     return ((e.run_id, _key(e.session_id), e.seq, e.event) for e in events)
+
+
+def log_stretches(events: Sequence[EventEnvelope]) -> list[Stretch]:
+    """The envelopes of ``events`` as :data:`Stretch` es, without building envelopes for an
+    :class:`EventBatch`."""
+    if isinstance(events, EventBatch):
+        return events.stretches
+    return stretches_of(log_entries(events))
 
 
 def _key(session_id: uuid.UUID | None) -> str | None:

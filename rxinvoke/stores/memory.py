@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from pydantic import TypeAdapter
@@ -24,7 +24,7 @@ from ..events import UsageRecorded
 from ..messages import NO_USAGE, Message, TokenUsage, utcnow
 from ._packed import PackedEvent, PackedLog, pack_one, unpack
 from ._rows import decided
-from .base import EventEnvelope, LogEntry, RunOutcome, RunRecord, log_entries
+from .base import EventEnvelope, RunOutcome, RunRecord, log_stretches
 
 __all__ = ("MemoryStore",)
 
@@ -312,47 +312,36 @@ class MemoryStore:
     def _append(self, events: Sequence[EventEnvelope]) -> None:
         """Append each envelope to its run's log (each must be ``last + 1``): all of them, or
         none (a refused envelope takes back the ones appended before it)."""
-        entries = log_entries(events)
-        if type(entries) is not list:
-            entries = list(entries)
         logs = self._logs
-        run: str | None = None
-        log: PackedLog | list[PackedEvent] | None = None
-        append: Callable[[PackedEvent], None]  # the first entry sets it (run is None)
-        expected = 0
-        for entry in entries:  # a run's log looked up once per stretch of its entries
-            run_id, _session_id, seq, event = entry
-            if run_id != run:
-                log = logs.get(run_id)
-                if type(log) is not list:
-                    self._refuse(entries, entry, log)
-                run, append, expected = run_id, log.append, len(log) + 1
-            if seq != expected:
-                self._refuse(entries, entry, log)
-            expected += 1
-            if type(event) is tuple:
-                append(event)  # kept: as it is
-            else:
-                append(pack_one(event))
-                if type(event) is UsageRecorded:
-                    self._usage[run_id].append(event.usage)
+        # (its log, its usage, their lengths before): what a refusal takes back
+        appended: list[tuple[list[PackedEvent], list[TokenUsage], int, int]] = []
+        for run_id, _key, first, items in log_stretches(events):  # a log looked up per stretch
+            log = logs.get(run_id)
+            if type(log) is not list or first != len(log) + 1:
+                self._take_back(appended)
+                self._refuse(run_id, first, log)
+            usage = self._usage[run_id]
+            appended.append((log, usage, len(log), len(usage)))
+            append = log.append
+            for event in items:
+                if type(event) is tuple:
+                    append(event)  # kept: as it is
+                else:
+                    append(pack_one(event))
+                    if type(event) is UsageRecorded:
+                        usage.append(event.usage)
 
-    def _refuse(
-        self, entries: list[LogEntry], entry: LogEntry, log: PackedLog | list[PackedEvent] | None
-    ) -> NoReturn:
-        """Take back the entries appended before ``entry`` and raise why it is refused."""
-        index = next(i for i, e in enumerate(entries) if e is entry)
-        self._take_back(entries[:index])
-        run_id, seq = entry[0], entry[2]
+    @staticmethod
+    def _refuse(run_id: str, seq: int, log: PackedLog | list[PackedEvent] | None) -> NoReturn:
         if log is None:
             raise UnknownRun(run_id)
         if type(log) is tuple:
             raise StoreError(f"run {run_id!r} is finished: its log takes no more events")
         raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {len(log)}")
 
-    def _take_back(self, appended: list[LogEntry]) -> None:
-        for run_id, _session_id, _seq, event in reversed(appended):
-            self._logs[run_id].pop()  # type: ignore[union-attr]  # a running run's list
-            if type(event) is UsageRecorded:
-                self._usage[run_id].pop()
+    @staticmethod
+    def _take_back(appended: list[tuple[list[PackedEvent], list[TokenUsage], int, int]]) -> None:
+        for log, usage, logged, used in appended:
+            del log[logged:]
+            del usage[used:]
 
