@@ -49,9 +49,9 @@ from reactivex.subject import Subject
 from ._bus import EventBus
 from ._futures import retrieve, shielded, start_eagerly
 from .errors import StoreError, SubscriberError, UnknownRun
-from .events import InvocationEvent
+from .events import InvocationEvent, TextDelta
 from .messages import Message
-from .stores._packed import KEEPERS, SegmentItem, revive
+from .stores._packed import KEEPERS, TEXT_TWIN_OF, SegmentItem, dealias, revive, twin_item
 from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store, Stretch, session_of
 
 __all__ = ("Collector", "EventLog")
@@ -62,6 +62,7 @@ _MAX_POLL = 1.0
 
 # bound once: a method looked up on an imported name is a bound-method object per call (3.11)
 _keeper_of = KEEPERS.get
+_TEXT_DELTA = TextDelta
 
 
 class _RunLog:
@@ -227,9 +228,26 @@ class EventLog:
         # kept until written as a tuple of plain values when it can be (stores._packed.kept),
         # with the session as text: an entry of only plain values is one the collector stops
         # tracking, so many runs' fragments waiting for their transactions cost it nothing
-        keep = _keeper_of(type(event))
-        item = event if keep is None else keep(event.__dict__)
         pending = run.pending
+        cls = type(event)
+        alias = False
+        item: SegmentItem
+        # the twin of the fragment before it (the runtime builds it with the same moment and
+        # delta): kept as that fragment's tuple, an alias (stores._packed.twin_item)
+        if cls is _TEXT_DELTA and pending:
+            last = pending[-1]
+            values = event.__dict__
+            alias = (
+                type(last) is tuple
+                and last[1] is values["timestamp"]
+                and last[2] == TEXT_TWIN_OF
+                and last[3] == values["delta"]
+            )
+        if alias:
+            item = last
+        else:
+            keep = _keeper_of(cls)
+            item = event if keep is None else keep(event.__dict__)
         if not pending:
             run.first = seq
             if not run.waiting:
@@ -238,8 +256,8 @@ class EventLog:
         pending.append(item)
         if not self._tapped:
             return
-        entry = (run_id, run.key, seq, item)
-        if self._collectors:
+        if self._collectors:  # a tap gets the twin's own tuple
+            entry = (run_id, run.key, seq, twin_item(item) if alias else item)  # type: ignore[arg-type]
             for collector in self._collectors:  # its callbacks never raise
                 collector.add(entry)
         followers = self._followers.get(run_id) if self._followers else None
@@ -396,7 +414,7 @@ class EventLog:
                 EventEnvelope.of(revive(event), run_id, session_of(key), first + i)
                 for rid, key, first, events in stretches
                 if rid == run_id
-                for i, event in enumerate(events)
+                for i, event in enumerate(dealias(events))
             ),
             key=_seq_of,
         )

@@ -318,3 +318,43 @@ async def test_a_run_s_last_write_outlives_a_waiter_that_stops_waiting(ordered: 
     await write
     assert (await store.get_run(r.run_id)).status == "completed"  # type: ignore[union-attr]
     assert [e.type for e in await store.read_events(r.run_id)] == ["run_started"]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_fragments_twin_waits_as_an_alias_of_it_and_is_read_back_as_itself(
+    kind: str, tmp_path: Path
+) -> None:
+    from reactivex.disposable import Disposable
+
+    from rxinvoke._eventlog import Collector
+    from rxinvoke.events import ChatTextDelta, text_twin
+
+    store: Any = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "log.db")
+    try:
+        bus, log, r = await _logging_one_run(store)
+        chat = ChatTextDelta(run_id=r.run_id, delta="hel")
+        look_alike = TextDelta(run_id=r.run_id, delta="lo")  # its own moment: not a twin
+        published = [
+            chat,
+            text_twin(r.run_id, chat.timestamp, "hel"),
+            ChatTextDelta(run_id=r.run_id, delta="lo"),
+            look_alike,
+        ]
+        tap = Collector(lambda: None, lambda: None, 100)
+        tapping: Disposable = log.collect(tap)  # type: ignore[assignment]
+        for event in published:
+            bus.publish(event)
+        tapping.dispose()
+        waiting = log._runs[r.run_id].pending
+        assert waiting[1] is waiting[0]  # the twin: no object of its own
+        assert waiting[3] is not waiting[2] and waiting[3][2] == "text_delta"
+        # a tap gets the twin's own entry
+        assert [entry[3][2] for entry in tap.entries] == [e.type for e in published]  # type: ignore[index]
+        assert [e.event for e in log.unflushed(r.run_id)] == published
+        await log.commit_messages(r.session_id, [])
+        stored = await store.read_events(r.run_id)
+        assert [e.event for e in stored] == published and [e.seq for e in stored] == [1, 2, 3, 4]
+        # a read that starts at the twin still knows what it is the twin of
+        assert [e.event for e in await store.read_events(r.run_id, after_seq=1)] == published[1:]
+    finally:
+        await store.close()

@@ -21,18 +21,21 @@ from operator import itemgetter
 from typing import Any, Literal, Union, get_args, get_origin
 
 from .._frozen import trusted
-from ..events import INVOCATION_EVENT, EventBase, InvocationEvent
+from ..events import INVOCATION_EVENT, ChatTextDelta, EventBase, InvocationEvent, TextDelta
 
 __all__ = (
     "KEEPERS",
     "PLAIN_EVENTS",
     "PackedEvent",
     "PackedLog",
+    "TEXT_TWIN_OF",
     "SegmentItem",
+    "dealias",
     "kept",
     "pack_one",
     "plain_values",
     "revive",
+    "twin_item",
     "unpack",
 )
 
@@ -106,6 +109,36 @@ def kept(event: SegmentItem) -> SegmentItem:
     return event if getter is None else getter(event.__dict__)
 
 
+TEXT_TWIN_OF = "chat_text_delta"
+"""The type of a kept tuple whose agent twin the event log may keep as an alias (below)."""
+
+if not (
+    tuple(ChatTextDelta.model_fields) == tuple(TextDelta.model_fields) == ("run_id", "timestamp", "type", "delta")
+):  # pragma: no cover - twin_item and the event log's alias check rely on it
+    raise TypeError("chat_text_delta and text_delta must keep the fields run_id, timestamp, type, delta")
+
+
+def twin_item(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The kept tuple of the agent twin (``text_delta``) of a ``chat_text_delta``'s.
+
+    The event log keeps a streamed fragment's twin as *the same tuple* as the fragment before
+    it (an alias: no object per twin, half of a streamed answer's events): in a run's list of
+    kept items (a log's stretch, MemoryStore's log) an item that ``is`` the item before it is
+    that item's twin. Whatever reads such a list one item at a time (:func:`unpack`,
+    :func:`dealias`) turns the alias back into the twin's own tuple."""
+    return (item[0], item[1], "text_delta", *item[3:])
+
+
+def dealias(items: Sequence[SegmentItem], start: int = 0) -> list[SegmentItem]:
+    """``items[start:]`` with each twin alias (see :func:`twin_item`) as its own tuple."""
+    out: list[SegmentItem] = []
+    previous: Any = items[start - 1] if 0 < start <= len(items) else None
+    for item in items[start:]:
+        out.append(twin_item(item) if item is previous else item)
+        previous = item
+    return out
+
+
 def revive(item: SegmentItem) -> InvocationEvent:
     """The event of a :func:`kept` item (equal to the original; a new object for a tuple)."""
     if type(item) is tuple:
@@ -135,10 +168,13 @@ def unpack(packed: Sequence[PackedEvent], start: int = 0) -> list[InvocationEven
     flat = _FLAT
     events: list[InvocationEvent] = []
     append = events.append
+    previous: Any = packed[start - 1] if 0 < start <= len(packed) else None
     for item in packed[start:]:
         if isinstance(item, bytes):
             append(INVOCATION_EVENT.validate_json(item))
         else:
-            cls, make = flat[item[_TYPE_AT]]
-            append(trusted(cls, make(item)))  # type: ignore[arg-type]
+            kept = twin_item(item) if item is previous else item  # a twin alias
+            cls, make = flat[kept[_TYPE_AT]]
+            append(trusted(cls, make(kept)))  # type: ignore[arg-type]
+        previous = item
     return events

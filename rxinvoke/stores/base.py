@@ -64,7 +64,7 @@ from .._frozen import Frozen, trusted
 from ..events import InvocationEvent, RunFailed, RunStarted
 from ..messages import NO_USAGE, Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._packed import SegmentItem, revive
+from ._packed import SegmentItem, dealias, revive
 
 __all__ = (
     "EventBatch",
@@ -188,17 +188,19 @@ class EventBatch(Sequence[EventEnvelope]):
     @property
     def entries(self) -> list[LogEntry]:
         """``(run_id, session key, seq, event)`` per envelope, in order."""
-        if self._entries is None:
+        if self._entries is None:  # each twin alias as its own tuple (stores._packed.twin_item)
             self._entries = [
                 (run_id, key, first + i, event)
                 for run_id, key, first, events in self._stretches or ()
-                for i, event in enumerate(events)
+                for i, event in enumerate(dealias(events))
             ]
         return self._entries
 
     @property
     def stretches(self) -> list[Stretch]:
-        """The envelopes as :data:`Stretch` es: each run's consecutive seqs, in order."""
+        """The envelopes as :data:`Stretch` es: each run's consecutive seqs, in order (a
+        ``text_delta`` may be kept as an alias of the fragment before it in its stretch:
+        ``stores._packed.twin_item``)."""
         if self._stretches is None:
             self._stretches = stretches_of(self._entries or ())
         return self._stretches
