@@ -225,9 +225,9 @@ class EventLog:
         if run is None:
             return
         seq = run.seq = run.seq + 1
-        # kept until written as a tuple of plain values when it can be (stores._packed.kept),
-        # with the session as text: an entry of only plain values is one the collector stops
-        # tracking, so many runs' fragments waiting for their transactions cost it nothing
+        # kept until written in the run's list (no tuple per event), as a tuple of plain values
+        # when it can be (stores._packed.kept): one the collector stops tracking, so many
+        # runs' fragments waiting for their transactions cost it next to nothing
         pending = run.pending
         cls = type(event)
         alias = False
@@ -363,10 +363,7 @@ class EventLog:
         self, write_with: Callable[[Sequence[EventEnvelope]], Awaitable[None]], *, always: bool = False
     ) -> asyncio.Future[None]:
         runs, self._waiting = self._waiting, []
-        if len(runs) == 1:
-            batch = EventBatch.of_stretches(runs[0].take())
-        else:
-            batch = EventBatch.of_stretches([stretch for run in runs for stretch in run.take()])
+        batch = EventBatch.of_stretches([stretch for run in runs for stretch in run.take()])
         write = start_eagerly(self._write_batch(runs, batch, write_with, always))
         if not write.done():
             self._in_flight[id(batch)] = (runs, batch, write)

@@ -324,8 +324,6 @@ async def test_a_run_s_last_write_outlives_a_waiter_that_stops_waiting(ordered: 
 async def test_a_fragments_twin_waits_as_an_alias_of_it_and_is_read_back_as_itself(
     kind: str, tmp_path: Path
 ) -> None:
-    from reactivex.disposable import Disposable
-
     from rxinvoke._eventlog import Collector
     from rxinvoke.events import ChatTextDelta, text_twin
 
@@ -341,7 +339,7 @@ async def test_a_fragments_twin_waits_as_an_alias_of_it_and_is_read_back_as_itse
             look_alike,
         ]
         tap = Collector(lambda: None, lambda: None, 100)
-        tapping: Disposable = log.collect(tap)  # type: ignore[assignment]
+        tapping = log.collect(tap)
         for event in published:
             bus.publish(event)
         tapping.dispose()
@@ -358,3 +356,19 @@ async def test_a_fragments_twin_waits_as_an_alias_of_it_and_is_read_back_as_itse
         assert [e.event for e in await store.read_events(r.run_id, after_seq=1)] == published[1:]
     finally:
         await store.close()
+
+
+async def test_one_event_object_published_twice_is_two_envelopes_not_a_twin_alias() -> None:
+    from rxinvoke import TokenUsage
+    from rxinvoke.events import UsageRecorded
+
+    store = _GatedStore(True)
+    bus, log, r = await _logging_one_run(store)
+    usage = TokenUsage(input_tokens=1, output_tokens=2, total_tokens=3)
+    again = UsageRecorded(run_id=r.run_id, usage=usage)  # holds a model: kept as itself
+    bus.publish(again)
+    bus.publish(again)
+    assert [(e.seq, e.event) for e in log.unflushed(r.run_id)] == [(1, again), (2, again)]
+    store.gate.set()
+    await log.commit_messages(r.session_id, [])
+    assert [e.event for e in await store.read_events(r.run_id)] == [again, again]

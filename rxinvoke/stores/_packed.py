@@ -129,12 +129,14 @@ def twin_item(item: tuple[Any, ...]) -> tuple[Any, ...]:
     return (item[0], item[1], "text_delta", *item[3:])
 
 
-def dealias(items: Sequence[SegmentItem], start: int = 0) -> list[SegmentItem]:
-    """``items[start:]`` with each twin alias (see :func:`twin_item`) as its own tuple."""
-    out: list[SegmentItem] = []
+def dealias(items: Sequence[Any], start: int = 0) -> list[Any]:
+    """``items[start:]`` with each twin alias (see :func:`twin_item`: a kept tuple that ``is``
+    the item before it; an event kept as itself, published twice, is no alias) as its own
+    tuple."""
+    out: list[Any] = []
     previous: Any = items[start - 1] if 0 < start <= len(items) else None
     for item in items[start:]:
-        out.append(twin_item(item) if item is previous else item)
+        out.append(twin_item(item) if item is previous and type(item) is tuple else item)
         previous = item
     return out
 
@@ -168,13 +170,10 @@ def unpack(packed: Sequence[PackedEvent], start: int = 0) -> list[InvocationEven
     flat = _FLAT
     events: list[InvocationEvent] = []
     append = events.append
-    previous: Any = packed[start - 1] if 0 < start <= len(packed) else None
-    for item in packed[start:]:
+    for item in dealias(packed, start):
         if isinstance(item, bytes):
             append(INVOCATION_EVENT.validate_json(item))
         else:
-            kept = twin_item(item) if item is previous else item  # a twin alias
-            cls, make = flat[kept[_TYPE_AT]]
-            append(trusted(cls, make(kept)))  # type: ignore[arg-type]
-        previous = item
+            cls, make = flat[item[_TYPE_AT]]
+            append(trusted(cls, make(item)))  # type: ignore[arg-type]
     return events
