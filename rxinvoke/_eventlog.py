@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import reactivex
 from reactivex import Observable, abc
@@ -66,7 +67,7 @@ _TEXT_DELTA = TextDelta
 
 
 class _RunLog:
-    __slots__ = ("back", "first", "key", "pending", "run_id", "seq", "session_id", "waiting")
+    __slots__ = ("back", "first", "key", "pending", "run_id", "seq", "session_id", "tap", "waiting")
 
     def __init__(self, run_id: str, session_id: uuid.UUID | None, seq: int) -> None:
         self.run_id = run_id
@@ -79,6 +80,7 @@ class _RunLog:
         self.first = 0
         self.back: list[tuple[int, list[SegmentItem]]] = []  # failed writes' (first, events)
         self.waiting = False  # in EventLog._waiting
+        self.tap: list[SegmentItem] | None = None  # the collectors' open list (EventLog._tapping)
 
     def take(self) -> list[Stretch]:
         """What waits for a write, as stretches in seq order (the failed writes' first)."""
@@ -100,25 +102,120 @@ class _RunLog:
 
 
 class Collector:
-    """Where :meth:`EventLog.collect` appends each numbered entry: ``entries`` (a deque the
-    collector's owner takes from); ``on_first()`` is called before an entry is appended to an
-    empty deque, ``on_full()`` after one takes it past ``limit`` entries (the owner may move
-    ``limit``). Neither may raise."""
+    """Where :meth:`EventLog.collect` hands the numbered events: one list per run and window (a
+    :data:`~rxinvoke.stores.base.Stretch`'s items: the event log appends each event to its
+    run's open list itself, no call into the collector and no entry per event). :meth:`take`
+    returns what is held, as stretches in numbering order per run, and closes the open lists
+    (later events start new ones). ``on_first()`` is called when a list is opened for it (or
+    :meth:`add` holds an entry) while it holds no event, ``on_full()`` when an event takes it
+    past ``limit`` events (the owner then drops the oldest, :meth:`drop`, or moves ``limit``).
+    Neither may raise.
 
-    __slots__ = ("entries", "limit", "on_first", "on_full")
+    Each event is as the log keeps it (``stores._packed.kept``), a ``text_delta`` twin an alias
+    of its fragment's tuple within a list (``stores._packed.twin_item``), never the first item
+    of a list.
+    """
+
+    __slots__ = ("_added", "_base", "_held", "_limit", "_log", "on_first", "on_full")
 
     def __init__(self, on_first: Callable[[], None], on_full: Callable[[], None], limit: int) -> None:
-        self.entries: deque[LogEntry] = deque()
-        self.on_first, self.on_full, self.limit = on_first, on_full, limit
+        self.on_first, self.on_full = on_first, on_full
+        self._limit = limit
+        # [run_id, key, first seq, items, index of the first not dropped] per stretch held
+        self._held: list[list[Any]] = []
+        self._log: EventLog | None = None
+        self._base = 0  # the log's count of tapped events when this held none of them
+        self._added = 0  # events held that add() appended, minus those dropped
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = value
+        if self._log is not None:
+            self._log._rebound()
+
+    def __len__(self) -> int:
+        """The events held."""
+        return self._added + (0 if self._log is None else self._log._tap_count - self._base)
 
     def add(self, entry: LogEntry) -> None:
-        """Append ``entry``, calling ``on_first`` / ``on_full`` as described above."""
-        entries = self.entries
-        if not entries:
+        """Hold one ``(run_id, session key, seq, event)`` entry (without a log: a tap fed by
+        hand), joined to the stretch before it when it continues it."""
+        run_id, key, seq, item = entry
+        if not len(self):
             self.on_first()
-        entries.append(entry)
-        if len(entries) > self.limit:
+        held = self._held
+        last = held[-1] if held else None
+        if last is not None and last[0] == run_id and last[2] + len(last[3]) == seq and last[4] == -1:
+            last[3].append(item)
+        else:  # a list of its own (index -1: not the log's, a join is allowed)
+            held.append([run_id, key, seq, [item], -1])
+        self._added += 1
+        if len(self) > self._limit:
             self.on_full()
+
+    def _open(self, run_id: str, key: str | None, seq: int, items: list[SegmentItem]) -> None:
+        if not len(self):
+            self.on_first()
+        self._held.append([run_id, key, seq, items, 0])
+
+    def take(self) -> list[Stretch]:
+        """Everything held, as stretches (the open lists closed: nothing is appended to them
+        any more)."""
+        if self._log is not None:
+            self._log._close_taps()
+        taken: list[Stretch] = []
+        for run_id, key, first, items, start in self._held:
+            if start > 0:
+                if start >= len(items):
+                    continue
+                part = items[start:]
+                if part[0] is items[start - 1] and type(part[0]) is tuple:  # its fragment dropped
+                    part[0] = twin_item(part[0])
+                taken.append((run_id, key, first + start, part))
+            else:
+                taken.append((run_id, key, first, items))
+        self._held = []
+        self._reset()
+        return taken
+
+    def drop(self, count: int) -> int:
+        """Drop up to ``count`` of the oldest events held; the number dropped."""
+        dropped = 0
+        held = self._held
+        i = 0
+        while i < len(held) and dropped < count:
+            stretch = held[i]
+            items, start = stretch[3], max(stretch[4], 0)
+            n = min(len(items) - start, count - dropped)
+            dropped += n
+            if start + n < len(items):
+                stretch[4] = start + n
+            elif stretch[4] != -1 and items is self._open_list(stretch):
+                stretch[4] = start + n  # all dropped; the log still appends to it: kept, empty
+                i += 1
+            else:
+                del held[i]
+        self._added -= dropped
+        if self._log is not None:
+            self._log._rebound()
+        return dropped
+
+    def _open_list(self, stretch: list[Any]) -> list[SegmentItem] | None:
+        """The run's open list, if ``stretch`` is of a run the log still appends to."""
+        if self._log is None:
+            return None
+        run = self._log._runs.get(stretch[0])
+        return None if run is None else run.tap
+
+    def _reset(self) -> None:
+        self._added = 0
+        self._base = 0 if self._log is None else self._log._tap_count
+        if self._log is not None:
+            self._log._rebound()
 
 
 class EventLog:
@@ -147,6 +244,9 @@ class EventLog:
         # envelopes of other runs
         self._followers: dict[str, tuple[Callable[[EventEnvelope], None], ...]] = {}
         self._collectors: tuple[Collector, ...] = ()
+        self._tapping: list[_RunLog] = []  # the runs with an open list for the collectors
+        self._tap_count = 0  # events appended to the collectors' lists, ever
+        self._tap_bound = sys.maxsize  # past this count, some collector holds over its limit
         self._tapped = False  # any collector, follower or observer of envelopes
         self._envelopes: Observable[EventEnvelope] = reactivex.create(self._observe_live)
         self._attachment = bus.attach_plain(self._on_event)
@@ -184,16 +284,51 @@ class EventLog:
         return Disposable(stop)
 
     def collect(self, collector: Collector) -> abc.DisposableBase:
-        """Append every entry to ``collector.entries`` as it is numbered (a tap without a call
-        per event); dispose the result to stop."""
+        """Hand every event to ``collector`` as it is numbered (its run's open list: a tap
+        without a call per event); dispose the result to stop (what it holds stays)."""
+        if collector._log is not None:
+            raise RuntimeError("this collector collects from a log already")
+        self._close_taps()  # a list open now has no place in the new collector's
+        collector._log = self
         self._collectors = (*self._collectors, collector)
+        collector._reset()
         self._retap()
 
         def stop() -> None:
+            if collector._log is not self:
+                return
+            self._close_taps()  # nothing more is appended to what it holds
+            collector._added = len(collector)
+            collector._log, collector._base = None, 0
             self._collectors = tuple(c for c in self._collectors if c is not collector)
+            self._rebound()
             self._retap()
 
         return Disposable(stop)
+
+    def _open_tap(self, run: _RunLog, seq: int, item: SegmentItem) -> None:
+        """Open ``run``'s list for the collectors, with its first event."""
+        tap = run.tap = [item]
+        self._tapping.append(run)
+        for collector in self._collectors:
+            collector._open(run.run_id, run.key, seq, tap)
+
+    def _close_taps(self) -> None:
+        for run in self._tapping:
+            run.tap = None
+        self._tapping = []
+
+    def _rebound(self) -> None:
+        """Recompute the count past which a collector holds more than its limit."""
+        self._tap_bound = min(
+            (c._base + c._limit - c._added for c in self._collectors), default=sys.maxsize
+        )
+
+    def _tap_full(self) -> None:
+        for collector in self._collectors:
+            if len(collector) > collector._limit:
+                collector.on_full()
+        self._rebound()
 
     @property
     def envelopes(self) -> Observable[EventEnvelope]:
@@ -256,10 +391,15 @@ class EventLog:
         pending.append(item)
         if not self._tapped:
             return
-        if self._collectors:  # a tap gets the twin's own tuple
-            entry = (run_id, run.key, seq, twin_item(item) if alias else item)  # type: ignore[arg-type]
-            for collector in self._collectors:  # its callbacks never raise
-                collector.add(entry)
+        if self._collectors:  # the run's open list (its callbacks never raise)
+            tap = run.tap
+            if tap is not None:
+                tap.append(item)  # an alias too: the fragment is the item before it there
+            else:  # a list's first item is never an alias
+                self._open_tap(run, seq, twin_item(item) if alias else item)  # type: ignore[arg-type]
+            count = self._tap_count = self._tap_count + 1
+            if count > self._tap_bound:
+                self._tap_full()
         followers = self._followers.get(run_id) if self._followers else None
         observed = self._live.observers
         if followers or observed:

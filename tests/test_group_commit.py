@@ -267,7 +267,14 @@ async def test_a_group_whose_transaction_sqlite_ended_writes_nothing(tmp_path: P
     await store.close()
 
 
-async def test_a_collector_gets_every_numbered_entry_and_hears_of_the_first_and_of_overflow() -> None:
+def _entries(stretches: list[Any]) -> list[tuple[Any, ...]]:
+    """The ``(run_id, session key, seq, item)`` of taken stretches, each alias its own tuple."""
+    from rxinvoke.stores._packed import dealias
+
+    return [(rid, key, first + i, item) for rid, key, first, items in stretches for i, item in enumerate(dealias(items))]
+
+
+async def test_a_collector_gets_every_numbered_event_and_hears_of_the_first_and_of_overflow() -> None:
     from rxinvoke._eventlog import Collector
 
     bus = EventBus()
@@ -279,19 +286,81 @@ async def test_a_collector_gets_every_numbered_entry_and_hears_of_the_first_and_
     stop = log.collect(collector)
     for i in range(2):
         bus.publish(TextDelta(run_id=r.run_id, delta=f"a{i}"))
-    assert heard == ["first"]  # once, when the deque was empty
-    assert [(rid, sid, seq) for rid, sid, seq, _ in collector.entries] == [
+    assert heard == ["first"] and len(collector) == 2  # once, when it held nothing
+    taken = collector.take()
+    assert len(taken) == 1  # one list for the run, no entry per event
+    assert [(rid, sid, seq) for rid, sid, seq, _ in _entries(taken)] == [
         (r.run_id, str(r.session_id), 1), (r.run_id, str(r.session_id), 2)
     ]
-    assert [revive(item).delta for *_, item in collector.entries] == ["a0", "a1"]  # type: ignore[union-attr]
-    collector.entries.clear()
+    assert [revive(item).delta for *_, item in _entries(taken)] == ["a0", "a1"]  # type: ignore[union-attr]
+    assert len(collector) == 0
     for i in range(4):
         bus.publish(TextDelta(run_id=r.run_id, delta=f"b{i}"))
-    assert heard == ["first", "first", "full"]  # the 4th entry took it past 3
+    assert heard == ["first", "first", "full"]  # the 4th event took it past 3
+    assert collector.drop(2) == 2 and len(collector) == 2  # the owner drops the oldest
+    bus.publish(TextDelta(run_id=r.run_id, delta="b4"))  # 3 held: not past the limit
+    assert heard == ["first", "first", "full"]
     bus.publish(TextDelta(run_id="another-run", delta="x"))  # not logged: not collected
     stop.dispose()
     bus.publish(TextDelta(run_id=r.run_id, delta="late"))
-    assert len(collector.entries) == 4 and heard == ["first", "first", "full"]
+    held = _entries(collector.take())
+    assert [seq for _, _, seq, _ in held] == [5, 6, 7] and heard == ["first", "first", "full"]
+    assert [revive(item).delta for *_, item in held] == ["b2", "b3", "b4"]  # type: ignore[union-attr]
+
+
+async def test_a_collector_s_lists_are_closed_by_take_and_shared_by_two_collectors() -> None:
+    from rxinvoke._eventlog import Collector
+    from rxinvoke.events import ChatTextDelta, text_twin
+
+    bus = EventBus()
+    log = EventLog(MemoryStore(), bus)
+    r = record()
+    log.begin(r.run_id, r.session_id)
+    one, two = Collector(lambda: None, lambda: None, 100), Collector(lambda: None, lambda: None, 100)
+    log.collect(one)
+    log.collect(two)
+    chat = ChatTextDelta(run_id=r.run_id, delta="x")
+    bus.publish(chat)
+    first = one.take()  # closes the run's list: its twin starts a new one, spelled out
+    bus.publish(text_twin(r.run_id, chat.timestamp, "x"))
+    bus.publish(TextDelta(run_id=r.run_id, delta="y"))
+    later = one.take()
+    assert [item[2] for *_, item in _entries(first)] == ["chat_text_delta"]
+    assert later[0][2] == 2 and later[0][3][0][2] == "text_delta"  # not an alias
+    # the other collector got the same events, in two lists (the first closed by one.take())
+    assert [(seq, item[2]) for _, _, seq, item in _entries(two.take())] == [
+        (1, "chat_text_delta"), (2, "text_delta"), (3, "text_delta")
+    ]
+    # dropping the first event of a list that begins with a fragment spells out its twin
+    bus.publish(chat2 := ChatTextDelta(run_id=r.run_id, delta="z"))
+    bus.publish(text_twin(r.run_id, chat2.timestamp, "z"))
+    assert log._runs[r.run_id].tap is not None and log._runs[r.run_id].tap[1] is log._runs[r.run_id].tap[0]  # type: ignore[index]
+    assert one.drop(1) == 1
+    [(_, _, seq, items)] = one.take()
+    assert seq == 5 and items[0][2] == "text_delta" and revive(items[0]).delta == "z"  # type: ignore[union-attr]
+
+
+async def test_dropping_past_a_run_s_open_list_keeps_it_open_for_its_next_events() -> None:
+    from rxinvoke._eventlog import Collector
+
+    bus = EventBus()
+    log = EventLog(MemoryStore(), bus)
+    a, b = record(), record()
+    log.begin(a.run_id, a.session_id)
+    log.begin(b.run_id, b.session_id)
+    collector = Collector(lambda: None, lambda: None, 100)
+    log.collect(collector)
+    bus.publish(TextDelta(run_id=a.run_id, delta="a1"))
+    bus.publish(TextDelta(run_id=b.run_id, delta="b1"))
+    bus.publish(TextDelta(run_id=b.run_id, delta="b2"))
+    assert collector.drop(1) == 1 and collector.drop(1) == 1  # a's list, empty, then into b's
+    assert len(collector) == 1
+    bus.publish(TextDelta(run_id=a.run_id, delta="a2"))  # a's list is still open: held
+    held = _entries(collector.take())
+    assert [(rid, seq, revive(item).delta) for rid, _, seq, item in held] == [  # type: ignore[union-attr]
+        (a.run_id, 2, "a2"), (b.run_id, 2, "b2")
+    ]
+    assert collector.drop(5) == 0 and len(collector) == 0
 
 
 class _GatedFinish(_GatedStore):
@@ -346,8 +415,10 @@ async def test_a_fragments_twin_waits_as_an_alias_of_it_and_is_read_back_as_itse
         waiting = log._runs[r.run_id].pending
         assert waiting[1] is waiting[0]  # the twin: no object of its own
         assert waiting[3] is not waiting[2] and waiting[3][2] == "text_delta"
-        # a tap gets the twin's own entry
-        assert [entry[3][2] for entry in tap.entries] == [e.type for e in published]  # type: ignore[index]
+        # a tap gets the twin as an alias too, read back as its own tuple
+        [(_, _, _, tapped)] = tap.take()
+        assert tapped[1] is tapped[0]
+        assert [item[2] for *_, item in _entries([(r.run_id, None, 1, tapped)])] == [e.type for e in published]
         assert [e.event for e in log.unflushed(r.run_id)] == published
         await log.commit_messages(r.session_id, [])
         stored = await store.read_events(r.run_id)

@@ -17,8 +17,8 @@ from rxinvoke import AgentRuntime, EmitRequest, RuntimeInvocation, SqliteStore, 
 from rxinvoke.errors import StoreError
 from rxinvoke.events import ChatTextDelta, EventBase, InvocationEvent
 from rxinvoke.providers.scripted import ScriptedProvider
-from rxinvoke.stores._packed import kept
-from rxinvoke.stores._rows import TWINS, decode_segment, encode_segment
+from rxinvoke.stores._packed import kept, twin_item
+from rxinvoke.stores._rows import TWINS, decode_segment, encode_segment, encode_typed
 from rxinvoke.transports._wire import decode, segments_of
 
 
@@ -74,6 +74,37 @@ def test_twins_are_encoded_once_and_decode_equal() -> None:
 def test_events_as_the_log_keeps_them_encode_to_the_same_segment() -> None:
     events = _with_twins(ALL_EXAMPLES)
     assert encode_segment([kept(e) for e in events]) == encode_segment(events)  # twins as null too
+
+
+def _aliased(events: list[InvocationEvent]) -> list[object]:
+    """``events`` as the event log keeps them, each text twin an alias of its fragment."""
+    items: list[object] = []
+    for event in events:
+        item = kept(event)
+        if type(event) is TextDelta and items and type(items[-1]) is tuple and twin_item(items[-1]) == item:
+            item = items[-1]
+        items.append(item)
+    return items
+
+
+def test_twin_aliases_as_the_log_keeps_them_encode_to_the_same_segment() -> None:
+    events = _with_twins(ALL_EXAMPLES)
+    items = _aliased(events)
+    assert any(a is b for a, b in zip(items, items[1:], strict=False))  # the text twin is an alias
+    assert encode_typed(items) == encode_typed(events)  # type: ignore[arg-type]
+    assert decode_segment(encode_segment(items)) == events  # type: ignore[arg-type]
+
+
+def test_an_alias_after_a_twin_is_spelled_out_not_a_null_after_a_null() -> None:
+    chat = ChatTextDelta(run_id=RUN, timestamp=WHEN, delta="x")
+    fragment = kept(chat)
+    # published by hand: the fragment, its twin, and the twin again (the log aliases both)
+    items = [fragment, fragment, fragment]
+    expected = [chat, chat.as_agent(), chat.as_agent()]
+    text, types = encode_typed(items)  # type: ignore[arg-type]
+    assert json.loads(text)[1] is None and json.loads(text)[2] is not None
+    assert types == ("chat_text_delta", "text_delta", "text_delta")
+    assert decode_segment(text) == expected
 
 
 def test_a_segment_with_every_twin_spelled_out_still_decodes() -> None:

@@ -24,11 +24,12 @@ from ..events import (
     ToolCallCompleted,
     ToolCallDelta,
     ToolCallStarted,
+    UsageRecorded,
 )
 from ..messages import Compaction, Message, ToolCall
 from ..request import RunOutput
-from ._packed import _TYPE_AT, PLAIN_EVENTS, SegmentItem, plain_values
-from .base import EventEnvelope, RunRecord
+from ._packed import _TYPE_AT, PLAIN_EVENTS, TEXT_TWIN_OF, SegmentItem, plain_values, twin_item
+from .base import EventEnvelope, RunRecord, log_stretches
 
 __all__ = (
     "DECODE_ERRORS",
@@ -39,6 +40,7 @@ __all__ = (
     "SegmentItem",
     "encode_segment",
     "encode_typed",
+    "runs_of",
     "envelopes_of",
     "message_of",
     "why",
@@ -73,6 +75,9 @@ _TWIN_CHECK: dict[str, tuple[str, itemgetter[Any], itemgetter[Any], itemgetter[A
 }
 
 
+_TEXT_TWIN = _TWIN_CHECK[TEXT_TWIN_OF][0]  # "text_delta"
+
+
 def encode_segment(events: Sequence[SegmentItem]) -> bytes:
     """See :func:`encode_typed` (this without the types)."""
     return encode_typed(events)[0]
@@ -84,6 +89,10 @@ def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]
     ``chat_tool_call_*``) as ``null``: the twin is rebuilt from the event before it on decoding
     (:func:`decode_segment`), so a streamed answer is encoded once, not twice (a W1 run: 126
     events, 55 of them twins; 40% fewer bytes, a third less encoding).
+
+    ``events`` may be a :data:`~rxinvoke.stores.base.Stretch`'s items as the event log keeps
+    them: a ``text_delta`` twin kept as an alias of its fragment's tuple (the same object as
+    the item before it, ``stores._packed.twin_item``) is a twin found by identity alone.
 
     An event whose fields are all plain values (a text fragment, ``model_started`` …) is
     encoded from its ``__dict__``, or from the log's tuple of its values (the same JSON, a
@@ -101,14 +110,25 @@ def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]
     twin_values: itemgetter[Any] | None = None
     twin_at: itemgetter[Any] | None = None
     chat_values: Any = None
+    previous: Any = None  # the item before, for an alias
     item: Any
     for event in events:
         # a twin is exactly chat.as_agent(): the twin's type, the same moment, the same values
         if type(event) is tuple:  # a kept event (stores._packed.kept): a twin needs no dict
+            if event is previous:  # an alias: the text_delta twin of the fragment before it
+                if expected == _TEXT_TWIN:
+                    typed(_TEXT_TWIN)
+                    append(None)
+                    expected = None
+                    continue
+                event = twin_item(event)  # an alias after a twin (published by hand): spelled out
+            else:
+                previous = event
             kind = event[_TYPE_AT]
             twin = kind == expected and event[1] is moment and twin_at(event) == chat_values  # type: ignore[misc]
             values = None
         else:
+            previous = None
             values = event.__dict__
             kind = values["type"]
             twin = kind == expected and values["timestamp"] is moment and twin_values(values) == chat_values  # type: ignore[misc]
@@ -129,6 +149,36 @@ def encode_typed(events: Sequence[SegmentItem]) -> tuple[bytes, tuple[str, ...]]
             expected, twin_values, chat_of, twin_at = check
             moment, chat_values = values["timestamp"], chat_of(values)
     return pydantic_core.to_json(items), tuple(types)
+
+
+UsageRow = tuple[str, int, int, int, int]
+"""``(run_id, seq, input_tokens, output_tokens, total_tokens)`` of a ``usage_recorded``."""
+
+
+def runs_of(events: Sequence[EventEnvelope]) -> tuple[dict[str, tuple[int, int, list[SegmentItem]]], list[UsageRow]]:
+    """A write's envelopes per run, read from its stretches (no envelope, no entry per event):
+    run id -> (first seq, last seq, the events as the log keeps them, twin aliases included:
+    what :func:`encode_typed` takes), in order, and the usage rows of its ``usage_recorded``
+    events.
+
+    Raises:
+        StoreError: a run's envelopes skip a seq.
+    """
+    runs: dict[str, tuple[int, int, list[SegmentItem]]] = {}
+    usage: list[UsageRow] = []
+    for run_id, _key, first, items in log_stretches(events):
+        found = runs.get(run_id)
+        if found is None:
+            runs[run_id] = (first, first + len(items) - 1, items)
+        elif first != found[1] + 1:
+            raise StoreError(f"run {run_id!r}: event seq {first} does not follow {found[1]}")
+        else:  # a new list: the stretches stay as they are (a failed write is retried with them)
+            runs[run_id] = (found[0], found[1] + len(items), found[2] + items)
+        for i, item in enumerate(items):
+            if type(item) is UsageRecorded:
+                u = item.usage
+                usage.append((run_id, first + i, u.input_tokens, u.output_tokens, u.total_tokens))
+    return runs, usage
 
 
 def decode_segment(text: str | bytes) -> list[InvocationEvent]:

@@ -63,11 +63,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydantic_core
 
 from ..errors import MigrationError, SessionAwaitingApproval, SessionBusy, StoreError, UnknownRun
-from ..events import UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
 from ._batch import BatchRefused, WriteBatcher
-from ._packed import SegmentItem
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -76,6 +74,7 @@ from ._rows import (
     encode_segment,
     envelopes_of,
     message_of,
+    runs_of,
     why,
 )
 from ._worker import Outcome
@@ -1062,43 +1061,28 @@ class PostgresStore:
         is where the batch starts; call inside a transaction."""
         if not events:
             return
-        first: dict[str, int] = {}
-        last: dict[str, int] = {}
-        batches: dict[str, list[SegmentItem]] = {}
-        usage = []
-        for run_id, _session_id, seq, event in log_entries(events):
-            previous = last.get(run_id)
-            if previous is None:
-                first[run_id] = seq
-                batches[run_id] = []
-            elif seq != previous + 1:
-                raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {previous}")
-            last[run_id] = seq
-            batches[run_id].append(event)
-            if isinstance(event, UsageRecorded):
-                u = event.usage
-                usage.append((run_id, seq, u.input_tokens, u.output_tokens, u.total_tokens))
+        by_run, usage = runs_of(events)
         # set-based: one statement each for the runs' seqs, the segments and the usage rows,
         # whatever the number of runs in the batch (round trips, not rows, cost here)
-        runs = list(first)
+        runs = list(by_run)
         cur = await conn.execute(
             "UPDATE runs r SET last_seq = v.last_seq "
             "FROM unnest(%s::text[], %s::int[], %s::int[]) AS v(id, first_seq, last_seq) "
             "WHERE r.id = v.id AND r.last_seq = v.first_seq - 1 AND r.status = 'running' "
             "RETURNING r.id",
-            (runs, [first[r] for r in runs], [last[r] for r in runs]),
+            (runs, [by_run[r][0] for r in runs], [by_run[r][1] for r in runs]),
         )
         moved = {row[0] for row in await cur.fetchall()}
         for run_id in runs:
             if run_id not in moved:
-                await self._refuse(conn, run_id, first[run_id])
+                await self._refuse(conn, run_id, by_run[run_id][0])
         async with conn.cursor() as cur:  # executemany: pipelined, and no array escaping
             await cur.executemany(
                 "INSERT INTO event_segments (run_id, first_seq, last_seq, events) "
                 "VALUES (%s, %s, %s, %s::json)",
                 [
-                    (r, first[r], last[r], encode_segment(batches[r]).decode())
-                    for r in runs
+                    (r, first, last, encode_segment(items).decode())
+                    for r, (first, last, items) in by_run.items()
                 ],
             )
         if usage:

@@ -75,10 +75,8 @@ from urllib.parse import quote
 
 from .._futures import shielded
 from ..errors import MigrationError, SessionAwaitingApproval, StoreError, UnknownRun
-from ..events import UsageRecorded
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._packed import SegmentItem
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -87,6 +85,7 @@ from ._rows import (
     encode_segment,
     envelopes_of,
     message_of,
+    runs_of,
     why,
 )
 from ._worker import GroupWorker, Outcome
@@ -96,7 +95,6 @@ from .base import (
     RunRecord,
     RunStatus,
     interrupted_envelopes,
-    log_entries,
 )
 
 __all__ = ("SCHEMA_VERSION", "SqliteStore", "default_db_path")
@@ -1149,30 +1147,18 @@ class SqliteStore:
         if not events:
             return
         cached = self._last_seq
-        last: dict[str, int] = {}
-        first: dict[str, int] = {}
-        batches: dict[str, list[SegmentItem]] = {}
-        usage = []
-        for run_id, _session_id, seq, event in log_entries(events):
-            previous = last.get(run_id)
+        runs, usage = runs_of(events)
+        for run_id, (first, _last, _items) in runs.items():
+            previous = cached.get(run_id)
             if previous is None:
-                previous = cached.get(run_id)
-                if previous is None:
-                    previous = self._stored_last_seq(conn, run_id)
-                first[run_id] = previous + 1
-                batches[run_id] = []
-            if seq != previous + 1:
-                raise StoreError(f"run {run_id!r}: event seq {seq} does not follow {previous}")
-            last[run_id] = seq
-            batches[run_id].append(event)
-            if isinstance(event, UsageRecorded):
-                u = event.usage
-                usage.append((run_id, seq, u.input_tokens, u.output_tokens, u.total_tokens))
+                previous = self._stored_last_seq(conn, run_id)
+            if first != previous + 1:
+                raise StoreError(f"run {run_id!r}: event seq {first} does not follow {previous}")
         conn.executemany(
             "INSERT INTO event_segments (run_id, first_seq, last_seq, events) VALUES (?, ?, ?, ?)",
             [
-                (run_id, first[run_id], last[run_id], encode_segment(batch).decode())
-                for run_id, batch in batches.items()
+                (run_id, first, last, encode_segment(items).decode())
+                for run_id, (first, last, items) in runs.items()
             ],
         )
         if usage:
@@ -1181,7 +1167,7 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 usage,
             )
-        cached.update(last)  # dropped again if the transaction rolls back
+        cached.update((run_id, last) for run_id, (_, last, _) in runs.items())  # dropped again on a rollback
 
     # --- crash recovery -------------------------------------------------------------------
 

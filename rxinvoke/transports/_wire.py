@@ -4,15 +4,14 @@ codec: an agent twin after its chat event is ``null``), and back."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from itertools import groupby
-from operator import itemgetter
+from collections.abc import Iterable, Iterator, Sequence
 
+from ..stores._packed import SegmentItem, twin_item
 from ..stores._rows import decode_segment, encode_typed
-from ..stores.base import EventEnvelope, LogEntry
+from ..stores.base import EventEnvelope, LogEntry, Stretch, stretches_of
 from .base import Segment
 
-__all__ = ("TERMINAL", "decode", "segments_of")
+__all__ = ("TERMINAL", "decode", "segments_of", "stretch_segments")
 
 TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
@@ -22,34 +21,34 @@ MAX_SEGMENT = 500
 
 def segments_of(entries: Sequence[LogEntry]) -> Iterator[tuple[str, Segment]]:
     """``(run_id, segment)`` for each run's ``(run_id, session key, seq, event)`` entries (the
-    event as the log keeps it, or the event: ``stores._packed.kept``): one segment per
-    stretch of consecutive seqs of a run (at most ``MAX_SEGMENT`` envelopes), each run's in
-    order. Runs interleaved in ``entries`` (concurrent runs publishing at once) are grouped
-    per run first: a segment is one stream entry, so a flush of a hundred interleaved runs
-    costs a hundred appends, not one per change of run."""
-    by_run: dict[str, list[LogEntry]] = {}
-    for run_id, stretch in groupby(entries, _RUN):  # sequential runs: one stretch each
-        found = by_run.get(run_id)
-        if found is None:
-            by_run[run_id] = list(stretch)
+    event as the log keeps it, or the event: ``stores._packed.kept``): see
+    :func:`stretch_segments`."""
+    return stretch_segments(stretches_of(entries))
+
+
+def stretch_segments(stretches: Iterable[Stretch]) -> Iterator[tuple[str, Segment]]:
+    """``(run_id, segment)`` for the events of ``stretches`` (as the event log keeps them, twin
+    aliases included): one segment per stretch of consecutive seqs of a run (at most
+    ``MAX_SEGMENT`` envelopes), each run's in order. Runs interleaved (concurrent runs
+    publishing at once) are grouped per run first: a segment is one stream entry, so a flush
+    of a hundred interleaved runs costs a hundred appends, not one per change of run."""
+    by_run: dict[str, list[tuple[int, list[SegmentItem]]]] = {}
+    for run_id, _key, first, items in stretches:
+        mine = by_run.get(run_id)
+        if mine is None:
+            by_run[run_id] = [(first, items)]
+        elif mine[-1][0] + len(mine[-1][1]) == first:  # continues it: one segment
+            mine[-1] = (mine[-1][0], mine[-1][1] + items)
         else:
-            found.extend(stretch)
-    for run_id, mine in by_run.items():
-        start = 0
-        count = len(mine)
-        while start < count:
-            first = mine[start][2]
-            end = min(start + MAX_SEGMENT, count)
-            if mine[end - 1][2] - first != end - 1 - start:  # a gap (seqs only grow): find it
-                end = start + 1
-                while end < count and end - start < MAX_SEGMENT and mine[end][2] == first + end - start:
-                    end += 1
-            events, types = encode_typed([entry[3] for entry in mine[start:end]])
-            yield run_id, Segment(first, mine[end - 1][2], types, events)
-            start = end
-
-
-_RUN = itemgetter(0)
+            mine.append((first, items))
+    for run_id, chunks in by_run.items():
+        for first, items in chunks:
+            for start in range(0, len(items), MAX_SEGMENT):
+                part = items[start : start + MAX_SEGMENT] if len(items) > MAX_SEGMENT else items
+                if start and part[0] is items[start - 1] and type(part[0]) is tuple:
+                    part[0] = twin_item(part[0])  # an alias of the fragment in the segment before
+                events, types = encode_typed(part)
+                yield run_id, Segment(first + start, first + start + len(part) - 1, types, events)
 
 
 def decode(

@@ -1,21 +1,22 @@
 """EventMirror: a runtime's envelopes mirrored to a transport's run streams, batched, off the run.
 
 :meth:`EventMirror.attach` collects the runtime's numbered events (``runtime.log.collect``: the
-seq of the durable log, no envelope built): the log itself appends each entry to the mirror's
-buffer, without a call into the mirror per event — the run never waits for the transport. A
-flusher task on the loop takes everything buffered, groups each run's consecutive envelopes
-into segments (a burst of a streamed answer's fragments becomes one entry) and writes them in
-one pipelined round trip; what arrives meanwhile waits for the next write. A batch
+seq of the durable log, no envelope built): the log itself appends each event to its run's
+list in the mirror's buffer, without a call into the mirror or an entry per event — the run
+never waits for the transport. A flusher task on the loop takes everything buffered (a list
+per run), encodes each run's consecutive envelopes as segments (a burst of a streamed answer's
+fragments becomes one entry) and writes them in one pipelined round trip; what arrives
+meanwhile waits for the next write. A batch
 waits ``interval`` seconds (3 ms by default) from its first envelope, and writes are at least
 that far apart: under any load the mirror makes at most ~300 round trips a second (each costs
 the loop a few hundred µs), and an observer in another process sees an event within about
 ``interval`` plus one round trip (measured: ``benchmarks/scale_out.py``). ``interval=0``
 writes on the next loop iteration and back to back (lowest latency, most round trips).
 
-The buffer holds the log's own entries, each event as the log keeps it (the ``__dict__`` of its
-plain values when it has only those — most events: the GC does not track them while they
-wait), and a write's envelopes are encoded before it is sent (the events are not kept alive
-while it is away).
+The buffer holds each event as the log keeps it (the tuple of its plain values when it has
+only those — most events: the GC does not track them while they wait; a text fragment's twin
+as an alias of it), and a write's envelopes are encoded before it is sent (the events are not
+kept alive while it is away).
 
 A slow or unreachable transport never blocks a run: the buffer keeps up to ``max_buffer``
 envelopes; past that the oldest are dropped (a failed write's envelopes are kept encoded, as
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from dataclasses import dataclass
 
 from reactivex import abc
@@ -40,7 +40,7 @@ from .._eventlog import Collector
 from ..errors import SubscriberOverflow
 from ..runtime import AgentRuntime
 from ..stores.base import LogEntry
-from ._wire import segments_of
+from ._wire import stretch_segments
 from .base import Segment, Transport
 
 __all__ = ("EventMirror", "MirrorStats")
@@ -86,10 +86,10 @@ class EventMirror:
         self.transport = transport
         self.interval = interval
         self.max_buffer = max_buffer
-        # the log's entries (run_id, session key, seq, event or its plain values: no object the
-        # GC tracks for most events), appended by the log itself (EventLog.collect)
-        self._collector = Collector(self._first_buffered, self._overflowed, max_buffer)
-        self._buffer: deque[LogEntry] = self._collector.entries
+        # the log's events per run (each as the log keeps it: the tuple of its plain values
+        # for most events, no object the GC tracks), appended by the log itself
+        # (EventLog.collect: a list per run, no call per event)
+        self._buffer = Collector(self._first_buffered, self._overflowed, max_buffer)
         # a failed write's segments, encoded already (written first at the next attempt)
         self._retry: list[tuple[str, Segment]] = []
         self._retrying = 0  # the envelopes in them
@@ -124,7 +124,7 @@ class EventMirror:
             raise RuntimeError("this mirror is attached already")
         self._runtime = runtime
         self._loop = asyncio.get_running_loop()
-        self._subscription = runtime.log.collect(self._collector)
+        self._subscription = runtime.log.collect(self._buffer)
 
         def detach() -> None:
             if self._subscription is not None:
@@ -134,9 +134,9 @@ class EventMirror:
         return Disposable(detach)
 
     def add(self, entry: LogEntry) -> None:
-        """Mirror one ``(run_id, session key, seq, event)`` entry (what the runtime's log does
-        for each numbered event once attached)."""
-        self._collector.add(entry)
+        """Mirror one ``(run_id, session key, seq, event)`` entry (by hand: once attached, the
+        runtime's log hands over each numbered event itself)."""
+        self._buffer.add(entry)
 
     def _first_buffered(self) -> None:
         if self._timer is None and self._flusher is None and self._loop is not None:
@@ -145,13 +145,12 @@ class EventMirror:
 
     def _overflowed(self) -> None:
         # the bound counts what is in flight (a write not returned, a failed write kept)
-        while self._buffer and len(self._buffer) > self._collector.limit:
-            self._drop_oldest()
+        self._trim()
 
     def _in_flight(self, writing: int, retrying: int) -> None:
         """Record what is kept outside the buffer (it counts against the bound)."""
         self._writing, self._retrying = writing, retrying
-        self._collector.limit = self.max_buffer - writing - retrying
+        self._buffer.limit = self.max_buffer - writing - retrying
 
     def _later(self, loop: asyncio.AbstractEventLoop) -> asyncio.Handle:
         if self.interval:
@@ -166,13 +165,12 @@ class EventMirror:
     async def _flush_loop(self) -> None:
         delay = 0.05
         try:
-            while self._buffer or self._retry:
+            while len(self._buffer) or self._retry:
                 self._report_drops()
-                taken = list(self._buffer)
-                self._buffer.clear()
+                taken = self._buffer.take()
                 # encoded before the write: the events are not kept alive while it is away
-                segments = [*self._retry, *segments_of(taken)]
-                count = self._retrying + len(taken)
+                segments = [*self._retry, *stretch_segments(taken)]
+                count = self._retrying + sum(len(stretch[3]) for stretch in taken)
                 del taken
                 self._retry = []
                 self._in_flight(count, 0)
@@ -193,11 +191,11 @@ class EventMirror:
                 self._in_flight(0, 0)
                 delay = 0.05
                 self._mirrored += count
-                if self.interval and self._buffer:
+                if self.interval and len(self._buffer):
                     await self._paced()  # at most one write per interval
         finally:
             self._flusher = None
-            if (self._buffer or self._retry) and self._loop is not None and not self._loop.is_closed():
+            if (len(self._buffer) or self._retry) and self._loop is not None and not self._loop.is_closed():
                 self._timer = self._later(self._loop)
             else:
                 self._hurry = False
@@ -220,20 +218,22 @@ class EventMirror:
         """Keep a failed write's segments to be written first, within the bound."""
         self._retry = segments
         self._in_flight(self._writing, count)
-        while len(self._buffer) + self._retrying > self.max_buffer:
-            self._drop_oldest()
+        self._trim()
 
-    def _drop_oldest(self) -> None:
-        """Drop the oldest envelopes kept: a failed write's first segment, else one entry."""
-        if self._retry:
+    def _trim(self) -> None:
+        """Drop the oldest envelopes kept past the bound: a failed write's segments first (a
+        segment at a time), then the buffer's."""
+        while self._retry and len(self._buffer) + self._writing + self._retrying > self.max_buffer:
             _, segment = self._retry.pop(0)
             dropped = segment.last_seq - segment.first_seq + 1
             self._in_flight(self._writing, self._retrying - dropped)
-        else:
-            self._buffer.popleft()
-            dropped = 1
-        self._dropped += dropped
-        self._unreported += dropped
+            self._dropped += dropped
+            self._unreported += dropped
+        excess = len(self._buffer) - self._buffer.limit
+        if excess > 0:
+            dropped = self._buffer.drop(excess)
+            self._dropped += dropped
+            self._unreported += dropped
 
     def _report_drops(self) -> None:
         if not self._unreported or self._runtime is None:
@@ -255,12 +255,12 @@ class EventMirror:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._flusher is None and not (self._buffer or self._retry):
+        if self._flusher is None and not (len(self._buffer) or self._retry):
             return  # nothing to write (and no flusher to hurry)
         self._hurry = True
         if self._pace is not None:
             _settle(self._pace)  # a flusher waiting between two writes writes now
-        if (self._buffer or self._retry) and self._flusher is None:
+        if (len(self._buffer) or self._retry) and self._flusher is None:
             self._start_flush()
         await self._idle.wait()
 
