@@ -52,7 +52,7 @@ from ._futures import retrieve, shielded, start_eagerly
 from .errors import StoreError, SubscriberError, UnknownRun
 from .events import InvocationEvent, TextDelta
 from .messages import Message
-from .stores._packed import KEEPERS, TEXT_TWIN_OF, SegmentItem, dealias, revive, twin_item
+from .stores._packed import KEEPERS, TEXT_TWIN_OF, SegmentItem, cut, dealias, revive, twin_item
 from .stores.base import EventBatch, EventEnvelope, LogEntry, RunOutcome, Store, Stretch, session_of
 
 __all__ = ("Collector", "EventLog")
@@ -116,7 +116,7 @@ class Collector:
     of a list.
     """
 
-    __slots__ = ("_added", "_base", "_held", "_limit", "_log", "on_first", "on_full")
+    __slots__ = ("_base", "_held", "_limit", "_log", "on_first", "on_full")
 
     def __init__(self, on_first: Callable[[], None], on_full: Callable[[], None], limit: int) -> None:
         self.on_first, self.on_full = on_first, on_full
@@ -124,8 +124,9 @@ class Collector:
         # [run_id, key, first seq, items, index of the first not dropped] per stretch held
         self._held: list[list[Any]] = []
         self._log: EventLog | None = None
-        self._base = 0  # the log's count of tapped events when this held none of them
-        self._added = 0  # events held that add() appended, minus those dropped
+        # the events held are the log's count of tapped events minus this (a take sets it to
+        # that count; add() lowers it, drop() raises it)
+        self._base = 0
 
     @property
     def limit(self) -> int:
@@ -139,7 +140,7 @@ class Collector:
 
     def __len__(self) -> int:
         """The events held."""
-        return self._added + (0 if self._log is None else self._log._tap_count - self._base)
+        return (0 if self._log is None else self._log._tap_count) - self._base
 
     def add(self, entry: LogEntry) -> None:
         """Hold one ``(run_id, session key, seq, event)`` entry (without a log: a tap fed by
@@ -153,7 +154,7 @@ class Collector:
             last[3].append(item)
         else:  # a list of its own (index -1: not the log's, a join is allowed)
             held.append([run_id, key, seq, [item], -1])
-        self._added += 1
+        self._base -= 1
         if len(self) > self._limit:
             self.on_full()
 
@@ -169,15 +170,9 @@ class Collector:
             self._log._close_taps()
         taken: list[Stretch] = []
         for run_id, key, first, items, start in self._held:
-            if start > 0:
-                if start >= len(items):
-                    continue
-                part = items[start:]
-                if part[0] is items[start - 1] and type(part[0]) is tuple:  # its fragment dropped
-                    part[0] = twin_item(part[0])
-                taken.append((run_id, key, first + start, part))
-            else:
-                taken.append((run_id, key, first, items))
+            start = max(start, 0)
+            if start < len(items):  # (its fragment dropped, a twin is spelled out)
+                taken.append((run_id, key, first + start, cut(items, start)))
         self._held = []
         self._reset()
         return taken
@@ -199,7 +194,7 @@ class Collector:
                 i += 1
             else:
                 del held[i]
-        self._added -= dropped
+        self._base += dropped
         if self._log is not None:
             self._log._rebound()
         return dropped
@@ -212,7 +207,6 @@ class Collector:
         return None if run is None else run.tap
 
     def _reset(self) -> None:
-        self._added = 0
         self._base = 0 if self._log is None else self._log._tap_count
         if self._log is not None:
             self._log._rebound()
@@ -298,8 +292,8 @@ class EventLog:
             if collector._log is not self:
                 return
             self._close_taps()  # nothing more is appended to what it holds
-            collector._added = len(collector)
-            collector._log, collector._base = None, 0
+            collector._base = -len(collector)  # held without the log's count
+            collector._log = None
             self._collectors = tuple(c for c in self._collectors if c is not collector)
             self._rebound()
             self._retap()
@@ -321,7 +315,7 @@ class EventLog:
     def _rebound(self) -> None:
         """Recompute the count past which a collector holds more than its limit."""
         self._tap_bound = min(
-            (c._base + c._limit - c._added for c in self._collectors), default=sys.maxsize
+            (c._base + c._limit for c in self._collectors), default=sys.maxsize
         )
 
     def _tap_full(self) -> None:

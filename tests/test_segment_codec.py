@@ -190,6 +190,24 @@ def test_wire_segments_use_the_same_codec() -> None:
     assert [e.event for e in envelopes] == events[2:]
 
 
+def test_a_stretch_cut_into_segments_at_an_alias_spells_the_twin_out_in_the_next() -> None:
+    from rxinvoke.stores.base import Stretch
+    from rxinvoke.transports._wire import MAX_SEGMENT, stretch_segments
+
+    session = uuid.uuid4()
+    events = [TextDelta(run_id=RUN, delta="lead")] + _with_twins(
+        tuple(ChatTextDelta(run_id=RUN, delta=f"d{i}") for i in range(MAX_SEGMENT // 2 + 10))
+    )
+    items = _aliased(events)
+    assert items[MAX_SEGMENT] is items[MAX_SEGMENT - 1]  # the cut falls on an alias
+    stretch: Stretch = (RUN, str(session), 1, items)  # type: ignore[assignment]
+    segments = [segment for _, segment in stretch_segments([stretch])]
+    assert [(s.first_seq, s.last_seq) for s in segments] == [(1, MAX_SEGMENT), (MAX_SEGMENT + 1, len(events))]
+    assert json.loads(segments[1].events)[0] is not None  # the twin is written whole there
+    decoded = [e.event for s in segments for e in decode(RUN, session, s, after_seq=0)]
+    assert decoded == events
+
+
 def test_decoding_keeps_the_twin_s_moment_that_of_its_chat_event() -> None:
     moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
     events = _with_twins((ChatTextDelta(run_id=RUN, timestamp=moment, delta="x"),))

@@ -30,6 +30,7 @@ __all__ = (
     "PackedLog",
     "TEXT_TWIN_OF",
     "SegmentItem",
+    "cut",
     "dealias",
     "kept",
     "pack_one",
@@ -139,6 +140,17 @@ def dealias(items: Sequence[Any], start: int = 0) -> list[Any]:
         out.append(twin_item(item) if item is previous and type(item) is tuple else item)
         previous = item
     return out
+
+
+def cut(items: list[Any], start: int, stop: int | None = None) -> list[Any]:
+    """``items[start:stop]`` as a list of its own that does not begin with an alias (the twin of
+    a fragment left behind the cut is spelled out as its own tuple; the other aliases stay)."""
+    if not start:
+        return items if stop is None or stop >= len(items) else items[:stop]
+    part = items[start:stop]
+    if part and part[0] is items[start - 1] and type(part[0]) is tuple:
+        part[0] = twin_item(part[0])
+    return part
 
 
 def revive(item: SegmentItem) -> InvocationEvent:

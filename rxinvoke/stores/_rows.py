@@ -29,7 +29,7 @@ from ..events import (
 from ..messages import Compaction, Message, ToolCall
 from ..request import RunOutput
 from ._packed import _TYPE_AT, PLAIN_EVENTS, TEXT_TWIN_OF, SegmentItem, plain_values, twin_item
-from .base import EventEnvelope, RunRecord, log_stretches
+from .base import EventEnvelope, RunRecord, log_stretches, runs_in
 
 __all__ = (
     "DECODE_ERRORS",
@@ -166,14 +166,13 @@ def runs_of(events: Sequence[EventEnvelope]) -> tuple[dict[str, tuple[int, int, 
     """
     runs: dict[str, tuple[int, int, list[SegmentItem]]] = {}
     usage: list[UsageRow] = []
-    for run_id, _key, first, items in log_stretches(events):
-        found = runs.get(run_id)
-        if found is None:
-            runs[run_id] = (first, first + len(items) - 1, items)
-        elif first != found[1] + 1:
-            raise StoreError(f"run {run_id!r}: event seq {first} does not follow {found[1]}")
-        else:  # a new list: the stretches stay as they are (a failed write is retried with them)
-            runs[run_id] = (found[0], found[1] + len(items), found[2] + items)
+    for run_id, chunks in runs_in(log_stretches(events)).items():
+        first, items = chunks[0]
+        if len(chunks) > 1:
+            raise StoreError(
+                f"run {run_id!r}: event seq {chunks[1][0]} does not follow {first + len(items) - 1}"
+            )
+        runs[run_id] = (first, first + len(items) - 1, items)
         for i, item in enumerate(items):
             if type(item) is UsageRecorded:
                 u = item.usage

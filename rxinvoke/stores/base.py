@@ -77,6 +77,7 @@ __all__ = (
     "Stretch",
     "log_entries",
     "log_stretches",
+    "runs_in",
     "session_of",
     "stretches_of",
 )
@@ -240,6 +241,22 @@ def stretches_of(entries: Iterable[LogEntry]) -> list[Stretch]:
         events.append(event)
         next_seq = seq + 1
     return stretches
+
+
+def runs_in(stretches: Iterable[Stretch]) -> dict[str, list[tuple[int, list[SegmentItem]]]]:
+    """Each run's ``(first seq, events)`` chunks of ``stretches``, in order: stretches that
+    continue one another joined into one chunk (a new list: the stretches stay as they are), a
+    break in the seqs starting the next."""
+    by_run: dict[str, list[tuple[int, list[SegmentItem]]]] = {}
+    for run_id, _key, first, items in stretches:
+        chunks = by_run.get(run_id)
+        if chunks is None:
+            by_run[run_id] = [(first, items)]
+        elif chunks[-1][0] + len(chunks[-1][1]) == first:
+            chunks[-1] = (chunks[-1][0], chunks[-1][1] + items)
+        else:
+            chunks.append((first, items))
+    return by_run
 
 
 def _envelope(entry: LogEntry) -> EventEnvelope:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
-from ..stores._packed import SegmentItem, twin_item
+from ..stores._packed import cut
 from ..stores._rows import decode_segment, encode_typed
-from ..stores.base import EventEnvelope, LogEntry, Stretch, stretches_of
+from ..stores.base import EventEnvelope, LogEntry, Stretch, runs_in, stretches_of
 from .base import Segment
 
 __all__ = ("TERMINAL", "decode", "segments_of", "stretch_segments")
@@ -32,21 +32,10 @@ def stretch_segments(stretches: Iterable[Stretch]) -> Iterator[tuple[str, Segmen
     ``MAX_SEGMENT`` envelopes), each run's in order. Runs interleaved (concurrent runs
     publishing at once) are grouped per run first: a segment is one stream entry, so a flush
     of a hundred interleaved runs costs a hundred appends, not one per change of run."""
-    by_run: dict[str, list[tuple[int, list[SegmentItem]]]] = {}
-    for run_id, _key, first, items in stretches:
-        mine = by_run.get(run_id)
-        if mine is None:
-            by_run[run_id] = [(first, items)]
-        elif mine[-1][0] + len(mine[-1][1]) == first:  # continues it: one segment
-            mine[-1] = (mine[-1][0], mine[-1][1] + items)
-        else:
-            mine.append((first, items))
-    for run_id, chunks in by_run.items():
+    for run_id, chunks in runs_in(stretches).items():
         for first, items in chunks:
             for start in range(0, len(items), MAX_SEGMENT):
-                part = items[start : start + MAX_SEGMENT] if len(items) > MAX_SEGMENT else items
-                if start and part[0] is items[start - 1] and type(part[0]) is tuple:
-                    part[0] = twin_item(part[0])  # an alias of the fragment in the segment before
+                part = cut(items, start, start + MAX_SEGMENT)
                 events, types = encode_typed(part)
                 yield run_id, Segment(first + start, first + start + len(part) - 1, types, events)
 
