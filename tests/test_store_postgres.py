@@ -339,6 +339,51 @@ async def test_without_recovery_a_dead_owners_run_is_failed_once_the_grace_is_ov
         assert stored is not None and (stored.status, stored.error) == ("failed", "interrupted")
 
 
+async def test_a_dead_workers_run_is_left_to_the_reapers_which_settle_it_with_what_its_stream_showed(
+    postgres_server: PostgresServer, schema: str
+) -> None:
+    dsn = postgres_server.dsn
+    a = await PostgresStore(dsn, schema=schema).open()
+    a.mark_as_worker()  # as a Worker does with its store
+    held = record(uuid.uuid4())
+    await a.begin_run(held, [])
+    await a.append_events([started(held)])
+    owner = a.owner
+    assert owner.endswith("/worker")
+    stored = await a.get_run(held.run_id)
+    assert stored is not None and stored.owner == owner
+    await a.close()
+    await _until_gone(dsn, owner)
+    # a store opened now (recovering on open, as any process's) cannot salvage: it leaves it
+    async with PostgresStore(dsn, schema=schema, session_poll=30) as c:
+        assert c.recovered == ()
+        assert await c.recover_interrupted() == []
+        with pytest.raises(SessionBusy):  # its session stays the dead worker's run's meanwhile
+            await c.begin_run(record(held.session_id), [])
+        stored = await c.get_run(held.run_id)
+        assert stored is not None and stored.status == "running"
+        seen = [  # what its stream showed: events the dead worker published, never committed
+            started(held),
+            EventEnvelope.of(TextDelta(run_id=held.run_id, delta="a"), held.run_id, held.session_id, 2),
+        ]
+        assert await c.recover_run(held.run_id, seen)  # a reaper's recovery
+        assert [(e.seq, e.type) for e in await c.read_events(held.run_id)] == [
+            (1, "run_started"), (2, "text_delta"), (3, "run_failed"),
+        ]
+    # past the grace (no worker took its job: the queue was lost, say) a store settles it
+    d = await PostgresStore(dsn, schema=schema).open()
+    d.mark_as_worker()
+    late = record(uuid.uuid4())
+    await d.begin_run(late, [])
+    owner = d.owner
+    await d.close()
+    await _until_gone(dsn, owner)
+    async with PostgresStore(dsn, schema=schema, resume_grace=0) as e:
+        assert late.run_id in e.recovered
+        stored = await e.get_run(late.run_id)
+        assert stored is not None and (stored.status, stored.error) == ("failed", "interrupted")
+
+
 async def test_concurrent_runs_writes_commit_together_and_a_refused_one_fails_alone(
     two: tuple[PostgresStore, PostgresStore],
 ) -> None:

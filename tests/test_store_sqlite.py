@@ -342,6 +342,44 @@ async def test_recover_run_salvages_what_observers_saw_then_settles_the_run(tmp_
         assert not await store.recover_run(run_id, seen)  # once
 
 
+async def test_a_dead_workers_run_is_left_to_the_reapers_which_settle_it_with_what_its_stream_showed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "w.db"
+    async with SqliteStore(path) as store:
+        store.mark_as_worker()  # as a Worker does with its store
+        orphan = (await store.begin_run(record(), []))[0]
+        late = (await store.begin_run(record(), []))[0]
+        assert orphan.owner is not None and orphan.owner.endswith("/worker")
+        assert not await store.recover_run(orphan.run_id, [])  # its owner (this process) lives
+        run_id, session = orphan.run_id, orphan.session_id
+        started = RunStarted(run_id=run_id, session_id=str(session), provider="p", model="m")
+        await store.append_events([EventEnvelope.of(started, run_id, session, 1)])
+    with connect(path) as conn:  # the worker dies
+        conn.execute("UPDATE runs SET owner = ?", (f"{socket.gethostname()}:{dead_pid()}:/worker",))
+    # a store opened now (recovering on open, as any process's) cannot salvage: it leaves them
+    async with SqliteStore(path) as other:
+        assert other.recovered == ()
+        assert await other.recover_interrupted() == []
+        seen = [  # what its stream showed: events the dead worker published, never committed
+            EventEnvelope.of(started, run_id, session, 1),
+            EventEnvelope.of(TextDelta(run_id=run_id, delta="a"), run_id, session, 2),
+        ]
+        assert await other.recover_run(run_id, seen)  # a reaper's recovery
+        assert [(e.seq, e.type) for e in await other.read_events(run_id)] == [
+            (1, "run_started"), (2, "text_delta"), (3, "run_failed"),
+        ]
+        still = await other.get_run(late.run_id)
+        assert still is not None and still.status == "running"
+    with pytest.raises(ValueError, match="resume_grace"):
+        SqliteStore(path, resume_grace=-1)
+    # past the grace (no worker took its job: the queue was lost, say) a store settles it
+    async with SqliteStore(path, resume_grace=0) as last:
+        assert last.recovered == (late.run_id,)
+        failed = await last.get_run(late.run_id)
+        assert failed is not None and (failed.status, failed.error) == ("failed", "interrupted")
+
+
 async def test_resume_run_takes_over_a_dead_owners_run_with_what_observers_saw(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     async with SqliteStore(path) as store:

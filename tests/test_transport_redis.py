@@ -650,6 +650,13 @@ def test_a_worker_refuses_a_store_it_cannot_share() -> None:
         Worker(AgentRuntime(store=MemoryStore()), RedisTransport("redis://127.0.0.1:1/0"))
 
 
+def test_a_worker_marks_its_stores_runs_so_other_recoveries_leave_them_to_its_reapers(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "m.db")
+    assert not store.owner.endswith("/worker")
+    Worker(AgentRuntime(store=store), RedisTransport("redis://127.0.0.1:1/0"))
+    assert store.owner.endswith("/worker")
+
+
 def test_a_retrying_worker_needs_a_store_that_leaves_dead_runs_to_it(tmp_path: Path) -> None:
     transport = RedisTransport("redis://127.0.0.1:1/0")
     with pytest.raises(UserError, match="recover_on_open=False"):

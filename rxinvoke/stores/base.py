@@ -39,7 +39,10 @@ Contract shared by every store (``tests/test_store.py`` runs the same tests on b
   ``salvage`` that continue the run's log, makes this process the run's owner and returns
   ``(record, session history, last seq)`` (0: the log is empty, and the runtime publishes
   ``run_started`` first); None (the status settled if the log ends with a terminal event)
-  when the run is not running or its owner lives.
+  when the run is not running or its owner lives. ``recover_run(run_id, salvage)`` settles
+  such a run as interrupted after appending ``salvage`` the same way. ``mark_as_worker()``
+  tags the runs the store begins from then on as a worker's: the store's own recoveries
+  (which cannot salvage) leave a dead worker's run to the workers' reapers for a grace period.
 - Writes are handed over as :class:`EventBatch` (a sequence of envelopes built on demand);
   :func:`log_entries` gives a store the plain ``(run_id, session key, seq, event)`` entries
   (each event as the log keeps it: the event, or the tuple of field values of one whose

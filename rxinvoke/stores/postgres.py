@@ -32,7 +32,10 @@ went away (after the server's TCP keepalive gives up on it). A ``running`` run w
 lock is free is interrupted: :meth:`PostgresStore.recover_interrupted` (also run when the
 store opens unless ``recover_on_open=False``, and by ``begin_run`` for a session held by
 such a run — with ``recover_on_open=False`` only after ``resume_grace`` seconds, which leave
-the run to be resumed first) appends its terminal ``run_failed`` ("interrupted") with the next seq;
+the run to be resumed first) appends its terminal ``run_failed`` ("interrupted") with the next seq.
+A worker's runs (``owner`` ending with ``/worker``: :meth:`PostgresStore.mark_as_worker`) are
+left for ``resume_grace`` seconds to the workers' reapers, which settle them with
+:meth:`PostgresStore.recover_run`, salvaging what the run's stream showed;
 :meth:`PostgresStore.resume_run` instead takes such a run over, for this process to go on
 with it. If the store's own connection breaks, it
 reconnects and takes its lock again; a run recovered by another process in that window keeps
@@ -53,7 +56,6 @@ import os
 import random
 import re
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ from ..errors import MigrationError, SessionAwaitingApproval, SessionBusy, Store
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
 from ._batch import BatchRefused, WriteBatcher
+from ._orphans import Grace, is_workers, with_mark, without_mark
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -266,7 +269,7 @@ def _owner_key(owner: str | None) -> int | None:
     """The advisory lock key of a PostgresStore owner (``host:pid:pg:<key>``), else None."""
     if not owner:
         return None
-    head, _, key = owner.rpartition(":pg:")
+    head, _, key = without_mark(owner).rpartition(":pg:")
     if not head or not key.lstrip("-").isdigit():
         return None
     return int(key)
@@ -290,11 +293,12 @@ class PostgresStore:
         recover_on_open: fail the runs of dead processes when the store opens (False: leave
             them to :meth:`resume_run` — ``Worker(on_worker_loss="retry")`` — or a later
             :meth:`recover_interrupted`).
-        resume_grace: with ``recover_on_open=False``, the seconds a session held by a dead
-            process's run stays that run's, from when this store first finds it so: a new
-            run of the session waits (as for a live owner) for the run to be resumed and
-            finish, and only after that ``begin_run`` fails it as interrupted and goes on
-            (with ``recover_on_open=True`` it does so at once).
+        resume_grace: the seconds a dead worker's run (or, with ``recover_on_open=False``,
+            any dead process's run) is left to be settled or resumed elsewhere, from when
+            this store first finds it so: :meth:`recover_interrupted` passes it over, and a
+            new run of its session waits (as for a live owner) for it to finish; only after
+            that does this store fail it as interrupted (a dead non-worker's run with
+            ``recover_on_open=True``: at once).
     """
 
     ordered_calls = True
@@ -348,9 +352,10 @@ class PostgresStore:
         self._begins: WriteBatcher[_Begin] = WriteBatcher(self._begin_batch)
         self.recover_on_open = recover_on_open
         self.resume_grace = resume_grace
-        self._orphans: dict[str, float] = {}  # a dead owner's run -> when first found so
+        self._grace = Grace()
+        self._for_worker = False
         self._key = random.randint(1, 2**31 - 1)
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}"
+        self._owner = self._owner_name()
         self._pool: AsyncConnectionPool[Any] | None = None
         self._own: psycopg.AsyncConnection[Any] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -379,6 +384,17 @@ class PostgresStore:
     def owner(self) -> str:
         """What this store records as the owner of the runs it begins."""
         return self._owner
+
+    def _owner_name(self) -> str:
+        return with_mark(f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}", self._for_worker)
+
+    def mark_as_worker(self) -> None:
+        """Tag the runs this store begins from now on as a worker's (``owner`` ends with
+        ``/worker``; :class:`~rxinvoke.transports.worker.Worker` calls it): when this process
+        dies, no store settles them for ``resume_grace`` seconds — a worker's reaper does, with
+        what the run's stream showed beyond the stored log."""
+        self._for_worker = True
+        self._owner = self._owner_name()
 
     # --- opening and closing ----------------------------------------------------------------
 
@@ -499,7 +515,7 @@ class PostgresStore:
             if self._pool is not None:  # reconnecting: our runs are recorded under this key
                 raise StoreError(f"{self.where}: the store's liveness lock is taken")
             self._key = random.randint(1, 2**31 - 1)
-            self._owner = f"{socket.gethostname()}:{os.getpid()}:pg:{self._key}"
+            self._owner = self._owner_name()
         raise StoreError(f"{self.where}: no free advisory lock key")  # pragma: no cover
 
     async def _listen(self) -> None:
@@ -830,7 +846,9 @@ class PostgresStore:
             active = await cur.fetchone()
             if active is not None and active[1] == "running" and active[2] != self._owner:
                 # this process's own runs of the session are ordered by its runtime's gate
-                if not await self._owner_is_gone(conn, active[2]) or self._may_resume(active[0]):
+                if not await self._owner_is_gone(conn, active[2]) or self._left_elsewhere(
+                    active[0], active[2]
+                ):
                     raise SessionBusy(str(session_id), active[0])
                 await self._recover_run(conn, active[0])
             await self._resume_or_refuse(conn, owned)
@@ -1105,20 +1123,14 @@ class PostgresStore:
 
     # --- crash recovery ---------------------------------------------------------------------
 
-    def _may_resume(self, run_id: str) -> bool:
-        """True while a dead owner's run may still be resumed elsewhere: with
-        ``recover_on_open=False``, for ``resume_grace`` seconds from when this store first
-        found it orphaned."""
-        if self.recover_on_open:
+    def _left_elsewhere(self, run_id: str, owner: str | None) -> bool:
+        """True while the dead owner's run ``run_id`` is left to be settled or resumed
+        elsewhere: a worker's run (by the workers' reapers, which salvage its stream) or,
+        with ``recover_on_open=False``, any run; for ``resume_grace`` seconds from when this
+        store first found it orphaned."""
+        if self.recover_on_open and not is_workers(owner):
             return False
-        now = time.monotonic()
-        orphans = self._orphans
-        if len(orphans) > 10_000:  # runs resumed or recovered elsewhere meanwhile
-            orphans.clear()
-        if now - orphans.setdefault(run_id, now) < self.resume_grace:
-            return True
-        del orphans[run_id]
-        return False
+        return self._grace.waiting(run_id, self.resume_grace)
 
     async def _owner_is_gone(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> bool:
         """True if ``owner`` is a PostgresStore whose liveness lock is free (its connection
@@ -1145,8 +1157,11 @@ class PostgresStore:
                 continue
 
             async def recover(conn: psycopg.AsyncConnection[Any], run_id: str = run_id) -> bool:
-                if not await self._orphaned(conn, run_id):
+                dead = await self._dead_owner(conn, run_id)
+                if dead is None:
                     return False  # finished, recovered by another process, or alive
+                if is_workers(dead) and self._grace.waiting(run_id, self.resume_grace):
+                    return False  # a dead worker's: the workers' reapers settle it, salvaging
                 await self._recover_run(conn, run_id)
                 return True
 
@@ -1195,11 +1210,16 @@ class PostgresStore:
     async def _orphaned(self, conn: psycopg.AsyncConnection[Any], run_id: str) -> bool:
         """Lock the run ``run_id`` if it is ``running``; True if its owner is gone. Inside a
         transaction."""
+        return await self._dead_owner(conn, run_id) is not None
+
+    async def _dead_owner(self, conn: psycopg.AsyncConnection[Any], run_id: str) -> str | None:
+        """Lock the run ``run_id`` if it is ``running``; its owner if that is gone, else None.
+        Inside a transaction."""
         cur = await conn.execute(
             "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE", (run_id,)
         )
         row = await cur.fetchone()
-        return row is not None and await self._owner_is_gone(conn, row[0])
+        return row[0] if row is not None and await self._owner_is_gone(conn, row[0]) else None
 
     async def _recover_run(
         self,

@@ -49,7 +49,10 @@ Crash recovery: a run records its owner (``host:pid:process start``). Opening th
 every ``running`` run whose owner process on this host is gone, appending a terminal
 ``run_failed`` ("interrupted") with the next seq,
 so every stored run ends with exactly one terminal event; :meth:`SqliteStore.resume_run`
-instead takes such a run over, for this process to go on with it.
+instead takes such a run over, for this process to go on with it. A worker's runs (``owner``
+ending with ``/worker``: :meth:`SqliteStore.mark_as_worker`) are left for ``resume_grace``
+seconds to the workers' reapers, which settle them with :meth:`SqliteStore.recover_run`,
+salvaging what the run's stream showed.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ from .._futures import shielded
 from ..errors import MigrationError, SessionAwaitingApproval, StoreError, UnknownRun
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
+from ._orphans import Grace, is_workers, with_mark, without_mark
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -268,7 +272,7 @@ def _owner_is_gone(owner: str | None) -> bool:
     """True if ``owner`` is a process of this host that no longer runs."""
     if not owner:
         return False
-    host, _, rest = owner.partition(":")
+    host, _, rest = without_mark(owner).partition(":")
     pid_text, _, started = rest.partition(":")
     if host != socket.gethostname() or not pid_text.isdigit() or sys.platform == "win32":
         return False  # another host, or no reliable way to tell: never steal a run
@@ -394,6 +398,10 @@ class SqliteStore:
         recover_on_open: fail the runs of dead processes when the file is opened (False:
             leave them to :meth:`resume_run` — ``Worker(on_worker_loss="retry")`` — or a later
             :meth:`recover_interrupted`).
+        resume_grace: the seconds a dead worker's run is left to the workers' reapers (which
+            settle it with :meth:`recover_run`, salvaging what its stream showed), from when
+            this store first finds it so: until then :meth:`recover_interrupted` (and the
+            recovery on open) passes it over.
     """
 
     ordered_calls = True
@@ -410,14 +418,19 @@ class SqliteStore:
         busy_timeout: float = 30.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         recover_on_open: bool = True,
+        resume_grace: float = 60.0,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        if resume_grace < 0:
+            raise ValueError(f"resume_grace must be >= 0, got {resume_grace!r}")
         self.path = Path(path)
         self._create = create
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
         self.recover_on_open = recover_on_open
+        self.resume_grace = resume_grace
+        self._grace = Grace()  # used on the worker thread only
         self._worker: GroupWorker[Callable[[sqlite3.Connection], Any]] = GroupWorker(
             self._locked(self._run), self._locked(self._run_group), name="rxinvoke-sqlite"
         )
@@ -458,6 +471,13 @@ class SqliteStore:
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
+
+    def mark_as_worker(self) -> None:
+        """Tag the runs this store begins from now on as a worker's (``owner`` ends with
+        ``/worker``; :class:`~rxinvoke.transports.worker.Worker` calls it): when this process
+        dies, no store settles them for ``resume_grace`` seconds — a worker's reaper does, with
+        what the run's stream showed beyond the stored log."""
+        self._owner = with_mark(_this_owner(), True)
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()
@@ -1189,7 +1209,12 @@ class SqliteStore:
         candidates = conn.execute(
             "SELECT id, owner FROM runs WHERE status = 'running'"
         ).fetchall()
-        gone = [run_id for run_id, owner in candidates if _owner_is_gone(owner)]
+        gone = [
+            run_id
+            for run_id, owner in candidates
+            if _owner_is_gone(owner)
+            and not (is_workers(owner) and self._grace.waiting(run_id, self.resume_grace))
+        ]
         return [run_id for run_id in gone if self._recover_one(conn, run_id, ())]
 
     def _recover_one(

@@ -29,7 +29,11 @@ mirrors to the run's stream. Around each run:
   ``run_started`` and its terminal event on its stream (nothing is stored: it never began).
 
 Workers need a store shared with each other (a :class:`~rxinvoke.stores.SqliteStore` file on
-one host, a :class:`~rxinvoke.stores.PostgresStore` across machines): recovery reads it.
+one host, a :class:`~rxinvoke.stores.PostgresStore` across machines): recovery reads it. A
+worker marks its store's runs as a worker's (``store.mark_as_worker()``), so that the stores'
+own recoveries — when any process opens the store, say — leave a dead worker's run to the
+reapers (for the store's ``resume_grace``): only a reaper salvages what the run's stream showed
+beyond the stored log, events the dead process published but never committed.
 """
 
 from __future__ import annotations
@@ -146,6 +150,9 @@ class Worker:
                 "resumed: SqliteStore(path, recover_on_open=False) or "
                 "PostgresStore(dsn, recover_on_open=False)"
             )
+        mark = getattr(store, "mark_as_worker", None)
+        if mark is not None:  # its runs are left to the reapers when this process dies
+            mark()
         self.runtime = runtime
         self.transport = transport
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
