@@ -659,12 +659,20 @@ def test_a_worker_marks_its_stores_runs_so_other_recoveries_leave_them_to_its_re
 
 def test_a_retrying_worker_needs_a_store_that_leaves_dead_runs_to_it(tmp_path: Path) -> None:
     transport = RedisTransport("redis://127.0.0.1:1/0")
-    with pytest.raises(UserError, match="recover_on_open=False"):
-        Worker(AgentRuntime(store=SqliteStore(tmp_path / "a.db")), transport, on_worker_loss="retry")
-    worker = Worker(
-        AgentRuntime(store=SqliteStore(tmp_path / "b.db", recover_on_open=False)), transport, on_worker_loss="retry"
-    )
-    assert worker.on_worker_loss == "retry"
+
+    class Unmarked(SqliteStore):  # a store of its own that cannot tag a worker's runs
+        mark_as_worker = None
+
+    class Unresumable(SqliteStore):
+        resume_run = None
+
+    with pytest.raises(UserError, match="mark_as_worker, or recover_on_open=False"):
+        Worker(AgentRuntime(store=Unmarked(tmp_path / "a.db")), transport, on_worker_loss="retry")
+    with pytest.raises(UserError, match="resume_run"):
+        Worker(AgentRuntime(store=Unresumable(tmp_path / "a.db", recover_on_open=False)), transport, on_worker_loss="retry")
+    for store in (Unmarked(tmp_path / "b.db", recover_on_open=False), SqliteStore(tmp_path / "c.db")):
+        worker = Worker(AgentRuntime(store=store), transport, on_worker_loss="retry")
+        assert worker.on_worker_loss == "retry"
     with pytest.raises(ValueError, match="'fail' or 'retry'"):
         Worker(AgentRuntime(store=SqliteStore(tmp_path / "c.db")), transport, on_worker_loss="later")  # type: ignore[arg-type]
 

@@ -143,14 +143,13 @@ async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
     from .worker import Worker
 
     transport = _transport(args)
-    recover = args.on_worker_loss == "fail"  # "retry": the dead workers' runs are resumed
-    store: Store
+    store: Store  # recovering on open: the dead workers' runs are left to the reapers
     if args.postgres:
         from ..stores.postgres import PostgresStore
 
-        store = PostgresStore(args.postgres, recover_on_open=recover)
+        store = PostgresStore(args.postgres)
     else:
-        store = SqliteStore(db_path(args), recover_on_open=recover)
+        store = SqliteStore(db_path(args))
     provider = provider_from_args(args)
     try:
         runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store)

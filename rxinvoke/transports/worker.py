@@ -143,12 +143,13 @@ class Worker:
             raise ValueError(f"on_worker_loss must be 'fail' or 'retry', got {on_worker_loss!r}")
         store = runtime.store
         if on_worker_loss == "retry" and (
-            getattr(store, "resume_run", None) is None or getattr(store, "recover_on_open", False)
+            getattr(store, "resume_run", None) is None
+            or (getattr(store, "mark_as_worker", None) is None and getattr(store, "recover_on_open", False))
         ):
             raise UserError(
-                "on_worker_loss='retry' needs a store that leaves dead workers' runs to be "
-                "resumed: SqliteStore(path, recover_on_open=False) or "
-                "PostgresStore(dsn, recover_on_open=False)"
+                "on_worker_loss='retry' needs a store that can take a dead worker's run over "
+                "(resume_run) and leaves it to the workers (mark_as_worker, or "
+                "recover_on_open=False): SqliteStore or PostgresStore"
             )
         mark = getattr(store, "mark_as_worker", None)
         if mark is not None:  # its runs are left to the reapers when this process dies
