@@ -291,8 +291,8 @@ class PostgresStore:
         session_poll: the longest :meth:`wait_session` waits for a ``NOTIFY`` before the
             runtime tries the session again (it also notices a dead owner that way).
         recover_on_open: fail the runs of dead processes when the store opens (False: leave
-            them to :meth:`resume_run` — ``Worker(on_worker_loss="retry")`` — or a later
-            :meth:`recover_interrupted`).
+            them to :meth:`resume_run` or a later :meth:`recover_interrupted`); a dead worker's
+            runs are left to the workers either way, for ``resume_grace``.
         resume_grace: the seconds a dead worker's run (or, with ``recover_on_open=False``,
             any dead process's run) is left to be settled or resumed elsewhere, from when
             this store first finds it so: :meth:`recover_interrupted` passes it over, and a

@@ -395,9 +395,9 @@ class SqliteStore:
         busy_timeout: seconds a write waits for another process's write to end.
         synchronous: ``"NORMAL"`` (a commit survives a process crash) or ``"FULL"`` (it
             survives power loss as well, at a cost per commit).
-        recover_on_open: fail the runs of dead processes when the file is opened (False:
-            leave them to :meth:`resume_run` — ``Worker(on_worker_loss="retry")`` — or a later
-            :meth:`recover_interrupted`).
+        recover_on_open: fail the runs of dead processes when the file is opened (False: leave
+            them to :meth:`resume_run` or a later :meth:`recover_interrupted`); a dead worker's
+            runs are left to the workers either way, for ``resume_grace``.
         resume_grace: the seconds a dead worker's run is left to the workers' reapers (which
             settle it with :meth:`recover_run`, salvaging what its stream showed), from when
             this store first finds it so: until then :meth:`recover_interrupted` (and the
