@@ -33,6 +33,7 @@ from rxinvoke import (
 from rxinvoke.errors import ResumeGap, StoreError, SubscriberError, SubscriberOverflow, UserError
 from rxinvoke.events import RunCompleted, RunStarted, TextDelta
 from rxinvoke.messages import ChatRequest, FinishReason
+from rxinvoke.request import RunOutput
 from rxinvoke.stores import EventEnvelope
 from rxinvoke.transports._wire import decode, segments_of
 from rxinvoke.transports.base import Transport
@@ -57,6 +58,70 @@ def test_interleaved_runs_are_one_segment_per_run_and_stretch_of_seqs() -> None:
     assert segments == [("a", 1, 3), ("a", 5, 5), ("b", 7, 8)]  # each run's in order
     (_, seg), *_ = segments_of(entries)
     assert [e.event.delta for e in decode("a", None, seg, 0)] == ["a1", "a2", "a3"]  # type: ignore[union-attr]
+
+
+def test_a_submitted_runs_outcome_read_from_the_segments_as_sent_is_the_one_its_events_give() -> None:
+    from rxinvoke.events import (
+        ApprovalRequested,
+        ChatTextDelta,
+        CompactionFinished,
+        ModelStarted,
+        RunFailed,
+        UsageRecorded,
+    )
+    from rxinvoke.messages import TokenUsage
+    from rxinvoke.transports.remote import _Outcome
+
+    run, session = "r1", uuid.uuid4()
+
+    def answer(*words: str) -> list[Any]:
+        out: list[Any] = []
+        for word in words:
+            chat = ChatTextDelta(run_id=run, delta=word)
+            out += [chat, chat.as_agent()]  # the twin is sent as null
+        return out
+
+    usage = TokenUsage(input_tokens=3, output_tokens=4, total_tokens=7)
+    body = [
+        RunStarted(run_id=run, session_id=str(session), provider="p", model="m"),
+        ModelStarted(run_id=run, provider="p", model="m", iteration=1),
+        *answer("dropped ", "text"),
+        UsageRecorded(run_id=run, usage=usage),
+        CompactionFinished(
+            run_id=run, reason="reactive", succeeded=True, tokens_before=9, tokens_after=2,
+            messages_summarized=3, duration_ms=1.0, usage=usage,
+        ),
+        ApprovalRequested(run_id=run, call_id="c1", tool_name="deploy", arguments="{}"),
+        ModelStarted(run_id=run, provider="p", model="m", iteration=2),
+        *answer("the ", "answer", " é"),
+        TextDelta(run_id=run, delta="!"),  # a twin of no fragment: spelled out
+        UsageRecorded(run_id=run, usage=usage),
+    ]
+    for terminal in (RunCompleted(run_id=run, finish_reason=FinishReason.STOP, iterations=2),
+                     RunFailed(run_id=run, error="timed out after 1s")):
+        events = [*body, terminal]
+        entries = [(run, None, seq, event) for seq, event in enumerate(events, 1)]
+        # sent in three segments, the second one twice and overlapping the third (a resend)
+        segments = [seg for _, seg in segments_of(entries[:5])]
+        segments += [seg for _, seg in segments_of(entries[5:12])] * 2
+        segments += [seg for _, seg in segments_of(entries[9:])]
+        raw, decoded = _Outcome(), _Outcome()
+        cursor = 0
+        for segment in segments:
+            if segment.last_seq <= cursor:
+                continue
+            skip = max(cursor - segment.first_seq + 1, 0)
+            raw.fold(segment, skip)
+            for envelope in decode(run, session, segment, cursor):
+                decoded.add(envelope.event)
+            cursor = segment.last_seq
+        assert cursor == len(events) and raw.terminal == terminal
+        got, want = raw.settle(terminal, run, session), decoded.settle(terminal, run, session)
+        if isinstance(want, RunOutput):
+            assert got == want and want.output_text == "the answer é!"
+            assert want.total_usage.total_tokens == 21 and [p.call_id for p in want.pending] == ["c1"]
+        else:
+            assert type(got) is type(want) and str(got) == str(want)
 
 
 def test_autoclaim_replies_of_redis_6_2_and_7_are_both_read() -> None:
@@ -403,14 +468,40 @@ async def test_submitted_runs_execute_on_a_worker_with_the_shape_of_a_local_stre
     outs = await asyncio.wait_for(asyncio.gather(*(s.result for s in streams)), 30)
     assert {o.output_text for o in outs} == {local.output_text}
     assert all(o.total_usage == local.total_usage and o.iterations == local.iterations for o in outs)
-    events = await asyncio.wait_for(collect(streams[0]), 20)  # from the first event, after the end too
+    # decoded only now, as nobody subscribed before: from the first event, after the end too
+    events = await asyncio.wait_for(collect(streams[0]), 20)
     stored = await store.read_events(streams[0].run_id)
-    assert [e.type for e in events] == [e.type for e in stored]
+    assert events == [e.event for e in stored]
     assert streams[0].is_finished
+    watched = inv.submit(request())  # a subscriber from the start: decoded as they arrive
+    live = asyncio.ensure_future(collect(watched))
+    out = await asyncio.wait_for(watched.result, 30)
+    assert out.output_text == local.output_text
+    assert await asyncio.wait_for(live, 20) == [e.event for e in await store.read_events(watched.run_id)]
     stop.set()
     await asyncio.wait_for(task, 20)  # serve() returns once the runs it holds have ended
-    assert worker.stats.executed == 5  # counted after the store commit, maybe after the stream
+    assert worker.stats.executed == 6  # counted after the store commit, maybe after the stream
     await store.close()
+
+
+async def test_runs_submitted_at_once_are_queued_in_one_round_trip(
+    transport: RedisTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipelines: list[int] = []
+    made = transport.client.pipeline
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        pipelines.append(1)
+        return made(*args, **kw)
+
+    monkeypatch.setattr(transport.client, "pipeline", counted)
+    ids = await asyncio.gather(*(transport.enqueue(f"run-{i}", b"{}") for i in range(20)))
+    assert len(pipelines) == 1
+    assert len(set(ids)) == 20
+    entries = await transport.client.xrange(f"{transport.prefix}runs")
+    assert [(e[0].decode(), e[1][b"run_id"].decode()) for e in entries] == [(id_, f"run-{i}") for i, id_ in enumerate(ids)]
+    for i in (0, 19):  # each announced (observers may wait on it)
+        assert await transport.client.exists(f"{transport.prefix}run:run-{i}:meta") == 1
 
 
 async def test_a_remote_cancel_during_a_tool_lands(transport: RedisTransport, tmp_path: Path) -> None:

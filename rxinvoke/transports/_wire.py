@@ -6,12 +6,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
+from ..events import InvocationEvent
 from ..stores._packed import cut
 from ..stores._rows import decode_segment, encode_typed
 from ..stores.base import EventEnvelope, LogEntry, Stretch, runs_in, stretches_of
 from .base import Segment
 
-__all__ = ("TERMINAL", "decode", "segments_of", "stretch_segments")
+__all__ = ("TERMINAL", "decode", "events_of", "segments_of", "stretch_segments")
 
 TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
@@ -40,15 +41,19 @@ def stretch_segments(stretches: Iterable[Stretch]) -> Iterator[tuple[str, Segmen
                 yield run_id, Segment(first + start, first + start + len(part) - 1, types, events)
 
 
+def events_of(segment: Segment, skip: int = 0) -> list[InvocationEvent]:
+    """The events of ``segment`` after its first ``skip``."""
+    return decode_segment(segment.events)[skip:]
+
+
 def decode(
     run_id: str, session_id: uuid.UUID | None, segment: Segment, after_seq: int
 ) -> list[EventEnvelope]:
     """The envelopes of ``segment`` with seq after ``after_seq``."""
     if segment.last_seq <= after_seq:
         return []
-    events = decode_segment(segment.events)
     skip = max(after_seq - segment.first_seq + 1, 0)
     return [
         EventEnvelope.of(event, run_id, session_id, segment.first_seq + skip + i)
-        for i, event in enumerate(events[skip:])
+        for i, event in enumerate(events_of(segment, skip))
     ]

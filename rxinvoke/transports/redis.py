@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UnknownRun
+from ..stores._batch import WriteBatcher
 from ._wire import TERMINAL
 from .base import Job, Lease, Segment
 
@@ -232,6 +233,8 @@ class RedisTransport:
         self._channel = f"{prefix}cancel"
         self._group_ready = False
         self._closed = False
+        # runs submitted at once (a burst of submit() calls) queued in one pipeline
+        self._enqueues: WriteBatcher[tuple[str, bytes]] = WriteBatcher(self._enqueue_batch)
 
     def __repr__(self) -> str:
         return f"RedisTransport({self.where!r}, prefix={self.prefix!r})"
@@ -362,16 +365,20 @@ class RedisTransport:
         one per follower).
         """
         key = self._stream(run_id)
-        if not await self._client.exists(key, self._meta(run_id)):
+        async with self._client.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.exists(key, self._meta(run_id))
+            pipe.xrange(key, min="-", count=500)
+            known, entries = await pipe.execute()
+        if not known:
             raise UnknownRun(run_id)
         cursor = "0-0"
         while True:  # what is kept, page by page (an exclusive start: Redis >= 6.2)
-            entries = await self._client.xrange(key, min=f"({cursor}", count=500)
             for entry_id, fields in entries:
                 cursor = _text(entry_id)
                 yield _segment(fields)
             if len(entries) < 500:
                 break
+            entries = await self._client.xrange(key, min=f"({cursor}", count=500)
         follower = _Follower(key, cursor)
         self._followers.add(follower)
         if self._tail is None or self._tail.done():
@@ -452,14 +459,20 @@ class RedisTransport:
         return await attempt()
 
     async def enqueue(self, run_id: str, request: bytes) -> str:
+        """Queue the run (announced first); runs queued at once share one round trip."""
+        return str(await self._enqueues.submit((run_id, request)))
+
+    async def _enqueue_batch(self, jobs: Sequence[tuple[str, bytes]]) -> list[tuple[bool, Any]]:
         async def attempt() -> Any:
             await self._ensure_group()
             async with self._client.pipeline(transaction=False) as pipe:
-                self._announce(pipe, run_id)
-                pipe.xadd(self._queue, {"run_id": run_id, "request": request})
+                for run_id, request in jobs:
+                    self._announce(pipe, run_id)
+                    pipe.xadd(self._queue, {"run_id": run_id, "request": request})
                 return await pipe.execute()
 
-        return _text((await self._again(attempt))[-1])
+        replies = await self._again(attempt)
+        return [(True, _text(entry_id)) for entry_id in replies[2::3]]  # hsetnx, expire, xadd
 
     def _job(self, entry_id: Any, fields: dict[bytes, bytes], deliveries: int = 1) -> Job:
         return Job(_text(entry_id), _text(fields[b"run_id"]), fields[b"request"], deliveries)

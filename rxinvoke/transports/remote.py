@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Generator
 from typing import Any
 
+from pydantic_core import from_json
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
@@ -37,6 +38,7 @@ from ..errors import (
     SubscriberError,
 )
 from ..events import (
+    INVOCATION_EVENT,
     ApprovalRequested,
     CompactionFinished,
     InvocationEvent,
@@ -49,8 +51,8 @@ from ..events import (
 from ..messages import TokenUsage
 from ..request import PendingApproval, RunOutput, RunRequest
 from ..stores.base import EventEnvelope
-from ._wire import TERMINAL, decode
-from .base import Transport
+from ._wire import TERMINAL, decode, events_of
+from .base import Segment, Transport
 
 __all__ = ("RemoteRunStream", "RemoteRuns")
 
@@ -119,32 +121,73 @@ class RemoteRuns:
         await self.transport.request_cancel(run_id)
 
 
-async def _envelopes(
-    transport: Transport, run_id: str, after_seq: int, session_id: uuid.UUID | None
-) -> Any:
-    """The run's envelopes after ``after_seq`` (async generator), deduplicated, gap-checked,
-    ending after the terminal one."""
+async def _segments(transport: Transport, run_id: str, after_seq: int) -> Any:
+    """The run's segments after ``after_seq`` (async generator of ``(segment, skip)``: the
+    leading events of the segment already seen), deduplicated, gap-checked, ending after the
+    one with the terminal event (a run's last)."""
     cursor = after_seq
     async for segment in transport.read(run_id, after_seq):
         if segment.last_seq <= cursor:
             continue  # a duplicate, or before what was asked for
         if segment.first_seq > cursor + 1:
             raise ResumeGap(run_id, cursor, segment.first_seq)
-        for envelope in decode(run_id, session_id, segment, cursor):
-            cursor = envelope.seq
+        skip = max(cursor - segment.first_seq + 1, 0)
+        yield segment, skip
+        cursor = segment.last_seq
+        if not TERMINAL.isdisjoint(segment.types[skip:]):
+            return
+
+
+async def _envelopes(
+    transport: Transport, run_id: str, after_seq: int, session_id: uuid.UUID | None
+) -> Any:
+    """The run's envelopes after ``after_seq`` (async generator), deduplicated, gap-checked,
+    ending after the terminal one."""
+    async for segment, skip in _segments(transport, run_id, after_seq):
+        for envelope in decode(run_id, session_id, segment, segment.first_seq + skip - 1):
             yield envelope
             if envelope.type in TERMINAL:
                 return
 
 
+_READ = frozenset({"usage_recorded", "compaction_finished", "approval_requested", *TERMINAL})
+"""The events whose fields the outcome needs besides the text (decoded one by one)."""
+
+
 class _Outcome:
     """Folds a run's events into its RunOutput (the runtime's own arithmetic: the text of the
-    last assistant message, the sum of the recorded usage)."""
+    last assistant message, the sum of the recorded usage).
+
+    It reads the segments as sent (:meth:`fold`): the events' types, their JSON parsed to
+    plain values, and only the few events it needs decoded — so a run whose events nobody
+    subscribed to costs the submitter no event models."""
 
     def __init__(self) -> None:
         self._text: list[str] = []
         self.usage = TokenUsage()
         self._pending: list[PendingApproval] = []
+        self.terminal: InvocationEvent | None = None
+
+    def fold(self, segment: Segment, skip: int) -> None:
+        """Add the events of ``segment`` after its first ``skip``."""
+        items: list[Any] = from_json(segment.events)
+        if len(items) != len(segment.types):
+            raise ValueError(f"segment {segment.first_seq}: {len(items)} events, {len(segment.types)} types")
+        for i in range(skip, len(items)):
+            kind = segment.types[i]
+            if kind == "text_delta":  # a twin sent as null: the fragment before it has its text
+                item = items[i] if items[i] is not None else items[i - 1] if i else None
+                if item is None:
+                    raise ValueError(f"segment {segment.first_seq}: null follows no chat fragment")
+                self._text.append(item["delta"])
+            elif kind == "model_started":
+                self._text = []
+            elif kind in _READ:
+                event = INVOCATION_EVENT.validate_python(items[i])
+                self.add(event)
+                if kind in TERMINAL:
+                    self.terminal = event
+                    return
 
     def add(self, event: InvocationEvent) -> None:
         if isinstance(event, ModelStarted):
@@ -182,6 +225,43 @@ class _Outcome:
         return InvocationCancelled(f"run {run_id} was cancelled", run_id=run_id)
 
 
+class _Lazy:
+    """A run's events for a :class:`RemoteRunStream`'s subscribers (a :class:`_Replay`, every
+    subscriber from the first event), decoded from the segments only once someone subscribes:
+    until then the segments are kept as sent."""
+
+    __slots__ = ("_held", "_replay", "_wanted")
+
+    def __init__(self, replay: _Replay) -> None:
+        self._replay = replay
+        self._held: list[tuple[Segment, int]] = []
+        self._wanted = False
+
+    def feed(self, segment: Segment, skip: int) -> None:
+        if not self._wanted:
+            self._held.append((segment, skip))
+            return
+        for event in events_of(segment, skip):
+            self._replay.on_next(event)
+
+    def subscribe(self, observer: abc.ObserverBase[InvocationEvent]) -> abc.DisposableBase:
+        if not self._wanted:
+            self._wanted = True
+            held, self._held = self._held, []
+            try:
+                for segment, skip in held:
+                    self.feed(segment, skip)
+            except Exception as exc:  # a segment that does not decode: the stream ends with it
+                self._replay.on_error(exc)
+        return self._replay.subscribe(observer)
+
+    def on_completed(self) -> None:
+        self._replay.on_completed()
+
+    def on_error(self, error: Exception) -> None:
+        self._replay.on_error(error)
+
+
 class RemoteRunStream(Observable[InvocationEvent]):
     """A run on a worker, as a :class:`~rxinvoke.RunStream` is a run in this process: an
     Observable of its events (every subscriber from the first, completing after the terminal
@@ -206,7 +286,7 @@ class RemoteRunStream(Observable[InvocationEvent]):
         self.runtime: str | None = None
         """The runtime running it: a worker elsewhere (None here)."""
         self._remote = remote
-        self._events = _Replay(_report, run_id)
+        self._events = _Lazy(_Replay(_report, run_id))
         self._result: asyncio.Future[RunOutput] = asyncio.get_running_loop().create_future()
         self._result.add_done_callback(retrieve)
         self._is_ended = False
@@ -240,12 +320,11 @@ class RemoteRunStream(Observable[InvocationEvent]):
         try:
             if request is not None:
                 await transport.enqueue(self.run_id, request.model_dump_json().encode())
-            async for envelope in _envelopes(transport, self.run_id, 0, self.session_id):
-                event = envelope.event
-                outcome.add(event)
-                self._events.on_next(event)
-                if envelope.type in TERMINAL:
-                    settled = outcome.settle(event, self.run_id, self.session_id)
+            async for segment, skip in _segments(transport, self.run_id, 0):
+                outcome.fold(segment, skip)
+                self._events.feed(segment, skip)
+                if outcome.terminal is not None:
+                    settled = outcome.settle(outcome.terminal, self.run_id, self.session_id)
                     self._is_ended = True
                     if isinstance(settled, RunOutput):
                         self._result.set_result(settled)
