@@ -167,7 +167,55 @@ async def serve(url: str, prefix: str, dsn: str, schema: str, concurrency: int) 
     await transport.close()
 
 
-async def queue(url: str, dsn: str, runs: int, workers: int) -> float:
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_busy() -> tuple[float, float]:
+    """(seconds the machine's cpus were busy, seconds they existed) since boot, from
+    ``/proc/stat`` (every process: the workers, the servers, this one); (0, 0) elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    total = sum(ticks[:8])  # user … steal (guest time is counted in user already)
+    return (total - idle) / _TICK, total / _TICK
+
+
+def process_cpu(pid: int) -> float:
+    """User + system cpu seconds of the live process ``pid`` (0 if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+class Cpu:
+    """Where the cpu time of a timed region went: the machine (busy, of what its cpus had),
+    the busiest of ``pids`` and this process."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.busy = self.capacity = self.busiest = self.here = 0.0
+
+    def __enter__(self) -> Cpu:
+        self._machine = machine_busy()
+        self._each = [process_cpu(pid) for pid in self.pids]
+        self._here = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, capacity = machine_busy()
+        self.busy, self.capacity = busy - self._machine[0], capacity - self._machine[1]
+        each = [process_cpu(pid) - before for pid, before in zip(self.pids, self._each, strict=True)]
+        self.busiest = max(each, default=0.0)
+        self.here = time.process_time() - self._here
+
+
+async def queue(url: str, dsn: str, runs: int, workers: int) -> tuple[float, Cpu]:
     prefix, schema = f"q{uuid.uuid4().hex[:6]}:", f"b_{uuid.uuid4().hex[:8]}"
     async with PostgresStore(dsn, schema=schema):
         pass  # migrate once, before the workers open it
@@ -184,10 +232,11 @@ async def queue(url: str, dsn: str, runs: int, workers: int) -> float:
     transport = RedisTransport(url, prefix=prefix, max_connections=100)
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     try:
-        started = time.perf_counter()
-        streams = [inv.submit(w1_request()) for _ in range(runs)]
-        outs = await asyncio.gather(*(s.result for s in streams))
-        elapsed = time.perf_counter() - started
+        with Cpu([process.pid for process in processes]) as cpu:
+            started = time.perf_counter()
+            streams = [inv.submit(w1_request()) for _ in range(runs)]
+            outs = await asyncio.gather(*(s.result for s in streams))
+            elapsed = time.perf_counter() - started
         assert all(o.output_text.startswith("word0 ") for o in outs)
     finally:
         for process in processes:
@@ -195,15 +244,17 @@ async def queue(url: str, dsn: str, runs: int, workers: int) -> float:
         for process in processes:
             await process.wait()
         await transport.close()
-    return elapsed
+    return elapsed, cpu
 
 
-async def in_process(runs: int) -> float:
+async def in_process(runs: int) -> tuple[float, float]:
+    """(wall seconds, this process's cpu seconds) of ``runs`` concurrent W1 runs."""
     runtime = AgentRuntime(providers=[W1Provider(latency=0.01)], tools=[lookup], store=MemoryStore())
     inv = RuntimeInvocation(runtime)
+    cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(inv.emit(w1_request()) for _ in range(runs)))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 # --- 4. the publish path with the mirror attached ----------------------------------------------
@@ -249,12 +300,20 @@ async def main(quick: bool) -> None:
             f"p99 {p99:.2f} ms, max {worst:.2f} ms (target p99 <= 10 ms)"
         )
         runs = 40 if quick else 1000
-        local = await in_process(runs)
-        remote = await queue(url, dsn, runs, 4)
+        local, local_cpu = await in_process(runs)
+        remote, cpu = await queue(url, dsn, runs, 4)
         print(
             f"3. {runs} W1 runs, 10 ms model latency: 4 workers via the queue {remote:.2f} s, "
             f"one process {local:.2f} s: {remote / local:.2f}x (target <= 1.5x)"
         )
+        if cpu.capacity:
+            print(
+                f"   cpu while queued: the machine busy {cpu.busy:.2f} of {cpu.capacity:.2f} "
+                f"cpu-s ({cpu.busy / cpu.capacity:.0%}; {os.cpu_count()} cpus), the busiest "
+                f"worker {cpu.busiest:.2f} s, the submitter {cpu.here:.2f} s; one process "
+                f"{local_cpu:.2f} cpu-s (the wall time on enough cpus is at least the "
+                f"busiest process's: {max(cpu.busiest, cpu.here) / local:.2f}x)"
+            )
         block, rounds = (20, 2) if quick else (150, 20)
         plain, mirrored, ratio = await publish_path(url, block, rounds)
         print(
