@@ -21,6 +21,7 @@ RxInvokeError                         base; .message, structured attributes, pic
 ├── StoreError                        a store could not load or persist data
 │   ├── MigrationError                the database schema is from a newer rxinvoke, or corrupt
 │   ├── SessionAwaitingApproval       the session's last run waits for approval; .session_id, .run_id
+│   ├── RunAlreadyStored              begin_run: a run with that id is stored already; .run_id
 │   └── UnknownRun(LookupError)       no run with that id is stored; .run_id
 └── SubscriberError                   a handler raised or timed out; surfaced on `errors`
     └── SubscriberOverflow            a subscription's buffer overflowed
@@ -50,6 +51,7 @@ __all__ = (
     "ProviderHTTPError",
     "ProviderStreamError",
     "ResumeGap",
+    "RunAlreadyStored",
     "RxInvokeError",
     "SessionAwaitingApproval",
     "SessionBusy",
@@ -241,6 +243,14 @@ class SessionAwaitingApproval(StoreError):
             "approve or deny them (approve/deny) before the session runs again"
         )
         self.session_id = session_id
+        self.run_id = run_id
+
+
+class RunAlreadyStored(StoreError):
+    """``begin_run`` refused a run whose id is stored already (nothing was written)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} is already stored")
         self.run_id = run_id
 
 

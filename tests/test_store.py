@@ -29,6 +29,7 @@ from rxinvoke import (
     UnknownRun,
     UsageRecorded,
 )
+from rxinvoke.errors import RunAlreadyStored
 from rxinvoke.events import InvocationEvent, RunCompleted, RunStarted
 from rxinvoke.messages import FinishReason, utcnow
 from rxinvoke.stores import EventEnvelope, RunOutcome
@@ -157,8 +158,9 @@ async def test_begin_run_with_a_stored_client_request_id_writes_nothing(store: S
 
 async def test_begin_run_rejects_a_stored_run_id_and_writes_nothing(store: Store) -> None:
     rec = await start(store, record())
-    with pytest.raises(StoreError):
+    with pytest.raises(RunAlreadyStored) as refused:  # a StoreError
         await store.begin_run(rec, [Message(role="user", content="x")])
+    assert refused.value.run_id == rec.run_id and isinstance(refused.value, StoreError)
     assert await store.load_history(rec.session_id) == []
 
 

@@ -19,7 +19,7 @@ from typing import NoReturn
 from pydantic import TypeAdapter
 
 from .._frozen import trusted
-from ..errors import SessionAwaitingApproval, StoreError, UnknownRun
+from ..errors import RunAlreadyStored, SessionAwaitingApproval, StoreError, UnknownRun
 from ..events import UsageRecorded
 from ..messages import NO_USAGE, Message, TokenUsage, utcnow
 from ._packed import PackedEvent, PackedLog, pack_one, unpack
@@ -171,7 +171,7 @@ class MemoryStore:
         if key is not None and key in self._by_request:
             return self._record(self._by_request[key])
         if record.run_id in self._runs:
-            raise StoreError(f"run {record.run_id!r} is already stored")
+            raise RunAlreadyStored(record.run_id)
         return None
 
     def _claim(self, record: RunRecord) -> None:

@@ -52,6 +52,7 @@ The connection string's password never appears in an error, a log line or ``repr
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import random
 import re
@@ -64,7 +65,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic_core
 
-from ..errors import MigrationError, SessionAwaitingApproval, SessionBusy, StoreError, UnknownRun
+from ..errors import (
+    MigrationError,
+    RunAlreadyStored,
+    SessionAwaitingApproval,
+    SessionBusy,
+    StoreError,
+    UnknownRun,
+)
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
 from ._batch import BatchRefused, WriteBatcher
@@ -592,7 +600,10 @@ class PostgresStore:
         if isinstance(exc, StoreError):
             if self.where in exc.message:
                 return exc
-            return type(exc)(f"{self.where}: {exc.message}")
+            named = copy.copy(exc)  # its structured attributes (a run_id …) kept
+            named.message = f"{self.where}: {exc.message}"
+            named.args = (named.message,)
+            return named
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if self._secret:
             text = text.replace(self._secret, "***")
@@ -871,7 +882,7 @@ class PostgresStore:
                 if key is not None:
                     existing = await self._find(conn, "r.client_request_id = %s", key)
                 if existing is None or existing.run_id == owned.run_id:
-                    raise StoreError(f"run {owned.run_id!r} is already stored")
+                    raise RunAlreadyStored(owned.run_id)
                 return existing, []
             await conn.execute(
                 "UPDATE sessions SET active_run = %s WHERE id = %s", (owned.run_id, session_id)

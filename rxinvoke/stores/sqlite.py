@@ -77,7 +77,13 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from .._futures import shielded
-from ..errors import MigrationError, SessionAwaitingApproval, StoreError, UnknownRun
+from ..errors import (
+    MigrationError,
+    RunAlreadyStored,
+    SessionAwaitingApproval,
+    StoreError,
+    UnknownRun,
+)
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
 from ._orphans import Grace, is_workers, with_mark, without_mark
@@ -1007,7 +1013,7 @@ class SqliteStore:
             if existing is not None:
                 return existing
         if conn.execute("SELECT 1 FROM runs WHERE id = ?", (owned.run_id,)).fetchone():
-            raise StoreError(f"run {owned.run_id!r} is already stored")
+            raise RunAlreadyStored(owned.run_id)
         self._touch_session(conn, owned.session_id)
         conn.execute(
             "INSERT INTO runs (id, session_id, status, request, client_request_id, "
