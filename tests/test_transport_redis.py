@@ -504,6 +504,45 @@ async def test_runs_submitted_at_once_are_queued_in_one_round_trip(
         assert await transport.client.exists(f"{transport.prefix}run:run-{i}:meta") == 1
 
 
+@pytest.mark.parametrize("apart", [False, True])
+async def test_a_run_queued_twice_runs_once_and_both_jobs_are_acknowledged(
+    transport: RedisTransport, tmp_path: Path, apart: bool
+) -> None:
+    # a retried enqueue (the connection broke after the server took it) queues the job twice
+    store = SqliteStore(tmp_path / "twice.db")
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(request())
+    entries: list[Any] = []
+    while not entries:  # submit() queues it from its task
+        entries = await transport.client.xrange(f"{transport.prefix}runs")
+        await asyncio.sleep(0.01)
+    queued = entries[0][1]
+    if not apart:  # taken in one batch, or (apart) the second after the first run ended
+        await transport.enqueue(stream.run_id, queued[b"request"])
+    # (taken together, the second waits for the run's lease: it is reclaimed once idle)
+    worker, stop, task = await worker_for(store, transport, concurrency=2, lease_ttl=0.5)
+    out = await asyncio.wait_for(stream.result, 20)
+    if apart:
+        await transport.enqueue(stream.run_id, queued[b"request"])
+    for _ in range(500):
+        pending = await transport.client.xpending(f"{transport.prefix}runs", "workers")
+        if pending["pending"] == 0 and await transport.client.xlen(f"{transport.prefix}runs") == 2:
+            info = await transport.client.xinfo_groups(f"{transport.prefix}runs")
+            if info[0]["entries-read"] == 2:
+                break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the second job was never acknowledged")
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    types = [e.type for e in await store.read_events(stream.run_id)]
+    assert types.count("run_started") == 1 and types[-1] == "run_completed"
+    streamed = [e.type for e in await asyncio.wait_for(collect(inv.remote.follow(stream.run_id, stream.session_id)), 20)]  # type: ignore[union-attr]
+    assert streamed == types  # one terminal event on the stream too
+    assert out.output_text and worker.stats.executed == 1
+    await store.close()
+
+
 async def test_a_remote_cancel_during_a_tool_lands(transport: RedisTransport, tmp_path: Path) -> None:
     entered = asyncio.Event()
     calls: list[str] = []

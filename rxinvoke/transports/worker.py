@@ -52,11 +52,11 @@ import pydantic
 
 from .._futures import retrieve
 from ..control import Control
-from ..errors import InvalidRequest, InvocationError, UserError
+from ..errors import InvalidRequest, InvocationError, RunAlreadyStored, UserError
 from ..events import InvocationEvent, RunCancelled, RunFailed, RunStarted
 from ..request import RunRequest
 from ..runtime import AgentRuntime
-from ..stores.base import EventEnvelope, log_entries
+from ..stores.base import EventEnvelope, RunRecord, log_entries
 from ..stores.memory import MemoryStore
 from ._wire import TERMINAL, decode, segments_of
 from .base import Job, Lease, Transport
@@ -356,24 +356,14 @@ class Worker:
 
     async def _run_job(self, job: Job, held: _Held) -> None:
         store = self.runtime.store
-        record = await store.get_run(job.run_id)
+        # a job delivered for the first time was never taken: its run is not in the store
+        # (unless the job was queued twice, which begin_run refuses: looked at then)
+        record = await store.get_run(job.run_id) if job.deliveries > 1 else None
         if job.deliveries > self.max_deliveries:
             await self._dead_letter(job, record is not None and not record.is_finished)
             return
         if record is not None:
-            if not record.is_finished:
-                resumed = await self._resume(job, held) if self.on_worker_loss == "retry" else "fail"
-                if resumed == "leave":
-                    return  # not taken over: its owner still holds it (the job stays pending)
-                if resumed == "ended":
-                    self._count(resumed=1)
-                    await self.mirror.flush()
-                elif not await self._recover(job.run_id):
-                    return  # its owner lives (it lost its lease, not its life): its run
-                else:
-                    self._count(recovered=1)
-            await self._mirror_stored(job.run_id)
-            await self.transport.ack(job.job_id)
+            await self._settle_stored(job, held, record)
             return
         try:
             request = RunRequest.model_validate_json(job.request)
@@ -386,6 +376,9 @@ class Worker:
             await self.transport.ack(job.job_id)
             return
         if (await self.transport.cancel_requested([job.run_id]))[0]:
+            if job.deliveries == 1 and (stored := await store.get_run(job.run_id)) is not None:
+                await self._settle_stored(job, held, stored)  # queued twice: it ran already
+                return
             held.cancel_requested = True
             self._count(cancelled_remotely=1)
             await self._end_unstarted(job, RunCancelled(run_id=job.run_id), request)
@@ -394,10 +387,33 @@ class Worker:
         held.control = Control()
         try:
             await self.runtime.run(request, held.control)
-        except InvocationError:
-            pass  # the outcome is in the run's events (and the store)
+        except InvocationError as exc:  # the outcome is in the run's events (and the store)
+            if isinstance(getattr(exc, "cause", None), RunAlreadyStored):
+                # its job was queued twice and the run began from the other one: nothing was
+                # written or published now; settled as a redelivered job's
+                stored = await store.get_run(job.run_id)
+                if stored is not None:
+                    await self._settle_stored(job, held, stored)
+                    return
         self._count(executed=1)
         await self.mirror.flush()
+        await self.transport.ack(job.job_id)
+
+    async def _settle_stored(self, job: Job, held: _Held, record: RunRecord) -> None:
+        """A job whose run is in the store already: finished (acknowledged), or running — under
+        a dead owner (recovered or resumed per policy) or a live one (left to it)."""
+        if not record.is_finished:
+            resumed = await self._resume(job, held) if self.on_worker_loss == "retry" else "fail"
+            if resumed == "leave":
+                return  # not taken over: its owner still holds it (the job stays pending)
+            if resumed == "ended":
+                self._count(resumed=1)
+                await self.mirror.flush()
+            elif not await self._recover(job.run_id):
+                return  # its owner lives (it lost its lease, not its life): its run
+            else:
+                self._count(recovered=1)
+        await self._mirror_stored(job.run_id)
         await self.transport.ack(job.job_id)
 
     async def _resume(self, job: Job, held: _Held) -> Literal["ended", "fail", "leave"]:
