@@ -517,7 +517,8 @@ class RedisTransport:
         for (entry_id, fields), has_lease, info in zip(live, held, pending, strict=True):
             if has_lease:
                 continue  # its worker is alive (its lease says so): not ours to run
-            deliveries = int(info[0]["times_delivered"]) if info else 1
+            # a claim is at least its second delivery (the entry acknowledged meanwhile: no info)
+            deliveries = int(info[0]["times_delivered"]) if info else 2
             jobs.append(self._job(entry_id, fields, deliveries))
         return jobs
 
