@@ -249,6 +249,30 @@ async def test_a_trimmed_stream_is_a_resume_gap_not_a_silent_jump(redis_server: 
         await transport.close()
 
 
+async def test_a_segment_that_does_not_decode_ends_a_late_subscription_with_the_error(
+    transport: RedisTransport,
+) -> None:
+    import json
+
+    from rxinvoke.transports.base import Segment
+
+    run, session = str(uuid.uuid4()), uuid.uuid4()
+    started = RunStarted(run_id=run, session_id=str(session), provider="p", model="m")
+    done = RunCompleted(run_id=run, finish_reason=FinishReason.STOP, iterations=1)
+    events = [
+        json.loads(started.model_dump_json()),
+        {"type": "chat_text_delta", "run_id": run, "timestamp": done.timestamp.isoformat(), "delta": 5},
+        json.loads(done.model_dump_json()),
+    ]
+    types = ("run_started", "chat_text_delta", "run_completed")
+    await transport.append([(run, Segment(1, 3, types, json.dumps(events).encode()))])
+    stream = RemoteRuns(transport).follow(run, session)
+    out = await asyncio.wait_for(stream.result, 20)  # the outcome needs none of the bad event
+    assert out.iterations == 1 and out.output_text == ""
+    with pytest.raises(ValueError, match="delta"):  # the events are decoded for a subscriber
+        await asyncio.wait_for(collect(stream), 20)
+
+
 async def test_a_run_stream_expires_retention_after_its_end_and_is_not_refreshed_at_every_write(
     redis_server: RedisServer,
 ) -> None:

@@ -228,13 +228,15 @@ class _Outcome:
 class _Lazy:
     """A run's events for a :class:`RemoteRunStream`'s subscribers (a :class:`_Replay`, every
     subscriber from the first event), decoded from the segments only once someone subscribes:
-    until then the segments are kept as sent."""
+    until then the segments, and how the stream ended, are kept as sent. A segment that does
+    not decode then ends the subscribers' stream with its error."""
 
-    __slots__ = ("_held", "_replay", "_wanted")
+    __slots__ = ("_end", "_held", "_replay", "_wanted")
 
     def __init__(self, replay: _Replay) -> None:
         self._replay = replay
         self._held: list[tuple[Segment, int]] = []
+        self._end: tuple[Exception | None] | None = None  # the end, while nobody subscribed
         self._wanted = False
 
     def feed(self, segment: Segment, skip: int) -> None:
@@ -248,18 +250,29 @@ class _Lazy:
         if not self._wanted:
             self._wanted = True
             held, self._held = self._held, []
+            end, self._end = self._end, None
             try:
                 for segment, skip in held:
                     self.feed(segment, skip)
-            except Exception as exc:  # a segment that does not decode: the stream ends with it
-                self._replay.on_error(exc)
+            except Exception as exc:
+                end = (exc,)
+            if end is not None:
+                self._close(end[0])
         return self._replay.subscribe(observer)
 
     def on_completed(self) -> None:
-        self._replay.on_completed()
+        self._close(None)
 
     def on_error(self, error: Exception) -> None:
-        self._replay.on_error(error)
+        self._close(error)
+
+    def _close(self, error: Exception | None) -> None:
+        if not self._wanted:
+            self._end = self._end or (error,)
+        elif error is None:
+            self._replay.on_completed()
+        else:
+            self._replay.on_error(error)
 
 
 class RemoteRunStream(Observable[InvocationEvent]):
