@@ -54,3 +54,8 @@ class Grace:
             return True
         del found[run_id]
         return False
+
+    def left_to_workers(self, run_id: str, owner: str | None, seconds: float) -> bool:
+        """True while the dead owner's run ``run_id`` is a worker's still within the grace:
+        the stores' own recoveries pass it over, the workers' reapers settle it."""
+        return is_workers(owner) and self.waiting(run_id, seconds)

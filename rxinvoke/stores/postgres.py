@@ -76,7 +76,7 @@ from ..errors import (
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
 from ._batch import BatchRefused, WriteBatcher
-from ._orphans import Grace, is_workers, with_mark, without_mark
+from ._orphans import Grace, with_mark, without_mark
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -1139,9 +1139,9 @@ class PostgresStore:
         elsewhere: a worker's run (by the workers' reapers, which salvage its stream) or,
         with ``recover_on_open=False``, any run; for ``resume_grace`` seconds from when this
         store first found it orphaned."""
-        if self.recover_on_open and not is_workers(owner):
-            return False
-        return self._grace.waiting(run_id, self.resume_grace)
+        if not self.recover_on_open:
+            return self._grace.waiting(run_id, self.resume_grace)
+        return self._grace.left_to_workers(run_id, owner, self.resume_grace)
 
     async def _owner_is_gone(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> bool:
         """True if ``owner`` is a PostgresStore whose liveness lock is free (its connection
@@ -1171,7 +1171,7 @@ class PostgresStore:
                 dead = await self._dead_owner(conn, run_id)
                 if dead is None:
                     return False  # finished, recovered by another process, or alive
-                if is_workers(dead) and self._grace.waiting(run_id, self.resume_grace):
+                if self._grace.left_to_workers(run_id, dead, self.resume_grace):
                     return False  # a dead worker's: the workers' reapers settle it, salvaging
                 await self._recover_run(conn, run_id)
                 return True

@@ -86,7 +86,7 @@ from ..errors import (
 )
 from ..messages import Message, TokenUsage, utcnow
 from ..request import RunOutput, RunRequest
-from ._orphans import Grace, is_workers, with_mark, without_mark
+from ._orphans import Grace, with_mark, without_mark
 from ._rows import (
     DECODE_ERRORS,
     TERMINAL_STATUS,
@@ -1219,7 +1219,7 @@ class SqliteStore:
             run_id
             for run_id, owner in candidates
             if _owner_is_gone(owner)
-            and not (is_workers(owner) and self._grace.waiting(run_id, self.resume_grace))
+            and not self._grace.left_to_workers(run_id, owner, self.resume_grace)
         ]
         return [run_id for run_id in gone if self._recover_one(conn, run_id, ())]
 

@@ -472,7 +472,8 @@ class RedisTransport:
                 return await pipe.execute()
 
         replies = await self._again(attempt)
-        return [(True, _text(entry_id)) for entry_id in replies[2::3]]  # hsetnx, expire, xadd
+        per_job = len(replies) // len(jobs)  # the announcement's replies, then the XADD's
+        return [(True, _text(entry_id)) for entry_id in replies[per_job - 1 :: per_job]]
 
     def _job(self, entry_id: Any, fields: dict[bytes, bytes], deliveries: int = 1) -> Job:
         return Job(_text(entry_id), _text(fields[b"run_id"]), fields[b"request"], deliveries)

@@ -142,16 +142,16 @@ class Worker:
         if on_worker_loss not in ("fail", "retry"):
             raise ValueError(f"on_worker_loss must be 'fail' or 'retry', got {on_worker_loss!r}")
         store = runtime.store
+        mark = getattr(store, "mark_as_worker", None)
         if on_worker_loss == "retry" and (
             getattr(store, "resume_run", None) is None
-            or (getattr(store, "mark_as_worker", None) is None and getattr(store, "recover_on_open", False))
+            or (mark is None and getattr(store, "recover_on_open", False))
         ):
             raise UserError(
                 "on_worker_loss='retry' needs a store that can take a dead worker's run over "
                 "(resume_run) and leaves it to the workers (mark_as_worker, or "
                 "recover_on_open=False): SqliteStore or PostgresStore"
             )
-        mark = getattr(store, "mark_as_worker", None)
         if mark is not None:  # its runs are left to the reapers when this process dies
             mark()
         self.runtime = runtime
