@@ -48,6 +48,7 @@ from ._approval import (
     stored_results,
 )
 from ._bus import EventBus
+from ._claim import claim as claim_run
 from ._compaction import Compactor, is_context_overflow
 from ._compat import cancel_requested, uncancel
 from ._context import build_context
@@ -457,7 +458,8 @@ class AgentRuntime:
                 failure is never raised bare: it is an InvocationFailed whose ``cause`` is the
                 StoreError, whether it happened claiming the run (nothing was published), during
                 the run (``run_failed``), or recording its end after retries (the terminal event
-                was published).
+                was published). A claim the store committed but whose reply was lost (the
+                connection dropped at the commit) is found stored, and the run goes on.
         """
         if self._is_closed:
             raise UserError("the runtime is closed (aclose() was called)")
@@ -609,9 +611,11 @@ class AgentRuntime:
         # the session reads the history.
         # A store shared between processes refuses the claim while another process runs the
         # session (SessionBusy, nothing written): wait for it (cancellable) and claim again.
+        # A claim committed whose reply was lost (the connection dropped at the commit) is
+        # found stored and goes on (_claim).
         async with self._gate.hold(run.session_id):
             while True:
-                claim = start_eagerly(self.store.begin_run(record, opening, preamble=preamble))
+                claim = start_eagerly(claim_run(self.store, record, opening, preamble))
                 interrupted = False
                 try:
                     stored, history = await shielded(claim)

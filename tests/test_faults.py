@@ -32,6 +32,7 @@ from rxinvoke import (
     RuntimePolicy,
     ScriptedProvider,
     SqliteStore,
+    Store,
     StoreError,
     SubscriberError,
     ToolCall,
@@ -453,3 +454,56 @@ async def test_a_store_failing_to_claim_the_run_is_an_invocation_failed() -> Non
         await runtime.run(request())
     assert isinstance(caught.value.cause, StoreError) and "disk full" in caught.value.message
     assert events == []  # nothing was published
+
+
+def _reply_lost_after(store: Store, commits: bool) -> list[str]:
+    """Make ``store``'s next ``begin_run`` raise as a connection dropped at the commit does:
+    after committing the claim (``commits``), or before. Returns the errors raised."""
+    claim = store.begin_run
+    raised: list[str] = []
+
+    async def lossy(record: Any, messages: Any, **kw: Any) -> Any:
+        store.begin_run = claim  # type: ignore[method-assign]
+        if commits:
+            await claim(record, messages, **kw)
+        raised.append("lost")
+        raise StoreError("server closed the connection unexpectedly")
+
+    store.begin_run = lossy  # type: ignore[method-assign]
+    return raised
+
+
+async def test_a_claim_committed_whose_reply_was_lost_goes_on_from_the_stored_claim(store: Store) -> None:
+    runtime, events = make([text_turn("fine")], store=store)
+    raised = _reply_lost_after(store, commits=True)
+    out = await runtime.run(request("hi", run_id="lost-reply"))
+    assert raised == ["lost"] and out.output_text == "fine"
+    assert types(events)[0] == "run_started" and types(events)[-1] == "run_completed"
+    assert types(events).count("run_started") == 1
+    stored = await store.get_run("lost-reply")
+    assert stored is not None and stored.status == "completed"
+    assert [e.event for e in await store.read_events("lost-reply")] == events
+    assert [m.role for m in await store.load_history(out.session_id)] == ["user", "assistant"]
+
+
+async def test_a_claim_that_failed_before_its_commit_is_still_an_invocation_failed(store: Store) -> None:
+    runtime, events = make([text_turn("never")], store=store)
+    raised = _reply_lost_after(store, commits=False)
+    with pytest.raises(InvocationFailed, match="server closed the connection") as caught:
+        await runtime.run(request("hi", run_id="not-stored"))
+    assert raised == ["lost"] and isinstance(caught.value.cause, StoreError)
+    assert events == [] and await store.get_run("not-stored") is None
+
+
+async def test_a_stored_run_of_another_claim_is_not_taken_for_a_lost_reply(store: Store) -> None:
+    # the same run id claimed and run before (a job queued twice): not this claim's
+    first, _ = make([text_turn("first")], store=store)
+    await first.run(request("hi", run_id="twice"))
+    runtime, events = make([text_turn("second")], store=store)
+    _reply_lost_after(store, commits=False)
+    with pytest.raises(InvocationFailed, match="server closed the connection"):
+        await runtime.run(request("hi", run_id="twice"))
+    assert events == []
+    stored = await store.get_run("twice")
+    assert stored is not None and stored.status == "completed" and stored.output is not None
+    assert stored.output.output_text == "first"

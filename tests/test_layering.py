@@ -10,7 +10,7 @@ only what the layer's rule allows:
 1. definitions  tools, providers (and providers.*), stores (and stores.*): a family imports
                 its own members only; providers never import a store, stores never a provider
 2. plumbing     the runtime's private parts (_context, _accumulate, _execute, _doom, _bus,
-                _eventlog, _sessions, _run, _model_call, _compaction, _approval, _resume): listed
+                _eventlog, _sessions, _run, _model_call, _compaction, _approval, _resume, _claim): listed
                 one by one
 3. runtime      runtime
 4. views        spans, notebook*: pure functions of events (the span model, renderings); the
@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "plumbing",
         ("_context", "_accumulate", "_execute", "_doom", "_bus", "_eventlog", "_sessions", "_run",
-         "_model_call", "_compaction", "_approval", "_resume"),
+         "_model_call", "_compaction", "_approval", "_resume", "_claim"),
     ),
     ("runtime", ("runtime",)),
     ("views", ("spans", "notebook", "notebook.*")),
@@ -93,6 +93,7 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "_compaction": frozenset({"_context", "_model_call", "_run"}),
         "_approval": frozenset(),
         "_resume": frozenset(),
+        "_claim": frozenset(),
     },
     "runtime": {"runtime": frozenset()},
     "facade": {

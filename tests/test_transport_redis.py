@@ -617,6 +617,82 @@ async def test_a_run_cancelled_before_a_worker_takes_it_ends_cancelled_on_its_st
     await store.close()
 
 
+class _ClaimFails(SqliteStore):
+    """A SqliteStore whose next claim fails as a server gone at that moment does (nothing
+    written)."""
+
+    failures = 1
+
+    async def begin_run(self, record: Any, messages: Any, **kw: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("connection refused")
+        return await super().begin_run(record, messages, **kw)
+
+
+async def test_a_run_whose_claim_the_store_refused_fails_on_its_stream_as_it_would_here(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    store = _ClaimFails(tmp_path / "claim.db")
+    worker, stop, task = await worker_for(store, transport)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(request())
+    with pytest.raises(InvocationFailed, match="the store failed: connection refused"):
+        await asyncio.wait_for(stream.result, 20)  # never a hang: the job is not left silent
+    assert [e.type for e in await collect(stream)] == ["run_started", "run_failed"]
+    assert await store.get_run(stream.run_id) is None  # it never began
+    again = inv.submit(request())  # the store answers again: the next run runs
+    assert (await asyncio.wait_for(again.result, 20)).output_text
+    for _ in range(500):
+        if (await transport.client.xpending(f"{transport.prefix}runs", "workers"))["pending"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the failed run's job was never acknowledged")
+    stop.set()
+    await task
+    await store.close()
+
+
+async def test_a_remote_cancel_of_a_run_waiting_for_its_session_lands(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    entered = asyncio.Event()
+
+    @tool
+    async def hold() -> str:
+        """Hold the session."""
+        entered.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    def turns(req: ChatRequest) -> Any:
+        return tool_call_turn("hold", {}) if req.messages[-1].role == "user" else text_turn("done")
+
+    store = SqliteStore(tmp_path / "gate.db")
+    worker, stop, task = await worker_for(store, transport, [hold], ScriptedProvider(turns), concurrency=2)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    session = uuid.uuid4()
+    first = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go", session_id=session))
+    await asyncio.wait_for(entered.wait(), 20)
+    second = inv.submit(EmitRequest(provider="scripted", model="scripted", input="next", session_id=session))
+    for _ in range(500):  # taken, and waiting for the session behind the first
+        if second.run_id in worker.active:
+            break
+        await asyncio.sleep(0.01)
+    await inv.cancel(second.run_id)
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(second.result, 20)
+    assert [e.type for e in await collect(second)] == ["run_started", "run_cancelled"]
+    assert await store.get_run(second.run_id) is None  # it never began
+    await inv.cancel(first.run_id)
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(first.result, 20)
+    stop.set()
+    await task
+    await store.close()
+
+
 async def test_an_invalid_request_fails_on_its_stream(transport: RedisTransport, tmp_path: Path) -> None:
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     stream = inv.submit(EmitRequest(provider="nope", model="x", input="hi"))

@@ -52,7 +52,14 @@ import pydantic
 
 from .._futures import retrieve
 from ..control import Control
-from ..errors import InvalidRequest, InvocationError, RunAlreadyStored, UserError
+from ..errors import (
+    InvalidRequest,
+    InvocationCancelled,
+    InvocationError,
+    RunAlreadyStored,
+    StoreError,
+    UserError,
+)
 from ..events import InvocationEvent, RunCancelled, RunFailed, RunStarted
 from ..request import RunRequest
 from ..runtime import AgentRuntime
@@ -102,6 +109,17 @@ class _Held:
     control: Control | None = None
     cancel_requested: bool = False
     lease_lost: bool = False
+
+
+def _terminal_of(failed: InvocationError) -> InvocationEvent:
+    """The terminal event of a run that ended as ``failed`` before it began."""
+    run_id = failed.run_id or ""
+    if isinstance(failed, InvocationCancelled):
+        return RunCancelled(run_id=run_id)
+    cause = getattr(failed, "cause", None)
+    if isinstance(cause, StoreError):
+        return RunFailed(run_id=run_id, error=f"the store failed: {cause.message}")
+    return RunFailed(run_id=run_id, error=failed.message.removeprefix(f"run {run_id}: "))
 
 
 class Worker:
@@ -395,6 +413,13 @@ class Worker:
                 if stored is not None:
                     await self._settle_stored(job, held, stored)
                     return
+            elif await store.get_run(job.run_id) is None:
+                # it never began — its claim failed (the store unreachable), or it was stopped
+                # while it waited for its session — so nothing was published: its stream ends
+                # as run() ended here (a store still failing now leaves the job for later)
+                await self._end_unstarted(job, _terminal_of(exc), request)
+                await self.transport.ack(job.job_id)
+                return
         self._count(executed=1)
         await self.mirror.flush()
         await self.transport.ack(job.job_id)
