@@ -654,6 +654,27 @@ async def test_a_run_whose_claim_the_store_refused_fails_on_its_stream_as_it_wou
     await store.close()
 
 
+async def test_a_submit_with_the_client_request_id_of_an_earlier_run_gets_that_runs_outcome(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "key.db")
+    worker, stop, task = await worker_for(store, transport)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    first = inv.submit(request(client_request_id="order-17"))
+    out = await asyncio.wait_for(first.result, 20)
+    again = inv.submit(request(client_request_id="order-17"))  # a retried submit, say
+    assert again.run_id != first.run_id
+    assert await asyncio.wait_for(again.result, 20) == out  # as a local emit: the earlier run's
+    assert await collect(again) == await collect(first)  # its events, on the new run's stream
+    assert [r.run_id for r in await store.list_runs()] == [first.run_id]  # it ran once
+    failed = inv.submit(EmitRequest(provider="nope", model="x", input="hi", client_request_id="bad"))
+    with pytest.raises(InvocationFailed, match="invalid request"):
+        await asyncio.wait_for(failed.result, 20)
+    stop.set()
+    await task
+    await store.close()
+
+
 async def test_a_remote_cancel_of_a_run_waiting_for_its_session_lands(
     transport: RedisTransport, tmp_path: Path
 ) -> None:

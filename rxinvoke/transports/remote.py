@@ -45,6 +45,7 @@ from ..events import (
     ModelStarted,
     RunCompleted,
     RunFailed,
+    RunStarted,
     TextDelta,
     UsageRecorded,
 )
@@ -167,6 +168,7 @@ class _Outcome:
         self.usage = TokenUsage()
         self._pending: list[PendingApproval] = []
         self.terminal: InvocationEvent | None = None
+        self._session = ""  # run_started's
 
     def fold(self, segment: Segment, skip: int) -> None:
         """Add the events of ``segment`` after its first ``skip``."""
@@ -182,6 +184,8 @@ class _Outcome:
                 self._text.append(item["delta"])
             elif kind == "model_started":
                 self._text = []
+            elif kind == "run_started":
+                self._session = items[i]["session_id"]
             elif kind in _READ:
                 event = INVOCATION_EVENT.validate_python(items[i])
                 self.add(event)
@@ -192,6 +196,8 @@ class _Outcome:
     def add(self, event: InvocationEvent) -> None:
         if isinstance(event, ModelStarted):
             self._text = []
+        elif isinstance(event, RunStarted):
+            self._session = event.session_id
         elif isinstance(event, TextDelta):
             self._text.append(event.delta)
         elif isinstance(event, UsageRecorded):
@@ -209,6 +215,11 @@ class _Outcome:
             )
 
     def settle(self, event: InvocationEvent, run_id: str, session_id: uuid.UUID) -> RunOutput | RxInvokeError:
+        if event.run_id and event.run_id != run_id:
+            # the earlier run of the same client_request_id, whose events its worker sent
+            # instead: its outcome, as a local emit gives it
+            run_id = event.run_id
+            session_id = uuid.UUID(self._session) if self._session else session_id
         if isinstance(event, RunCompleted):
             return RunOutput(
                 run_id=run_id,

@@ -403,10 +403,13 @@ class Worker:
             await self.transport.ack(job.job_id)
             return
         held.control = Control()
+        ran = job.run_id  # the run whose outcome run() gave (an earlier one: client_request_id)
         try:
-            await self.runtime.run(request, held.control)
+            ran = (await self.runtime.run(request, held.control)).run_id
         except InvocationError as exc:  # the outcome is in the run's events (and the store)
-            if isinstance(getattr(exc, "cause", None), RunAlreadyStored):
+            if exc.run_id not in (None, job.run_id):
+                ran = exc.run_id
+            elif isinstance(getattr(exc, "cause", None), RunAlreadyStored):
                 # its job was queued twice and the run began from the other one: nothing was
                 # written or published now; settled as a redelivered job's
                 stored = await store.get_run(job.run_id)
@@ -420,6 +423,10 @@ class Worker:
                 await self._end_unstarted(job, _terminal_of(exc), request)
                 await self.transport.ack(job.job_id)
                 return
+        if ran != job.run_id:
+            await self._mirror_rejoined(job, ran)
+            await self.transport.ack(job.job_id)
+            return
         self._count(executed=1)
         await self.mirror.flush()
         await self.transport.ack(job.job_id)
@@ -534,6 +541,23 @@ class Worker:
             terminal = stored[-1]
             envelopes = [EventEnvelope.of(terminal.event, run_id, terminal.session_id, last + 1)]
         await self.transport.append(list(segments_of(list(log_entries(envelopes)))))
+
+    async def _mirror_rejoined(self, job: Job, earlier: str) -> None:
+        """The stored events of ``earlier`` on this job's stream, numbered as its own: the run
+        made by an earlier submit with the same ``client_request_id``, whose outcome ``run()``
+        gave instead (as a local ``emit`` gives it) — so the submitter gets that outcome."""
+        tail = await self.transport.tail(job.run_id)
+        if tail is not None and TERMINAL.intersection(tail.types):
+            return  # mirrored already (this job was delivered again)
+        after = tail.last_seq if tail is not None else 0
+        stored = await self.runtime.store.read_events(earlier)
+        envelopes = [
+            EventEnvelope.of(e.event, job.run_id, e.session_id, seq)
+            for seq, e in enumerate(stored, 1)
+            if seq > after
+        ]
+        if envelopes:
+            await self.transport.append(list(segments_of(list(log_entries(envelopes)))))
 
     async def _end_unstarted(
         self, job: Job, terminal: InvocationEvent, request: RunRequest | None = None
