@@ -8,7 +8,8 @@ subscribers → stores / transports / notebook):
 - ``tools``                 ``@tool``: typed functions the model can call; the built-in tools
 - ``providers/``            chat models streaming chat events: offline, scripted, openai
 - ``runtime``               ``AgentRuntime``: the agent loop, composed of its private parts:
-  ``_sessions`` (one run per session), ``_run`` (run state, cancel and deadline),
+  ``_sessions`` (one run per session), ``_claim`` (the run's claim in the store),
+  ``_run`` (run state, cancel and deadline),
   ``_model_call`` (the provider stream and its retries), ``_accumulate`` (stream → message),
   ``_execute`` (tools), ``_context`` (history → context)
 - ``_bus``                  the hot, kind-indexed Subject every event is published on
