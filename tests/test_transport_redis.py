@@ -675,6 +675,35 @@ async def test_a_submit_with_the_client_request_id_of_an_earlier_run_gets_that_r
     await store.close()
 
 
+async def test_a_run_queued_longer_than_the_followers_quiet_check_is_still_followed(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    # one worker slot, busy for 3 s: the second run waits in the queue with no stream yet,
+    # past the live tail's check for expired streams (10 quiet blocking reads, 2 s here)
+    go = asyncio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Take a while."""
+        await asyncio.sleep(3)
+        go.set()
+        return "slept"
+
+    def turns(req: ChatRequest) -> Any:
+        return tool_call_turn("slow", {}) if req.messages[-1].content == "first" else text_turn("done")
+
+    store = SqliteStore(tmp_path / "queued.db")
+    worker, stop, task = await worker_for(store, transport, [slow], ScriptedProvider(turns), concurrency=1)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    first = inv.submit(EmitRequest(provider="scripted", model="scripted", input="first"))
+    second = inv.submit(EmitRequest(provider="scripted", model="scripted", input="second"))
+    assert (await asyncio.wait_for(second.result, 30)).output_text == "done"
+    assert go.is_set() and (await asyncio.wait_for(first.result, 30)).output_text == "done"
+    stop.set()
+    await task
+    await store.close()
+
+
 async def test_a_remote_cancel_of_a_run_waiting_for_its_session_lands(
     transport: RedisTransport, tmp_path: Path
 ) -> None:

@@ -123,12 +123,14 @@ def _entry_key(entry_id: str) -> tuple[int, int]:
 
 
 class _Follower:
-    """One reader of a run's live tail: its stream, the last entry it has, its inbox."""
+    """One reader of a run's live tail: its stream, its meta key (a submitted run has one
+    before its stream exists), the last entry it has, its inbox."""
 
-    __slots__ = ("cursor", "key", "queue")
+    __slots__ = ("cursor", "key", "meta", "queue")
 
-    def __init__(self, key: str, cursor: str) -> None:
+    def __init__(self, key: str, meta: str, cursor: str) -> None:
         self.key = key
+        self.meta = meta
         self.cursor = cursor
         self.queue: asyncio.Queue[dict[bytes, bytes] | None] = asyncio.Queue()
 
@@ -379,7 +381,7 @@ class RedisTransport:
             if len(entries) < 500:
                 break
             entries = await self._client.xrange(key, min=f"({cursor}", count=500)
-        follower = _Follower(key, cursor)
+        follower = _Follower(key, self._meta(run_id), cursor)
         self._followers.add(follower)
         if self._tail is None or self._tail.done():
             self._tail = asyncio.ensure_future(self._follow_all())
@@ -424,7 +426,8 @@ class RedisTransport:
             if idle >= 10:  # quiet for a while: has a followed stream expired?
                 idle = 0
                 for f in followers:
-                    if not await self._tail_client.exists(f.key):
+                    # (a submitted run still queued has no stream yet, only its meta key)
+                    if not await self._tail_client.exists(f.key, f.meta):
                         f.queue.put_nowait(None)
                         self._followers.discard(f)
 
