@@ -508,6 +508,19 @@ async def test_recover_run_salvages_a_dead_owners_unstored_events(
     assert not await b.recover_run(held.run_id, seen)
 
 
+async def test_recover_run_of_this_stores_own_run_needs_mine(two: tuple[PostgresStore, PostgresStore]) -> None:
+    a, b = two
+    held = record(uuid.uuid4())
+    await a.begin_run(held, [])  # a claim whose reply was lost: nothing in a runs it
+    assert not await a.recover_run(held.run_id, [])  # its owner (a) lives
+    assert not await b.recover_run(held.run_id, [], mine=True)  # a's, not b's: left
+    assert await a.recover_run(held.run_id, [], mine=True)
+    assert [e.type for e in await a.read_events(held.run_id)] == ["run_started", "run_failed"]
+    settled = await a.get_run(held.run_id)
+    assert settled is not None and (settled.status, settled.error) == ("failed", "interrupted")
+    assert not await a.recover_run(held.run_id, [], mine=True)  # once
+
+
 async def test_resume_run_takes_over_a_dead_owners_run_for_this_process(
     two: tuple[PostgresStore, PostgresStore], postgres_server: PostgresServer, schema: str
 ) -> None:

@@ -342,6 +342,25 @@ async def test_recover_run_salvages_what_observers_saw_then_settles_the_run(tmp_
         assert not await store.recover_run(run_id, seen)  # once
 
 
+async def test_recover_run_of_this_stores_own_run_needs_mine(tmp_path: Path) -> None:
+    # a claim whose reply was lost: this process's run, which nothing here runs (the caller
+    # vouches for that with mine); another process's live run is never taken so
+    async with SqliteStore(tmp_path / "own.db") as store:
+        own = (await store.begin_run(record(), []))[0]
+        assert not await store.recover_run(own.run_id, [])  # its owner (this process) lives
+        assert await store.recover_run(own.run_id, [], mine=True)
+        log = await store.read_events(own.run_id)
+        assert [e.type for e in log] == ["run_started", "run_failed"]
+        settled = await store.get_run(own.run_id)
+        assert settled is not None and (settled.status, settled.error) == ("failed", "interrupted")
+        assert not await store.recover_run(own.run_id, [], mine=True)  # once
+        other = (await store.begin_run(record(), []))[0]
+    with connect(tmp_path / "own.db") as conn:  # another live process's (another host's) run
+        conn.execute("UPDATE runs SET owner = 'elsewhere:1:1' WHERE id = ?", (other.run_id,))
+    async with SqliteStore(tmp_path / "own.db") as store:
+        assert not await store.recover_run(other.run_id, [], mine=True)
+
+
 async def test_a_dead_workers_run_is_left_to_the_reapers_which_settle_it_with_what_its_stream_showed(
     tmp_path: Path,
 ) -> None:

@@ -675,6 +675,89 @@ async def test_a_submit_with_the_client_request_id_of_an_earlier_run_gets_that_r
     await store.close()
 
 
+class _LostReplyStoreAway(SqliteStore):
+    """A SqliteStore whose next claim commits but whose reply is lost, and which then fails
+    the next ``away`` lookups (a failover: the server gone a while after the commit)."""
+
+    lose_reply = True
+    away = 0
+
+    async def begin_run(self, record: Any, messages: Any, **kw: Any) -> Any:
+        claimed = await super().begin_run(record, messages, **kw)
+        if self.lose_reply:
+            self.lose_reply, self.away = False, 2
+            raise StoreError("server closed the connection unexpectedly")
+        return claimed
+
+    async def get_run(self, run_id: str) -> Any:
+        if self.away:
+            self.away -= 1
+            raise StoreError("connection refused")
+        return await super().get_run(run_id)
+
+
+async def test_a_claim_committed_whose_reply_was_lost_while_the_store_was_away_is_settled(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    # the runtime could not ask the store whether its claim landed, nor the worker whether the
+    # run began: the job stays pending; its owner lives (this worker), so only it can settle it
+    store = _LostReplyStoreAway(tmp_path / "away.db")
+    worker, stop, task = await worker_for(store, transport, lease_ttl=0.5)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(request())
+    for _ in range(500):
+        if not store.lose_reply and not store.away and not worker.active:
+            break  # both lookups failed, the job was left for later
+        await asyncio.sleep(0.01)
+    record = await store.get_run(stream.run_id)
+    assert record is not None and record.status == "running" and record.owner == store.owner
+    for _ in range(100):
+        await worker.reap(min_idle=0)
+        if stream.is_finished:
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(InvocationFailed, match="interrupted"):
+        await asyncio.wait_for(stream.result, 20)
+    record = await store.get_run(stream.run_id)
+    assert record is not None and (record.status, record.error) == ("failed", "interrupted")
+    assert [e.type for e in await store.read_events(stream.run_id)] == ["run_started", "run_failed"]
+    assert [e.type for e in await collect(stream)] == ["run_started", "run_failed"]
+    assert worker.stats.recovered == 1
+    stop.set()
+    await task
+    await store.close()
+
+
+class _EndNotRecorded(SqliteStore):
+    """A SqliteStore that cannot record any run's end (its disk failing at that moment)."""
+
+    async def finish_run(self, run_id: str, outcome: Any, **kw: Any) -> None:
+        raise StoreError("disk I/O error")
+
+
+async def test_a_run_whose_end_the_store_could_not_record_is_settled_from_its_stream(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    store = _EndNotRecorded(tmp_path / "end.db")
+    worker, stop, task = await worker_for(store, transport)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(request())
+    out = await asyncio.wait_for(stream.result, 30)  # its stream has its end
+    for _ in range(500):  # and so, once its worker settled it, has the store
+        record = await store.get_run(stream.run_id)
+        if record is not None and record.is_finished:
+            break
+        await asyncio.sleep(0.02)
+    assert record is not None and record.status == "completed"
+    types = [e.type for e in await store.read_events(stream.run_id)]
+    assert types == [e.type for e in await collect(stream)] and types[-1] == "run_completed"
+    assert sum(t in ("run_completed", "run_failed", "run_cancelled") for t in types) == 1
+    assert out.output_text and worker.stats.recovered == 1
+    stop.set()
+    await task
+    await store.close()
+
+
 async def test_a_run_queued_longer_than_the_followers_quiet_check_is_still_followed(
     transport: RedisTransport, tmp_path: Path
 ) -> None:

@@ -1180,14 +1180,20 @@ class PostgresStore:
                 recovered.append(run_id)
         return recovered
 
-    async def recover_run(self, run_id: str, salvage: Sequence[EventEnvelope] = ()) -> bool:
+    async def recover_run(
+        self, run_id: str, salvage: Sequence[EventEnvelope] = (), *, mine: bool = False
+    ) -> bool:
         """Recover the one run ``run_id`` if it is ``running`` and its owner is gone: first
         append the envelopes of ``salvage`` that continue its stored log (what observers saw
         of it elsewhere, a run stream, say), then settle it as :meth:`recover_interrupted`
-        does. Returns False, writing nothing, if the run is not running or its owner lives."""
+        does. Returns False, writing nothing, if the run is not running or its owner lives.
+
+        With ``mine``, a run of this store's own :attr:`owner` is recovered too: the caller
+        vouches that nothing in this process runs it (a claim committed whose reply was lost,
+        its run never begun)."""
 
         async def recover(conn: psycopg.AsyncConnection[Any]) -> bool:
-            if not await self._orphaned(conn, run_id):
+            if not await self._orphaned(conn, run_id, mine):
                 return False
             await self._recover_run(conn, run_id, salvage)
             return True
@@ -1218,19 +1224,27 @@ class PostgresStore:
 
         return await self._call(resume)
 
-    async def _orphaned(self, conn: psycopg.AsyncConnection[Any], run_id: str) -> bool:
-        """Lock the run ``run_id`` if it is ``running``; True if its owner is gone. Inside a
-        transaction."""
-        return await self._dead_owner(conn, run_id) is not None
+    async def _orphaned(
+        self, conn: psycopg.AsyncConnection[Any], run_id: str, mine: bool = False
+    ) -> bool:
+        """Lock the run ``run_id`` if it is ``running``; True if its owner is gone (or, with
+        ``mine``, is this store). Inside a transaction."""
+        return await self._dead_owner(conn, run_id, mine) is not None
 
-    async def _dead_owner(self, conn: psycopg.AsyncConnection[Any], run_id: str) -> str | None:
-        """Lock the run ``run_id`` if it is ``running``; its owner if that is gone, else None.
-        Inside a transaction."""
+    async def _dead_owner(
+        self, conn: psycopg.AsyncConnection[Any], run_id: str, mine: bool = False
+    ) -> str | None:
+        """Lock the run ``run_id`` if it is ``running``; its owner if that is gone (or, with
+        ``mine``, is this store), else None. Inside a transaction."""
         cur = await conn.execute(
             "SELECT owner FROM runs WHERE id = %s AND status = 'running' FOR UPDATE", (run_id,)
         )
         row = await cur.fetchone()
-        return row[0] if row is not None and await self._owner_is_gone(conn, row[0]) else None
+        if row is None:
+            return None
+        if (mine and row[0] == self._owner) or await self._owner_is_gone(conn, row[0]):
+            return str(row[0])
+        return None
 
     async def _recover_run(
         self,

@@ -1200,14 +1200,20 @@ class SqliteStore:
     async def recover_interrupted(self) -> list[str]:
         return await self._call(self._recover, write=True)
 
-    async def recover_run(self, run_id: str, salvage: Sequence[EventEnvelope] = ()) -> bool:
+    async def recover_run(
+        self, run_id: str, salvage: Sequence[EventEnvelope] = (), *, mine: bool = False
+    ) -> bool:
         """Recover the one run ``run_id`` if it is ``running`` and its owner is gone: first
         append the envelopes of ``salvage`` that continue its stored log (what observers saw
         of it elsewhere, a run stream, say), then settle it as :meth:`recover_interrupted`
-        does. Returns False, writing nothing, if the run is not running or its owner lives."""
+        does. Returns False, writing nothing, if the run is not running or its owner lives.
+
+        With ``mine``, a run of this store's own :attr:`owner` is recovered too: the caller
+        vouches that nothing in this process runs it (a claim committed whose reply was lost,
+        its run never begun)."""
 
         def recover(conn: sqlite3.Connection) -> bool:
-            return self._recover_one(conn, run_id, salvage)
+            return self._recover_one(conn, run_id, salvage, mine)
 
         return await self._call(recover, write=True)
 
@@ -1224,11 +1230,17 @@ class SqliteStore:
         return [run_id for run_id in gone if self._recover_one(conn, run_id, ())]
 
     def _recover_one(
-        self, conn: sqlite3.Connection, run_id: str, salvage: Sequence[EventEnvelope]
+        self,
+        conn: sqlite3.Connection,
+        run_id: str,
+        salvage: Sequence[EventEnvelope],
+        mine: bool = False,
     ) -> bool:
         with self._transaction(conn):
             record = self._find(conn, "r.id = ? AND r.status = 'running'", run_id)
-            if record is None or not _owner_is_gone(record.owner):
+            if record is None or not (
+                _owner_is_gone(record.owner) or (mine and record.owner == self._owner)
+            ):
                 return False  # finished (recovered by another process meanwhile), or alive
             last_seq, last_type = self._continue_log(conn, run_id, salvage)
             if not self._settle_lagging(conn, run_id, last_type):

@@ -181,6 +181,9 @@ class Worker:
         self.max_deliveries = max_deliveries
         self.mirror = EventMirror(transport)
         self._held: dict[str, _Held] = {}
+        # runs this worker's runtime left stored as running when run() was over (see
+        # _abandoned_here): settled by this worker when their jobs come back
+        self._abandoned: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats = WorkerStats()
 
@@ -378,7 +381,7 @@ class Worker:
         # (unless the job was queued twice, which begin_run refuses: looked at then)
         record = await store.get_run(job.run_id) if job.deliveries > 1 else None
         if job.deliveries > self.max_deliveries:
-            await self._dead_letter(job, record is not None and not record.is_finished)
+            await self._dead_letter(job, record)
             return
         if record is not None:
             await self._settle_stored(job, held, record)
@@ -416,13 +419,26 @@ class Worker:
                 if stored is not None:
                     await self._settle_stored(job, held, stored)
                     return
-            elif await store.get_run(job.run_id) is None:
-                # it never began — its claim failed (the store unreachable), or it was stopped
-                # while it waited for its session — so nothing was published: its stream ends
-                # as run() ended here (a store still failing now leaves the job for later)
-                await self._end_unstarted(job, _terminal_of(exc), request)
-                await self.transport.ack(job.job_id)
-                return
+            else:
+                try:
+                    stored = await store.get_run(job.run_id)
+                except StoreError:  # the job is left for later; its claim may have landed
+                    self._abandoned.add(job.run_id)
+                    raise
+                if stored is None:
+                    # it never began — its claim failed (the store unreachable), or it was
+                    # stopped while it waited for its session — so nothing was published: its
+                    # stream ends as run() ended here
+                    await self._end_unstarted(job, _terminal_of(exc), request)
+                    await self.transport.ack(job.job_id)
+                    return
+                if not stored.is_finished:
+                    # stored running, though run() is over here: its claim landed unseen, or
+                    # its end could not be recorded — settled from its stream, as a dead
+                    # worker's run (no other worker would: its owner, this process, lives)
+                    self._abandoned.add(job.run_id)
+                    await self._settle_stored(job, held, stored)
+                    return
         if ran != job.run_id:
             await self._mirror_rejoined(job, ran)
             await self.transport.ack(job.job_id)
@@ -435,16 +451,19 @@ class Worker:
         """A job whose run is in the store already: finished (acknowledged), or running — under
         a dead owner (recovered or resumed per policy) or a live one (left to it)."""
         if not record.is_finished:
-            resumed = await self._resume(job, held) if self.on_worker_loss == "retry" else "fail"
+            mine = self._abandoned_here(record)  # never begun: failed, not resumed
+            retry = self.on_worker_loss == "retry" and not mine
+            resumed = await self._resume(job, held) if retry else "fail"
             if resumed == "leave":
                 return  # not taken over: its owner still holds it (the job stays pending)
             if resumed == "ended":
                 self._count(resumed=1)
                 await self.mirror.flush()
-            elif not await self._recover(job.run_id):
+            elif not await self._recover(job.run_id, mine):
                 return  # its owner lives (it lost its lease, not its life): its run
             else:
                 self._count(recovered=1)
+        self._abandoned.discard(job.run_id)
         await self._mirror_stored(job.run_id)
         await self.transport.ack(job.job_id)
 
@@ -477,10 +496,26 @@ class Worker:
         record = await self.runtime.store.get_run(run_id)
         return "ended" if record is not None and record.is_finished else "leave"
 
-    async def _recover(self, run_id: str) -> bool:
+    def _abandoned_here(self, record: RunRecord) -> bool:
+        """Whether ``record`` is a running run that this worker's runtime left stored as
+        running when its ``run()`` was over: a claim committed whose reply was lost while the
+        store was away (the runtime could not ask whether it landed: it never began), or a run
+        whose end the store could not record. Its owner lives — this process — so no other
+        worker's reaper would ever settle it; this worker does (the owner alone does not tell:
+        stores of one process may share it)."""
+        owner = getattr(self.runtime.store, "owner", None)
+        return (
+            record.run_id in self._abandoned
+            and owner is not None
+            and record.owner == owner
+            and self.runtime.outcome_of(record.run_id) is None
+        )
+
+    async def _recover(self, run_id: str, mine: bool = False) -> bool:
         """Settle a dead worker's run in the store (``on_worker_loss="fail"``), keeping what its
         stream shows beyond the stored log: events observers saw but the dead process never
-        committed are salvaged into the store first. False if its owner lives."""
+        committed are salvaged into the store first. False if its owner lives (unless
+        ``mine``: one abandoned here, see :meth:`_abandoned_here`)."""
         store = self.runtime.store
         recover_run = getattr(store, "recover_run", None)
         if recover_run is None:  # a store without it: its own recovery, nothing salvaged
@@ -489,7 +524,8 @@ class Worker:
             return record is not None and record.is_finished
         stored = await store.read_events(run_id)
         salvage, _whole = await self._stream_after(run_id, stored[-1].seq if stored else 0)
-        if await recover_run(run_id, salvage):
+        # (``mine`` only when set: a store of another library may not know the keyword)
+        if await (recover_run(run_id, salvage, mine=True) if mine else recover_run(run_id, salvage)):
             return True
         record = await store.get_run(run_id)
         return record is not None and record.is_finished  # settled meanwhile by another process
@@ -577,11 +613,14 @@ class Worker:
         ]
         await self.transport.append(list(segments_of(list(log_entries(envelopes)))))
 
-    async def _dead_letter(self, job: Job, running: bool) -> None:
-        if running and not await self._recover(job.run_id):  # salvaged as any recovery
+    async def _dead_letter(self, job: Job, record: RunRecord | None) -> None:
+        running = record is not None and not record.is_finished
+        mine = record is not None and running and self._abandoned_here(record)
+        if running and not await self._recover(job.run_id, mine):  # salvaged as any recovery
             # its owner lives (paused, not dead): its run, not a poison one; the job stays
             # pending (acknowledged, no worker would settle the run if its owner died later)
             return
+        self._abandoned.discard(job.run_id)
         reason = f"delivered {job.deliveries} times (max_deliveries={self.max_deliveries})"
         _log.warning("rxinvoke worker %s: run %s %s: dead letter", self.name, job.run_id, reason)
         await self.transport.dead_letter(job, reason)  # before the terminal event is seen
