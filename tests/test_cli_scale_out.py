@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -104,3 +105,29 @@ async def test_scale_out_commands_fail_in_one_line(env: dict[str, str]) -> None:
     code, _, err = await rxinvoke(dead, "cancel", "r1", timeout=120)
     assert code == 1 and err.startswith("rxinvoke: error: redis:") and err.count("\n") == 1
     assert "pw-secret-1" not in err
+
+
+async def test_a_second_signal_stops_a_worker_at_once_and_its_run_is_left_to_the_others(
+    env: dict[str, str],
+) -> None:
+    first = await start_worker(env, "--delay", "0.2", "--lease-ttl", "1")
+    submit = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rxinvoke", "submit", "--json", "tell me something long", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert submit.stdout is not None
+    await asyncio.wait_for(submit.stdout.readline(), 30)  # run_started: the worker runs it
+    first.send_signal(signal.SIGTERM)  # stop once it ends...
+    for _ in range(300):
+        if b"signal again to stop at once" in b"".join(first.lines):
+            break
+        await asyncio.sleep(0.05)
+    assert first.returncode is None  # ...finishing the run it holds
+    first.process.send_signal(signal.SIGINT)  # ...no: now
+    assert await asyncio.wait_for(first.wait(), 30) == 130
+    assert b"stopped at once; its 1 run(s) are left to the other workers' reapers" in b"".join(first.lines)
+    second = await start_worker(env, "--lease-ttl", "1")  # its reaper settles the run (fail)
+    rest, err = await asyncio.wait_for(submit.communicate(), 60)
+    assert submit.returncode == 1 and "interrupted" in err.decode()
+    assert '"type":"run_failed"' in rest.decode().splitlines()[-1]
+    assert await second.stop(60) == 0, second.log()

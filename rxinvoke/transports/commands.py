@@ -1,7 +1,9 @@
 """The scale-out commands of ``rxinvoke``: ``worker``, ``submit``, ``cancel`` and ``events --follow``.
 
 ``rxinvoke worker --redis URL [--db PATH | --postgres DSN]`` executes queued runs until SIGINT
-or SIGTERM (then it finishes the runs it holds and exits 0); ``rxinvoke submit PROMPT --redis
+or SIGTERM (then it finishes the runs it holds and exits 0; a second signal exits at once with
+status 130, leaving the runs it holds to the other workers' reapers, as if it had died: failed
+or resumed per ``--on-worker-loss``); ``rxinvoke submit PROMPT --redis
 URL`` queues one and streams it as ``rxinvoke run`` does (``--detach``: print the run id and
 exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the workers to cancel a run and waits for its
 terminal event; ``rxinvoke events RUN_ID --follow --redis URL [--after SEQ]`` follows a run's
@@ -163,8 +165,26 @@ async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():  # the second: now, as if it died (its leases expire)
+                print(
+                    f"rxinvoke worker {worker.name}: stopped at once; its {len(worker.active)} "
+                    "run(s) are left to the other workers' reapers",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(130)
+            print(
+                f"rxinvoke worker {worker.name}: stopping once its {len(worker.active)} run(s) "
+                "end (signal again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         print(
             f"rxinvoke worker {worker.name}: {transport.where}, store {store!r}, "
             f"concurrency {args.concurrency}, on worker loss: {args.on_worker_loss}",
