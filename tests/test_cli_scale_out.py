@@ -131,3 +131,17 @@ async def test_a_second_signal_stops_a_worker_at_once_and_its_run_is_left_to_the
     assert submit.returncode == 1 and "interrupted" in err.decode()
     assert '"type":"run_failed"' in rest.decode().splitlines()[-1]
     assert await second.stop(60) == 0, second.log()
+
+
+async def test_submit_says_when_no_worker_has_taken_the_run_yet(env: dict[str, str]) -> None:
+    submit = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rxinvoke", "submit", PROMPT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert submit.stderr is not None
+    line = await asyncio.wait_for(submit.stderr.readline(), 30)  # no worker: it waits, and says so
+    assert b"is queued; no worker has taken it yet (start one: rxinvoke worker)" in line
+    worker = await start_worker(env)
+    out, err = await asyncio.wait_for(submit.communicate(), 60)
+    assert submit.returncode == 0 and "2 + 3 = 5." in out.decode(), err
+    assert await worker.stop(60) == 0, worker.log()

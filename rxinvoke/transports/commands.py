@@ -207,6 +207,10 @@ async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         await transport.close()
 
 
+_QUEUED_NOTICE = 3.0
+"""Seconds a submitted run may show nothing before ``submit`` says it waits for a worker."""
+
+
 async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:
     from .remote import RemoteRuns
 
@@ -228,7 +232,18 @@ async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         stream = RuntimeInvocation(AgentRuntime(), remote=remote).submit(request)
         renderer = Renderer(out)
 
+        def queued() -> None:  # nothing yet: say why the terminal is quiet
+            print(
+                f"rxinvoke: run {stream.run_id} is queued; no worker has taken it yet "
+                "(start one: rxinvoke worker)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        notice = asyncio.get_running_loop().call_later(_QUEUED_NOTICE, queued)
+
         def show(event: InvocationEvent) -> None:
+            notice.cancel()
             if args.json:
                 out.write(INVOCATION_EVENT.dump_json(event).decode() + "\n")
                 out.flush()
@@ -241,6 +256,8 @@ async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         except InvocationError:
             renderer.newline()
             raise
+        finally:
+            notice.cancel()
         if not args.json:
             renderer.finish(output)
         return 0
