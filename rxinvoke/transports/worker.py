@@ -27,6 +27,15 @@ mirrors to the run's stream. Around each run:
   checks the markers of its runs at every heartbeat (a notice missed while reconnecting), and
   before it starts one. A run cancelled before it began, or whose request is invalid, gets a
   ``run_started`` and its terminal event on its stream (nothing is stored: it never began).
+- **Runs that never began here.** A run whose claim the store refused (unreachable), or that
+  was cancelled while it waited for its session, published nothing: its stream gets
+  ``run_started`` and the terminal event ``run()`` ended with (``run_failed`` "the store
+  failed: …", ``run_cancelled``). A job whose request has the ``client_request_id`` of an
+  earlier run gets that run's stored events on its own stream (``run()`` gave that run's
+  outcome, as a local ``emit`` does). A run left stored as ``running`` when ``run()`` was over
+  (a claim committed while the store was too far away to say so, an end the store could not
+  record) is settled by this worker from its stream when its job comes back: no other
+  worker's reaper would, its owner — this process — being alive.
 
 Workers need a store shared with each other (a :class:`~rxinvoke.stores.SqliteStore` file on
 one host, a :class:`~rxinvoke.stores.PostgresStore` across machines): recovery reads it. A
@@ -406,40 +415,14 @@ class Worker:
             await self.transport.ack(job.job_id)
             return
         held.control = Control()
-        ran = job.run_id  # the run whose outcome run() gave (an earlier one: client_request_id)
         try:
             ran = (await self.runtime.run(request, held.control)).run_id
         except InvocationError as exc:  # the outcome is in the run's events (and the store)
-            if exc.run_id not in (None, job.run_id):
-                ran = exc.run_id
-            elif isinstance(getattr(exc, "cause", None), RunAlreadyStored):
-                # its job was queued twice and the run began from the other one: nothing was
-                # written or published now; settled as a redelivered job's
-                stored = await store.get_run(job.run_id)
-                if stored is not None:
-                    await self._settle_stored(job, held, stored)
+            if exc.run_id in (None, job.run_id):
+                if await self._settled_after(job, held, exc, request):
                     return
-            else:
-                try:
-                    stored = await store.get_run(job.run_id)
-                except StoreError:  # the job is left for later; its claim may have landed
-                    self._abandoned.add(job.run_id)
-                    raise
-                if stored is None:
-                    # it never began — its claim failed (the store unreachable), or it was
-                    # stopped while it waited for its session — so nothing was published: its
-                    # stream ends as run() ended here
-                    await self._end_unstarted(job, _terminal_of(exc), request)
-                    await self.transport.ack(job.job_id)
-                    return
-                if not stored.is_finished:
-                    # stored running, though run() is over here: its claim landed unseen, or
-                    # its end could not be recorded — settled from its stream, as a dead
-                    # worker's run (no other worker would: its owner, this process, lives)
-                    self._abandoned.add(job.run_id)
-                    await self._settle_stored(job, held, stored)
-                    return
-        if ran != job.run_id:
+            ran = exc.run_id or job.run_id
+        if ran != job.run_id:  # an earlier run with the same client_request_id: its outcome
             await self._mirror_rejoined(job, ran)
             await self.transport.ack(job.job_id)
             return
@@ -447,11 +430,47 @@ class Worker:
         await self.mirror.flush()
         await self.transport.ack(job.job_id)
 
+    async def _settled_after(
+        self, job: Job, held: _Held, failed: InvocationError, request: RunRequest
+    ) -> bool:
+        """After ``run()`` raised ``failed`` for the job's run: settle what the run's events
+        do not (True), or leave it to :meth:`_run_job`'s end (False: the run ended, its events
+        and store say how). Raises (the job left for later) if the store cannot say."""
+        store = self.runtime.store
+        if isinstance(getattr(failed, "cause", None), RunAlreadyStored):
+            # its job was queued twice and the run began from the other one: nothing was
+            # written or published now; settled as a redelivered job's
+            stored = await store.get_run(job.run_id)
+            if stored is None:
+                return False
+            await self._settle_stored(job, held, stored)
+            return True
+        try:
+            stored = await store.get_run(job.run_id)
+        except StoreError:  # the job is left for later; its claim may have landed
+            self._abandoned.add(job.run_id)
+            raise
+        if stored is None:
+            # it never began — its claim failed (the store unreachable), or it was stopped
+            # while it waited for its session — so nothing was published: its stream ends
+            # as run() ended here
+            await self._end_unstarted(job, _terminal_of(failed), request)
+            await self.transport.ack(job.job_id)
+            return True
+        if stored.is_finished:
+            return False
+        # stored running, though run() is over here: its claim landed unseen, or its end
+        # could not be recorded — settled from its stream, as a dead worker's run (no other
+        # worker would: its owner, this process, lives)
+        self._abandoned.add(job.run_id)
+        await self._settle_stored(job, held, stored)
+        return True
+
     async def _settle_stored(self, job: Job, held: _Held, record: RunRecord) -> None:
         """A job whose run is in the store already: finished (acknowledged), or running — under
         a dead owner (recovered or resumed per policy) or a live one (left to it)."""
         if not record.is_finished:
-            mine = self._abandoned_here(record)  # never begun: failed, not resumed
+            mine = self._abandoned_here(record)  # settled from its stream, never resumed
             retry = self.on_worker_loss == "retry" and not mine
             resumed = await self._resume(job, held) if retry else "fail"
             if resumed == "leave":
