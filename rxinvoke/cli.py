@@ -293,11 +293,6 @@ def _store_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("rxinvoke: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if not type(exc).__module__.startswith("redis"):
-            raise
-        print(f"rxinvoke: error: redis: {exc}", file=sys.stderr)  # the server is away
-        return 1
 
 
 def _when(record: RunRecord) -> str:

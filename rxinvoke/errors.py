@@ -23,6 +23,8 @@ RxInvokeError                         base; .message, structured attributes, pic
 │   ├── SessionAwaitingApproval       the session's last run waits for approval; .session_id, .run_id
 │   ├── RunAlreadyStored              begin_run: a run with that id is stored already; .run_id
 │   └── UnknownRun(LookupError)       no run with that id is stored; .run_id
+├── TransportError                    the broker between processes (Redis) failed; .where
+├── ResumeGap                         a run stream no longer holds what was asked for; .first_available
 └── SubscriberError                   a handler raised or timed out; surfaced on `errors`
     └── SubscriberOverflow            a subscription's buffer overflowed
 ```
@@ -62,6 +64,7 @@ __all__ = (
     "ToolError",
     "ToolExecutionError",
     "ToolTimeout",
+    "TransportError",
     "UnknownRun",
     "UnknownTool",
     "UserError",
@@ -260,6 +263,16 @@ class UnknownRun(StoreError, LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"unknown run {run_id!r}")
         self.run_id = run_id
+
+
+class TransportError(RxInvokeError):
+    """The transport between processes (a Redis server) could not be reached or refused a
+    command: submitting, following or cancelling a run elsewhere. ``where`` names the server
+    (no password)."""
+
+    def __init__(self, message: str, *, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class ResumeGap(RxInvokeError):

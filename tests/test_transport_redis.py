@@ -30,7 +30,15 @@ from rxinvoke import (
     builtin_tools,
     tool,
 )
-from rxinvoke.errors import ResumeGap, StoreError, SubscriberError, SubscriberOverflow, UserError
+from rxinvoke.errors import (
+    ResumeGap,
+    RxInvokeError,
+    StoreError,
+    SubscriberError,
+    SubscriberOverflow,
+    TransportError,
+    UserError,
+)
 from rxinvoke.events import RunCompleted, RunStarted, TextDelta
 from rxinvoke.messages import ChatRequest, FinishReason
 from rxinvoke.request import RunOutput
@@ -348,6 +356,32 @@ async def test_an_unreachable_redis_never_blocks_a_run_and_the_loss_is_reported(
     assert stats.buffered <= 5 and stats.dropped > 0 and stats.mirrored == 0
     await asyncio.sleep(0.3)  # the flusher retries (and reports the drops it met)
     assert any(isinstance(r, SubscriberOverflow) and r.subscription == "mirror" for r in reports)
+    await transport.close()
+
+
+async def test_an_unreachable_redis_is_a_transport_error_naming_the_server_without_its_password() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    transport = RedisTransport(f"redis://:pw-secret-7@127.0.0.1:{port}/0", timeout=1)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(request())
+    with pytest.raises(TransportError) as submitted:
+        await asyncio.wait_for(stream.result, 60)
+    with pytest.raises(TransportError) as cancelled:
+        await asyncio.wait_for(inv.cancel("r1"), 60)
+    observed = asyncio.get_running_loop().create_future()
+    RemoteRuns(transport).observe_run("r1").subscribe(
+        on_error=lambda exc: observed.set_result(exc), on_completed=lambda: observed.set_result(None)
+    )
+    failures = [submitted.value, cancelled.value, await asyncio.wait_for(observed, 60)]
+    for failure in failures:
+        assert isinstance(failure, TransportError) and isinstance(failure, RxInvokeError)
+        assert failure.where == f"redis://:***@127.0.0.1:{port}/0"
+        assert str(failure).startswith("redis: ") and f"127.0.0.1:{port}" in str(failure)
+        assert "pw-secret-7" not in f"{failure!s} {failure!r} {failure.__cause__!r} {failure.__context__!r}"
     await transport.close()
 
 

@@ -39,14 +39,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..errors import UnknownRun
+from ..errors import TransportError, UnknownRun
 from ..stores._batch import WriteBatcher
 from ._wire import TERMINAL
 from .base import Job, Lease, Segment
@@ -154,8 +155,31 @@ def _without_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translated(
+    method: Callable[Concatenate[RedisTransport, _P], Awaitable[_R]],
+) -> Callable[Concatenate[RedisTransport, _P], Awaitable[_R]]:
+    """``method`` raising :class:`~rxinvoke.errors.TransportError` for redis-py's errors (the
+    server away, a command refused), at the transport's boundary."""
+
+    @functools.wraps(method)
+    async def call(self: RedisTransport, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(self, *args, **kwargs)
+        except self._redis_errors as exc:
+            raise self._failure(exc) from None
+
+    return call
+
+
 class RedisTransport:
     """The :class:`~rxinvoke.transports.base.Transport` on one Redis server.
+
+    Its methods raise :class:`~rxinvoke.errors.TransportError` when the server cannot be
+    reached (after the retries a command gets) or refuses a command.
 
     Args:
         url: ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``).
@@ -186,10 +210,12 @@ class RedisTransport:
             from redis.asyncio.retry import Retry
             from redis.backoff import ExponentialBackoff
             from redis.exceptions import ConnectionError as RedisConnectionError
-            from redis.exceptions import NoScriptError
+            from redis.exceptions import NoScriptError, RedisError
             from redis.exceptions import TimeoutError as RedisTimeoutError
         except ImportError as exc:  # pragma: no cover - the extra is missing
             raise ImportError("RedisTransport needs redis: pip install 'rxinvoke[redis]'") from exc
+        self._redis_errors: tuple[type[BaseException], ...] = (RedisError,)
+        self._password = unquote(urlsplit(url).password or "")
         if min(maxlen, retention, cancel_ttl, block, max_connections, timeout) <= 0:
             raise ValueError(
                 "maxlen, retention, cancel_ttl, block, max_connections and timeout must be positive"
@@ -241,6 +267,12 @@ class RedisTransport:
     def __repr__(self) -> str:
         return f"RedisTransport({self.where!r}, prefix={self.prefix!r})"
 
+    def _failure(self, exc: BaseException) -> TransportError:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self._password:
+            text = text.replace(self._password, "***")
+        return TransportError(f"redis: {text} (at {self.where})", where=self.where)
+
     @property
     def client(self) -> Any:
         """The ``redis.asyncio.Redis`` client (for inspection and tests)."""
@@ -275,6 +307,7 @@ class RedisTransport:
 
     # --- run event streams --------------------------------------------------------------------
 
+    @_translated
     async def append(self, segments: Sequence[tuple[str, Segment]]) -> None:
         """Append each ``(run_id, segment)`` to its run's stream, in one round trip: script
         calls of up to ``_APPEND_CHUNK`` segments each, pipelined on the appends' own
@@ -348,11 +381,13 @@ class RedisTransport:
         pipe.hsetnx(self._meta(run_id), "state", "queued")
         pipe.expire(self._meta(run_id), int(self.retention))
 
+    @_translated
     async def announce(self, run_id: str) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             self._announce(pipe, run_id)
             await pipe.execute()
 
+    @_translated
     async def tail(self, run_id: str) -> Segment | None:
         """The last segment the run's stream holds (None if none)."""
         entries = await self._client.xrevrange(self._stream(run_id), count=1)
@@ -366,6 +401,14 @@ class RedisTransport:
         transport shares one blocking ``XREAD`` over all their streams (one connection, not
         one per follower).
         """
+        async with contextlib.aclosing(self._read(run_id)) as segments:
+            try:
+                async for segment in segments:
+                    yield segment
+            except self._redis_errors as exc:
+                raise self._failure(exc) from None
+
+    async def _read(self, run_id: str) -> AsyncGenerator[Segment, None]:
         key = self._stream(run_id)
         async with self._client.pipeline(transaction=False) as pipe:  # one round trip
             pipe.exists(key, self._meta(run_id))
@@ -461,6 +504,7 @@ class RedisTransport:
                 delay *= 2
         return await attempt()
 
+    @_translated
     async def enqueue(self, run_id: str, request: bytes) -> str:
         """Queue the run (announced first); runs queued at once share one round trip."""
         return str(await self._enqueues.submit((run_id, request)))
@@ -481,6 +525,7 @@ class RedisTransport:
     def _job(self, entry_id: Any, fields: dict[bytes, bytes], deliveries: int = 1) -> Job:
         return Job(_text(entry_id), _text(fields[b"run_id"]), fields[b"request"], deliveries)
 
+    @_translated
     async def take(self, worker: str, count: int, wait: float) -> list[Job]:
         from redis.exceptions import ResponseError
 
@@ -498,6 +543,7 @@ class RedisTransport:
             return []
         return [self._job(entry_id, fields) for entry_id, fields in reply[0][1]]
 
+    @_translated
     async def reclaim(self, worker: str, min_idle: float, count: int) -> list[Job]:
         await self._ensure_group()
         reply = await self._client.execute_command(
@@ -526,15 +572,18 @@ class RedisTransport:
             jobs.append(self._job(entry_id, fields, deliveries))
         return jobs
 
+    @_translated
     async def heartbeat(self, worker: str, job_ids: Sequence[str]) -> None:
         if job_ids:
             await self._client.xclaim(
                 self._queue, _GROUP, worker, 0, list(job_ids), justid=True
             )
 
+    @_translated
     async def ack(self, job_id: str) -> None:
         await self._again(lambda: self._client.xack(self._queue, _GROUP, job_id))
 
+    @_translated
     async def dead_letter(self, job: Job, reason: str) -> None:
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(
@@ -550,6 +599,7 @@ class RedisTransport:
             pipe.xack(self._queue, _GROUP, job.job_id)
             await pipe.execute()
 
+    @_translated
     async def dead_letters(self) -> list[dict[str, str]]:
         """The dead-letter stream's entries (run id, job id, deliveries, reason)."""
         entries = await self._client.xrange(self._dead)
@@ -558,11 +608,13 @@ class RedisTransport:
             for _entry_id, fields in entries
         ]
 
+    @_translated
     async def acquire(self, run_id: str, ttl: float) -> Lease | None:
         token = uuid.uuid4().hex
         taken = await self._client.set(self._lease(run_id), token, nx=True, px=int(ttl * 1000))
         return Lease(run_id, token) if taken else None
 
+    @_translated
     async def refresh(self, leases: Sequence[Lease], ttl: float) -> list[bool]:
         if not leases:
             return []
@@ -573,15 +625,18 @@ class RedisTransport:
                 )
             return [bool(done) for done in await pipe.execute()]
 
+    @_translated
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self._lease(lease.run_id)], args=[lease.token])
 
     # --- cancel requests --------------------------------------------------------------------------
 
+    @_translated
     async def request_cancel(self, run_id: str) -> None:
         await self._again(lambda: self._client.set(self._marker(run_id), "1", ex=int(self.cancel_ttl)))
         await self._again(lambda: self._client.publish(self._channel, run_id))
 
+    @_translated
     async def cancel_requested(self, run_ids: Sequence[str]) -> list[bool]:
         if not run_ids:
             return []
