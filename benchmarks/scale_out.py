@@ -14,8 +14,7 @@ Debian's packages) unless ``RXINVOKE_BENCH_REDIS`` and ``RXINVOKE_BENCH_POSTGRES
 4. the publish path: sequential W1 runs with the mirror attached against without, per run:
    two runtimes side by side in 20 alternating rounds of 150 runs, the median of the paired
    ratios (``benchmarks._common.paired``; target ratio <= 1.10); and a third runtime whose
-   mirror writes to a transport that does nothing (the mirror's cost before the write); then
-   the same with 10 ms model latency per call (the mirror works while a run waits).
+   mirror writes to a transport that does nothing (the mirror's cost before the write).
 
     python -m benchmarks.scale_out            # full run
     python -m benchmarks.scale_out --quick    # smoke run with tiny counts (CI)
@@ -269,16 +268,14 @@ class _Discard:
         return None
 
 
-async def publish_path(
-    url: str, runs: int, rounds: int, latency: float = 0.0
-) -> tuple[float, float, float, float]:
+async def publish_path(url: str, runs: int, rounds: int) -> tuple[float, float, float, float]:
     """(µs per run without the mirror, with it, the median of the paired ratios, that ratio
     with a transport that writes nothing): runtimes side by side, measured in alternating
-    blocks of ``runs`` runs (``paired``); ``latency``: the model's, per call."""
+    blocks of ``runs`` runs (``paired``)."""
     transport = RedisTransport(url, prefix=f"p{uuid.uuid4().hex[:6]}:")
 
     async def variant(mirrored: bool, to: object = transport) -> Callable[[int], Awaitable[None]]:
-        runtime = AgentRuntime(providers=[W1Provider(latency=latency)], tools=[lookup])
+        runtime = AgentRuntime(providers=[W1Provider()], tools=[lookup])
         mirror = EventMirror(to)  # type: ignore[arg-type]
         if mirrored:
             mirror.attach(runtime)
@@ -343,12 +340,6 @@ async def main(quick: bool) -> None:
         print(
             f"   with a transport that writes nothing: {discarded:.2f}x (the buffer and the "
             f"encoding, on the run's loop); the Redis write the rest"
-        )
-        block, rounds = (5, 2) if quick else (20, 10)
-        plain, mirrored, ratio, _ = await publish_path(url, block, rounds, latency=0.01)
-        print(
-            f"   with 10 ms model latency (the mirror's work while the run waits for its "
-            f"model): {plain / 1000:.1f} ms, with the mirror {mirrored / 1000:.1f} ms: {ratio:.2f}x"
         )
 
 
