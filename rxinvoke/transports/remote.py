@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Generator
@@ -185,7 +186,9 @@ class _Outcome:
             elif kind == "model_started":
                 self._text = []
             elif kind == "run_started":
-                self._session = items[i]["session_id"]
+                started = items[i]
+                if isinstance(started, dict) and isinstance(started.get("session_id"), str):
+                    self._session = started["session_id"]
             elif kind in _READ:
                 event = INVOCATION_EVENT.validate_python(items[i])
                 self.add(event)
@@ -219,7 +222,8 @@ class _Outcome:
             # the earlier run of the same client_request_id, whose events its worker sent
             # instead: its outcome, as a local emit gives it
             run_id = event.run_id
-            session_id = uuid.UUID(self._session) if self._session else session_id
+            with contextlib.suppress(ValueError):  # a run_started without a session: this one
+                session_id = uuid.UUID(self._session)
         if isinstance(event, RunCompleted):
             return RunOutput(
                 run_id=run_id,
