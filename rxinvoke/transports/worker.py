@@ -453,8 +453,9 @@ class Worker:
         if stored is None:
             # it never began — its claim failed (the store unreachable), or it was stopped
             # while it waited for its session — so nothing was published: its stream ends
-            # as run() ended here
-            await self._end_unstarted(job, _terminal_of(failed), request)
+            # as run() ended here (unless it has events: a store that lost what it committed)
+            if await self.transport.tail(job.run_id) is None:
+                await self._end_unstarted(job, _terminal_of(failed), request)
             await self.transport.ack(job.job_id)
             return True
         if stored.is_finished:
