@@ -35,7 +35,14 @@ from rxinvoke import (
     StoreError,
     builtin_tools,
 )
-from rxinvoke.events import RunCompleted, RunStarted, TextDelta, UsageRecorded
+from rxinvoke.events import (
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    TextDelta,
+    UsageRecorded,
+)
 from rxinvoke.messages import Compaction, FinishReason, Message, TokenUsage
 from rxinvoke.stores import EventEnvelope, RunOutcome
 from rxinvoke.stores import sqlite as store_sqlite
@@ -359,6 +366,29 @@ async def test_recover_run_of_this_stores_own_run_needs_mine(tmp_path: Path) -> 
         conn.execute("UPDATE runs SET owner = 'elsewhere:1:1' WHERE id = ?", (other.run_id,))
     async with SqliteStore(tmp_path / "own.db") as store:
         assert not await store.recover_run(other.run_id, [], mine=True)
+
+
+@pytest.mark.parametrize(
+    ("terminal", "status", "error"),
+    [("failed", "failed", "the store failed: disk I/O error"), ("cancelled", "cancelled", "cancelled")],
+)
+async def test_a_recovered_run_whose_stream_showed_its_end_records_that_end(
+    tmp_path: Path, terminal: str, status: str, error: str
+) -> None:
+    async with SqliteStore(tmp_path / "end.db") as store:
+        own = (await store.begin_run(record(), []))[0]
+        run_id, session = own.run_id, own.session_id
+        started = RunStarted(run_id=run_id, session_id=str(session), provider="p", model="m")
+        end = (
+            RunFailed(run_id=run_id, error="the store failed: disk I/O error")
+            if terminal == "failed"
+            else RunCancelled(run_id=run_id)
+        )
+        seen = [EventEnvelope.of(started, run_id, session, 1), EventEnvelope.of(end, run_id, session, 2)]
+        assert await store.recover_run(run_id, seen, mine=True)
+        settled = await store.get_run(run_id)
+        assert settled is not None and (settled.status, settled.error) == (status, error)
+        assert [e.type for e in await store.read_events(run_id)] == ["run_started", f"run_{terminal}"]
 
 
 async def test_a_dead_workers_run_is_left_to_the_reapers_which_settle_it_with_what_its_stream_showed(

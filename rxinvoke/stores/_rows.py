@@ -202,6 +202,17 @@ TERMINAL_STATUS = {"run_completed": "completed", "run_failed": "failed", "run_ca
 """A terminal event's type → the run status it records."""
 
 
+def lagging_error(status: str, error: object) -> str | None:
+    """The error a run records whose log ended with its terminal event before its status
+    did (a recovery settles it): none once completed, ``cancelled``, or the ``run_failed``
+    event's own error (``interrupted`` without one)."""
+    if status == "completed":
+        return None
+    if status == "cancelled":
+        return "cancelled"
+    return error if isinstance(error, str) and error else "interrupted"
+
+
 def decided(
     record: RunRecord, call_id: str, approved: bool, reason: str | None
 ) -> tuple[RunOutput, bool, bool]:

@@ -84,6 +84,7 @@ from ._rows import (
     decided,
     encode_segment,
     envelopes_of,
+    lagging_error,
     message_of,
     runs_of,
     why,
@@ -1214,9 +1215,9 @@ class PostgresStore:
                 return None
             record = await self._find(conn, "r.id = %s", run_id)
             assert record is not None
-            last_seq, last_type = await self._continue_log(conn, run_id, salvage)
+            last_seq, last_type, last_error = await self._continue_log(conn, run_id, salvage)
             if last_type in TERMINAL_STATUS:
-                await self._settle_lagging(conn, record, last_type)
+                await self._settle_lagging(conn, record, last_type, last_error)
                 return None
             await conn.execute("UPDATE runs SET owner = %s WHERE id = %s", (self._owner, run_id))
             owned = record.model_copy(update={"owner": self._owner})
@@ -1256,35 +1257,39 @@ class PostgresStore:
         after the envelopes of ``salvage`` that continue its log; call inside a transaction."""
         record = await self._find(conn, "r.id = %s", run_id)
         assert record is not None
-        last_seq, last_type = await self._continue_log(conn, run_id, salvage)
+        last_seq, last_type, last_error = await self._continue_log(conn, run_id, salvage)
         if last_type in TERMINAL_STATUS:
-            await self._settle_lagging(conn, record, last_type)
+            await self._settle_lagging(conn, record, last_type, last_error)
             return
         await self._insert_events(conn, interrupted_envelopes(record, last_seq))
         await self._settle_all(conn, [(run_id, record.session_id, "failed", "interrupted", None)])
 
     async def _continue_log(
         self, conn: psycopg.AsyncConnection[Any], run_id: str, salvage: Sequence[EventEnvelope]
-    ) -> tuple[int, str | None]:
-        """Append the envelopes of ``salvage`` that continue the run's stored log; the seq and
-        type of its last envelope then (0, None: an empty log). Inside a transaction."""
+    ) -> tuple[int, str | None, object]:
+        """Append the envelopes of ``salvage`` that continue the run's stored log; the seq,
+        type and ``error`` field of its last envelope then (0, None, None: an empty log).
+        Inside a transaction."""
         cur = await conn.execute(
-            "SELECT r.last_seq, s.events -> -1 ->> 'type' FROM runs r LEFT JOIN event_segments s "
+            "SELECT r.last_seq, s.events -> -1 ->> 'type', s.events -> -1 ->> 'error' "
+            "FROM runs r LEFT JOIN event_segments s "
             "ON s.run_id = r.id AND s.last_seq = r.last_seq WHERE r.id = %s",
             (run_id,),
         )
         row = await cur.fetchone()
-        last_seq, last_type = (row[0], row[1]) if row else (0, None)
+        last_seq, last_type, last_error = (row[0], row[1], row[2]) if row else (0, None, None)
         kept = continuing(salvage, last_seq)
         if kept:
             await self._insert_events(conn, kept)
             last_seq, last_type = kept[-1].seq, kept[-1].type
-        return last_seq, last_type
+            last_error = getattr(kept[-1].event, "error", None)
+        return last_seq, last_type, last_error
 
     async def _settle_lagging(
-        self, conn: psycopg.AsyncConnection[Any], record: RunRecord, last_type: str
+        self, conn: psycopg.AsyncConnection[Any], record: RunRecord, last_type: str, last_error: object
     ) -> None:
-        """The run's log ends with its terminal event (``last_type``): only its status lagged."""
+        """The run's log ends with its terminal event (``last_type``): only its status lagged
+        (set with the event's error)."""
         status = TERMINAL_STATUS[last_type]
-        error = None if status == "completed" else "interrupted"
+        error = lagging_error(status, last_error)
         await self._settle_all(conn, [(record.run_id, record.session_id, status, error, None)])

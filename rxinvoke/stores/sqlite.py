@@ -94,6 +94,7 @@ from ._rows import (
     decided,
     encode_segment,
     envelopes_of,
+    lagging_error,
     message_of,
     runs_of,
     why,
@@ -1242,8 +1243,8 @@ class SqliteStore:
                 _owner_is_gone(record.owner) or (mine and record.owner == self._owner)
             ):
                 return False  # finished (recovered by another process meanwhile), or alive
-            last_seq, last_type = self._continue_log(conn, run_id, salvage)
-            if not self._settle_lagging(conn, run_id, last_type):
+            last_seq, last_type, last_error = self._continue_log(conn, run_id, salvage)
+            if not self._settle_lagging(conn, run_id, last_type, last_error):
                 self._insert_events(conn, interrupted_envelopes(record, last_seq))
                 self._set_status(conn, run_id, "failed", "interrupted")
             return True
@@ -1261,8 +1262,8 @@ class SqliteStore:
                 record = self._find(conn, "r.id = ? AND r.status = 'running'", run_id)
                 if record is None or not _owner_is_gone(record.owner):
                     return None
-                last_seq, last_type = self._continue_log(conn, run_id, salvage)
-                if self._settle_lagging(conn, run_id, last_type):
+                last_seq, last_type, last_error = self._continue_log(conn, run_id, salvage)
+                if self._settle_lagging(conn, run_id, last_type, last_error):
                     return None
                 conn.execute("UPDATE runs SET owner = ? WHERE id = ?", (self._owner, run_id))
                 self._last_seq[run_id] = last_seq
@@ -1273,28 +1274,35 @@ class SqliteStore:
 
     def _continue_log(
         self, conn: sqlite3.Connection, run_id: str, salvage: Sequence[EventEnvelope]
-    ) -> tuple[int, str | None]:
-        """Append the envelopes of ``salvage`` that continue the run's stored log; the seq and
-        type of its last envelope then (0, None: an empty log). Inside a transaction."""
+    ) -> tuple[int, str | None, object]:
+        """Append the envelopes of ``salvage`` that continue the run's stored log; the seq,
+        type and ``error`` field of its last envelope then (0, None, None: an empty log).
+        Inside a transaction."""
         segment = conn.execute(
             "SELECT last_seq, events FROM event_segments WHERE run_id = ? "
             "ORDER BY first_seq DESC LIMIT 1",
             (run_id,),
         ).fetchone()
-        last_seq, last_type = (segment[0], json.loads(segment[1])[-1]["type"]) if segment else (0, None)
+        last_seq, last_type, last_error = 0, None, None
+        if segment:
+            last = json.loads(segment[1])[-1]
+            last_seq, last_type, last_error = segment[0], last["type"], last.get("error")
         kept = continuing(salvage, last_seq)
         if kept:
             self._insert_events(conn, kept)
             last_seq, last_type = kept[-1].seq, kept[-1].type
-        return last_seq, last_type
+            last_error = getattr(kept[-1].event, "error", None)
+        return last_seq, last_type, last_error
 
-    def _settle_lagging(self, conn: sqlite3.Connection, run_id: str, last_type: str | None) -> bool:
+    def _settle_lagging(
+        self, conn: sqlite3.Connection, run_id: str, last_type: str | None, last_error: object
+    ) -> bool:
         """If the run's log ends with its terminal event (``last_type``) only its status lagged:
-        set it and say so. Inside a transaction."""
+        set it (with the event's error) and say so. Inside a transaction."""
         if last_type not in TERMINAL_STATUS:
             return False
         status: RunStatus = TERMINAL_STATUS[last_type]  # type: ignore[assignment]
-        self._set_status(conn, run_id, status, None if status == "completed" else "interrupted")
+        self._set_status(conn, run_id, status, lagging_error(status, last_error))
         return True
 
     @staticmethod
