@@ -5,6 +5,7 @@ the fixtures (tests/tests_support_servers.py); the XAUTOCLAIM reply parsing also
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from reactivex import operators as ops
-from tests_support_servers import RedisServer, redis_server
+from tests_support_servers import RedisServer, postgres_server, redis_server
 
 from rxinvoke import (
     AgentRuntime,
@@ -22,6 +23,7 @@ from rxinvoke import (
     InvocationFailed,
     MemoryStore,
     OfflineProvider,
+    PostgresStore,
     RuntimeInvocation,
     ScriptedProvider,
     SqliteStore,
@@ -790,6 +792,60 @@ async def test_a_run_whose_end_the_store_could_not_record_is_settled_from_its_st
     stop.set()
     await task
     await store.close()
+
+
+@pytest.mark.timeout(300)  # a cluster of its own, stopped and started: slow on CI
+async def test_a_workers_postgres_gone_mid_run_never_hangs_the_run_and_it_is_settled_once_back(
+    transport: RedisTransport,
+) -> None:
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    @tool
+    async def hold() -> str:
+        """Hold the run."""
+        entered.set()
+        await gate.wait()
+        return "held"
+
+    def turns(req: ChatRequest) -> Any:
+        return tool_call_turn("hold", {}) if req.messages[-1].role == "user" else text_turn("done")
+
+    with postgres_server() as server:
+        store = PostgresStore(server.dsn, timeout=2)
+        worker, stop, task = await worker_for(store, transport, [hold], ScriptedProvider(turns), lease_ttl=1)
+        inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+        stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+        await asyncio.wait_for(entered.wait(), 30)
+        server.stop("fast")  # mid-run (its connections dropped): nothing more can be committed
+        gate.set()
+        # the tool's reply cannot be committed: the run fails with the store's error, on its
+        # stream (its worker could not record even that): never a hang
+        with pytest.raises(InvocationFailed, match="couldn't get a connection") as failed:
+            await asyncio.wait_for(stream.result, 120)
+        assert server.password not in str(failed.value)
+        for _ in range(600):  # its worker gives up recording it, and leaves the job for later
+            if stream.run_id not in worker.active:
+                break
+            await asyncio.sleep(0.1)
+        assert stream.run_id not in worker.active
+        record = None
+        server.start_again()
+        for _ in range(300):  # its job comes back to its worker, which settles it from the stream
+            await worker.reap(min_idle=0)
+            with contextlib.suppress(StoreError):
+                record = await store.get_run(stream.run_id)
+                if record is not None and record.is_finished:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the run was never settled in the store")
+        assert record.status == "failed" and "couldn't get a connection" in (record.error or "")
+        stored = [e.type for e in await store.read_events(stream.run_id)]
+        assert stored == [e.type for e in await collect(stream)]
+        assert sum(t in ("run_completed", "run_failed", "run_cancelled") for t in stored) == 1
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        await store.close()
 
 
 async def test_a_run_queued_longer_than_the_followers_quiet_check_is_still_followed(

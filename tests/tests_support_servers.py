@@ -179,6 +179,24 @@ class PostgresServer:
             "-E", "UTF8",
             "--no-sync",
         )
+        self.start_again()
+        env = {**os.environ, "PGPASSWORD": self.password}
+        done = subprocess.run(
+            [str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", self.user, self.database],
+            env=env, capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"createdb failed: {done.stderr}")
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the cluster; ``mode="fast"`` keeps every commit (the cluster runs with
+        ``synchronous_commit=off``: an immediate stop may lose the last ones)."""
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
+
+    def start_again(self) -> None:
+        """Start the stopped cluster again: same data, same port."""
         self._run(
             str(self.bin_dir / "pg_ctl"),
             "-D", str(self.data),
@@ -190,18 +208,6 @@ class PostgresServer:
             "-c max_connections=200",
             "start",
         )
-        env = {**os.environ, "PGPASSWORD": self.password}
-        done = subprocess.run(
-            [str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-             "-U", self.user, self.database],
-            env=env, capture_output=True, text=True,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"createdb failed: {done.stderr}")
-
-    def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
 
 
 @contextlib.contextmanager
