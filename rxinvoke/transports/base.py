@@ -11,7 +11,11 @@ the :class:`~rxinvoke.stores.Store`):
 
 :class:`~rxinvoke.transports.redis.RedisTransport` implements it on Redis Streams; another
 broker (NATS JetStream, say) implements this protocol and the mirror, client and worker work on
-it unchanged. Implementations must be safe to use from many tasks of one event loop.
+it unchanged. Implementations must be safe to use from many tasks of one event loop, and
+raise :class:`~rxinvoke.errors.TransportError` (with ``where``: the broker, without secrets)
+for the broker's own failures — a server away after the retries a call gets, a refused
+command — never their client library's exceptions: those reach users through ``submit``'s
+result, ``cancel`` and ``observe_run``.
 """
 
 from __future__ import annotations
