@@ -145,3 +145,20 @@ async def test_submit_says_when_no_worker_has_taken_the_run_yet(env: dict[str, s
     out, err = await asyncio.wait_for(submit.communicate(), 60)
     assert submit.returncode == 0 and "2 + 3 = 5." in out.decode(), err
     assert await worker.stop(60) == 0, worker.log()
+
+
+async def test_cancel_of_a_queued_run_says_it_waits_for_a_worker_then_lands(env: dict[str, str]) -> None:
+    code, out, err = await rxinvoke(env, "submit", "--detach", PROMPT)  # no worker yet
+    assert code == 0, err
+    run_id = out.strip()
+    cancel = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rxinvoke", "cancel", run_id, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert cancel.stderr is not None
+    line = await asyncio.wait_for(cancel.stderr.readline(), 30)
+    assert f"cancel of run {run_id} requested; waiting for the worker".encode() in line
+    worker = await start_worker(env)  # takes the run, finds its cancel: it never runs
+    done, _ = await asyncio.wait_for(cancel.communicate(), 60)
+    assert cancel.returncode == 0 and done.decode().strip() == f"run {run_id}: run_cancelled"
+    assert await worker.stop(60) == 0, worker.log()

@@ -208,7 +208,15 @@ async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
 
 
 _QUEUED_NOTICE = 3.0
-"""Seconds a submitted run may show nothing before ``submit`` says it waits for a worker."""
+"""Seconds ``submit`` (``cancel``) may show nothing before it says it waits for a worker."""
+
+
+def _notice_later(text: str) -> asyncio.TimerHandle:
+    """Print ``text`` on stderr in ``_QUEUED_NOTICE`` seconds unless cancelled first (why the
+    terminal is quiet)."""
+    return asyncio.get_running_loop().call_later(
+        _QUEUED_NOTICE, lambda: print(f"rxinvoke: {text}", file=sys.stderr, flush=True)
+    )
 
 
 async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:
@@ -232,15 +240,9 @@ async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         stream = RuntimeInvocation(AgentRuntime(), remote=remote).submit(request)
         renderer = Renderer(out)
 
-        def queued() -> None:  # nothing yet: say why the terminal is quiet
-            print(
-                f"rxinvoke: run {stream.run_id} is queued; no worker has taken it yet "
-                "(start one: rxinvoke worker)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        notice = asyncio.get_running_loop().call_later(_QUEUED_NOTICE, queued)
+        notice = _notice_later(
+            f"run {stream.run_id} is queued; no worker has taken it yet (start one: rxinvoke worker)"
+        )
 
         def show(event: InvocationEvent) -> None:
             notice.cancel()
@@ -278,8 +280,15 @@ async def _cancel(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         last: EventEnvelope | None = None
         tail = await transport.tail(args.run_id)
         start = max(tail.last_seq - 1, 0) if tail is not None else 0
-        async for envelope in _iterate(remote.observe_run(args.run_id, after_seq=start)):
-            last = envelope
+        notice = _notice_later(
+            f"cancel of run {args.run_id} requested; waiting for the worker that runs it (or "
+            "takes it) to end it"
+        )
+        try:
+            async for envelope in _iterate(remote.observe_run(args.run_id, after_seq=start)):
+                last = envelope
+        finally:
+            notice.cancel()
         ended = last.type if last is not None else "no terminal event"
         out.write(f"run {args.run_id}: {ended}\n")
         return 0 if ended == "run_cancelled" else 1
