@@ -20,6 +20,7 @@ RxInvokeError                         base; .message, structured attributes, pic
 │   └── ToolTimeout(TimeoutError)
 ├── StoreError                        a store could not load or persist data
 │   ├── MigrationError                the database schema is from a newer rxinvoke, or corrupt
+│   ├── SessionBusy                   another process runs the session now; .session_id, .run_id
 │   ├── SessionAwaitingApproval       the session's last run waits for approval; .session_id, .run_id
 │   ├── RunAlreadyStored              begin_run: a run with that id is stored already; .run_id
 │   └── UnknownRun(LookupError)       no run with that id is stored; .run_id
