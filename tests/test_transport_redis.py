@@ -747,8 +747,8 @@ async def test_a_claim_committed_whose_reply_was_lost_while_the_store_was_away_i
         await asyncio.sleep(0.01)
     record = await store.get_run(stream.run_id)
     assert record is not None and record.status == "running" and record.owner == store.owner
-    for _ in range(100):
-        await worker.reap(min_idle=0)
+    for _ in range(100):  # no job idle long enough: it settles its own abandoned run
+        await worker.reap(min_idle=3600)
         if stream.is_finished:
             break
         await asyncio.sleep(0.05)
@@ -830,8 +830,8 @@ async def test_a_workers_postgres_gone_mid_run_never_hangs_the_run_and_it_is_set
         assert stream.run_id not in worker.active
         record = None
         server.start_again()
-        for _ in range(300):  # its job comes back to its worker, which settles it from the stream
-            await worker.reap(min_idle=0)
+        for _ in range(300):  # its worker settles it from the stream at its next reaping
+            await worker.reap(min_idle=3600)
             with contextlib.suppress(StoreError):
                 record = await store.get_run(stream.run_id)
                 if record is not None and record.is_finished:

@@ -34,8 +34,9 @@ mirrors to the run's stream. Around each run:
   earlier run gets that run's stored events on its own stream (``run()`` gave that run's
   outcome, as a local ``emit`` does). A run left stored as ``running`` when ``run()`` was over
   (a claim committed while the store was too far away to say so, an end the store could not
-  record) is settled by this worker from its stream when its job comes back: no other
-  worker's reaper would, its owner — this process — being alive.
+  record) is settled by this worker from its stream at its next reaping (every
+  ``lease_ttl``), whoever holds its job: no other worker's reaper would, its owner — this
+  process — being alive.
 
 Workers need a store shared with each other (a :class:`~rxinvoke.stores.SqliteStore` file on
 one host, a :class:`~rxinvoke.stores.PostgresStore` across machines): recovery reads it. A
@@ -191,8 +192,8 @@ class Worker:
         self.mirror = EventMirror(transport)
         self._held: dict[str, _Held] = {}
         # runs this worker's runtime left stored as running when run() was over (see
-        # _abandoned_here): settled by this worker when their jobs come back
-        self._abandoned: set[str] = set()
+        # _abandoned_here), with their jobs: settled by this worker at its next reaping
+        self._abandoned: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats = WorkerStats()
 
@@ -352,6 +353,11 @@ class Worker:
         jobs = await self.transport.reclaim(self.name, idle, free)
         for job in jobs:
             self._spawn(job)
+        # and this worker's own abandoned runs, whoever holds their jobs now (no other worker
+        # settles them: their owner lives); handled as redelivered jobs (the store is asked)
+        for run_id, job in list(self._abandoned.items()):
+            if run_id not in self._held:
+                self._spawn(dataclasses.replace(job, deliveries=max(job.deliveries, 2)))
         return len(jobs)
 
     def _cancel(self, held: _Held, *, remote: bool) -> None:
@@ -395,6 +401,7 @@ class Worker:
         if record is not None:
             await self._settle_stored(job, held, record)
             return
+        self._abandoned.pop(job.run_id, None)  # not stored after all: it runs now
         try:
             request = RunRequest.model_validate_json(job.request)
             if request.run_id != job.run_id:
@@ -448,7 +455,7 @@ class Worker:
         try:
             stored = await store.get_run(job.run_id)
         except StoreError:  # the job is left for later; its claim may have landed
-            self._abandoned.add(job.run_id)
+            self._abandoned[job.run_id] = job
             raise
         if stored is None:
             # it never began — its claim failed (the store unreachable), or it was stopped
@@ -463,7 +470,7 @@ class Worker:
         # stored running, though run() is over here: its claim landed unseen, or its end
         # could not be recorded — settled from its stream, as a dead worker's run (no other
         # worker would: its owner, this process, lives)
-        self._abandoned.add(job.run_id)
+        self._abandoned[job.run_id] = job
         await self._settle_stored(job, held, stored)
         return True
 
@@ -483,7 +490,7 @@ class Worker:
                 return  # its owner lives (it lost its lease, not its life): its run
             else:
                 self._count(recovered=1)
-        self._abandoned.discard(job.run_id)
+        self._abandoned.pop(job.run_id, None)
         await self._mirror_stored(job.run_id)
         await self.transport.ack(job.job_id)
 
@@ -640,7 +647,7 @@ class Worker:
             # its owner lives (paused, not dead): its run, not a poison one; the job stays
             # pending (acknowledged, no worker would settle the run if its owner died later)
             return
-        self._abandoned.discard(job.run_id)
+        self._abandoned.pop(job.run_id, None)
         reason = f"delivered {job.deliveries} times (max_deliveries={self.max_deliveries})"
         _log.warning("rxinvoke worker %s: run %s %s: dead letter", self.name, job.run_id, reason)
         await self.transport.dead_letter(job, reason)  # before the terminal event is seen
