@@ -506,6 +506,16 @@ async def test_a_redis_restart_mid_run_loses_nothing(tmp_path_factory: pytest.Te
 # --- queue, workers, cancel ----------------------------------------------------------------------
 
 
+def calls_then_answers(tool_name: str) -> ScriptedProvider:
+    """A provider that calls ``tool_name`` (no arguments) on the user's message, then answers
+    "done" once it has the tool's reply."""
+
+    def turns(req: ChatRequest) -> Any:
+        return tool_call_turn(tool_name, {}) if req.messages[-1].role == "user" else text_turn("done")
+
+    return ScriptedProvider(turns)
+
+
 async def worker_for(store: Store, transport: Transport, runtime_tools: Any = (), provider: Any = None, **kw: Any) -> tuple[Worker, asyncio.Event, asyncio.Task[None]]:
     runtime = AgentRuntime(
         providers=[provider or OfflineProvider()], tools=runtime_tools or builtin_tools(), store=store
@@ -615,11 +625,8 @@ async def test_a_remote_cancel_during_a_tool_lands(transport: RedisTransport, tm
         await asyncio.Event().wait()
         return "never"
 
-    def turns(req: ChatRequest) -> Any:
-        return tool_call_turn("wait_here", {}) if req.messages[-1].role == "user" else text_turn("done")
-
     store = SqliteStore(tmp_path / "c.db")
-    worker, stop, task = await worker_for(store, transport, [wait_here], ScriptedProvider(turns))
+    worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
     await asyncio.wait_for(entered.wait(), 20)
@@ -807,12 +814,9 @@ async def test_a_workers_postgres_gone_mid_run_never_hangs_the_run_and_it_is_set
         await gate.wait()
         return "held"
 
-    def turns(req: ChatRequest) -> Any:
-        return tool_call_turn("hold", {}) if req.messages[-1].role == "user" else text_turn("done")
-
     with postgres_server() as server:
         store = PostgresStore(server.dsn, timeout=2)
-        worker, stop, task = await worker_for(store, transport, [hold], ScriptedProvider(turns), lease_ttl=1)
+        worker, stop, task = await worker_for(store, transport, [hold], calls_then_answers("hold"), lease_ttl=1)
         inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
         stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
         await asyncio.wait_for(entered.wait(), 30)
@@ -889,11 +893,8 @@ async def test_a_remote_cancel_of_a_run_waiting_for_its_session_lands(
         await asyncio.Event().wait()
         return "never"
 
-    def turns(req: ChatRequest) -> Any:
-        return tool_call_turn("hold", {}) if req.messages[-1].role == "user" else text_turn("done")
-
     store = SqliteStore(tmp_path / "gate.db")
-    worker, stop, task = await worker_for(store, transport, [hold], ScriptedProvider(turns), concurrency=2)
+    worker, stop, task = await worker_for(store, transport, [hold], calls_then_answers("hold"), concurrency=2)
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     session = uuid.uuid4()
     first = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go", session_id=session))
@@ -948,12 +949,9 @@ class _PausedHolder:
             await self.go.wait()
             return "slept"
 
-        def turns(req: ChatRequest) -> Any:
-            return tool_call_turn("slow", {}) if req.messages[-1].role == "user" else text_turn("done")
-
         self.store = SqliteStore(self.path)
         self.worker, self.stop, self.task = await worker_for(
-            self.store, self.transport, [slow], ScriptedProvider(turns), lease_ttl=600, name="a"
+            self.store, self.transport, [slow], calls_then_answers("slow"), lease_ttl=600, name="a"
         )
         inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(self.transport))
         self.stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
