@@ -27,6 +27,7 @@ from rxinvoke import (
     InvocationTimedOut,
     MemoryStore,
     ProviderError,
+    RunRecord,
     RunRequest,
     RuntimeInvocation,
     RuntimePolicy,
@@ -507,3 +508,18 @@ async def test_a_stored_run_of_another_claim_is_not_taken_for_a_lost_reply(store
     stored = await store.get_run("twice")
     assert stored is not None and stored.status == "completed" and stored.output is not None
     assert stored.output.output_text == "first"
+
+
+async def test_a_running_claim_of_an_earlier_attempt_is_not_taken_for_a_lost_reply(store: Store) -> None:
+    # the same run id, session and owner, running with nothing logged (an earlier attempt of
+    # this process): only its start differs from this claim's, and that is enough to refuse it
+    session = uuid.uuid4()
+    earlier = request("hi", run_id="attempts", session_id=session)
+    await store.begin_run(RunRecord.begun("attempts", session, earlier), [])
+    runtime, events = make([text_turn("never")], store=store)
+    _reply_lost_after(store, commits=False)
+    with pytest.raises(InvocationFailed, match="server closed the connection"):
+        await runtime.run(request("hi", run_id="attempts", session_id=session))
+    assert events == [] and await store.read_events("attempts") == []
+    stored = await store.get_run("attempts")
+    assert stored is not None and stored.status == "running"
