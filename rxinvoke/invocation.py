@@ -26,7 +26,7 @@ from reactivex import operators as ops
 from ._runstream import RunStream, RunStreamLike
 from ._sink import Handler, HandlerSink, Overflow, SubscriptionStats
 from .control import Control, SessionContext, session_context
-from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UserError
+from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UnknownRun, UserError
 from .events import EventKind, InvocationEvent, RunStarted
 from .messages import new_id
 from .notebook.view import RunView
@@ -102,6 +102,8 @@ class Remote(Protocol):
     def submit(self, request: RunRequest) -> RunStreamLike: ...
 
     async def cancel(self, run_id: str) -> None: ...
+
+    async def events(self, run_id: str) -> list[InvocationEvent]: ...
 
 
 class RuntimeInvocation:
@@ -296,12 +298,20 @@ class RuntimeInvocation:
 
     async def view(self, run_id: str, *, chat: bool = False) -> RunView:
         """The :class:`~rxinvoke.notebook.RunView` of a run (live or finished) from the
-        runtime's store: in a notebook, its header, transcript, timeline and events.
+        runtime's store: in a notebook, its header, transcript, timeline and events. A run
+        this store does not have (one submitted to workers with a store of their own) is
+        shown from its stream (``remote``): what the stream holds now.
 
         Raises:
-            UnknownRun: no such run is stored.
+            UnknownRun: no such run is stored (nor on the workers' transport).
+            ResumeGap: only on the transport, and its first events are trimmed from it.
         """
-        return await RunView.load(self.runtime.store, run_id, chat=chat)
+        try:
+            return await RunView.load(self.runtime.store, run_id, chat=chat)
+        except UnknownRun:
+            if self.remote is None:
+                raise
+        return RunView(await self.remote.events(run_id), chat=chat, run_id=run_id)
 
     def runs(self) -> Observable[RunStream]:
         """A hot Observable of the :class:`RunStream` of every run the runtime starts (by

@@ -255,6 +255,8 @@ async def test_a_trimmed_stream_is_a_resume_gap_not_a_silent_jump(redis_server: 
         # asking from what is kept works
         kept = await collect(RemoteRuns(transport).observe_run(out.run_id, after_seq=gap.value.first_available - 1))
         assert kept[-1].type == "run_completed"
+        with pytest.raises(ResumeGap):  # a view needs the run from its first event
+            await RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport)).view(out.run_id)
     finally:
         await transport.close()
 
@@ -637,6 +639,74 @@ async def test_a_remote_cancel_during_a_tool_lands(transport: RedisTransport, tm
     assert types[-1] == "run_cancelled" and types.count("run_cancelled") == 1
     record = await store.get_run(stream.run_id)
     assert record is not None and record.status == "cancelled" and calls == ["wait"]
+    stop.set()
+    await task
+    await store.close()
+
+
+async def test_a_submitted_run_is_viewed_from_its_stream_where_the_store_here_does_not_have_it(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @tool
+    async def wait_here() -> str:
+        """Wait to be released."""
+        entered.set()
+        await release.wait()
+        return "released"
+
+    store = SqliteStore(tmp_path / "v.db")
+    worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))  # its MemoryStore never has it
+    stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+    await asyncio.wait_for(entered.wait(), 20)
+    await asyncio.wait_for(stream.pipe(ops.filter(lambda e: e.type == "tool_execution_started"), ops.first()), 20)
+    # a snapshot of the live run: what its stream holds now, never waiting for the rest
+    running = await asyncio.wait_for(inv.view(stream.run_id), 10)
+    assert running.status == "running" and running.run_id == stream.run_id
+    assert "tool_execution_started" in [e.type for e in running.events]
+    release.set()
+    out = await asyncio.wait_for(stream.result, 20)
+    final = await inv.view(out.run_id)
+    stored = [e.event for e in await store.read_events(out.run_id)]
+    assert list(final.events) == stored and list(running.events) == stored[: len(running.events)]
+    assert final.status == "completed" and final.text == out.output_text == "done"
+    assert [s.kind for s in final.spans] == ["run", "model_call", "tool_execution", "model_call"]
+    assert "wait_here" in (final._repr_html_() or "")
+    with pytest.raises(UnknownRun):
+        await inv.view("no-such-run")
+    stop.set()
+    await task
+    await store.close()
+
+
+async def test_a_submitted_run_shows_live_in_a_notebook_as_a_local_one(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    from rxinvoke.notebook import RunView, live
+
+    shown: dict[str, list[Any]] = {}
+
+    def display(obj: Any, *, display_id: str) -> None:
+        shown.setdefault(display_id, []).append(obj)
+
+    def update(obj: Any, *, display_id: str) -> None:
+        assert display_id in shown, "update before display"
+        shown[display_id].append(obj)
+
+    store = SqliteStore(tmp_path / "l.db")
+    worker, stop, task = await worker_for(store, transport)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(request())
+    with live(stream, display=display, update=update):
+        out = await asyncio.wait_for(stream.result, 20)
+        await asyncio.wait_for(collect(stream), 20)  # its events delivered here too
+    (outputs,) = shown.values()  # one output for the run, ending on its final state
+    final = outputs[-1]
+    assert isinstance(final, RunView) and final.run_id == out.run_id
+    assert final.status == "completed" and final.text == out.output_text
+    assert list(final.events) == [e.event for e in await store.read_events(out.run_id)]
     stop.set()
     await task
     await store.close()

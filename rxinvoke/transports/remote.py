@@ -13,6 +13,8 @@
   anyone watches; disposing a subscription only stops delivery (cancel with
   :meth:`RemoteRuns.cancel`).
 - :meth:`RemoteRuns.cancel` reaches the worker running the run (or the one that will take it).
+- :meth:`RemoteRuns.events` is what a run's stream holds now (``RuntimeInvocation.view`` of
+  a run the store here does not have).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..errors import (
     ResumeGap,
     RxInvokeError,
     SubscriberError,
+    UnknownRun,
 )
 from ..events import (
     INVOCATION_EVENT,
@@ -121,6 +124,27 @@ class RemoteRuns:
         """Ask the worker running ``run_id`` (or the one that takes it) to cancel it; the run
         ends with ``run_cancelled`` on its stream."""
         await self.transport.request_cancel(run_id)
+
+    async def events(self, run_id: str) -> list[InvocationEvent]:
+        """The run's events its stream holds now, from its first (a live run's so far): a
+        snapshot, never waiting for more.
+
+        Raises:
+            UnknownRun: the stream holds no event of the run (never heard of, expired, or
+                queued and not begun yet).
+            ResumeGap: retention trimmed the run's first events from the stream (the durable
+                store still has them).
+        """
+        last = await self.transport.tail(run_id)
+        if last is None:
+            raise UnknownRun(run_id)
+        events: list[InvocationEvent] = []
+        async with contextlib.aclosing(_segments(self.transport, run_id, 0)) as segments:
+            async for segment, skip in segments:
+                events += events_of(segment, skip)
+                if segment.last_seq >= last.last_seq:
+                    break
+        return events
 
 
 async def _segments(transport: Transport, run_id: str, after_seq: int) -> Any:
