@@ -256,7 +256,8 @@ class RuntimeInvocation:
         ``session_id``, ``await result``), fed from the transport.
 
         Unlike :meth:`stream`, the run is queued at once and goes on whether or not anyone
-        watches; cancel it with :meth:`cancel`.
+        watches; as with :meth:`stream`, the stream's last subscription disposed before the
+        run ends cancels it (on its worker). Cancel it any time with :meth:`cancel`.
 
         Raises:
             UserError: this invocation has no ``remote``.

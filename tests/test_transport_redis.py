@@ -660,8 +660,9 @@ async def test_a_submitted_run_is_viewed_from_its_stream_where_the_store_here_do
     worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))  # its MemoryStore never has it
     stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
-    await asyncio.wait_for(entered.wait(), 20)
-    await asyncio.wait_for(stream.pipe(ops.filter(lambda e: e.type == "tool_execution_started"), ops.first()), 20)
+    started = asyncio.Event()  # the tool's start has come through its stream, so the view has it
+    stream.subscribe(lambda e: started.set() if e.type == "tool_execution_started" else None)
+    await asyncio.wait_for(asyncio.gather(entered.wait(), started.wait()), 20)
     # a snapshot of the live run: what its stream holds now, never waiting for the rest
     running = await asyncio.wait_for(inv.view(stream.run_id), 10)
     assert running.status == "running" and running.run_id == stream.run_id
@@ -707,6 +708,46 @@ async def test_a_submitted_run_shows_live_in_a_notebook_as_a_local_one(
     assert isinstance(final, RunView) and final.run_id == out.run_id
     assert final.status == "completed" and final.text == out.output_text
     assert list(final.events) == [e.event for e in await store.read_events(out.run_id)]
+    stop.set()
+    await task
+    await store.close()
+
+
+async def test_a_submitted_streams_last_subscriber_leaving_early_cancels_the_run_as_a_local_one(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    entered, calls = asyncio.Event(), []
+
+    @tool
+    async def wait_here() -> str:
+        """The first call waits until cancelled."""
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            await asyncio.Event().wait()
+        return "ok"
+
+    store = SqliteStore(tmp_path / "d.db")
+    worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+    first, second = stream.subscribe(lambda e: None), stream.subscribe(lambda e: None)
+    follower = RemoteRuns(transport).follow(stream.run_id, stream.session_id)
+    follower.subscribe(lambda e: None).dispose()  # a stream of a run submitted elsewhere: not its to cancel
+    await asyncio.wait_for(entered.wait(), 20)
+    first.dispose()  # another subscriber is left: the run goes on
+    assert await transport.cancel_requested([stream.run_id]) == [False]
+    second.dispose()  # the last one left before the end: the run is not wanted
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(stream.result, 20)
+    record = await store.get_run(stream.run_id)
+    assert record is not None and record.status == "cancelled"
+    # one that leaves at the terminal event does not ask for a cancel of a run that ended
+    done = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+    left = done.pipe(ops.take_while(lambda e: e.type != "run_completed", inclusive=True)).subscribe(lambda e: None)
+    await asyncio.wait_for(done.result, 20)
+    left.dispose()
+    assert await transport.cancel_requested([done.run_id]) == [False]
     stop.set()
     await task
     await store.close()

@@ -10,8 +10,9 @@
   of ``RuntimeInvocation.stream()``'s :class:`~rxinvoke.RunStream` (an Observable of the
   run's events from its first one for every subscriber, ``run_id``, ``session_id``, ``await
   stream.result``), fed by the transport. The run is queued at once and runs whether or not
-  anyone watches; disposing a subscription only stops delivery (cancel with
-  :meth:`RemoteRuns.cancel`).
+  anyone watches; as with a local stream, disposing its last subscription before the run
+  ends cancels the run (remotely: the run is not wanted). A stream of a run submitted
+  elsewhere (:meth:`RemoteRuns.follow`) only stops delivery.
 - :meth:`RemoteRuns.cancel` reaches the worker running the run (or the one that will take it).
 - :meth:`RemoteRuns.events` is what a run's stream holds now (``RuntimeInvocation.view`` of
   a run the store here does not have).
@@ -320,6 +321,9 @@ class RemoteRunStream(Observable[InvocationEvent]):
     event), ``run_id``, ``session_id`` and ``await stream.result``.
 
     The submission and the reading start when the stream is made (inside the running loop).
+    A submitted stream owns its run as a local one does: its last subscription disposed before
+    the terminal event asks the run's worker to cancel it (``result`` then raises
+    ``InvocationCancelled``); one made by :meth:`RemoteRuns.follow` never cancels.
     """
 
     def __init__(
@@ -342,6 +346,9 @@ class RemoteRunStream(Observable[InvocationEvent]):
         self._result: asyncio.Future[RunOutput] = asyncio.get_running_loop().create_future()
         self._result.add_done_callback(retrieve)
         self._is_ended = False
+        self._ending = False  # the terminal event is being delivered
+        self._owned = request is not None  # submitted here: an early last unsubscribe cancels
+        self._subscribers = 0
         self._task = asyncio.get_running_loop().create_task(self._follow(request))
         self._task.add_done_callback(retrieve)
 
@@ -364,7 +371,25 @@ class RemoteRunStream(Observable[InvocationEvent]):
     def _subscribe_core(
         self, observer: abc.ObserverBase[InvocationEvent], scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        return self._events.subscribe(observer)
+        self._subscribers += 1
+        subscription = self._events.subscribe(observer)
+
+        def dispose() -> None:
+            subscription.dispose()
+            self._subscribers -= 1
+            if not self._subscribers and self._owned and not (self._ending or self._is_ended):
+                self._owned = False  # asked once
+                task = asyncio.get_running_loop().create_task(self._remote.cancel(self.run_id))
+                task.add_done_callback(self._cancel_sent)
+
+        return Disposable(dispose)
+
+    def _cancel_sent(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning(
+                "rxinvoke: run %s: its last subscriber left, but asking its worker to cancel it "
+                "failed: %s", self.run_id, task.exception(),
+            )
 
     async def _follow(self, request: RunRequest | None) -> None:
         transport = self._remote.transport
@@ -374,6 +399,7 @@ class RemoteRunStream(Observable[InvocationEvent]):
                 await transport.enqueue(self.run_id, request.model_dump_json().encode())
             async for segment, skip in _segments(transport, self.run_id, 0):
                 outcome.fold(segment, skip)
+                self._ending = outcome.terminal is not None
                 self._events.feed(segment, skip)
                 if outcome.terminal is not None:
                     settled = outcome.settle(outcome.terminal, self.run_id, self.session_id)
