@@ -28,6 +28,10 @@ are not exported.
 Metrics: ``gen_ai.client.operation.duration`` (seconds) and ``gen_ai.client.token.usage``
 (``{token}``, ``gen_ai.token.type`` input/output) histograms, per model call.
 
+A run's ``invoke_agent`` span is a child of the span current where the run started (the
+caller's; for a run submitted to workers, the submitter's: ``submit`` sends the trace context
+with the job), else the root of a trace of its own.
+
 Follows the OpenTelemetry GenAI semantic conventions as of semantic-conventions 1.37
 (``gen_ai.provider.name``, agent spans; Development status). Spans are emitted when the run
 ends (their times are the events'), so a span processor sees a run once it is over.
@@ -98,10 +102,11 @@ def _ns(moment: datetime) -> int:
 
 
 class _Run:
-    __slots__ = ("builder", "calls", "model_calls", "results", "session", "texts")
+    __slots__ = ("builder", "calls", "model_calls", "parent", "results", "session", "texts")
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, parent: Any = None) -> None:
         self.builder = SpanBuilder(run_id)
+        self.parent = parent  # the OpenTelemetry context current where the run started
         self.model_calls = 0
         self.session: str | None = None
         self.texts: dict[int, list[str]] = {}  # model call index → answer text (content only)
@@ -117,11 +122,12 @@ class _Exporter:
         meter_provider: MeterProvider | None,
         capture_content: bool,
     ) -> None:
-        from opentelemetry import metrics, trace
+        from opentelemetry import context, metrics, trace
 
         from ._version import __version__
 
         self._trace = trace
+        self._current = context.get_current
         self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(
             "rxinvoke", __version__, schema_url=f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
         )
@@ -205,7 +211,7 @@ class _Exporter:
             if not isinstance(event, (RunStarted, RunResumed)):
                 return  # a run that began before the exporter was attached
             # (a run taken over from a dead process: its span is the new attempt's)
-            run = self._runs[run_id] = _Run(run_id)
+            run = self._runs[run_id] = _Run(run_id, self._current())
             run.session = event.session_id
         elif kind is ModelStarted:
             self._await_fragment(run_id)
@@ -250,7 +256,8 @@ class _Exporter:
         if "iterations" in found:
             attributes["rxinvoke.iterations"] = found["iterations"]
         parent = tracer.start_span(
-            f"invoke_agent {self._agent}", kind=kinds.INTERNAL, attributes=attributes, start_time=_ns(root.start)
+            f"invoke_agent {self._agent}", context=run.parent, kind=kinds.INTERNAL,
+            attributes=attributes, start_time=_ns(root.start),
         )
         context = trace.set_span_in_context(parent)
         calls = 0

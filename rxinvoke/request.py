@@ -67,6 +67,10 @@ class RunRequest(_RequestFields):
     resumes: str | None = None
     """Set by the runtime on the run that continues a run paused for approval (its id): it
     answers the paused tool calls instead of adding a user message."""
+    trace_context: dict[str, str] | None = None
+    """The W3C trace context (``traceparent``, …) current where the run was submitted to
+    workers, set by ``submit`` when OpenTelemetry is in use: the worker runs the run in it,
+    so its spans are children of the submitter's span."""
 
 
 class EmitRequest(_RequestFields):
@@ -106,6 +110,7 @@ class EmitRequest(_RequestFields):
                     "session_id": session_id, "client_request_id": mine["client_request_id"],
                     "metadata": None if metadata is None else dict(metadata),  # as validation copies
                     "run_id": run_id, "tool_choice": _AUTO, "system_prompt": None, "resumes": None,
+                    "trace_context": None,
                 },
             )
         fields = {name: getattr(self, name) for name in _RequestFields.model_fields}

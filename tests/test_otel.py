@@ -318,3 +318,84 @@ async def test_a_run_taken_over_from_a_dead_process_is_traced_from_its_run_resum
         with pytest.raises(InvocationFailed):
             await dead.running
     await dead.store.close()
+
+
+async def test_a_runs_spans_are_children_of_the_span_current_where_it_started(otel: Otel) -> None:
+    runtime, _, _ = rig(otel, W1 * 2)
+    tracer = otel.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("handle request") as outer:
+        inside = await runtime.run(request())
+    outside = await runtime.run(request())
+    roots = {s.attributes["rxinvoke.run_id"]: s for s in otel.spans() if s.name.startswith("invoke_agent")}
+    child = roots[inside.run_id]
+    assert child.parent is not None and child.parent.span_id == outer.get_span_context().span_id
+    assert child.context.trace_id == outer.get_span_context().trace_id
+    assert roots[outside.run_id].parent is None  # no span was current: a trace of its own
+
+
+async def test_a_run_submitted_to_a_worker_is_traced_under_the_submitters_span(
+    otel: Otel, redis_server: Any, tmp_path: Any
+) -> None:
+    from rxinvoke import EmitRequest, RuntimeInvocation, SqliteStore
+    from rxinvoke.transports.redis import RedisTransport
+    from rxinvoke.transports.remote import RemoteRuns
+    from rxinvoke.transports.worker import Worker
+
+    transport = RedisTransport(redis_server.url, prefix=f"o{uuid.uuid4().hex[:8]}:", block=0.2)
+    store = SqliteStore(tmp_path / "w.db")
+    # the worker: its own runtime, instrumented; its tasks began outside any span
+    runtime = AgentRuntime(providers=[ScriptedProvider(W1 * 2)], tools=[add], store=store, name="worker")
+    instrument(runtime, otel.tracer_provider, otel.meter_provider)
+    stop = asyncio.Event()
+    serving = asyncio.ensure_future(Worker(runtime, transport).serve(stop))
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    tracer = otel.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("handle request") as outer:
+        traced = inv.submit(EmitRequest(provider="scripted", model="scripted", input="add 2 and 3"))
+    first = await asyncio.wait_for(traced.result, 30)  # (one at a time: the script is shared)
+    untraced = inv.submit(EmitRequest(provider="scripted", model="scripted", input="add 2 and 3"))
+    outs = [first, await asyncio.wait_for(untraced.result, 30)]
+    stop.set()
+    await asyncio.wait_for(serving, 20)
+    await transport.close()
+    await store.close()
+    got = otel.spans()
+    roots = {s.attributes["rxinvoke.run_id"]: s for s in got if s.name == "invoke_agent worker"}
+    remote_root = roots[outs[0].run_id]
+    assert remote_root.parent is not None and remote_root.parent.span_id == outer.get_span_context().span_id
+    trace_id = outer.get_span_context().trace_id
+    assert [s.name for s in got if s.context.trace_id == trace_id] == [
+        "handle request", "invoke_agent worker", "chat scripted", "execute_tool add", "chat scripted"
+    ]
+    assert roots[outs[1].run_id].parent is None  # submitted outside any span
+
+
+def test_the_trace_context_goes_with_a_job_and_is_entered_where_it_runs(otel: Otel) -> None:
+    import subprocess
+    import sys
+
+    from opentelemetry import trace
+
+    from rxinvoke.transports import _tracing
+    from rxinvoke.transports.base import Job
+    from rxinvoke.transports.worker import _trace_context
+
+    tracer = otel.tracer_provider.get_tracer("app")
+    assert _tracing.current() is None  # no span current: nothing to send
+    with tracer.start_as_current_span("submitter") as span:
+        carrier = _tracing.current()
+    assert carrier is not None and f"{span.get_span_context().trace_id:032x}" in carrier["traceparent"]
+    request = RunRequest(provider="scripted", model="scripted", input="hi", run_id="r1", trace_context=carrier)
+    assert _trace_context(Job("1-0", "r1", request.model_dump_json().encode())) == carrier
+    assert _trace_context(Job("1-0", "r1", b"not json")) is None  # the run fails as invalid, untraced
+    with _tracing.entered(carrier):
+        assert trace.get_current_span().get_span_context().span_id == span.get_span_context().span_id
+    assert not trace.get_current_span().get_span_context().is_valid  # left as it was
+    with _tracing.entered(None):
+        assert not trace.get_current_span().get_span_context().is_valid
+    # a process that never used OpenTelemetry sends nothing and imports nothing
+    code = (
+        "import sys; from rxinvoke.transports import _tracing; "
+        "assert _tracing.current() is None; assert 'opentelemetry' not in sys.modules, 'imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

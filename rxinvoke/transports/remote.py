@@ -57,6 +57,7 @@ from ..events import (
 from ..messages import TokenUsage
 from ..request import PendingApproval, RunOutput, RunRequest
 from ..stores.base import EventEnvelope
+from . import _tracing
 from ._wire import TERMINAL, decode, events_of
 from .base import Segment, Transport
 
@@ -112,10 +113,15 @@ class RemoteRuns:
 
     def submit(self, request: RunRequest) -> RemoteRunStream:
         """Queue ``request`` (its ``run_id`` and ``session_id`` set) for a worker; its events
-        and result arrive through the transport."""
-        if request.run_id is None or request.session_id is None:
+        and result arrive through the transport. The OpenTelemetry trace context current
+        here goes with it (``trace_context``): the worker's spans of the run are children of
+        the span current here."""
+        run_id, session_id = request.run_id, request.session_id
+        if run_id is None or session_id is None:
             raise ValueError("a submitted request needs its run_id and session_id")
-        return RemoteRunStream(self, request.run_id, request.session_id, request=request)
+        if request.trace_context is None and (context := _tracing.current()) is not None:
+            request = request.model_copy(update={"trace_context": context})
+        return RemoteRunStream(self, run_id, session_id, request=request)
 
     def follow(self, run_id: str, session_id: uuid.UUID) -> RemoteRunStream:
         """A :class:`RemoteRunStream` of a run submitted earlier (by any process)."""

@@ -75,6 +75,7 @@ from ..request import RunRequest
 from ..runtime import AgentRuntime
 from ..stores.base import EventEnvelope, RunRecord, log_entries
 from ..stores.memory import MemoryStore
+from . import _tracing
 from ._wire import TERMINAL, decode, segments_of
 from .base import Job, Lease, Transport
 from .mirror import EventMirror
@@ -130,6 +131,14 @@ def _terminal_of(failed: InvocationError) -> InvocationEvent:
     if isinstance(cause, StoreError):
         return RunFailed(run_id=run_id, error=f"the store failed: {cause.message}")
     return RunFailed(run_id=run_id, error=failed.message.removeprefix(f"run {run_id}: "))
+
+
+def _trace_context(job: Job) -> dict[str, str] | None:
+    """The trace context the job's run was submitted in (None if none, or unreadable)."""
+    try:
+        return RunRequest.model_validate_json(job.request).trace_context
+    except pydantic.ValidationError:
+        return None
 
 
 class Worker:
@@ -423,7 +432,8 @@ class Worker:
             return
         held.control = Control()
         try:
-            ran = (await self.runtime.run(request, held.control)).run_id
+            with _tracing.entered(request.trace_context):  # the submitter's trace goes on
+                ran = (await self.runtime.run(request, held.control)).run_id
         except InvocationError as exc:  # the outcome is in the run's events (and the store)
             if exc.run_id in (None, job.run_id):
                 if await self._settled_after(job, held, exc, request):
@@ -514,7 +524,8 @@ class Worker:
         await self._mirror_missing(run_id)  # what the dead worker stored but never mirrored
         held.control = Control()
         try:
-            await self.runtime.resume_interrupted(run_id, salvage=salvage, control=held.control)
+            with _tracing.entered(_trace_context(job)):
+                await self.runtime.resume_interrupted(run_id, salvage=salvage, control=held.control)
         except InvalidRequest as exc:
             _log.warning("rxinvoke worker %s: cannot resume run %s: %s", self.name, run_id, exc)
             return "fail"
