@@ -10,7 +10,8 @@ Debian's packages) unless ``RXINVOKE_BENCH_REDIS`` and ``RXINVOKE_BENCH_POSTGRES
    with ``observe_run``: publish -> observer delay, p50 / p99 (target p99 <= 10 ms);
 3. the queue: 1 000 W1 runs (10 ms model latency) submitted to 4 worker processes
    (PostgresStore) against 1 000 concurrent W1 runs in one process (MemoryStore), wall times
-   (target ratio <= 1.5);
+   (target ratio <= 1.5); and against one process on a PostgresStore as the workers' (like
+   for like: the queue's cost without the durable store's);
 4. the publish path: sequential W1 runs with the mirror attached against without, per run:
    two runtimes side by side in 20 alternating rounds of 150 runs, the median of the paired
    ratios (``benchmarks._common.paired``; target ratio <= 1.10); and a third runtime whose
@@ -248,10 +249,21 @@ async def queue(url: str, dsn: str, runs: int, workers: int) -> tuple[float, Cpu
     return elapsed, cpu
 
 
-async def in_process(runs: int) -> tuple[float, float]:
-    """(wall seconds, this process's cpu seconds) of ``runs`` concurrent W1 runs."""
-    runtime = AgentRuntime(providers=[W1Provider(latency=0.01)], tools=[lookup], store=MemoryStore())
+async def in_process(runs: int, dsn: str | None = None) -> tuple[float, float]:
+    """(wall seconds, this process's cpu seconds) of ``runs`` concurrent W1 runs, on a
+    MemoryStore — or, with ``dsn``, on a PostgresStore as the workers use (a schema of its
+    own, migrated and warmed up by one run first)."""
+    if dsn is None:
+        return await _concurrently(MemoryStore(), runs)
+    async with PostgresStore(dsn, schema=f"l_{uuid.uuid4().hex[:8]}", max_size=10) as store:
+        return await _concurrently(store, runs, warm=True)
+
+
+async def _concurrently(store: MemoryStore | PostgresStore, runs: int, warm: bool = False) -> tuple[float, float]:
+    runtime = AgentRuntime(providers=[W1Provider(latency=0.01)], tools=[lookup], store=store)
     inv = RuntimeInvocation(runtime)
+    if warm:
+        await inv.emit(w1_request())
     cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(inv.emit(w1_request()) for _ in range(runs)))
@@ -318,10 +330,16 @@ async def main(quick: bool) -> None:
         )
         runs = 40 if quick else 1000
         local, local_cpu = await in_process(runs)
+        durable, _ = await in_process(runs, dsn)
         remote, cpu = await queue(url, dsn, runs, 4)
         print(
             f"3. {runs} W1 runs, 10 ms model latency: 4 workers via the queue {remote:.2f} s, "
             f"one process {local:.2f} s: {remote / local:.2f}x (target <= 1.5x)"
+        )
+        print(
+            f"   like for like, one process on a PostgresStore as the workers': {durable:.2f} s, "
+            f"the queue {remote / durable:.2f}x of it (what the queue and the workers cost, "
+            f"durability aside)"
         )
         if cpu.capacity:
             print(
