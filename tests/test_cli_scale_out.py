@@ -95,6 +95,25 @@ async def test_cancel_reaches_the_worker_and_the_submitter_sees_it(
     assert '"type":"run_cancelled"' in rest.decode().splitlines()[-1]
 
 
+async def test_ctrl_c_on_submit_cancels_the_run_on_its_worker(env: dict[str, str], worker: WorkerProcess) -> None:
+    submit = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rxinvoke", "submit", "--json", "tell me something long", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert submit.stdout is not None
+    run_id = json.loads(await asyncio.wait_for(submit.stdout.readline(), 30))["run_id"]  # it runs
+    submit.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(submit.communicate(), 30)
+    assert submit.returncode == 130
+    assert err.decode().splitlines()[-2:] == [
+        f"rxinvoke: cancelling run {run_id} on its worker (rxinvoke events {run_id} --follow --redis URL shows how it ends)",
+        "rxinvoke: interrupted",
+    ]
+    code, out, err = await rxinvoke(env, "events", run_id, "--follow", "--redis", env["RXINVOKE_REDIS"])
+    assert code == 0, err
+    assert out.splitlines()[-1].split()[2] == "run_cancelled"
+
+
 async def test_scale_out_commands_fail_in_one_line(env: dict[str, str]) -> None:
     bare = {k: v for k, v in env.items() if k != "RXINVOKE_REDIS"}
     code, _, err = await rxinvoke(bare, "submit", PROMPT)

@@ -4,8 +4,8 @@
 or SIGTERM (then it finishes the runs it holds and exits 0; a second signal exits at once with
 status 130, leaving the runs it holds to the other workers' reapers, as if it had died: failed
 or resumed per ``--on-worker-loss``); ``rxinvoke submit PROMPT --redis
-URL`` queues one and streams it as ``rxinvoke run`` does (``--detach``: print the run id and
-exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the workers to cancel a run and waits for its
+URL`` queues one and streams it as ``rxinvoke run`` does (Ctrl-C cancels it on its worker;
+``--detach``: print the run id and exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the workers to cancel a run and waits for its
 terminal event; ``rxinvoke events RUN_ID --follow --redis URL [--after SEQ]`` follows a run's
 stream live from anywhere. ``--redis`` defaults to ``$RXINVOKE_REDIS`` (``--redis-prefix`` to
 ``$RXINVOKE_REDIS_PREFIX``, else ``rx:``), ``--postgres`` to
@@ -28,11 +28,12 @@ from .._terminal import (
     Renderer,
     add_provider_options,
     envelope_line,
+    interruptible,
     positive,
     provider_from_args,
     seconds,
 )
-from ..errors import InvocationError, ResumeGap, UserError
+from ..errors import InvocationError, ResumeGap, TransportError, UserError
 from ..events import INVOCATION_EVENT, InvocationEvent
 from ..invocation import RuntimeInvocation
 from ..request import EmitRequest
@@ -138,6 +139,8 @@ def run_command(args: argparse.Namespace, out: TextIO, db_path: Callable[[argpar
         "cancel": _cancel,
         "events": _follow,
     }[args.command]
+    if args.command == "submit":  # Ctrl-C cancels the run, as `rxinvoke run` does
+        return asyncio.run(interruptible(work(args, out, db_path)))
     return asyncio.run(work(args, out, db_path))
 
 
@@ -258,6 +261,10 @@ async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         except InvocationError:
             renderer.newline()
             raise
+        except asyncio.CancelledError:  # Ctrl-C: as `rxinvoke run`, the run is not wanted
+            renderer.newline()
+            await _cancel_interrupted(remote, stream.run_id)
+            raise
         finally:
             notice.cancel()
         if not args.json:
@@ -265,6 +272,20 @@ async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         return 0
     finally:
         await transport.close()
+
+
+async def _cancel_interrupted(remote: Any, run_id: str) -> None:
+    """Ask the workers to cancel the run of an interrupted ``submit`` and say so."""
+    try:
+        await remote.cancel(run_id)
+    except TransportError as exc:
+        print(f"rxinvoke: could not ask the workers to cancel run {run_id}: {exc.message}", file=sys.stderr)
+        return
+    print(
+        f"rxinvoke: cancelling run {run_id} on its worker (rxinvoke events {run_id} --follow "
+        "--redis URL shows how it ends)",
+        file=sys.stderr,
+    )
 
 
 async def _cancel(args: argparse.Namespace, out: TextIO, db_path: Callable[[argparse.Namespace], Any]) -> int:
