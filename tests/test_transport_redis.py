@@ -688,13 +688,16 @@ async def test_a_submitted_run_shows_live_in_a_notebook_as_a_local_one(
     from rxinvoke.notebook import RunView, live
 
     shown: dict[str, list[Any]] = {}
+    completed = asyncio.Event()  # a run view showing a completed run was displayed
 
     def display(obj: Any, *, display_id: str) -> None:
         shown.setdefault(display_id, []).append(obj)
+        if getattr(obj, "status", None) == "completed":
+            completed.set()
 
     def update(obj: Any, *, display_id: str) -> None:
         assert display_id in shown, "update before display"
-        shown[display_id].append(obj)
+        display(obj, display_id=display_id)
 
     store = SqliteStore(tmp_path / "l.db")
     worker, stop, task = await worker_for(store, transport)
@@ -708,6 +711,13 @@ async def test_a_submitted_run_shows_live_in_a_notebook_as_a_local_one(
     assert isinstance(final, RunView) and final.run_id == out.run_id
     assert final.status == "completed" and final.text == out.output_text
     assert list(final.events) == [e.event for e in await store.read_events(out.run_id)]
+    # followed by id from its stream, as observe_run gives it (envelopes)
+    shown.clear()
+    completed.clear()
+    with live(RemoteRuns(transport).observe_run(out.run_id), display=display, update=update):
+        await asyncio.wait_for(completed.wait(), 20)
+    (outputs,) = shown.values()
+    assert isinstance(outputs[-1], RunView) and list(outputs[-1].events) == list(final.events)
     stop.set()
     await task
     await store.close()

@@ -6,7 +6,8 @@ display handles: they survive nbclient execution and render in saved notebooks) 
 streams: text as it arrives, tool calls as they start and finish, the timeline growing.
 Updates are throttled (default at most 10 per second, on the runtime's scheduler) and always
 end on the final state, so a saved notebook shows the finished run. ``live(observable)`` works
-for any Observable: events are grouped per run; other items show the latest one.
+for any Observable: events (or their envelopes: ``RemoteRuns.observe_run``) are grouped per
+run; other items show the latest one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from reactivex import Observable, abc
 
 from .._clock import loop_scheduler
 from ..events import EventBase, InvocationEvent
+from ..stores.base import EventEnvelope
 from ._html import esc
 from .view import RunView
 
@@ -97,6 +99,8 @@ class LiveView(abc.DisposableBase):
         return self._scheduler.now.timestamp()
 
     def _on_next(self, item: Any) -> None:
+        if type(item) is EventEnvelope:  # observe_run, the log's envelopes: its event
+            item = item.event
         is_event = isinstance(item, EventBase) and item.run_id is not None
         key = item.run_id if is_event else None
         output = self._outputs.get(key)
@@ -165,7 +169,7 @@ def live(
     update: Callable[..., Any] | None = None,
 ) -> LiveView:
     """Display ``source`` live: a :class:`~rxinvoke.RuntimeInvocation` (every run it starts
-    from now on) or any Observable (events per run; other items: the latest).
+    from now on) or any Observable (events, or envelopes, per run; other items: the latest).
 
     Args:
         interval: the least time between two updates of one output (seconds).
