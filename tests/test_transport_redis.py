@@ -763,6 +763,33 @@ async def test_a_submitted_streams_last_subscriber_leaving_early_cancels_the_run
     await store.close()
 
 
+async def test_a_submitted_stream_left_from_another_thread_cancels_its_run_all_the_same(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    entered = asyncio.Event()
+
+    @tool
+    async def wait_here() -> str:
+        """Wait until cancelled."""
+        entered.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    store = SqliteStore(tmp_path / "t.db")
+    worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+    subscription = stream.subscribe(lambda e: None)
+    await asyncio.wait_for(entered.wait(), 20)
+    # as a time operator on a timer thread disposes it (take_until(timer(2.0)) without a scheduler)
+    await asyncio.to_thread(subscription.dispose)
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(stream.result, 20)
+    stop.set()
+    await task
+    await store.close()
+
+
 async def test_a_run_cancelled_before_a_worker_takes_it_ends_cancelled_on_its_stream(
     transport: RedisTransport, tmp_path: Path
 ) -> None:

@@ -349,13 +349,14 @@ class RemoteRunStream(Observable[InvocationEvent]):
         """The runtime running it: a worker elsewhere (None here)."""
         self._remote = remote
         self._events = _Lazy(_Replay(_report, run_id))
-        self._result: asyncio.Future[RunOutput] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._result: asyncio.Future[RunOutput] = self._loop.create_future()
         self._result.add_done_callback(retrieve)
         self._is_ended = False
         self._ending = False  # the terminal event is being delivered
         self._owned = request is not None  # submitted here: an early last unsubscribe cancels
         self._subscribers = 0
-        self._task = asyncio.get_running_loop().create_task(self._follow(request))
+        self._task = self._loop.create_task(self._follow(request))
         self._task.add_done_callback(retrieve)
 
     @property
@@ -385,10 +386,22 @@ class RemoteRunStream(Observable[InvocationEvent]):
             self._subscribers -= 1
             if not self._subscribers and self._owned and not (self._ending or self._is_ended):
                 self._owned = False  # asked once
-                task = asyncio.get_running_loop().create_task(self._remote.cancel(self.run_id))
-                task.add_done_callback(self._cancel_sent)
+                if self._loop.is_closed():
+                    return  # nothing can be sent any more
+                try:
+                    here = asyncio.get_running_loop() is self._loop
+                except RuntimeError:  # disposed outside any loop (another thread, say)
+                    here = False
+                if here:
+                    self._send_cancel()
+                else:
+                    self._loop.call_soon_threadsafe(self._send_cancel)
 
         return Disposable(dispose)
+
+    def _send_cancel(self) -> None:
+        task = self._loop.create_task(self._remote.cancel(self.run_id))
+        task.add_done_callback(self._cancel_sent)
 
     def _cancel_sent(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
