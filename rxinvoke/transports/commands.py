@@ -5,8 +5,8 @@ or SIGTERM (then it finishes the runs it holds and exits 0; a second signal exit
 status 130, leaving the runs it holds to the other workers' reapers, as if it had died: failed
 or resumed per ``--on-worker-loss``); ``rxinvoke submit PROMPT --redis
 URL`` queues one and streams it as ``rxinvoke run`` does (Ctrl-C cancels it on its worker;
-``--detach``: print the run id and exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the workers to cancel a run and waits for its
-terminal event; ``rxinvoke events RUN_ID --follow --redis URL [--after SEQ]`` follows a run's
+``--detach``: print the run id and exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the
+workers to cancel a run and waits for its terminal event; ``rxinvoke events RUN_ID --follow --redis URL [--after SEQ]`` follows a run's
 stream live from anywhere. ``--redis`` defaults to ``$RXINVOKE_REDIS`` (``--redis-prefix`` to
 ``$RXINVOKE_REDIS_PREFIX``, else ``rx:``), ``--postgres`` to
 ``$RXINVOKE_POSTGRES`` (keep the password out of the command line: ``PGPASSWORD`` or
@@ -22,7 +22,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .._terminal import (
     Renderer,
@@ -40,6 +40,9 @@ from ..request import EmitRequest
 from ..runtime import AgentRuntime
 from ..stores import EventEnvelope, SqliteStore, Store
 from ..tools import builtin_tools
+
+if TYPE_CHECKING:
+    from .remote import RemoteRuns
 
 __all__ = ("COMMANDS", "add_commands", "run_command")
 
@@ -274,7 +277,7 @@ async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         await transport.close()
 
 
-async def _cancel_interrupted(remote: Any, run_id: str) -> None:
+async def _cancel_interrupted(remote: RemoteRuns, run_id: str) -> None:
     """Ask the workers to cancel the run of an interrupted ``submit`` and say so."""
     try:
         await remote.cancel(run_id)
