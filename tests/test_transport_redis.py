@@ -518,6 +518,26 @@ def calls_then_answers(tool_name: str) -> ScriptedProvider:
     return ScriptedProvider(turns)
 
 
+class StuckOnce:
+    """A tool ``wait_here`` whose first call waits until cancelled (``entered`` set as it
+    begins); later calls return "ok". ``calls`` counts them."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.calls = 0
+
+        @tool
+        async def wait_here() -> str:
+            """Wait until cancelled (the first call)."""
+            self.calls += 1
+            if self.calls == 1:
+                self.entered.set()
+                await asyncio.Event().wait()
+            return "ok"
+
+        self.tool = wait_here
+
+
 async def worker_for(store: Store, transport: Transport, runtime_tools: Any = (), provider: Any = None, **kw: Any) -> tuple[Worker, asyncio.Event, asyncio.Task[None]]:
     runtime = AgentRuntime(
         providers=[provider or OfflineProvider()], tools=runtime_tools or builtin_tools(), store=store
@@ -616,29 +636,19 @@ async def test_a_run_queued_twice_runs_once_and_both_jobs_are_acknowledged(
 
 
 async def test_a_remote_cancel_during_a_tool_lands(transport: RedisTransport, tmp_path: Path) -> None:
-    entered = asyncio.Event()
-    calls: list[str] = []
-
-    @tool
-    async def wait_here() -> str:
-        """Wait until cancelled."""
-        calls.append("wait")
-        entered.set()
-        await asyncio.Event().wait()
-        return "never"
-
+    stuck = StuckOnce()
     store = SqliteStore(tmp_path / "c.db")
-    worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
+    worker, stop, task = await worker_for(store, transport, [stuck.tool], calls_then_answers("wait_here"))
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
-    await asyncio.wait_for(entered.wait(), 20)
+    await asyncio.wait_for(stuck.entered.wait(), 20)
     assert await inv.cancel(stream.run_id)
     with pytest.raises(InvocationCancelled):
         await asyncio.wait_for(stream.result, 20)
     types = [e.type for e in await collect(stream)]
     assert types[-1] == "run_cancelled" and types.count("run_cancelled") == 1
     record = await store.get_run(stream.run_id)
-    assert record is not None and record.status == "cancelled" and calls == ["wait"]
+    assert record is not None and record.status == "cancelled" and stuck.calls == 1
     stop.set()
     await task
     await store.close()
@@ -726,25 +736,15 @@ async def test_a_submitted_run_shows_live_in_a_notebook_as_a_local_one(
 async def test_a_submitted_streams_last_subscriber_leaving_early_cancels_the_run_as_a_local_one(
     transport: RedisTransport, tmp_path: Path
 ) -> None:
-    entered, calls = asyncio.Event(), []
-
-    @tool
-    async def wait_here() -> str:
-        """The first call waits until cancelled."""
-        calls.append(1)
-        if len(calls) == 1:
-            entered.set()
-            await asyncio.Event().wait()
-        return "ok"
-
+    stuck = StuckOnce()
     store = SqliteStore(tmp_path / "d.db")
-    worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
+    worker, stop, task = await worker_for(store, transport, [stuck.tool], calls_then_answers("wait_here"))
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
     first, second = stream.subscribe(lambda e: None), stream.subscribe(lambda e: None)
     follower = RemoteRuns(transport).follow(stream.run_id, stream.session_id)
     follower.subscribe(lambda e: None).dispose()  # a stream of a run submitted elsewhere: not its to cancel
-    await asyncio.wait_for(entered.wait(), 20)
+    await asyncio.wait_for(stuck.entered.wait(), 20)
     first.dispose()  # another subscriber is left: the run goes on
     assert await transport.cancel_requested([stream.run_id]) == [False]
     second.dispose()  # the last one left before the end: the run is not wanted
@@ -766,21 +766,13 @@ async def test_a_submitted_streams_last_subscriber_leaving_early_cancels_the_run
 async def test_a_submitted_stream_left_from_another_thread_cancels_its_run_all_the_same(
     transport: RedisTransport, tmp_path: Path
 ) -> None:
-    entered = asyncio.Event()
-
-    @tool
-    async def wait_here() -> str:
-        """Wait until cancelled."""
-        entered.set()
-        await asyncio.Event().wait()
-        return "never"
-
+    stuck = StuckOnce()
     store = SqliteStore(tmp_path / "t.db")
-    worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
+    worker, stop, task = await worker_for(store, transport, [stuck.tool], calls_then_answers("wait_here"))
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
     subscription = stream.subscribe(lambda e: None)
-    await asyncio.wait_for(entered.wait(), 20)
+    await asyncio.wait_for(stuck.entered.wait(), 20)
     # as a time operator on a timer thread disposes it (take_until(timer(2.0)) without a scheduler)
     await asyncio.to_thread(subscription.dispose)
     with pytest.raises(InvocationCancelled):
