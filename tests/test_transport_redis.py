@@ -335,6 +335,32 @@ async def test_an_append_the_server_refuses_raises_and_the_next_one_goes_through
     assert await transport.client.xlen(f"{transport.prefix}run:fine") == 1
 
 
+async def test_a_worker_warns_at_start_of_a_server_that_evicts_keys(
+    transport: RedisTransport, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await transport.warnings() == []  # the test server: no maxmemory
+    client = transport.client
+    before = await client.config_get("maxmemory*")
+    await client.config_set("maxmemory", "512mb")
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        assert await transport.warnings() == []  # full, it refuses writes: nothing is dropped
+        await client.config_set("maxmemory-policy", "allkeys-lru")
+        (warning,) = await transport.warnings()
+        assert "maxmemory-policy allkeys-lru" in warning and "set maxmemory-policy noeviction" in warning
+        assert transport.where in warning
+        store = SqliteStore(tmp_path / "e.db")
+        worker, stop, task = await worker_for(store, transport)
+        with caplog.at_level("WARNING", logger="rxinvoke"):
+            stop.set()
+            await asyncio.wait_for(task, 20)
+        assert any(warning in record.getMessage() for record in caplog.records)
+        await store.close()
+    finally:
+        await client.config_set("maxmemory-policy", before["maxmemory-policy"])
+        await client.config_set("maxmemory", before["maxmemory"])
+
+
 async def test_observing_an_unknown_run_is_an_error(transport: RedisTransport) -> None:
     with pytest.raises(UnknownRun):
         await collect(RemoteRuns(transport).observe_run("no-such-run"))

@@ -139,6 +139,11 @@ class Transport(Protocol):
         """Run ids whose cancel was requested, as the notices arrive (reconnecting as needed)."""
         ...
 
+    async def warnings(self) -> list[str]:
+        """The broker's settings that put runs at risk, one sentence each (empty: none known);
+        a worker logs them as it starts."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

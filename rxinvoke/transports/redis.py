@@ -388,6 +388,23 @@ class RedisTransport:
             await pipe.execute()
 
     @_translated
+    async def warnings(self) -> list[str]:
+        """A server that evicts keys when full (``maxmemory`` set and a ``maxmemory-policy``
+        other than ``noeviction``) may drop leases, cancel markers, queued runs and run
+        streams: runs would then run twice, never, or unseen. Read from ``INFO memory``
+        (allowed where ``CONFIG`` is not, as on managed servers)."""
+        info = await self._client.info("memory")
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        limit = int(info.get("maxmemory", 0) or 0)
+        if policy == "noeviction" or not limit:
+            return []
+        return [
+            f"the Redis server at {self.where} evicts keys when full (maxmemory-policy {policy}, "
+            f"maxmemory {limit} bytes): it may drop leases, cancel markers, queued runs and run "
+            "streams, so runs could run twice or be lost; set maxmemory-policy noeviction"
+        ]
+
+    @_translated
     async def tail(self, run_id: str) -> Segment | None:
         """The last segment the run's stream holds (None if none)."""
         entries = await self._client.xrevrange(self._stream(run_id), count=1)

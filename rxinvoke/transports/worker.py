@@ -227,6 +227,7 @@ class Worker:
         """Take and run jobs until ``stop`` is set (then finish the runs going) or the task is
         cancelled (then cancel them: each ends with ``run_cancelled``)."""
         stop = stop or asyncio.Event()
+        await self._warn_of_the_broker()
         attachment = self.mirror.attach(self.runtime)
         helpers = [
             asyncio.ensure_future(self._listen_for_cancels()),
@@ -253,6 +254,16 @@ class Worker:
                     helper.exception()  # retrieved: never "exception was never retrieved"
             attachment.dispose()
             await self.mirror.aclose()
+
+    async def _warn_of_the_broker(self) -> None:
+        """Log what the broker's settings put at risk (nothing if it cannot say yet: the take
+        loop waits for it)."""
+        try:
+            warnings = await self.transport.warnings()
+        except Exception:  # away now: the take loop backs off and retries
+            return
+        for warning in warnings:
+            _log.warning("rxinvoke worker %s: %s", self.name, warning)
 
     async def _take_loop(self, stop: asyncio.Event) -> None:
         delay = 0.05
