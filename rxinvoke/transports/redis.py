@@ -176,7 +176,8 @@ def _translated(
 
 
 class RedisTransport:
-    """The :class:`~rxinvoke.transports.base.Transport` on one Redis server.
+    """The :class:`~rxinvoke.transports.base.Transport` on one Redis server (6.2 or newer; not
+    Redis Cluster: an append writes the streams of many runs in one script).
 
     Its methods raise :class:`~rxinvoke.errors.TransportError` when the server cannot be
     reached (after the retries a command gets) or refuses a command.
