@@ -91,6 +91,7 @@ from .events import DoomLoopDetected as DoomLoopDetected
 from .events import EventBase as EventBase
 from .events import EventKind as EventKind
 from .events import InvocationEvent as InvocationEvent
+from .events import ModelRetried as ModelRetried
 from .events import ModelStarted as ModelStarted
 from .events import RunCancelled as RunCancelled
 from .events import RunCompleted as RunCompleted
@@ -205,6 +206,7 @@ __all__ = (
     "Message",
     "MigrationError",
     "ModelLimits",
+    "ModelRetried",
     "ModelStarted",
     "of_kind",
     "OfflineProvider",

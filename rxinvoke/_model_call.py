@@ -3,8 +3,9 @@
 The numbers live in :class:`~rxinvoke.policy.RuntimePolicy` (``max_retries``,
 ``retry_backoff``, ``retry_backoff_max``, ``provider_timeout``); the rule lives here, for every
 provider: a retryable error (HTTP 408/429/5xx, a connection failure, timeouts included) raised
-before the attempt yielded any event is retried after :func:`retry_delay`; an attempt that
-already published events is never repeated (its deltas would be published twice).
+before the attempt yielded any event is retried after :func:`retry_delay` (a ``model_retried``
+event says so); an attempt that already published events is never repeated (its deltas would
+be published twice).
 
 Each chat event is published with the run id, followed by its agent twin (``text_delta``,
 ``tool_call_*``); calls the provider started but never completed are announced complete once
@@ -33,6 +34,7 @@ from .events import (
     ChatStreamEvent,
     ChatTextDelta,
     InvocationEvent,
+    ModelRetried,
     ToolCallCompleted,
     text_fragment,
     text_twin,
@@ -99,6 +101,8 @@ async def call_model(
             _log.info(
                 "run %s: %s; retry %d of %d in %.2fs", run_id, exc, attempt, policy.max_retries, delay
             )
+            status = exc.status_code if isinstance(exc, ProviderHTTPError) else None
+            publish(ModelRetried(run_id=run_id, attempt=attempt, error=exc.message, status=status, delay_ms=delay * 1000.0))
             await sleep(scheduler, delay)
             continue
         return accumulator

@@ -48,6 +48,7 @@ __all__ = (
     "EventBase",
     "EventKind",
     "InvocationEvent",
+    "ModelRetried",
     "ModelStarted",
     "RunCancelled",
     "RunCompleted",
@@ -180,6 +181,22 @@ class ModelStarted(_AgentEventBase):
     provider: str
     model: str
     iteration: int
+
+
+class ModelRetried(_AgentEventBase):
+    """The model call's attempt failed before its response began streaming (HTTP 408, 429 or
+    5xx, a connection failure or a timeout) and is made again after ``delay_ms``: its
+    ``model_started`` stands, and its events follow from the attempt that answers."""
+
+    type: Literal["model_retried"] = "model_retried"
+    attempt: int
+    """The retry's number (1: the call's second attempt)."""
+    error: str
+    """The failed attempt's error (provider, model, status and the server's message)."""
+    status: int | None = None
+    """The failed attempt's HTTP status (None: no response, as a refused connection)."""
+    delay_ms: float = 0.0
+    """The wait before the retry: the server's ``Retry-After``, else the backoff."""
 
 
 class TextDelta(_AgentEventBase):
@@ -541,7 +558,7 @@ class ChatFinished(EventBase):
 
 
 AgentEvent = Annotated[
-    RunStarted | RunResumed | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened,
+    RunStarted | RunResumed | ContextBuilt | ModelStarted | ModelRetried | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened,
     Field(discriminator="type"),
 ]
 """Any event the runtime itself produces."""
@@ -553,7 +570,7 @@ ChatStreamEvent = Annotated[
 """Any event a provider stream yields."""
 
 InvocationEvent = Annotated[
-    RunStarted | RunResumed | ContextBuilt | ModelStarted | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
+    RunStarted | RunResumed | ContextBuilt | ModelStarted | ModelRetried | TextDelta | ToolCallStarted | ToolCallDelta | ToolCallCompleted | ToolExecutionStarted | ToolExecutionFinished | AssistantMessageCommitted | ToolMessageCommitted | UsageRecorded | RunCompleted | RunFailed | RunCancelled | DoomLoopDetected | ApprovalRequested | ApprovalDecided | CompactionStarted | CompactionFinished | CompactionCircuitOpened | ChatStarted | ChatTextDelta | ChatToolCallStarted | ChatToolCallArgumentsDelta | ChatToolCallCompleted | ChatFinished,
     Field(discriminator="type"),
 ]
 """Any event published on the runtime's subject."""
@@ -578,6 +595,7 @@ class EventKind(str, enum.Enum):
     RUN_RESUMED = "run_resumed"
     CONTEXT_BUILT = "context_built"
     MODEL_STARTED = "model_started"
+    MODEL_RETRIED = "model_retried"
     TEXT_DELTA = "text_delta"
     TOOL_CALL_STARTED = "tool_call_started"
     TOOL_CALL_DELTA = "tool_call_delta"

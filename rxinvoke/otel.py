@@ -12,7 +12,8 @@ SpanBuilder`), so both show one tree by construction — with the times of the e
 - ``chat {model}`` (CLIENT), each model call, its child: ``gen_ai.operation.name=chat``,
   provider, request model, conversation, ``rxinvoke.iteration``,
   ``gen_ai.response.finish_reasons``, ``gen_ai.usage.input_tokens`` / ``output_tokens``,
-  ``gen_ai.response.time_to_first_chunk`` (seconds);
+  ``gen_ai.response.time_to_first_chunk`` (seconds), ``rxinvoke.retries`` (failed attempts
+  retried before it answered, when any);
 - ``execute_tool {tool}`` (INTERNAL), each tool execution, a child of the run:
   ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``gen_ai.tool.type=function`` (the agent and
   the conversation are on its parent, as the conventions list them).
@@ -84,7 +85,8 @@ SEMCONV_VERSION = "1.37.0"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _STEPS = frozenset({
-    EventKind.RUN_STARTED, EventKind.RUN_RESUMED, EventKind.MODEL_STARTED, EventKind.CHAT_FINISHED,
+    EventKind.RUN_STARTED, EventKind.RUN_RESUMED, EventKind.MODEL_STARTED, EventKind.MODEL_RETRIED,
+    EventKind.CHAT_FINISHED,
     EventKind.USAGE_RECORDED, EventKind.TOOL_EXECUTION_STARTED, EventKind.TOOL_EXECUTION_FINISHED,
     EventKind.RUN_COMPLETED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED,
 })
@@ -310,6 +312,8 @@ class _Exporter:
             attributes["gen_ai.usage.output_tokens"] = found["output_tokens"]
         if "first_fragment_ms" in found:
             attributes["gen_ai.response.time_to_first_chunk"] = float(found["first_fragment_ms"]) / 1000.0
+        if "retries" in found:
+            attributes["rxinvoke.retries"] = found["retries"]
         return attributes
 
     def _finish(self, span: Span, otel_span: Any) -> None:

@@ -7,7 +7,8 @@ of an event list (live or stored): a span still open when the list ends is ``run
 - ``run``: ``run_started`` → the terminal event; status ``ok`` / ``error`` / ``cancelled``.
 - ``model_call``: ``model_started`` → its ``usage_recorded`` (or the run's end); attributes
   ``iteration``, ``provider``, ``model``, ``first_fragment_ms`` (time to the first text or
-  tool-call fragment), ``streaming_ms``, token counts and ``finish_reason``.
+  tool-call fragment), ``streaming_ms``, token counts and ``finish_reason``; after a
+  ``model_retried``, ``retries`` (failed attempts) and ``retry_error`` (the last one's error).
 - ``tool_execution``: ``tool_execution_started`` → ``tool_execution_finished``; attributes
   ``tool_name``, ``call_id``, ``lane`` (0, 1, … so overlapping executions get their own rows)
   and, on failure, ``error`` / ``error_type``.
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from .events import (
     ChatFinished,
     InvocationEvent,
+    ModelRetried,
     ModelStarted,
     RunCancelled,
     RunCompleted,
@@ -154,6 +156,11 @@ class SpanBuilder:
         )
         self.model.attributes.update(iteration=event.iteration, provider=event.provider, model=event.model)
 
+    def _model_retried(self, event: ModelRetried) -> None:
+        model = self.model
+        if model is not None:
+            model.attributes.update(retries=event.attempt, retry_error=event.error)
+
     def _fragment(self, event: InvocationEvent) -> None:
         at = event.timestamp
         model = self.model
@@ -270,6 +277,7 @@ _BY_CLASS: tuple[tuple[type[InvocationEvent], _Step], ...] = (
     (RunStarted, SpanBuilder._run_started),
     (RunResumed, SpanBuilder._run_resumed),
     (ModelStarted, SpanBuilder._model_started),
+    (ModelRetried, SpanBuilder._model_retried),
     (TextDelta, SpanBuilder._fragment),
     (ToolCallStarted, SpanBuilder._fragment),
     (ToolCallDelta, SpanBuilder._fragment),

@@ -37,6 +37,7 @@ from rxinvoke import (
     FinishReason,
     InvocationEvent,
     Message,
+    ModelRetried,
     ModelStarted,
     RunCancelled,
     RunCompleted,
@@ -136,6 +137,9 @@ AGENT_EXAMPLES: tuple[EventBase, ...] = (
     ),
     CompactionCircuitOpened(run_id=RUN, timestamp=WHEN, consecutive_failures=3),
     RunResumed(run_id=RUN, timestamp=WHEN, session_id=SESSION, after_seq=7, attempt=2, runtime="worker-2"),
+    ModelRetried(
+        run_id=RUN, timestamp=WHEN, attempt=1, error="openai/gpt: HTTP 429: slow down", status=429, delay_ms=7000.0
+    ),
 )
 
 CHAT_EXAMPLES: tuple[EventBase, ...] = (
@@ -174,7 +178,7 @@ def _ids(events: tuple[EventBase, ...]) -> list[str]:
 def test_examples_cover_every_event_type() -> None:
     assert {type(e) for e in AGENT_EXAMPLES} == _union_members(AgentEvent)
     assert {type(e) for e in CHAT_EXAMPLES} == _union_members(ChatStreamEvent)
-    assert len(AGENT_EXAMPLES) == 22
+    assert len(AGENT_EXAMPLES) == 23
     assert len(CHAT_EXAMPLES) == 6
 
 

@@ -399,3 +399,23 @@ def test_the_trace_context_goes_with_a_job_and_is_entered_where_it_runs(otel: Ot
         "assert _tracing.current() is None; assert 'opentelemetry' not in sys.modules, 'imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_retried_model_call_is_one_chat_span_that_counts_its_retries(otel: Otel) -> None:
+    slow_down = ProviderHTTPError("scripted", "scripted", 429, "slow down", retry_after=0.0)
+    runtime, events, _ = rig(otel, [[Refuse(slow_down)], *W1])
+    await runtime.run(request())
+    (retried,) = [e for e in events if e.type == "model_retried"]
+    assert (retried.attempt, retried.status, retried.delay_ms) == (1, 429, 0.0)  # type: ignore[attr-defined]
+    assert retried.error == "scripted/scripted: HTTP 429: slow down"  # type: ignore[attr-defined]
+    first, second = [s for s in spans(events) if s.kind == "model_call"]
+    assert (first.attributes["retries"], first.attributes["retry_error"]) == (1, retried.error)  # type: ignore[attr-defined]
+    assert "retries" not in second.attributes
+    # the notebook's timeline says so too (the same span model)
+    from rxinvoke.notebook import RunView
+
+    assert "retried 1× (last: scripted/scripted: HTTP 429: slow down)" in (RunView.from_events(events)._repr_html_() or "")
+    chats = [s for s in otel.spans() if s.name.startswith("chat")]
+    assert len(chats) == 2  # the failed attempt is no span of its own
+    assert chats[0].attributes["rxinvoke.retries"] == 1 and "rxinvoke.retries" not in chats[1].attributes
+    assert chats[0].status.status_code is StatusCode.UNSET  # it answered in the end

@@ -40,6 +40,7 @@ from rxinvoke import (
     InvocationEvent,
     InvocationFailed,
     Message,
+    ModelRetried,
     ProviderConnectionError,
     ProviderContextOverflow,
     ProviderHTTPError,
@@ -723,6 +724,12 @@ async def test_a_429_waits_the_retry_after_the_server_asked_for(
     assert output.output_text == "done"
     assert asked == [(0, 7.0), (1, None)]
     assert len(server.requests) == 3
+    # each failed attempt is an event: what failed, and when the call is made again
+    retried = [e for e in r.events if isinstance(e, ModelRetried)]
+    assert [(e.attempt, e.status, e.delay_ms) for e in retried] == [(1, 429, 0.0), (2, 503, 0.0)]
+    assert retried[0].error == f"openai/{MODEL}: HTTP 429: slow down" and "HTTP 503" in retried[1].error
+    types = r.types()
+    assert types.index("model_started") < types.index("model_retried") < types.index("chat_started")
 
 
 @pytest.mark.parametrize(
@@ -772,6 +779,7 @@ async def test_retries_are_bounded_by_the_policy(
         await r.run()
 
     assert len(server.requests) == 3
+    assert r.types().count("model_retried") == 2  # the third failure is the run's
     cause = caught.value.cause
     assert isinstance(cause, ProviderHTTPError) and cause.status_code == 503
     failed = r.events[-1]

@@ -30,7 +30,8 @@ FAMILY_COLOURS: Mapping[str, str] = {
 
 _FAMILY: Mapping[str, str] = {
     "run_started": "run", "context_built": "run", "run_completed": "run", "run_failed": "run",
-    "run_cancelled": "run", "model_started": "model", "chat_started": "model",
+    "run_cancelled": "run", "model_started": "model", "model_retried": "model",
+    "chat_started": "model",
     "chat_finished": "model", "usage_recorded": "model", "text_delta": "text",
     "chat_text_delta": "text", "assistant_message_committed": "store",
     "tool_message_committed": "store", "doom_loop_detected": "safety",

@@ -35,6 +35,8 @@ def _title(span: Span) -> str:
         parts.append(
             f"tokens {attributes['input_tokens']}/{attributes['output_tokens']}/{attributes['total_tokens']}"
         )
+    if "retries" in attributes:
+        parts.append(f"retried {attributes['retries']}× (last: {attributes['retry_error']})")
     if "error" in attributes:
         parts.append(f"error: {attributes['error']}")
     return " · ".join(str(p) for p in parts)
