@@ -335,10 +335,13 @@ async def test_429_and_529_are_retried_with_the_servers_delay(server: MessagesSe
         text_reply("finally"),
     )
     async with provider(server) as p:
-        rt, _ = runtime(p)
+        rt, events = runtime(p)
         output = await rt.run(run_request())
     assert output.output_text == "finally"
     assert asked == [7.0, None] and len(server.requests) == 3
+    retried = [e for e in events if e.type == "model_retried"]
+    assert [(e.attempt, e.status) for e in retried] == [(1, 429), (2, 529)]
+    assert retried[1].error == f"anthropic/{MODEL}: HTTP 529: Overloaded" and KEY not in repr(retried)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403])
