@@ -789,6 +789,33 @@ async def test_a_submitted_streams_last_subscriber_leaving_early_cancels_the_run
     await store.close()
 
 
+async def test_recipe_5_on_a_submitted_run_cancels_it_on_its_worker(transport: RedisTransport, tmp_path: Path) -> None:
+    import reactivex
+    from reactivex.testing import TestScheduler
+
+    from rxinvoke import text_of
+
+    stuck = StuckOnce()
+    store = SqliteStore(tmp_path / "r5.db")
+    worker, stop, task = await worker_for(store, transport, [stuck.tool], calls_then_answers("wait_here"))
+    clock = TestScheduler()  # the recipe's inv.scheduler, driven here by hand
+    inv = RuntimeInvocation(AgentRuntime(scheduler=clock), remote=RemoteRuns(transport))
+    # --- the README's recipe 5, with submit for stream ---
+    stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
+    shown = stream.pipe(ops.take_until(reactivex.timer(2.0, scheduler=inv.scheduler)), text_of())
+    shown.subscribe(print)
+    # --- end ---
+    await asyncio.wait_for(stuck.entered.wait(), 20)
+    clock.advance_by(2.0)  # the timer fires: the only subscription is disposed
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(stream.result, 20)
+    record = await store.get_run(stream.run_id)
+    assert record is not None and record.status == "cancelled"
+    stop.set()
+    await task
+    await store.close()
+
+
 async def test_a_submitted_stream_left_from_another_thread_cancels_its_run_all_the_same(
     transport: RedisTransport, tmp_path: Path
 ) -> None:
