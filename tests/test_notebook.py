@@ -114,6 +114,21 @@ def test_overlapping_tools_get_lanes_and_failures_are_red() -> None:
     assert "404" in (failed[0].find(f"{SVG}title").text or "")  # type: ignore[union-attr]
 
 
+def test_a_run_view_of_envelopes_is_the_view_of_their_events() -> None:
+    import uuid
+
+    from tests_support_spans import one_run_with_overlapping_tools
+
+    from rxinvoke.stores import EventEnvelope
+
+    events = one_run_with_overlapping_tools()
+    session = uuid.uuid4()
+    envelopes = [EventEnvelope.of(e, e.run_id or "", session, seq) for seq, e in enumerate(events, 1)]
+    view, expected = RunView.from_events(envelopes), RunView.from_events(events)  # as observe_run gives them
+    assert list(view.events) == list(expected.events) and view.spans == expected.spans
+    assert view.status == expected.status and view.run_id == expected.run_id
+
+
 async def test_every_renderer_escapes_model_tool_and_user_text() -> None:
     @tool
     def echo(text: str) -> str:

@@ -31,7 +31,7 @@ from ..events import (
 )
 from ..messages import TokenUsage
 from ..spans import Span, spans
-from ..stores.base import RunRecord, Store
+from ..stores.base import EventEnvelope, RunRecord, Store
 from ._html import FAMILY_COLOURS, chip, esc, event_table
 from ._timeline import FAILURE_COLOUR, timeline_svg
 
@@ -83,13 +83,15 @@ class RunView:
 
     def __init__(
         self,
-        events: Iterable[InvocationEvent],
+        events: Iterable[InvocationEvent | EventEnvelope],
         *,
         record: RunRecord | None = None,
         chat: bool = False,
         run_id: str | None = None,
     ) -> None:
-        listed = list(events)
+        listed: list[InvocationEvent] = [
+            e.event if isinstance(e, EventEnvelope) else e for e in events  # envelopes too
+        ]
         self.run_id = run_id or (record.run_id if record else None) or next(
             (e.run_id for e in listed if e.run_id), ""
         )
@@ -101,8 +103,10 @@ class RunView:
         """The run's spans (run, model calls, tool executions)."""
 
     @classmethod
-    def from_events(cls, events: Iterable[InvocationEvent], *, chat: bool = False) -> RunView:
-        """The view of the (first) run in ``events``."""
+    def from_events(
+        cls, events: Iterable[InvocationEvent | EventEnvelope], *, chat: bool = False
+    ) -> RunView:
+        """The view of the (first) run in ``events`` (or in envelopes: ``observe_run``'s)."""
         return cls(events, chat=chat)
 
     @classmethod
