@@ -96,7 +96,10 @@ def add_commands(
     submit = commands.add_parser(
         "submit",
         help="queue one prompt for a worker, streaming the answer",
-        description="Queue PROMPT for `rxinvoke worker` and stream its events as `rxinvoke run` does.",
+        description=(
+            "Queue PROMPT for `rxinvoke worker` and stream its events as `rxinvoke run` does "
+            "(Ctrl-C cancels the run on its worker; --detach leaves it running)."
+        ),
     )
     submit.add_argument("prompt", metavar="PROMPT", help="the user message (- reads it from stdin)")
     _add_redis_option(submit)
