@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ._terminal import (
     Renderer,
@@ -195,7 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- the durable store: --db, `runs`, `events` ------------------------------------------------
 
 
-def _add_db_option(parser: argparse.ArgumentParser) -> None:
+def _add_db_option(parser: Any, *, postgres: bool = False) -> None:
+    """``--db PATH``; with ``postgres``, or ``--postgres [DSN]`` (the workers' store)."""
+    if postgres:
+        parser = parser.add_mutually_exclusive_group()
+        parser.add_argument(
+            "--postgres", metavar="DSN", nargs="?", const="",
+            help="read a PostgreSQL store instead, as `rxinvoke worker --postgres` writes it "
+            "(DSN default $RXINVOKE_POSTGRES; the password from PGPASSWORD or ~/.pgpass)",
+        )
     parser.add_argument(
         "--db", metavar="PATH",
         help=f"the database file (default: $RXINVOKE_DB or {default_db_path()})",
@@ -212,7 +221,7 @@ def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     runs.add_argument("--limit", type=positive, default=20, metavar="N", help="at most N runs (default 20)")
     runs.add_argument("--session", metavar="UUID", help="only the runs of this session")
     runs.add_argument("--json", action="store_true", help="print one JSON run record per line")
-    _add_db_option(runs)
+    _add_db_option(runs, postgres=True)
     events = commands.add_parser(
         "events",
         help="replay the stored events of a run",
@@ -224,7 +233,7 @@ def _add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     events.add_argument(
         "--json", action="store_true", help="print one JSON envelope (seq, event, ...) per line"
     )
-    _add_db_option(events)
+    _add_db_option(events, postgres=True)
     scale_out.add_follow_options(events)
 
 
@@ -240,7 +249,17 @@ async def _with_store(
     path: Path,
     create: bool,
 ) -> int:
-    store = SqliteStore(path, create=create)
+    store: Store
+    dsn = getattr(args, "postgres", None)
+    if dsn is not None:  # --postgres [DSN]
+        dsn = dsn or os.environ.get("RXINVOKE_POSTGRES")
+        if not dsn:
+            raise UserError("--postgres needs a DSN (or $RXINVOKE_POSTGRES)")
+        from .stores.postgres import PostgresStore
+
+        store = PostgresStore(dsn)
+    else:
+        store = SqliteStore(path, create=create)
     try:
         await store.open()
         return await command(args, out, store)

@@ -128,3 +128,44 @@ def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str], tmp_
     code, _, err = cli(capsys, *argv, "--db", str(tmp_path / "x.db"))
     assert code == 2
     assert_one_line_error(err, message)
+
+
+def test_runs_and_events_read_the_workers_postgres_store(
+    capsys: pytest.CaptureFixture[str], postgres_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from rxinvoke import (
+        AgentRuntime,
+        EmitRequest,
+        OfflineProvider,
+        PostgresStore,
+        RuntimeInvocation,
+        builtin_tools,
+    )
+
+    dsn: str = postgres_server.dsn  # type: ignore[attr-defined]
+    session = uuid.uuid4()
+
+    async def seed() -> tuple[str, list[EventEnvelope]]:
+        async with PostgresStore(dsn) as store:  # the schema `rxinvoke worker --postgres` uses
+            runtime = AgentRuntime(providers=[OfflineProvider()], tools=builtin_tools(), store=store)
+            out = await RuntimeInvocation(runtime).emit(EmitRequest(PROMPT, session_id=session))
+            return out.run_id, await store.read_events(out.run_id)
+
+    run_id, stored = asyncio.run(seed())
+    code, out, err = cli(capsys, "runs", "--session", str(session), "--postgres", dsn)
+    assert code == 0, err
+    (row,) = out.splitlines()[1:]
+    assert row.split()[:3] == [run_id, str(session), "completed"]
+    monkeypatch.setenv("RXINVOKE_POSTGRES", dsn)
+    code, out, err = cli(capsys, "events", run_id, "--json", "--postgres")  # the DSN from the environment
+    assert code == 0, err
+    assert [EventEnvelope.model_validate_json(line) for line in out.splitlines()] == stored
+    monkeypatch.delenv("RXINVOKE_POSTGRES")
+    code, _, err = cli(capsys, "runs", "--postgres")
+    assert code == 1
+    assert_one_line_error(err, "--postgres needs a DSN (or $RXINVOKE_POSTGRES)")
+    with pytest.raises(SystemExit) as refused:  # one store or the other
+        cli(capsys, "runs", "--postgres", dsn, "--db", "x.db")
+    assert refused.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
