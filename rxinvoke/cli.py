@@ -89,7 +89,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="calls of tool NAME wait for `rxinvoke approve` / `deny` (repeatable)",
     )
     add_provider_options(parser)
-    _add_db_option(parser)
+    _add_db_option(parser, postgres=True)
 
 
 async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:

@@ -169,3 +169,20 @@ def test_runs_and_events_read_the_workers_postgres_store(
     with pytest.raises(SystemExit) as refused:  # one store or the other
         cli(capsys, "runs", "--postgres", dsn, "--db", "x.db")
     assert refused.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_run_paused_in_the_postgres_store_is_approved_from_the_command_line(
+    capsys: pytest.CaptureFixture[str], postgres_server: object
+) -> None:
+    from test_cli import ANSWER, _paused
+
+    dsn: str = postgres_server.dsn  # type: ignore[attr-defined]
+    code, out, err = cli(capsys, "run", PROMPT, "--approve-tool", "calculate", "--delay", "0", "--postgres", dsn)
+    assert code == 0, err
+    assert "[awaiting_approval · 1 iteration(s)" in out
+    run_id, call_id = _paused(out)
+    code, out, err = cli(capsys, "approve", run_id, call_id, "--delay", "0", "--postgres", dsn)
+    assert code == 0, err
+    assert ANSWER in out and "[stop ·" in out  # continued here, from the shared store
+    code, out, _ = cli(capsys, "events", run_id, "--postgres", dsn, "--kind", "approval_requested")
+    assert code == 0 and "calculate" in out
