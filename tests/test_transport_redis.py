@@ -835,6 +835,33 @@ async def test_a_submitted_stream_left_from_another_thread_cancels_its_run_all_t
     await store.close()
 
 
+async def test_approving_a_run_paused_on_the_workers_here_says_where_it_is_decided(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    from rxinvoke import ApprovalPolicy, InvalidRequest, RuntimePolicy
+
+    store = SqliteStore(tmp_path / "a.db")
+    runtime = AgentRuntime(
+        providers=[OfflineProvider()], tools=builtin_tools(), store=store,
+        policy=RuntimePolicy(approval=ApprovalPolicy(tools=frozenset({"calculate"}))),
+    )
+    worker = Worker(runtime, transport)
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(worker.serve(stop))
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    paused = await asyncio.wait_for(inv.submit(request()).result, 20)
+    assert paused.finish_reason == FinishReason.AWAITING_APPROVAL
+    (pending,) = paused.pending
+    with pytest.raises(InvalidRequest, match="decided on their store"):
+        await inv.approve(paused.run_id, pending.call_id)
+    # where the store is, it is decided and continued (as `rxinvoke approve --db/--postgres`)
+    out = await RuntimeInvocation(runtime).approve(paused.run_id, pending.call_id)
+    assert out is not None and "5" in out.output_text
+    stop.set()
+    await task
+    await store.close()
+
+
 async def test_a_run_cancelled_before_a_worker_takes_it_ends_cancelled_on_its_stream(
     transport: RedisTransport, tmp_path: Path
 ) -> None:
