@@ -102,7 +102,12 @@ async def call_model(
                 "run %s: %s; retry %d of %d in %.2fs", run_id, exc, attempt, policy.max_retries, delay
             )
             status = exc.status_code if isinstance(exc, ProviderHTTPError) else None
-            publish(ModelRetried(run_id=run_id, attempt=attempt, error=exc.message, status=status, delay_ms=delay * 1000.0))
+            publish(
+                ModelRetried(
+                    run_id=run_id, attempt=attempt, error=exc.message, status=status,
+                    delay_ms=delay * 1000.0,
+                )
+            )
             await sleep(scheduler, delay)
             continue
         return accumulator

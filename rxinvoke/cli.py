@@ -202,8 +202,8 @@ def _add_db_option(parser: Any, *, postgres: bool = False) -> None:
         parser = parser.add_mutually_exclusive_group()
         parser.add_argument(
             "--postgres", metavar="DSN", nargs="?", const="",
-            help="read a PostgreSQL store instead, as `rxinvoke worker --postgres` writes it "
-            "(DSN default $RXINVOKE_POSTGRES; the password from PGPASSWORD or ~/.pgpass)",
+            help="a PostgreSQL store instead, the workers' (`rxinvoke worker --postgres`; DSN "
+            "default $RXINVOKE_POSTGRES; the password from PGPASSWORD or ~/.pgpass)",
         )
     parser.add_argument(
         "--db", metavar="PATH",

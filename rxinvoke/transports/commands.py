@@ -3,12 +3,12 @@
 ``rxinvoke worker --redis URL [--db PATH | --postgres DSN]`` executes queued runs until SIGINT
 or SIGTERM (then it finishes the runs it holds and exits 0; a second signal exits at once with
 status 130, leaving the runs it holds to the other workers' reapers, as if it had died: failed
-or resumed per ``--on-worker-loss``); ``rxinvoke submit PROMPT --redis
-URL`` queues one and streams it as ``rxinvoke run`` does (Ctrl-C cancels it on its worker;
-``--detach``: print the run id and exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the
-workers to cancel a run and waits for its terminal event; ``rxinvoke events RUN_ID --follow --redis URL [--after SEQ]`` follows a run's
-stream live from anywhere. ``--redis`` defaults to ``$RXINVOKE_REDIS`` (``--redis-prefix`` to
-``$RXINVOKE_REDIS_PREFIX``, else ``rx:``), ``--postgres`` to
+or resumed per ``--on-worker-loss``); ``rxinvoke submit PROMPT --redis URL`` queues one and
+streams it as ``rxinvoke run`` does (Ctrl-C cancels it on its worker; ``--detach``: print the
+run id and exit); ``rxinvoke cancel RUN_ID --redis URL`` asks the workers to cancel a run and
+waits for its terminal event; ``rxinvoke events RUN_ID --follow --redis URL [--after SEQ]``
+follows a run's stream live from anywhere. ``--redis`` defaults to ``$RXINVOKE_REDIS``
+(``--redis-prefix`` to ``$RXINVOKE_REDIS_PREFIX``, else ``rx:``), ``--postgres`` to
 ``$RXINVOKE_POSTGRES`` (keep the password out of the command line: ``PGPASSWORD`` or
 ``~/.pgpass`` are read by libpq).
 """
