@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import signal
-from collections.abc import Awaitable
-from typing import TextIO
+from collections.abc import Awaitable, Iterator
+from typing import TYPE_CHECKING, TextIO
 
 from .errors import UserError
 from .events import (
@@ -24,6 +25,9 @@ from .events import (
 from .providers import ChatProvider, OfflineProvider
 from .request import RunOutput
 from .stores import EventEnvelope
+
+if TYPE_CHECKING:
+    from .runtime import AgentRuntime
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -222,6 +226,39 @@ def add_provider_options(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding the API key (default OPENAI_API_KEY or "
         "ANTHROPIC_API_KEY; a server other than OpenAI's may need none)",
     )
+
+
+def add_otel_option(parser: argparse.ArgumentParser) -> None:
+    """``--otel``: export the runs to OpenTelemetry's global providers."""
+    parser.add_argument(
+        "--otel", action="store_true",
+        help="export the runs as OpenTelemetry GenAI spans and metrics to the global providers "
+        "(set up by opentelemetry-instrument or your sitecustomize; needs the [otel] extra)",
+    )
+
+
+@contextlib.contextmanager
+def exported(runtime: AgentRuntime, args: argparse.Namespace) -> Iterator[None]:
+    """With ``--otel``: the block's runs exported (``rxinvoke.otel.instrument``), flushed at
+    its end; without, nothing."""
+    if not getattr(args, "otel", False):
+        yield
+        return
+    from .otel import instrument
+
+    try:
+        handle = instrument(runtime)
+        from opentelemetry import metrics, trace
+    except ImportError:
+        raise UserError("--otel needs the [otel] extra: pip install 'rxinvoke[otel]'") from None
+    try:
+        yield
+    finally:
+        handle.dispose()
+        for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+            flush = getattr(provider, "force_flush", None)
+            if callable(flush):
+                flush()
 
 
 def provider_from_args(args: argparse.Namespace) -> ChatProvider:

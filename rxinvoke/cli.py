@@ -15,8 +15,10 @@ from typing import Any, TextIO
 
 from ._terminal import (
     Renderer,
+    add_otel_option,
     add_provider_options,
     envelope_line,
+    exported,
     interruptible,
     positive,
     provider_from_args,
@@ -89,6 +91,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="calls of tool NAME wait for `rxinvoke approve` / `deny` (repeatable)",
     )
     add_provider_options(parser)
+    add_otel_option(parser)
     _add_db_option(parser, postgres=True)
 
 
@@ -146,7 +149,8 @@ async def _execute(
 
     subscription = invocation.observe(EventKind.ANY).subscribe(safe_render)
     try:
-        output = await start(invocation)
+        with exported(runtime, args):
+            output = await start(invocation)
     finally:
         subscription.dispose()
         aclose = getattr(provider, "aclose", None)

@@ -457,3 +457,57 @@ def test_rxinvoke_deny_tells_the_model_and_bad_ids_are_one_line_errors(
     assert "[stop ·" in out and ANSWER not in out
     code = main(["events", run_id, "--db", db, "--kind", "approval_requested"])
     assert code == 0 and "calculate" in capsys.readouterr().out
+
+
+# --- --otel: the runs as OpenTelemetry spans, to the providers the environment set up -----------
+
+SITECUSTOMIZE = """
+import os
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=open(os.environ["SPANS_FILE"], "a"))))
+trace.set_tracer_provider(provider)
+"""
+
+
+def otel_env(tmp_path: Path) -> dict[str, str]:
+    """What `opentelemetry-instrument` does: a sitecustomize that sets the global providers up
+    before the command runs (here: every span as JSON into a file)."""
+    pytest.importorskip("opentelemetry.sdk")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), *sys.path]),
+        "SPANS_FILE": str(tmp_path / "spans.jsonl"),
+        "RXINVOKE_DB": str(tmp_path / "o.db"),
+    }
+
+
+def test_run_with_otel_exports_its_spans_to_the_global_providers(tmp_path: Path) -> None:
+    env = otel_env(tmp_path)
+    spans = Path(env["SPANS_FILE"])
+    plain = subprocess.run([sys.executable, "-m", "rxinvoke", "run", PROMPT, "--delay", "0"], env=env, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert not spans.exists() or spans.read_text() == ""  # not asked: nothing exported
+    traced = subprocess.run([sys.executable, "-m", "rxinvoke", "run", PROMPT, "--delay", "0", "--otel"], env=env, capture_output=True, text=True)
+    assert traced.returncode == 0, traced.stderr
+    assert ANSWER in traced.stdout
+    text = spans.read_text()
+    for name in ("invoke_agent rxinvoke", "chat offline", "execute_tool calculate"):
+        assert f'"name": "{name}"' in text, text[:500]
+
+
+def test_otel_without_the_extra_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [m for m in sys.modules if m == "opentelemetry" or m.startswith("opentelemetry.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if not installed
+    code = main(["run", PROMPT, "--otel", "--delay", "0", "--db", str(tmp_path / "x.db")])
+    err = capsys.readouterr().err
+    assert code == 1 and err == "rxinvoke: error: --otel needs the [otel] extra: pip install 'rxinvoke[otel]'\n"

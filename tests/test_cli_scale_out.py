@@ -114,6 +114,19 @@ async def test_ctrl_c_on_submit_cancels_the_run_on_its_worker(env: dict[str, str
     assert out.splitlines()[-1].split()[2] == "run_cancelled"
 
 
+async def test_a_worker_with_otel_exports_the_runs_it_executes(env: dict[str, str], tmp_path: Path) -> None:
+    from test_cli import otel_env
+
+    traced = {**otel_env(tmp_path), **{k: v for k, v in env.items() if k.startswith("RXINVOKE_")}}
+    worker = await start_worker(traced, "--otel")
+    code, out, err = await rxinvoke(env, "submit", PROMPT)  # the submitter: no OpenTelemetry
+    assert code == 0, err
+    assert await worker.stop(60) == 0, worker.log()
+    text = Path(traced["SPANS_FILE"]).read_text()
+    for name in ("invoke_agent rxinvoke", "chat offline", "execute_tool calculate"):
+        assert f'"name": "{name}"' in text, text[:500]
+
+
 async def test_scale_out_commands_fail_in_one_line(env: dict[str, str]) -> None:
     bare = {k: v for k, v in env.items() if k != "RXINVOKE_REDIS"}
     code, _, err = await rxinvoke(bare, "submit", PROMPT)

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .._terminal import (
     Renderer,
+    add_otel_option,
     add_provider_options,
     envelope_line,
+    exported,
     interruptible,
     positive,
     provider_from_args,
@@ -92,6 +94,7 @@ def add_commands(
     )
     worker.add_argument("--name", metavar="NAME", help="the worker's name (default host:pid:random)")
     add_provider_options(worker)
+    add_otel_option(worker)
 
     submit = commands.add_parser(
         "submit",
@@ -200,7 +203,8 @@ async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
             file=sys.stderr,
             flush=True,
         )
-        await worker.serve(stop)
+        with exported(runtime, args):
+            await worker.serve(stop)
         stats = worker.stats
         print(
             f"rxinvoke worker {worker.name}: stopped ({stats.executed} runs executed, "
