@@ -99,7 +99,7 @@ class Remote(Protocol):
     """Where ``submit`` sends runs and ``cancel`` reaches them: workers behind a transport
     (:class:`~rxinvoke.transports.remote.RemoteRuns`)."""
 
-    def submit(self, request: RunRequest) -> RunStreamLike: ...
+    def submit(self, request: RunRequest, control: Control | None = None) -> RunStreamLike: ...
 
     async def cancel(self, run_id: str) -> None: ...
 
@@ -250,14 +250,16 @@ class RuntimeInvocation:
             control=control.copy() if control is not None else Control(),
         )
 
-    def submit(self, request: EmitRequest) -> RunStreamLike:
+    def submit(self, request: EmitRequest, control: Control | None = None) -> RunStreamLike:
         """Queue one run for a worker (``remote``) and return its stream: the shape of
         :meth:`stream`'s (events from the first for every subscriber, ``run_id``,
         ``session_id``, ``await result``), fed from the transport.
 
         Unlike :meth:`stream`, the run is queued at once and goes on whether or not anyone
         watches; as with :meth:`stream`, the stream's last subscription disposed before the
-        run ends cancels it (on its worker). Cancel it any time with :meth:`cancel`.
+        run ends cancels it (on its worker). Cancel it any time with :meth:`cancel`. A
+        ``control`` is enforced on the worker as on a local run: ``cancel()`` cancels it there;
+        its timeout and concurrency limit, as they are when submitted, go with the job.
 
         Raises:
             UserError: this invocation has no ``remote``.
@@ -268,7 +270,7 @@ class RuntimeInvocation:
             )
         session_id = request.session_id or uuid.uuid4()
         run_request = request.into_run_request(run_id=new_id(), session_id=session_id)
-        return self.remote.submit(run_request)
+        return self.remote.submit(run_request, control)
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel the run ``run_id``: at once if it runs here (as its ``Control.cancel()``),

@@ -67,6 +67,11 @@ class RunRequest(_RequestFields):
     resumes: str | None = None
     """Set by the runtime on the run that continues a run paused for approval (its id): it
     answers the paused tool calls instead of adding a user message."""
+    timeout: float | None = Field(default=None, gt=0)
+    """A whole-run deadline (seconds) for a worker to apply: ``submit``'s ``Control`` timeout
+    (a run in this process takes its ``Control`` as it is)."""
+    concurrency_limit: int | None = Field(default=None, ge=1)
+    """Tools of a turn executing at once at most, for a worker: ``submit``'s ``Control``."""
     trace_context: dict[str, str] | None = None
     """The W3C trace context (``traceparent``, …) current where the run was submitted to
     workers, set by ``submit`` when OpenTelemetry is in use: the worker runs the run in it,
@@ -110,7 +115,7 @@ class EmitRequest(_RequestFields):
                     "session_id": session_id, "client_request_id": mine["client_request_id"],
                     "metadata": None if metadata is None else dict(metadata),  # as validation copies
                     "run_id": run_id, "tool_choice": _AUTO, "system_prompt": None, "resumes": None,
-                    "trace_context": None,
+                    "timeout": None, "concurrency_limit": None, "trace_context": None,
                 },
             )
         fields = {name: getattr(self, name) for name in _RequestFields.model_fields}

@@ -122,7 +122,7 @@ async def test_a_worker_with_otel_exports_the_runs_it_executes(env: dict[str, st
     code, out, err = await rxinvoke(env, "submit", PROMPT)  # the submitter: no OpenTelemetry
     assert code == 0, err
     assert await worker.stop(60) == 0, worker.log()
-    text = Path(traced["SPANS_FILE"]).read_text()
+    text = await asyncio.to_thread(Path(traced["SPANS_FILE"]).read_text)
     for name in ("invoke_agent rxinvoke", "chat offline", "execute_tool calculate"):
         assert f'"name": "{name}"' in text, text[:500]
 

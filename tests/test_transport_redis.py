@@ -862,6 +862,58 @@ async def test_approving_a_run_paused_on_the_workers_here_says_where_it_is_decid
     await store.close()
 
 
+async def test_a_submitted_runs_control_is_enforced_on_its_worker(transport: RedisTransport, tmp_path: Path) -> None:
+    from rxinvoke import Control, InvocationTimedOut
+
+    # two parallel calls of a tool that waits: the concurrency limit runs them one at a time
+    running, most, hold = [0], [0], [False]
+    entered = asyncio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Take a while (with ``hold``: until cancelled)."""
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        entered.set()
+        await (asyncio.Event().wait() if hold[0] else asyncio.sleep(0.05))
+        running[0] -= 1
+        return "ok"
+
+    def turns(req: ChatRequest) -> Any:
+        if req.messages[-1].role == "user":
+            return ScriptedProvider.tool_calls_turn([("slow", {}, "c1"), ("slow", {}, "c2")])
+        return text_turn("done")
+
+    store = SqliteStore(tmp_path / "ctl.db")
+    runtime = AgentRuntime(providers=[ScriptedProvider(turns)], tools=[slow], store=store)
+    worker = Worker(runtime, transport)
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(worker.serve(stop))
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    scripted = EmitRequest(provider="scripted", model="scripted", input="go")
+
+    out = await asyncio.wait_for(inv.submit(scripted, Control(concurrency_limit=1)).result, 20)
+    assert out.output_text == "done" and most[0] == 1  # (two at once without the limit)
+
+    entered.clear()
+    hold[0] = True
+    timed = inv.submit(scripted, Control(timeout=0.3))  # its tool waits for ever: the deadline ends it
+    with pytest.raises(InvocationTimedOut):
+        await asyncio.wait_for(timed.result, 20)
+    assert entered.is_set()
+
+    control = Control()
+    entered.clear()
+    cancelled = inv.submit(scripted, control)
+    await asyncio.wait_for(entered.wait(), 20)
+    control.cancel()  # as a local run's Control: cancelled where it runs
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(cancelled.result, 20)
+    stop.set()
+    await task
+    await store.close()
+
+
 async def test_a_run_cancelled_before_a_worker_takes_it_ends_cancelled_on_its_stream(
     transport: RedisTransport, tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ from reactivex.disposable import Disposable
 
 from .._futures import retrieve
 from .._runstream import _Replay
+from ..control import Control
 from ..errors import (
     InvocationCancelled,
     InvocationFailed,
@@ -111,17 +112,32 @@ class RemoteRuns:
 
         return Observable(subscribe)
 
-    def submit(self, request: RunRequest) -> RemoteRunStream:
+    def submit(self, request: RunRequest, control: Control | None = None) -> RemoteRunStream:
         """Queue ``request`` (its ``run_id`` and ``session_id`` set) for a worker; its events
         and result arrive through the transport. The OpenTelemetry trace context current
         here goes with it (``trace_context``): the worker's spans of the run are children of
-        the span current here."""
+        the span current here.
+
+        ``control`` is enforced where the run executes, as on a local run: its timeout and
+        concurrency limit as they are now go with the job (``timeout``, ``concurrency_limit``),
+        and ``control.cancel()`` cancels the run on its worker."""
         run_id, session_id = request.run_id, request.session_id
         if run_id is None or session_id is None:
             raise ValueError("a submitted request needs its run_id and session_id")
+        update: dict[str, Any] = {}
         if request.trace_context is None and (context := _tracing.current()) is not None:
-            request = request.model_copy(update={"trace_context": context})
-        return RemoteRunStream(self, run_id, session_id, request=request)
+            update["trace_context"] = context
+        if control is not None:
+            if request.timeout is None and control.timeout is not None:
+                update["timeout"] = control.timeout
+            if request.concurrency_limit is None and control.concurrency_limit is not None:
+                update["concurrency_limit"] = control.concurrency_limit
+        if update:
+            request = request.model_copy(update=update)
+        stream = RemoteRunStream(self, run_id, session_id, request=request)
+        if control is not None:
+            stream._cancelled_by(control)
+        return stream
 
     def follow(self, run_id: str, session_id: uuid.UUID) -> RemoteRunStream:
         """A :class:`RemoteRunStream` of a run submitted earlier (by any process)."""
@@ -356,6 +372,8 @@ class RemoteRunStream(Observable[InvocationEvent]):
         self._ending = False  # the terminal event is being delivered
         self._owned = request is not None  # submitted here: an early last unsubscribe cancels
         self._subscribers = 0
+        self._cancel_asked = False
+        self._control_listener: abc.DisposableBase | None = None
         self._task = self._loop.create_task(self._follow(request))
         self._task.add_done_callback(retrieve)
 
@@ -384,20 +402,28 @@ class RemoteRunStream(Observable[InvocationEvent]):
         def dispose() -> None:
             subscription.dispose()
             self._subscribers -= 1
-            if not self._subscribers and self._owned and not (self._ending or self._is_ended):
-                self._owned = False  # asked once
-                if self._loop.is_closed():
-                    return  # nothing can be sent any more
-                try:
-                    here = asyncio.get_running_loop() is self._loop
-                except RuntimeError:  # disposed outside any loop (another thread, say)
-                    here = False
-                if here:
-                    self._send_cancel()
-                else:
-                    self._loop.call_soon_threadsafe(self._send_cancel)
+            if not self._subscribers and self._owned:
+                self._ask_cancel()  # the last subscriber left early: the run is not wanted
 
         return Disposable(dispose)
+
+    def _cancelled_by(self, control: Control) -> None:
+        """``control.cancel()`` (from any thread) cancels the run on its worker."""
+        self._control_listener = control.add_cancel_listener(self._ask_cancel)
+
+    def _ask_cancel(self) -> None:
+        """Ask the run's worker to cancel it: once, unless it ended; from any thread."""
+        if self._cancel_asked or self._ending or self._is_ended or self._loop.is_closed():
+            return  # (a closed loop: nothing can be sent any more)
+        self._cancel_asked = True
+        try:
+            here = asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # outside any loop (another thread, say)
+            here = False
+        if here:
+            self._send_cancel()
+        else:
+            self._loop.call_soon_threadsafe(self._send_cancel)
 
     def _send_cancel(self) -> None:
         task = self._loop.create_task(self._remote.cancel(self.run_id))
@@ -442,6 +468,10 @@ class RemoteRunStream(Observable[InvocationEvent]):
             if not self._result.done():
                 self._result.set_exception(exc)
             self._events.on_error(exc)
+        finally:
+            if self._control_listener is not None:
+                self._control_listener.dispose()
+                self._control_listener = None
 
     def close(self) -> None:
         """Stop reading the run's stream (the run goes on)."""

@@ -135,10 +135,22 @@ def _terminal_of(failed: InvocationError) -> InvocationEvent:
 
 def _trace_context(job: Job) -> dict[str, str] | None:
     """The trace context the job's run was submitted in (None if none, or unreadable)."""
+    request = _request_of(job)
+    return request.trace_context if request is not None else None
+
+
+def _request_of(job: Job) -> RunRequest | None:
     try:
-        return RunRequest.model_validate_json(job.request).trace_context
+        return RunRequest.model_validate_json(job.request)
     except pydantic.ValidationError:
         return None
+
+
+def _control_of(request: RunRequest | None) -> Control:
+    """The run's Control: the submitter's timeout and concurrency limit, as they came."""
+    if request is None:
+        return Control()
+    return Control(timeout=request.timeout, concurrency_limit=request.concurrency_limit)
 
 
 class Worker:
@@ -441,7 +453,7 @@ class Worker:
             await self._end_unstarted(job, RunCancelled(run_id=job.run_id), request)
             await self.transport.ack(job.job_id)
             return
-        held.control = Control()
+        held.control = _control_of(request)
         try:
             with _tracing.entered(request.trace_context):  # the submitter's trace goes on
                 ran = (await self.runtime.run(request, held.control)).run_id
@@ -533,9 +545,10 @@ class Worker:
             )
             return "fail"
         await self._mirror_missing(run_id)  # what the dead worker stored but never mirrored
-        held.control = Control()
+        request = _request_of(job)
+        held.control = _control_of(request)
         try:
-            with _tracing.entered(_trace_context(job)):
+            with _tracing.entered(request.trace_context if request is not None else None):
                 await self.runtime.resume_interrupted(run_id, salvage=salvage, control=held.control)
         except InvalidRequest as exc:
             _log.warning("rxinvoke worker %s: cannot resume run %s: %s", self.name, run_id, exc)
