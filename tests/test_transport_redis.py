@@ -545,20 +545,22 @@ def calls_then_answers(tool_name: str) -> ScriptedProvider:
 
 
 class StuckOnce:
-    """A tool ``wait_here`` whose first call waits until cancelled (``entered`` set as it
-    begins); later calls return "ok". ``calls`` counts them."""
+    """A tool ``wait_here`` whose first call waits (``entered`` set as it begins) until
+    ``release`` is set — or, without one, until cancelled; its calls return "ok". ``calls``
+    counts them."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: asyncio.Event | None = None) -> None:
         self.entered = asyncio.Event()
         self.calls = 0
+        gate = release or asyncio.Event()
 
         @tool
         async def wait_here() -> str:
-            """Wait until cancelled (the first call)."""
+            """Wait (the first call)."""
             self.calls += 1
             if self.calls == 1:
                 self.entered.set()
-                await asyncio.Event().wait()
+                await gate.wait()
             return "ok"
 
         self.tool = wait_here
@@ -683,22 +685,15 @@ async def test_a_remote_cancel_during_a_tool_lands(transport: RedisTransport, tm
 async def test_a_submitted_run_is_viewed_from_its_stream_where_the_store_here_does_not_have_it(
     transport: RedisTransport, tmp_path: Path
 ) -> None:
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    @tool
-    async def wait_here() -> str:
-        """Wait to be released."""
-        entered.set()
-        await release.wait()
-        return "released"
-
+    release = asyncio.Event()
+    stuck = StuckOnce(release)
     store = SqliteStore(tmp_path / "v.db")
-    worker, stop, task = await worker_for(store, transport, [wait_here], calls_then_answers("wait_here"))
+    worker, stop, task = await worker_for(store, transport, [stuck.tool], calls_then_answers("wait_here"))
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))  # its MemoryStore never has it
     stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
     started = asyncio.Event()  # the tool's start has come through its stream, so the view has it
     stream.subscribe(lambda e: started.set() if e.type == "tool_execution_started" else None)
-    await asyncio.wait_for(asyncio.gather(entered.wait(), started.wait()), 20)
+    await asyncio.wait_for(asyncio.gather(stuck.entered.wait(), started.wait()), 20)
     # a snapshot of the live run: what its stream holds now, never waiting for the rest
     running = await asyncio.wait_for(inv.view(stream.run_id), 10)
     assert running.status == "running" and running.run_id == stream.run_id
@@ -1076,21 +1071,16 @@ async def test_a_run_whose_end_the_store_could_not_record_is_settled_from_its_st
 async def test_a_workers_postgres_gone_mid_run_never_hangs_the_run_and_it_is_settled_once_back(
     transport: RedisTransport,
 ) -> None:
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    @tool
-    async def hold() -> str:
-        """Hold the run."""
-        entered.set()
-        await gate.wait()
-        return "held"
-
+    gate = asyncio.Event()
+    stuck = StuckOnce(gate)
     with postgres_server() as server:
         store = PostgresStore(server.dsn, timeout=2)
-        worker, stop, task = await worker_for(store, transport, [hold], calls_then_answers("hold"), lease_ttl=1)
+        worker, stop, task = await worker_for(
+            store, transport, [stuck.tool], calls_then_answers("wait_here"), lease_ttl=1
+        )
         inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
         stream = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go"))
-        await asyncio.wait_for(entered.wait(), 30)
+        await asyncio.wait_for(stuck.entered.wait(), 30)
         server.stop("fast")  # mid-run (its connections dropped): nothing more can be committed
         gate.set()
         # the tool's reply cannot be committed: the run fails with the store's error, on its
@@ -1155,21 +1145,13 @@ async def test_a_run_queued_longer_than_the_followers_quiet_check_is_still_follo
 async def test_a_remote_cancel_of_a_run_waiting_for_its_session_lands(
     transport: RedisTransport, tmp_path: Path
 ) -> None:
-    entered = asyncio.Event()
-
-    @tool
-    async def hold() -> str:
-        """Hold the session."""
-        entered.set()
-        await asyncio.Event().wait()
-        return "never"
-
+    stuck = StuckOnce()  # the first run holds the session
     store = SqliteStore(tmp_path / "gate.db")
-    worker, stop, task = await worker_for(store, transport, [hold], calls_then_answers("hold"), concurrency=2)
+    worker, stop, task = await worker_for(store, transport, [stuck.tool], calls_then_answers("wait_here"), concurrency=2)
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     session = uuid.uuid4()
     first = inv.submit(EmitRequest(provider="scripted", model="scripted", input="go", session_id=session))
-    await asyncio.wait_for(entered.wait(), 20)
+    await asyncio.wait_for(stuck.entered.wait(), 20)
     second = inv.submit(EmitRequest(provider="scripted", model="scripted", input="next", session_id=session))
     for _ in range(500):  # taken, and waiting for the session behind the first
         if second.run_id in worker.active:
