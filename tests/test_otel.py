@@ -378,7 +378,7 @@ def test_the_trace_context_goes_with_a_job_and_is_entered_where_it_runs(otel: Ot
 
     from rxinvoke.transports import _tracing
     from rxinvoke.transports.base import Job
-    from rxinvoke.transports.worker import _trace_context
+    from rxinvoke.transports.worker import _request_of
 
     tracer = otel.tracer_provider.get_tracer("app")
     assert _tracing.current() is None  # no span current: nothing to send
@@ -386,8 +386,9 @@ def test_the_trace_context_goes_with_a_job_and_is_entered_where_it_runs(otel: Ot
         carrier = _tracing.current()
     assert carrier is not None and f"{span.get_span_context().trace_id:032x}" in carrier["traceparent"]
     request = RunRequest(provider="scripted", model="scripted", input="hi", run_id="r1", trace_context=carrier)
-    assert _trace_context(Job("1-0", "r1", request.model_dump_json().encode())) == carrier
-    assert _trace_context(Job("1-0", "r1", b"not json")) is None  # the run fails as invalid, untraced
+    sent = _request_of(Job("1-0", "r1", request.model_dump_json().encode()))
+    assert sent is not None and sent.trace_context == carrier
+    assert _request_of(Job("1-0", "r1", b"not json")) is None  # the run fails as invalid, untraced
     with _tracing.entered(carrier):
         assert trace.get_current_span().get_span_context().span_id == span.get_span_context().span_id
     assert not trace.get_current_span().get_span_context().is_valid  # left as it was

@@ -432,8 +432,8 @@ class RemoteRunStream(Observable[InvocationEvent]):
     def _cancel_sent(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             _log.warning(
-                "rxinvoke: run %s: its last subscriber left, but asking its worker to cancel it "
-                "failed: %s", self.run_id, task.exception(),
+                "rxinvoke: run %s: asking its worker to cancel it failed: %s",
+                self.run_id, task.exception(),
             )
 
     async def _follow(self, request: RunRequest | None) -> None:

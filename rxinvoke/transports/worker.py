@@ -133,13 +133,8 @@ def _terminal_of(failed: InvocationError) -> InvocationEvent:
     return RunFailed(run_id=run_id, error=failed.message.removeprefix(f"run {run_id}: "))
 
 
-def _trace_context(job: Job) -> dict[str, str] | None:
-    """The trace context the job's run was submitted in (None if none, or unreadable)."""
-    request = _request_of(job)
-    return request.trace_context if request is not None else None
-
-
 def _request_of(job: Job) -> RunRequest | None:
+    """The job's request (None if it does not read as one: its run fails as invalid)."""
     try:
         return RunRequest.model_validate_json(job.request)
     except pydantic.ValidationError:
