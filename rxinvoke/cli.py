@@ -71,13 +71,16 @@ def _parser() -> argparse.ArgumentParser:
             verb,
             help=f"{verb} a tool call of a run paused for approval",
             description=f"Decide CALL_ID of the paused RUN_ID ({what}); once every paused call "
-            "is decided the run continues here, streaming its answer.",
+            "is decided the run continues here, streaming its answer. A run paused on the "
+            "workers (--redis, and not in the store here) is decided and continued by a worker, "
+            "its answer streamed here.",
         )
         decide.add_argument("run_id", metavar="RUN_ID", help="the paused run")
         decide.add_argument("call_id", metavar="CALL_ID", help="the call waiting for approval")
         if verb == "deny":
             decide.add_argument("--reason", metavar="TEXT", help="why (the model reads it)")
         _add_run_options(decide)
+        scale_out.add_redis_option(decide)
     _add_store_commands(commands)
     scale_out.add_commands(commands, _add_db_option)
     return parser
@@ -113,6 +116,8 @@ async def _run(args: argparse.Namespace, out: TextIO, store: Store) -> int:
 
 
 async def _decide(args: argparse.Namespace, out: TextIO, store: Store) -> int:
+    if args.redis and await store.get_run(args.run_id) is None:  # paused on the workers
+        return await scale_out.decide_on_workers(args, out)
     if args.command == "approve":
         start = lambda inv: inv.approve(args.run_id, args.call_id)  # noqa: E731
     else:
@@ -180,8 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.prompt = sys.stdin.read()
     renderer = args.renderer = Renderer(sys.stdout)
     command, create = (_run, True) if args.command == "run" else (_decide, False)
+    path = _db_path(args)
+    if args.command != "run" and args.redis and args.postgres is None and not path.exists():
+        work = scale_out.decide_on_workers(args, sys.stdout)  # no store here: the workers'
+    else:
+        work = _with_store(args, sys.stdout, command, path=path, create=create)
     try:
-        return asyncio.run(interruptible(_with_store(args, sys.stdout, command, path=_db_path(args), create=create)))
+        return asyncio.run(interruptible(work))
     except RxInvokeError as exc:
         renderer.newline()
         print(f"rxinvoke: error: {exc.message}", file=sys.stderr)

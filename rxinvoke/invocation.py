@@ -105,6 +105,15 @@ class Remote(Protocol):
 
     async def events(self, run_id: str) -> list[InvocationEvent]: ...
 
+    async def decide(
+        self,
+        run_id: str,
+        call_id: str,
+        approved: bool,
+        reason: str | None = None,
+        control: Control | None = None,
+    ) -> RunOutput | None: ...
+
 
 class RuntimeInvocation:
     """The invocation facade over an :class:`~rxinvoke.runtime.AgentRuntime`.
@@ -289,27 +298,28 @@ class RuntimeInvocation:
         self, run_id: str, call_id: str, control: Control | None = None
     ) -> RunOutput | None:
         """Approve a call of a run paused for approval (``finish_reason=awaiting_approval``);
-        the last decision continues the run here and returns its output (None while other
-        calls still wait). See :meth:`AgentRuntime.approve`."""
-        await self._paused_here(run_id)
+        the last decision continues the run and returns its output (None while other calls
+        still wait). See :meth:`AgentRuntime.approve`. A run paused on the workers (``remote``;
+        this store does not have it) is decided and continued there
+        (:meth:`~rxinvoke.transports.remote.RemoteRuns.decide`)."""
+        if await self._theirs(run_id):
+            assert self.remote is not None
+            return await self.remote.decide(run_id, call_id, True, None, control)
         return await self.runtime.approve(run_id, call_id, control)
 
     async def deny(
         self, run_id: str, call_id: str, reason: str | None = None, control: Control | None = None
     ) -> RunOutput | None:
         """Deny a paused call: the model is told (with ``reason``); as :meth:`approve`."""
-        await self._paused_here(run_id)
+        if await self._theirs(run_id):
+            assert self.remote is not None
+            return await self.remote.decide(run_id, call_id, False, reason, control)
         return await self.runtime.deny(run_id, call_id, reason, control)
 
-    async def _paused_here(self, run_id: str) -> None:
-        """With workers elsewhere, a run this store does not have is theirs: say where it is
-        decided (the runtime would only say it does not know it)."""
-        if self.remote is not None and await self.runtime.store.get_run(run_id) is None:
-            raise InvalidRequest(
-                f"run {run_id!r} is not in this runtime's store: a run paused on the workers is "
-                "decided on their store (a runtime on it, or `rxinvoke approve RUN_ID CALL_ID "
-                "--postgres DSN`), which continues it there"
-            )
+    async def _theirs(self, run_id: str) -> bool:
+        """Whether the run is the workers': there are workers, and this store does not have
+        it."""
+        return self.remote is not None and await self.runtime.store.get_run(run_id) is None
 
     async def view(self, run_id: str, *, chat: bool = False) -> RunView:
         """The :class:`~rxinvoke.notebook.RunView` of a run (live or finished) from the

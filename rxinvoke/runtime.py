@@ -307,6 +307,17 @@ class AgentRuntime:
         Raises:
             InvalidRequest: no such run, not awaiting approval, or calls still undecided.
         """
+        return await self.run(await self.continuation_of(run_id), control)
+
+    async def continuation_of(self, run_id: str, continuation_id: str | None = None) -> RunRequest:
+        """The request of the run that continues the paused run ``run_id`` whose every call is
+        decided (what :meth:`resume` runs): its request again, as run ``continuation_id`` (a
+        new id unless given) with ``resumes=run_id``. A worker runs it for a submitter that
+        follows the continuation by the id it chose.
+
+        Raises:
+            InvalidRequest: no such run, not awaiting approval, or calls still undecided.
+        """
         record = await self.store.get_run(run_id)
         if record is None:
             raise InvalidRequest(f"unknown run {run_id!r}")
@@ -315,19 +326,23 @@ class AgentRuntime:
         waiting = [p.call_id for p in record.output.pending if not p.is_decided]
         if waiting:
             raise InvalidRequest(f"run {run_id!r} still waits for a decision on {', '.join(waiting)}")
-        request = record.request.model_copy(
-            update={"run_id": new_id(), "resumes": run_id, "client_request_id": None}
+        return record.request.model_copy(
+            update={"run_id": continuation_id or new_id(), "resumes": run_id, "client_request_id": None}
         )
-        return await self.run(request, control)
 
-    async def _decide(
-        self,
-        run_id: str,
-        call_id: str,
-        approved: bool,
-        reason: str | None,
-        control: Control | None,
-    ) -> RunOutput | None:
+    async def decide(
+        self, run_id: str, call_id: str, approved: bool, reason: str | None = None
+    ) -> bool:
+        """Record a decision on the paused call ``call_id`` without continuing the run (what
+        :meth:`approve` and :meth:`deny` do first): True when it decided the batch's last
+        undecided call — then :meth:`resume` continues the run, here or in another process on
+        the same store. A call past its approval timeout is denied instead. Deciding a call
+        again the same way changes nothing (it answers whether every call is decided now).
+
+        Raises:
+            InvalidRequest: no such run, the run is not awaiting approval, or the call is not
+                one of its pending calls (or was decided the other way).
+        """
         record = await self.store.get_run(run_id)
         if record is None:
             raise InvalidRequest(f"unknown run {run_id!r}")
@@ -344,6 +359,17 @@ class AgentRuntime:
         except StoreError as exc:
             raise InvalidRequest(exc.message) from None
         _, ready = await self.store.decide(run_id, call_id, approved=approved, reason=reason)
+        return ready
+
+    async def _decide(
+        self,
+        run_id: str,
+        call_id: str,
+        approved: bool,
+        reason: str | None,
+        control: Control | None,
+    ) -> RunOutput | None:
+        ready = await self.decide(run_id, call_id, approved, reason)
         return await self.resume(run_id, control) if ready else None
 
     def _arm_approval_timeout(self, output: RunOutput) -> None:

@@ -194,3 +194,25 @@ async def test_cancel_of_a_queued_run_says_it_waits_for_a_worker_then_lands(env:
     done, _ = await asyncio.wait_for(cancel.communicate(), 60)
     assert cancel.returncode == 0 and done.decode().strip() == f"run {run_id}: run_cancelled"
     assert await worker.stop(60) == 0, worker.log()
+
+
+async def test_a_run_paused_on_a_worker_is_approved_from_the_command_line_and_continued_there(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    worker = await start_worker(env, "--delay", "0", "--approve-tool", "calculate")
+    code, out, err = await rxinvoke(env, "submit", "--json", PROMPT)
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    (asked,) = [e for e in events if e["type"] == "approval_requested"]
+    assert events[-1]["finish_reason"] == "awaiting_approval"
+    # from a machine without the workers' store: --db of its own, the workers by --redis
+    elsewhere = {**env, "RXINVOKE_DB": str(tmp_path / "elsewhere.db")}
+    code, out, err = await rxinvoke(elsewhere, "approve", asked["run_id"], asked["call_id"])
+    assert code == 0, err
+    assert "← calculate: 5" in out and "2 + 3 = 5." in out and "[stop · " in out
+    code, out, err = await rxinvoke(elsewhere, "deny", asked["run_id"], asked["call_id"])
+    assert code == 1 and "not awaiting approval" in err and len(err.strip().splitlines()) == 1
+    assert await worker.stop(60) == 0, worker.log()
+    code, out, err = await rxinvoke(env, "runs", "--json")  # on the workers' store: continued
+    runs = [json.loads(line) for line in out.splitlines()]
+    assert runs[0]["request"]["resumes"] == asked["run_id"] and runs[0]["status"] == "completed", runs

@@ -44,7 +44,7 @@ from rxinvoke.errors import (
 from rxinvoke.events import RunCompleted, RunStarted, TextDelta
 from rxinvoke.messages import ChatRequest, FinishReason
 from rxinvoke.request import RunOutput
-from rxinvoke.stores import EventEnvelope
+from rxinvoke.stores import EventEnvelope, RunRecord
 from rxinvoke.transports._wire import decode, segments_of
 from rxinvoke.transports.base import Transport
 from rxinvoke.transports.mirror import EventMirror
@@ -830,30 +830,233 @@ async def test_a_submitted_stream_left_from_another_thread_cancels_its_run_all_t
     await store.close()
 
 
-async def test_approving_a_run_paused_on_the_workers_here_says_where_it_is_decided(
-    transport: RedisTransport, tmp_path: Path
-) -> None:
-    from rxinvoke import ApprovalPolicy, InvalidRequest, RuntimePolicy
+def _approving_runtime(store: Store, *tools: Any, provider: Any = None) -> AgentRuntime:
+    from rxinvoke import ApprovalPolicy, RuntimePolicy
 
-    store = SqliteStore(tmp_path / "a.db")
-    runtime = AgentRuntime(
-        providers=[OfflineProvider()], tools=builtin_tools(), store=store,
-        policy=RuntimePolicy(approval=ApprovalPolicy(tools=frozenset({"calculate"}))),
+    return AgentRuntime(
+        providers=[provider or OfflineProvider()], tools=[*builtin_tools(), *tools], store=store,
+        policy=RuntimePolicy(approval=ApprovalPolicy(tools=frozenset({"calculate", "wait_here"}))),
     )
-    worker = Worker(runtime, transport)
+
+
+def _scripted(text: str = "go") -> EmitRequest:
+    return EmitRequest(provider="scripted", model="scripted", input=text)
+
+
+async def _serving(runtime: AgentRuntime, transport: Transport, **kw: Any) -> tuple[Worker, asyncio.Event, asyncio.Task[None]]:
+    worker = Worker(runtime, transport, **kw)
     stop = asyncio.Event()
-    task = asyncio.ensure_future(worker.serve(stop))
+    return worker, stop, asyncio.ensure_future(worker.serve(stop))
+
+
+async def _paused_on_a_worker(
+    transport: Transport, store: Store, **kw: Any
+) -> tuple[Worker, asyncio.Event, asyncio.Task[None], RuntimeInvocation, RunOutput]:
+    """A worker (pausing calls of calculate), a submitter, and a run of it paused on the worker
+    for its one call."""
+    worker, stop, task = await _serving(_approving_runtime(store), transport, **kw)
     inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
     paused = await asyncio.wait_for(inv.submit(request()).result, 20)
-    assert paused.finish_reason == FinishReason.AWAITING_APPROVAL
+    assert paused.finish_reason == FinishReason.AWAITING_APPROVAL and len(paused.pending) == 1
+    return worker, stop, task, inv, paused
+
+
+async def test_a_run_paused_on_the_workers_is_approved_here_and_continued_on_a_worker(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    from rxinvoke import InvalidRequest
+
+    store = SqliteStore(tmp_path / "a.db")
+    worker, stop, task, inv, paused = await _paused_on_a_worker(transport, store)
     (pending,) = paused.pending
-    with pytest.raises(InvalidRequest, match="decided on their store"):
-        await inv.approve(paused.run_id, pending.call_id)
-    # where the store is, it is decided and continued (as `rxinvoke approve --db/--postgres`)
-    out = await RuntimeInvocation(runtime).approve(paused.run_id, pending.call_id)
-    assert out is not None and "5" in out.output_text
+    # as a local approve: the last decision continues the run and returns its output
+    out = await asyncio.wait_for(inv.approve(paused.run_id, pending.call_id), 20)
+    assert out is not None and "5" in out.output_text and out.run_id != paused.run_id
+    assert out.session_id == paused.session_id
+    continued = await store.get_run(out.run_id)  # on the workers' store, run by the worker
+    assert continued is not None and continued.status == "completed"
+    assert continued.request.resumes == paused.run_id
+    assert await inv.runtime.store.get_run(out.run_id) is None  # nothing ran here
+    decided = [e.event for e in await store.read_events(out.run_id) if e.type == "approval_decided"]
+    assert [(d.call_id, d.approved) for d in decided] == [(pending.call_id, True)]
+    assert [e.type for e in await inv.remote.events(out.run_id)][-1] == "run_completed"  # type: ignore[union-attr]
+    # the workers' refusals are this process's errors, as the runtime's own are
+    with pytest.raises(InvalidRequest, match="not awaiting approval"):
+        await asyncio.wait_for(inv.approve(paused.run_id, pending.call_id), 20)
     stop.set()
-    await task
+    await asyncio.wait_for(task, 20)
+    assert worker.stats.executed == 2
+    await store.close()
+
+
+def _deploys_twice() -> tuple[ScriptedProvider, Any, list[str]]:
+    """A provider that deploys to prod and test at once, then answers with what the tools
+    said; the deploy tool (needing approval) and the envs it deployed to."""
+    ran: list[str] = []
+
+    @tool(requires_approval=True)
+    def deploy(env: str) -> str:
+        """Deploy."""
+        ran.append(env)
+        return f"deployed to {env}"
+
+    def turns(req: ChatRequest) -> Any:
+        if req.messages[-1].role == "user":
+            return ScriptedProvider.tool_calls_turn(
+                [("deploy", {"env": "prod"}, "c_prod"), ("deploy", {"env": "test"}, "c_test")]
+            )
+        return ScriptedProvider.text_turn(" | ".join(m.content for m in req.messages if m.role == "tool"))
+
+    return ScriptedProvider(turns), deploy, ran
+
+
+async def test_decisions_on_a_batch_paused_on_the_workers_wait_for_the_last_one(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    from rxinvoke import InvalidRequest
+
+    provider, deploy, ran = _deploys_twice()
+    store = SqliteStore(tmp_path / "b.db")
+    worker, stop, task = await _serving(_approving_runtime(store, deploy, provider=provider), transport)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    paused = await asyncio.wait_for(inv.submit(_scripted()).result, 20)
+    assert {p.call_id for p in paused.pending} == {"c_prod", "c_test"}
+    assert await asyncio.wait_for(inv.deny(paused.run_id, "c_test", "not today"), 20) is None
+    with pytest.raises(InvalidRequest, match="no call 'c_nope'"):
+        await asyncio.wait_for(inv.approve(paused.run_id, "c_nope"), 20)
+    with pytest.raises(InvalidRequest, match="already denied"):
+        await asyncio.wait_for(inv.approve(paused.run_id, "c_test"), 20)
+    record = await store.get_run(paused.run_id)
+    assert record is not None and record.output is not None
+    assert {p.call_id: p.approved for p in record.output.pending} == {"c_prod": None, "c_test": False}
+    out = await asyncio.wait_for(inv.approve(paused.run_id, "c_prod"), 20)
+    assert out is not None and "deployed to prod" in out.output_text and "not today" in out.output_text
+    assert ran == ["prod"]
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    await store.close()
+
+
+async def _continuation_of(store: Store, paused: str) -> RunRecord:
+    """The run that continues ``paused`` on ``store`` (waiting for it to begin)."""
+    for _ in range(400):
+        for record in await store.list_runs():
+            if record.request.resumes == paused:
+                return record
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"no continuation of {paused}")
+
+
+async def test_a_continuation_on_a_worker_runs_under_the_deciders_control(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    from rxinvoke import Control, InvocationTimedOut
+
+    store = SqliteStore(tmp_path / "c.db")
+    held = StuckOnce()
+
+    def turns(req: ChatRequest) -> Any:
+        if req.messages[-1].role == "user":
+            return ScriptedProvider.tool_call_turn("wait_here", {}, call_id="c1")
+        return ScriptedProvider.text_turn("done")
+
+    worker, stop, task = await _serving(
+        _approving_runtime(store, held.tool, provider=ScriptedProvider(turns)), transport
+    )
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    first = await asyncio.wait_for(inv.submit(_scripted()).result, 20)
+    # the continuation's deadline is the decider's, enforced where it runs
+    with pytest.raises(InvocationTimedOut):
+        await asyncio.wait_for(inv.approve(first.run_id, "c1", Control(timeout=0.3)), 20)
+    assert held.calls == 1
+    # the decider gives up (its task cancelled): the continuation is cancelled on its worker
+    held.calls = 0
+    held.entered.clear()
+    second = await asyncio.wait_for(inv.submit(_scripted()).result, 20)
+    approving = asyncio.ensure_future(inv.approve(second.run_id, "c1"))
+    await asyncio.wait_for(held.entered.wait(), 20)
+    approving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await approving
+    continuation = await _continuation_of(store, second.run_id)
+    stream = RemoteRuns(transport).follow(continuation.run_id, second.session_id)
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(stream.result, 20)
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    assert worker.stats.cancelled_remotely == 1
+    await store.close()
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["together", "apart"])
+async def test_a_decision_queued_twice_is_decided_once_and_continued_once(
+    transport: RedisTransport, tmp_path: Path, apart: bool
+) -> None:
+    from rxinvoke.transports._decisions import Answer, Decision
+
+    store = SqliteStore(tmp_path / "d.db")
+    # (taken together, the second waits for the continuation's lease: reclaimed once idle)
+    worker, stop, task, inv, paused = await _paused_on_a_worker(transport, store, lease_ttl=0.5)
+    (pending,) = paused.pending
+    continuation = str(uuid.uuid4())
+    decision = Decision(decide=paused.run_id, call_id=pending.call_id, approved=True, run_id=continuation)
+    # as a retried enqueue may queue it: in one batch, or (apart) after the first ended
+    await transport.enqueue(continuation, decision.wire())
+    if not apart:
+        await transport.enqueue(continuation, decision.wire())
+    answer = await transport.replied(continuation, 20)
+    assert answer is not None and Answer.model_validate_json(answer).outcome == "continues"
+    out = await asyncio.wait_for(RemoteRuns(transport).follow(continuation, paused.session_id).result, 20)
+    assert "5" in out.output_text
+    if apart:
+        await transport.enqueue(continuation, decision.wire())
+    for _ in range(500):  # both jobs are done: nothing pending for the workers
+        pending_jobs = await transport.client.xpending(transport._queue, "workers")
+        info = await transport.client.xinfo_groups(transport._queue)
+        if pending_jobs["pending"] == 0 and info[0]["entries-read"] == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert (await transport.client.xpending(transport._queue, "workers"))["pending"] == 0
+    assert await transport.replied(continuation, 0.1) is None  # answered once
+    assert [r.run_id for r in await store.list_runs() if r.request.resumes == paused.run_id] == [continuation]
+    assert [e.type for e in await inv.remote.events(continuation)].count("run_completed") == 1  # type: ignore[union-attr]
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    await store.close()
+
+
+async def test_a_decision_given_up_before_a_worker_takes_it_is_not_recorded(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    from rxinvoke import InvalidRequest
+
+    store = SqliteStore(tmp_path / "e.db")
+    _, stop, task, inv, paused = await _paused_on_a_worker(transport, store)
+    (pending,) = paused.pending
+    stop.set()
+    await asyncio.wait_for(task, 20)  # no worker now: the decision waits in the queue
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(inv.approve(paused.run_id, pending.call_id), 0.5)
+    ((_, job),) = await transport.client.xrevrange(transport._queue, count=1)
+    continuation = job[b"run_id"].decode()
+    for _ in range(100):  # the cancel request is sent as the approve is given up
+        if (await transport.cancel_requested([continuation]))[0]:
+            break
+        await asyncio.sleep(0.02)
+    assert (await transport.cancel_requested([continuation]))[0]
+    worker, stop, task = await _serving(_approving_runtime(store), transport)
+    with pytest.raises(InvocationCancelled):
+        await asyncio.wait_for(RemoteRuns(transport).follow(continuation, paused.session_id).result, 20)
+    record = await store.get_run(paused.run_id)
+    assert record is not None and record.status == "awaiting_approval" and record.output is not None
+    assert [p.approved for p in record.output.pending] == [None]  # not recorded
+    out = await asyncio.wait_for(inv.approve(paused.run_id, pending.call_id), 20)  # decided now
+    assert out is not None and "5" in out.output_text
+    with pytest.raises(InvalidRequest):
+        await asyncio.wait_for(inv.deny(paused.run_id, pending.call_id), 20)
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    assert worker.stats.cancelled_remotely == 1
     await store.close()
 
 

@@ -1,13 +1,15 @@
 """The transport seam: what the event mirror, the remote client and the worker need of a broker.
 
-A transport moves three things between processes, and nothing else (the durable state stays in
+A transport moves four things between processes, and nothing else (the durable state stays in
 the :class:`~rxinvoke.stores.Store`):
 
 - **run event streams**: per run, an append-only sequence of :class:`Segment` (consecutive
   envelopes of the run, by rxinvoke's own ``seq``), read from any position and followed live;
 - **the run queue**: submitted :class:`RunRequest` jobs taken by workers, each held under a
   **lease** while it runs, re-delivered only when its lease is gone;
-- **cancel requests** for runs executing anywhere.
+- **cancel requests** for runs executing anywhere;
+- **replies** to the jobs that ask for one: a decision on a paused run's call, whose
+  submitter learns from its worker whether the decision stood and the run goes on.
 
 :class:`~rxinvoke.transports.redis.RedisTransport` implements it on Redis Streams; another
 broker (NATS JetStream, say) implements this protocol and the mirror, client and worker work on
@@ -137,6 +139,17 @@ class Transport(Protocol):
 
     def cancel_notices(self) -> AsyncIterator[str]:
         """Run ids whose cancel was requested, as the notices arrive (reconnecting as needed)."""
+        ...
+
+    # replies
+    async def reply(self, key: str, answer: bytes) -> None:
+        """Leave ``answer`` for whoever waits under ``key`` (kept a while if no one waits
+        yet; the seam's own retention)."""
+        ...
+
+    async def replied(self, key: str, wait: float) -> bytes | None:
+        """The answer left under ``key`` (taken: each answer is read once), waiting up to
+        ``wait`` seconds for it; None if none came."""
         ...
 
     async def warnings(self) -> list[str]:

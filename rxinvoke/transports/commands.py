@@ -38,12 +38,14 @@ from .._terminal import (
 from ..errors import InvocationError, ResumeGap, TransportError, UserError
 from ..events import INVOCATION_EVENT, InvocationEvent
 from ..invocation import RuntimeInvocation
+from ..policy import ApprovalPolicy, RuntimePolicy
 from ..request import EmitRequest
 from ..runtime import AgentRuntime
 from ..stores import EventEnvelope, SqliteStore, Store
 from ..tools import builtin_tools
 
 if TYPE_CHECKING:
+    from .._runstream import RunStreamLike
     from .remote import RemoteRuns
 
 __all__ = ("COMMANDS", "add_commands", "run_command")
@@ -52,7 +54,9 @@ COMMANDS = frozenset({"worker", "submit", "cancel"})
 """The commands this module runs (``events --follow --redis`` too)."""
 
 
-def _add_redis_option(parser: argparse.ArgumentParser) -> None:
+def add_redis_option(parser: argparse.ArgumentParser) -> None:
+    """``--redis URL`` and ``--redis-prefix`` (``worker``, ``submit``, ``cancel``, ``events
+    --follow``, ``approve`` and ``deny``)."""
     parser.add_argument(
         "--redis", metavar="URL", default=os.environ.get("RXINVOKE_REDIS"),
         help="the Redis server of the run queue and the run streams (default $RXINVOKE_REDIS)",
@@ -75,7 +79,7 @@ def add_commands(
         "to their Redis streams. The store must be shared by all workers: --db (a SQLite file, "
         "workers on one host) or --postgres (machines).",
     )
-    _add_redis_option(worker)
+    add_redis_option(worker)
     where = worker.add_mutually_exclusive_group()
     add_db_option(where)
     where.add_argument(
@@ -93,6 +97,10 @@ def add_commands(
         "with it here from its last committed step (run_resumed)",
     )
     worker.add_argument("--name", metavar="NAME", help="the worker's name (default host:pid:random)")
+    worker.add_argument(
+        "--approve-tool", action="append", default=[], metavar="NAME",
+        help="calls of tool NAME wait for `rxinvoke approve` / `deny` (repeatable)",
+    )
     add_provider_options(worker)
     add_otel_option(worker)
 
@@ -105,7 +113,7 @@ def add_commands(
         ),
     )
     submit.add_argument("prompt", metavar="PROMPT", help="the user message (- reads it from stdin)")
-    _add_redis_option(submit)
+    add_redis_option(submit)
     submit.add_argument("--session", metavar="UUID", help="continue this session id")
     submit.add_argument("--json", action="store_true", help="print one JSON event per line")
     submit.add_argument("--detach", action="store_true", help="print the run id and exit")
@@ -118,7 +126,7 @@ def add_commands(
         description="Ask the workers to cancel RUN_ID and wait for its terminal event.",
     )
     cancel.add_argument("run_id", metavar="RUN_ID")
-    _add_redis_option(cancel)
+    add_redis_option(cancel)
     cancel.add_argument("--no-wait", action="store_true", help="do not wait for the outcome")
 
 
@@ -129,7 +137,7 @@ def add_follow_options(events: argparse.ArgumentParser) -> None:
         help="keep printing events as the run publishes them, until its end",
     )
     events.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after SEQ")
-    _add_redis_option(events)
+    add_redis_option(events)
 
 
 def _transport(args: argparse.Namespace) -> Any:
@@ -166,7 +174,8 @@ async def _worker(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
         store = SqliteStore(db_path(args))
     provider = provider_from_args(args)
     try:
-        runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store)
+        policy = RuntimePolicy(approval=ApprovalPolicy(tools=frozenset(args.approve_tool)))
+        runtime = AgentRuntime(providers=[provider], tools=builtin_tools(), store=store, policy=policy)
         worker = Worker(
             runtime,
             transport,
@@ -251,35 +260,70 @@ async def _submit(args: argparse.Namespace, out: TextIO, db_path: Callable[[argp
             out.write(f"{run_request.run_id}\n")
             return 0
         stream = RuntimeInvocation(AgentRuntime(), remote=remote).submit(request)
-        renderer = Renderer(out)
-
-        notice = _notice_later(
-            f"run {stream.run_id} is queued; no worker has taken it yet (start one: rxinvoke worker)"
+        return await _watch(
+            args, out, remote, stream,
+            f"run {stream.run_id} is queued; no worker has taken it yet (start one: rxinvoke worker)",
         )
+    finally:
+        await transport.close()
 
-        def show(event: InvocationEvent) -> None:
-            notice.cancel()
-            if args.json:
-                out.write(INVOCATION_EVENT.dump_json(event).decode() + "\n")
-                out.flush()
-            else:
-                renderer(event)
 
-        stream.subscribe(on_next=show, on_error=lambda exc: None)
+async def _watch(
+    args: argparse.Namespace, out: TextIO, remote: RemoteRuns, stream: RunStreamLike, quiet: str
+) -> int:
+    """Render a run on the workers as ``rxinvoke run`` renders one here (``--json``: a line
+    per event), saying ``quiet`` if nothing shows for a while; Ctrl-C cancels the run."""
+    renderer = Renderer(out)
+    notice = _notice_later(quiet)
+
+    def show(event: InvocationEvent) -> None:
+        notice.cancel()
+        if args.json:
+            out.write(INVOCATION_EVENT.dump_json(event).decode() + "\n")
+            out.flush()
+        else:
+            renderer(event)
+
+    stream.subscribe(on_next=show, on_error=lambda exc: None)
+    try:
+        output = await stream.result
+    except InvocationError:
+        renderer.newline()
+        raise
+    except asyncio.CancelledError:  # Ctrl-C: as `rxinvoke run`, the run is not wanted
+        renderer.newline()
+        await _cancel_interrupted(remote, stream.run_id)
+        raise
+    finally:
+        notice.cancel()
+    if not args.json:
+        renderer.finish(output)
+    return 0
+
+
+async def decide_on_workers(args: argparse.Namespace, out: TextIO) -> int:
+    """``rxinvoke approve|deny RUN_ID CALL_ID --redis URL`` of a run the store here does not
+    have: a worker decides it on the workers' store and continues the run there, whose
+    events stream here (Ctrl-C cancels the continuation)."""
+    from .remote import RemoteRuns
+
+    transport = _transport(args)
+    try:
+        remote = RemoteRuns(transport)
+        notice = _notice_later(
+            f"the decision on {args.call_id} is queued; no worker has taken it yet (start one: "
+            "rxinvoke worker)"
+        )
         try:
-            output = await stream.result
-        except InvocationError:
-            renderer.newline()
-            raise
-        except asyncio.CancelledError:  # Ctrl-C: as `rxinvoke run`, the run is not wanted
-            renderer.newline()
-            await _cancel_interrupted(remote, stream.run_id)
-            raise
+            stream = await remote.decision(
+                args.run_id, args.call_id, args.command == "approve", getattr(args, "reason", None)
+            )
         finally:
             notice.cancel()
-        if not args.json:
-            renderer.finish(output)
-        return 0
+        if stream is None:
+            print(f"rxinvoke: recorded; run {args.run_id} still waits for other calls", file=sys.stderr)
+            return 0
+        return await _watch(args, out, remote, stream, f"run {stream.run_id} (continuing {args.run_id}) has shown nothing yet")
     finally:
         await transport.close()
 

@@ -16,6 +16,8 @@ Keys (``prefix`` ``rx:`` unless told):
 - ``rx:cancel:{run_id}`` (a marker, ``EX cancel_ttl``) and the channel ``rx:cancel``: a cancel
   request sets the marker *before* it publishes the notice, so a worker that subscribes late
   still finds it.
+- ``rx:reply:{key}``: a list holding a worker's answer to a job that asked for one (``RPUSH``,
+  expiring after ``cancel_ttl``), taken by the waiting submitter with ``BLPOP``.
 
 Reclaiming a dead worker's jobs: a live worker ``XCLAIM``s its own jobs every heartbeat
 (``JUSTID``: idle time reset, delivery count untouched); :meth:`RedisTransport.reclaim`
@@ -290,6 +292,9 @@ class RedisTransport:
 
     def _marker(self, run_id: str) -> str:
         return f"{self.prefix}cancel:{run_id}"
+
+    def _reply(self, key: str) -> str:
+        return f"{self.prefix}reply:{key}"
 
     async def close(self) -> None:
         # redis-py may finish a blocking read it was cancelled in: the tail loop also stops
@@ -662,6 +667,25 @@ class RedisTransport:
             for run_id in run_ids:
                 pipe.exists(self._marker(run_id))
             return [bool(n) for n in await pipe.execute()]
+
+    # --- replies --------------------------------------------------------------------------------
+
+    @_translated
+    async def reply(self, key: str, answer: bytes) -> None:
+        async def attempt() -> Any:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.rpush(self._reply(key), answer)
+                pipe.expire(self._reply(key), int(self.cancel_ttl))
+                return await pipe.execute()
+
+        await self._again(attempt)
+
+    @_translated
+    async def replied(self, key: str, wait: float) -> bytes | None:
+        # BLPOP takes seconds as a float (Redis 6+); the pool's connections have no read
+        # timeout, so the wait is the server's
+        reply = await self._client.blpop([self._reply(key)], timeout=max(wait, 0.01))
+        return bytes(reply[1]) if reply else None
 
     async def cancel_notices(self) -> AsyncIterator[str]:
         from redis.exceptions import ConnectionError as RedisConnectionError

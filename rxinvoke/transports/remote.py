@@ -14,6 +14,8 @@
   ends cancels the run (remotely: the run is not wanted). A stream of a run submitted
   elsewhere (:meth:`RemoteRuns.follow`) only stops delivery.
 - :meth:`RemoteRuns.cancel` reaches the worker running the run (or the one that will take it).
+- :meth:`RemoteRuns.decide` approves or denies a call of a run paused on the workers: a
+  worker records it on their store and continues the run there, as ``approve`` does here.
 - :meth:`RemoteRuns.events` is what a run's stream holds now (``RuntimeInvocation.view`` of
   a run the store here does not have).
 """
@@ -35,6 +37,7 @@ from .._futures import retrieve
 from .._runstream import _Replay
 from ..control import Control
 from ..errors import (
+    InvalidRequest,
     InvocationCancelled,
     InvocationFailed,
     InvocationTimedOut,
@@ -55,16 +58,21 @@ from ..events import (
     TextDelta,
     UsageRecorded,
 )
-from ..messages import TokenUsage
+from ..messages import TokenUsage, new_id
 from ..request import PendingApproval, RunOutput, RunRequest
 from ..stores.base import EventEnvelope
 from . import _tracing
+from ._decisions import Answer, Decision
 from ._wire import TERMINAL, decode, events_of
 from .base import Segment, Transport
 
 __all__ = ("RemoteRunStream", "RemoteRuns")
 
 _log = logging.getLogger("rxinvoke")
+
+_ANSWER_WAIT = 1.0
+"""Seconds a wait for a worker's answer to a decision blocks before it looks whether the
+decision's job ended without one."""
 
 
 def _report(error: SubscriberError) -> None:
@@ -147,6 +155,89 @@ class RemoteRuns:
         """Ask the worker running ``run_id`` (or the one that takes it) to cancel it; the run
         ends with ``run_cancelled`` on its stream."""
         await self.transport.request_cancel(run_id)
+
+    async def decide(
+        self,
+        run_id: str,
+        call_id: str,
+        approved: bool,
+        reason: str | None = None,
+        control: Control | None = None,
+    ) -> RunOutput | None:
+        """Decide the call ``call_id`` of the run ``run_id`` paused on the workers, as
+        :meth:`~rxinvoke.runtime.AgentRuntime.approve` / ``deny`` decide one here: a worker
+        records the decision on the workers' store; when it was the batch's last, the run is
+        continued on a worker and the continuation's output returned (None while other calls
+        still wait). ``control`` is the continuation's, enforced on its worker (as
+        :meth:`submit`'s); cancelling the caller cancels the continuation there.
+
+        Raises:
+            InvalidRequest: the workers refused the decision (no such run, not awaiting
+                approval, no such pending call, decided the other way).
+            InvocationError: as ``submit``'s ``result``, for the continuation.
+        """
+        stream = await self.decision(run_id, call_id, approved, reason, control)
+        if stream is None:
+            return None
+        try:
+            return await stream.result
+        except asyncio.CancelledError:  # not wanted any more, as a local approve's run
+            stream._ask_cancel()
+            raise
+
+    async def decision(
+        self,
+        run_id: str,
+        call_id: str,
+        approved: bool,
+        reason: str | None = None,
+        control: Control | None = None,
+    ) -> RemoteRunStream | None:
+        """:meth:`decide`, returning the continuation's stream as soon as a worker answered
+        that the run goes on (a submitted run's stream: it owns the continuation), or None
+        when other calls still wait. Cancelled before the answer, the decision is withdrawn
+        if no worker took it yet (it is then not recorded)."""
+        continuation = new_id()
+        decision = Decision(
+            decide=run_id,
+            call_id=call_id,
+            approved=approved,
+            reason=reason,
+            run_id=continuation,
+            timeout=control.timeout if control is not None else None,
+            concurrency_limit=control.concurrency_limit if control is not None else None,
+            trace_context=_tracing.current(),
+        )
+        try:
+            await self.transport.enqueue(continuation, decision.wire())
+            answer = await self._answer(continuation)
+        except asyncio.CancelledError:
+            task = asyncio.ensure_future(self.cancel(continuation))
+            task.add_done_callback(retrieve)
+            raise
+        if answer is None:  # its job ended without an answer (a dead letter, say)
+            return RemoteRunStream(self, continuation, uuid.UUID(int=0), owned=True)
+        if answer.outcome == "refused":
+            raise InvalidRequest(answer.error or f"the workers refused the decision on {call_id!r}")
+        if answer.outcome == "waiting" or answer.session_id is None:
+            return None
+        stream = RemoteRunStream(self, continuation, uuid.UUID(answer.session_id), owned=True)
+        if control is not None:
+            stream._cancelled_by(control)
+        return stream
+
+    async def _answer(self, continuation: str) -> Answer | None:
+        """The worker's answer to the decision queued as ``continuation``; None if its job
+        ended (the continuation's stream has its terminal event) without one."""
+        transport = self.transport
+        while True:
+            raw = await transport.replied(continuation, _ANSWER_WAIT)
+            if raw is not None:
+                return Answer.model_validate_json(raw)
+            tail = await transport.tail(continuation)
+            if tail is not None and not TERMINAL.isdisjoint(tail.types):
+                raw = await transport.replied(continuation, 0.01)  # answered, then ended
+                return Answer.model_validate_json(raw) if raw is not None else None
 
     async def events(self, run_id: str) -> list[InvocationEvent]:
         """The run's events its stream holds now, from its first (a live run's so far): a
@@ -355,6 +446,7 @@ class RemoteRunStream(Observable[InvocationEvent]):
         session_id: uuid.UUID,
         *,
         request: RunRequest | None = None,
+        owned: bool = False,
     ) -> None:
         super().__init__()
         self.run_id = run_id
@@ -370,7 +462,8 @@ class RemoteRunStream(Observable[InvocationEvent]):
         self._result.add_done_callback(retrieve)
         self._is_ended = False
         self._ending = False  # the terminal event is being delivered
-        self._owned = request is not None  # submitted here: an early last unsubscribe cancels
+        # submitted (or continued) here: an early last unsubscribe cancels
+        self._owned = owned or request is not None
         self._subscribers = 0
         self._cancel_asked = False
         self._control_listener: abc.DisposableBase | None = None

@@ -27,6 +27,12 @@ mirrors to the run's stream. Around each run:
   checks the markers of its runs at every heartbeat (a notice missed while reconnecting), and
   before it starts one. A run cancelled before it began, or whose request is invalid, gets a
   ``run_started`` and its terminal event on its stream (nothing is stored: it never began).
+- **Decisions.** A job may be a decision on a call of a paused run
+  (:meth:`~rxinvoke.transports.remote.RemoteRuns.decide`): the worker records it on its
+  store (``AgentRuntime.decide``) and answers the decider by the transport's replies; the
+  decision that completes the batch makes the job's run the continuation, which then runs as
+  any job (a decision whose continuation is stored already was taken before: settled as a
+  redelivered job's; one whose cancel was requested before it was taken is not recorded).
 - **Runs that never began here.** A run whose claim the store refused (unreachable), or that
   was cancelled while it waited for its session, published nothing: its stream gets
   ``run_started`` and the terminal event ``run()`` ended with (``run_failed`` "the store
@@ -76,6 +82,7 @@ from ..runtime import AgentRuntime
 from ..stores.base import EventEnvelope, RunRecord, log_entries
 from ..stores.memory import MemoryStore
 from . import _tracing
+from ._decisions import Answer, Decision, decision_of
 from ._wire import TERMINAL, decode, segments_of
 from .base import Job, Lease, Transport
 from .mirror import EventMirror
@@ -133,15 +140,19 @@ def _terminal_of(failed: InvocationError) -> InvocationEvent:
     return RunFailed(run_id=run_id, error=failed.message.removeprefix(f"run {run_id}: "))
 
 
-def _request_of(job: Job) -> RunRequest | None:
-    """The job's request (None if it does not read as one: its run fails as invalid)."""
+def _request_of(job: Job) -> RunRequest | Decision | None:
+    """The job's request, or its decision (None if it reads as neither: its run fails as
+    invalid)."""
+    decision = decision_of(job.request)
+    if decision is not None:
+        return decision
     try:
         return RunRequest.model_validate_json(job.request)
     except pydantic.ValidationError:
         return None
 
 
-def _control_of(request: RunRequest | None) -> Control:
+def _control_of(request: RunRequest | Decision | None) -> Control:
     """The run's Control: the submitter's timeout and concurrency limit, as they came."""
     if request is None:
         return Control()
@@ -419,9 +430,12 @@ class Worker:
 
     async def _run_job(self, job: Job, held: _Held) -> None:
         store = self.runtime.store
+        decision = decision_of(job.request)
         # a job delivered for the first time was never taken: its run is not in the store
-        # (unless the job was queued twice, which begin_run refuses: looked at then)
-        record = await store.get_run(job.run_id) if job.deliveries > 1 else None
+        # (unless the job was queued twice, which begin_run refuses: looked at then; a
+        # decision queued twice would decide again, so its continuation is looked up)
+        taken = job.deliveries > 1 or decision is not None
+        record = await store.get_run(job.run_id) if taken else None
         if job.deliveries > self.max_deliveries:
             await self._dead_letter(job, record)
             return
@@ -430,7 +444,14 @@ class Worker:
             return
         self._abandoned.pop(job.run_id, None)  # not stored after all: it runs now
         try:
-            request = RunRequest.model_validate_json(job.request)
+            if decision is not None:  # a decision on a paused run: its continuation runs
+                continuation = await self._continuation(job, held, decision)
+                if continuation is None:
+                    await self.transport.ack(job.job_id)
+                    return
+                request = continuation
+            else:
+                request = RunRequest.model_validate_json(job.request)
             if request.run_id != job.run_id:
                 raise ValueError(f"the request's run_id is {request.run_id!r}")
             self.runtime.validate(request)
@@ -464,6 +485,42 @@ class Worker:
         self._count(executed=1)
         await self.mirror.flush()
         await self.transport.ack(job.job_id)
+
+    async def _continuation(self, job: Job, held: _Held, decision: Decision) -> RunRequest | None:
+        """Record ``decision`` on the store and answer its submitter; the continuation's
+        request when the decision was the batch's last (to run as the job's run), else None
+        (the job is done). A decision whose continuation was cancelled before this worker
+        took it is not recorded: its stream ends cancelled."""
+        runtime = self.runtime
+        if (await self.transport.cancel_requested([job.run_id]))[0]:
+            held.cancel_requested = True
+            self._count(cancelled_remotely=1)
+            await self._answer(job, Answer(outcome="refused", error="cancelled before it was decided"))
+            await self._end_unstarted(job, RunCancelled(run_id=job.run_id))
+            return None
+        try:
+            ready = await runtime.decide(
+                decision.decide, decision.call_id, decision.approved, decision.reason
+            )
+            request = await runtime.continuation_of(decision.decide, job.run_id) if ready else None
+        except InvalidRequest as exc:
+            await self._answer(job, Answer(outcome="refused", error=exc.message))
+            return None
+        if request is None:
+            await self._answer(job, Answer(outcome="waiting"))
+            return None
+        await self._answer(job, Answer(outcome="continues", session_id=str(request.session_id)))
+        # the continuation runs under the decider's Control and trace, as a local approve's
+        return request.model_copy(
+            update={
+                "timeout": decision.timeout,
+                "concurrency_limit": decision.concurrency_limit,
+                "trace_context": decision.trace_context,
+            }
+        )
+
+    async def _answer(self, job: Job, answer: Answer) -> None:
+        await self.transport.reply(job.run_id, answer.wire())
 
     async def _settled_after(
         self, job: Job, held: _Held, failed: InvocationError, request: RunRequest
