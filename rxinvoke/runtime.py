@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from reactivex import Observable, abc
@@ -198,6 +198,11 @@ class AgentRuntime:
         )
         self._gate = SessionGate()
         self._timers: dict[str, abc.DisposableBase] = {}  # approval deadlines of paused runs
+        self.continuations: Callable[[RunRequest], Awaitable[None]] | None = None
+        """Where a continuation the runtime starts by itself goes (a paused run whose
+        approval timed out): None runs it here; a
+        :class:`~rxinvoke.transports.worker.Worker` queues it as a job, so that it runs under
+        a lease, cancellable and recovered, as every run of the workers does."""
         self._expiring: set[asyncio.Future[None]] = set()
         self._is_closed = False
         self._scheduler = scheduler
@@ -403,7 +408,10 @@ class AgentRuntime:
                         run_id, item.call_id, approved=False, reason=APPROVAL_TIMED_OUT
                     )
             if ready:
-                await self.resume(run_id)
+                if self.continuations is not None:
+                    await self.continuations(await self.continuation_of(run_id))
+                else:
+                    await self.resume(run_id)
         except (InvocationError, StoreError) as exc:
             _log.warning("run %s: applying the approval timeout failed: %s", run_id, exc)
 

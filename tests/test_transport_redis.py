@@ -1060,6 +1060,38 @@ async def test_a_decision_given_up_before_a_worker_takes_it_is_not_recorded(
     await store.close()
 
 
+async def test_an_approval_timeout_on_a_worker_queues_the_continuation_as_a_job(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    from reactivex.testing import TestScheduler
+
+    from rxinvoke import ApprovalPolicy, RuntimePolicy
+
+    clock = TestScheduler()  # the approval deadline in virtual time
+    store = SqliteStore(tmp_path / "t.db")
+    runtime = AgentRuntime(
+        providers=[OfflineProvider()], tools=builtin_tools(), store=store, scheduler=clock,
+        policy=RuntimePolicy(approval=ApprovalPolicy(tools=frozenset({"calculate"}), timeout=60)),
+    )
+    worker, stop, task = await _serving(runtime, transport)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    paused = await asyncio.wait_for(inv.submit(request()).result, 20)
+    assert paused.finish_reason == FinishReason.AWAITING_APPROVAL
+    clock.advance_by(61.0)  # the worker's runtime denies the call at its deadline
+    continuation = await _continuation_of(store, paused.run_id)
+    out = await asyncio.wait_for(RemoteRuns(transport).follow(continuation.run_id, paused.session_id).result, 20)
+    assert out.finish_reason == FinishReason.STOP
+    decided = [e.event for e in await store.read_events(continuation.run_id) if e.type == "approval_decided"]
+    assert [(d.approved, d.reason) for d in decided] == [(False, "approval timed out")]
+    # it ran as a job of the queue (under a lease, cancellable, recovered), not beside them
+    jobs = [fields[b"run_id"].decode() for _, fields in await transport.client.xrange(transport._queue)]
+    assert jobs == [paused.run_id, continuation.run_id]
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    assert worker.stats.executed == 2
+    await store.close()
+
+
 async def test_a_submitted_runs_control_is_enforced_on_its_worker(transport: RedisTransport, tmp_path: Path) -> None:
     from rxinvoke import Control, InvocationTimedOut
 

@@ -32,7 +32,9 @@ mirrors to the run's stream. Around each run:
   store (``AgentRuntime.decide``) and answers the decider by the transport's replies; the
   decision that completes the batch makes the job's run the continuation, which then runs as
   any job (a decision whose continuation is stored already was taken before: settled as a
-  redelivered job's; one whose cancel was requested before it was taken is not recorded).
+  redelivered job's; one whose cancel was requested before it was taken is not recorded). A
+  continuation the runtime starts by itself — a paused run whose approval timed out — is
+  queued as a job too (``AgentRuntime.continuations``), never run beside the leased ones.
 - **Runs that never began here.** A run whose claim the store refused (unreachable), or that
   was cancelled while it waited for its session, published nothing: its stream gets
   ``run_started`` and the terminal event ``run()`` ended with (``run_failed`` "the store
@@ -217,12 +219,18 @@ class Worker:
         self.on_worker_loss = on_worker_loss
         self.max_deliveries = max_deliveries
         self.mirror = EventMirror(transport)
+        runtime.continuations = self._queue_continuation  # an approval timeout's, say
         self._held: dict[str, _Held] = {}
         # runs this worker's runtime left stored as running when run() was over (see
         # _abandoned_here), with their jobs: settled by this worker at its next reaping
         self._abandoned: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats = WorkerStats()
+
+    async def _queue_continuation(self, request: RunRequest) -> None:
+        """Queue a continuation the runtime started by itself (a paused run's approval timed
+        out): a worker takes it as any job."""
+        await self.transport.enqueue(request.run_id or "", request.model_dump_json().encode())
 
     @property
     def stats(self) -> WorkerStats:
