@@ -84,6 +84,9 @@ class Renderer:
         self._line_open = False
         self.run_id: str | None = None
         """The run being rendered (from its ``run_started``)."""
+        self.decide_with = ""
+        """What the approve/deny commands it suggests need besides the ids (a run on the
+        workers: ``--redis URL`` unless ``$RXINVOKE_REDIS`` names them)."""
         encoding = getattr(out, "encoding", None) or "utf-8"
         try:
             "→←·…".encode(encoding)
@@ -134,8 +137,8 @@ class Renderer:
             if item.approved is None:
                 self._write(
                     f"awaiting approval: {item.tool_name}({item.arguments}) · "
-                    f"rxinvoke approve {output.run_id} {item.call_id}  (or: rxinvoke deny "
-                    f"{output.run_id} {item.call_id} --reason TEXT)\n"
+                    f"rxinvoke approve {output.run_id} {item.call_id}{self.decide_with}  (or: "
+                    f"rxinvoke deny {output.run_id} {item.call_id} --reason TEXT{self.decide_with})\n"
                 )
 
 

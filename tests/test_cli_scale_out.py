@@ -212,7 +212,16 @@ async def test_a_run_paused_on_a_worker_is_approved_from_the_command_line_and_co
     assert "← calculate: 5" in out and "2 + 3 = 5." in out and "[stop · " in out
     code, out, err = await rxinvoke(elsewhere, "deny", asked["run_id"], asked["call_id"])
     assert code == 1 and "not awaiting approval" in err and len(err.strip().splitlines()) == 1
+    # the hint a paused run prints names what deciding it needs
+    code, out, err = await rxinvoke(env, "submit", PROMPT)
+    assert code == 0 and "awaiting approval: calculate" in out and "--redis" not in out, err
+    explicit = {k: v for k, v in env.items() if k != "RXINVOKE_REDIS"}
+    code, out, err = await rxinvoke(explicit, "submit", PROMPT, "--redis", env["RXINVOKE_REDIS"])
+    assert code == 0 and "--reason TEXT --redis URL)" in out, err
+    (hint,) = [line for line in out.splitlines() if line.startswith("awaiting approval")]
+    assert hint.split(" · ", 1)[1].startswith("rxinvoke approve ") and " --redis URL  (or:" in hint
     assert await worker.stop(60) == 0, worker.log()
     code, out, err = await rxinvoke(env, "runs", "--json")  # on the workers' store: continued
     runs = [json.loads(line) for line in out.splitlines()]
-    assert runs[0]["request"]["resumes"] == asked["run_id"] and runs[0]["status"] == "completed", runs
+    continued = [r for r in runs if r["request"]["resumes"] == asked["run_id"]]
+    assert [r["status"] for r in continued] == ["completed"], runs

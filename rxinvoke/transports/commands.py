@@ -274,6 +274,8 @@ async def _watch(
     """Render a run on the workers as ``rxinvoke run`` renders one here (``--json``: a line
     per event), saying ``quiet`` if nothing shows for a while; Ctrl-C cancels the run."""
     renderer = Renderer(out)
+    if args.redis != os.environ.get("RXINVOKE_REDIS"):  # its approve/deny need the server too
+        renderer.decide_with = " --redis URL"
     notice = _notice_later(quiet)
 
     def show(event: InvocationEvent) -> None:
