@@ -28,7 +28,7 @@ from .events import InvocationEvent, RunStarted
 from .request import RunOutput, RunRequest
 from .runtime import AgentRuntime
 
-__all__ = ("RunStream", "RunStreamLike")
+__all__ = ("RunStream", "RunStreamLike", "SubmittedStream")
 
 
 @runtime_checkable
@@ -40,6 +40,11 @@ class RunStreamLike(Protocol):
     session_id: uuid.UUID
 
     @property
+    def runtime(self) -> str | None:
+        """The name of the runtime running it (None: unnamed, or not known yet)."""
+        ...
+
+    @property
     def result(self) -> Awaitable[RunOutput]: ...
 
     @property
@@ -48,6 +53,15 @@ class RunStreamLike(Protocol):
     def subscribe(self, *args: Any, **kwargs: Any) -> abc.DisposableBase: ...
 
     def pipe(self, *operators: Any) -> Any: ...
+
+
+class SubmittedStream(RunStreamLike, Protocol):
+    """The stream of a run submitted to workers (``RuntimeInvocation.submit``)."""
+
+    def onlooker(self) -> RunStreamLike:
+        """The same run's events and result for someone who only watches (``inv.runs()``):
+        subscribing to it, and leaving, never cancel the run."""
+        ...
 
 
 class RunStream(Observable[InvocationEvent]):

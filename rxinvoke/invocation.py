@@ -20,10 +20,12 @@ from types import TracebackType
 from typing import Protocol
 
 import pydantic
+import reactivex
 from reactivex import Observable, abc
 from reactivex import operators as ops
+from reactivex.subject import Subject
 
-from ._runstream import RunStream, RunStreamLike
+from ._runstream import RunStream, RunStreamLike, SubmittedStream
 from ._sink import Handler, HandlerSink, Overflow, SubscriptionStats
 from .control import Control, SessionContext, session_context
 from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UnknownRun, UserError
@@ -99,7 +101,7 @@ class Remote(Protocol):
     """Where ``submit`` sends runs and ``cancel`` reaches them: workers behind a transport
     (:class:`~rxinvoke.transports.remote.RemoteRuns`)."""
 
-    def submit(self, request: RunRequest, control: Control | None = None) -> RunStreamLike: ...
+    def submit(self, request: RunRequest, control: Control | None = None) -> SubmittedStream: ...
 
     async def cancel(self, run_id: str) -> None: ...
 
@@ -127,6 +129,7 @@ class RuntimeInvocation:
     def __init__(self, runtime: AgentRuntime, *, remote: Remote | None = None) -> None:
         self.runtime = runtime
         self.remote = remote
+        self._submitted: Subject[RunStreamLike] = Subject()  # for runs()
 
     @property
     def errors(self) -> Observable[SubscriberError]:
@@ -279,7 +282,9 @@ class RuntimeInvocation:
             )
         session_id = request.session_id or uuid.uuid4()
         run_request = request.into_run_request(run_id=new_id(), session_id=session_id)
-        return self.remote.submit(run_request, control)
+        stream = self.remote.submit(run_request, control)
+        self._submitted.on_next(stream.onlooker())
+        return stream
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel the run ``run_id``: at once if it runs here (as its ``Control.cancel()``),
@@ -338,20 +343,22 @@ class RuntimeInvocation:
                 raise
         return RunView(await self.remote.events(run_id), chat=chat, run_id=run_id)
 
-    def runs(self) -> Observable[RunStream]:
+    def runs(self) -> Observable[RunStreamLike]:
         """A hot Observable of the :class:`RunStream` of every run the runtime starts (by
-        ``emit``, ``stream`` or ``runtime.run``), from its ``run_started``: the natural
-        ``group_by`` run, whose groups complete with their run. Disposing a subscription to
-        one of them only stops delivery; the run goes on."""
+        ``emit``, ``stream`` or ``runtime.run``), from its ``run_started``, and of every run
+        this invocation submits to workers (``submit``; its events from the first): the
+        natural ``group_by`` run, whose groups complete with their run. Disposing a
+        subscription to one of them only stops delivery; the run goes on."""
         runtime = self.runtime
 
-        def stream_of(event: InvocationEvent) -> RunStream:
+        def stream_of(event: InvocationEvent) -> RunStreamLike:
             assert isinstance(event, RunStarted)
             return RunStream(
                 runtime, event.run_id, uuid.UUID(event.session_id), started=event
             )
 
-        return runtime.bus.observe(EventKind.RUN_STARTED).pipe(ops.map(stream_of))
+        started = runtime.bus.observe(EventKind.RUN_STARTED).pipe(ops.map(stream_of))
+        return reactivex.merge(started, self._submitted)
 
     async def _build(
         self, build: Build, context: SessionContext, control: Control

@@ -604,6 +604,40 @@ async def test_submitted_runs_execute_on_a_worker_with_the_shape_of_a_local_stre
     await store.close()
 
 
+async def test_submitted_runs_are_in_inv_runs_and_watching_them_there_never_cancels(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    from rxinvoke import of_kind
+
+    store = SqliteStore(tmp_path / "runs.db")
+    worker_runtime = AgentRuntime(name="east", providers=[OfflineProvider()], tools=builtin_tools(), store=store)
+    _, stop, task = await _serving(worker_runtime, transport)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    counted: list[tuple[str, int, str | None]] = []
+    # README recipe 1's shape: a pipeline per run over inv.runs(), completing with each run
+    inv.runs().pipe(ops.flat_map(lambda run: run.pipe(
+        of_kind("text_delta"), ops.count(), ops.map(lambda n: (run.run_id, n, run.runtime)),
+    ))).subscribe(counted.append)
+    firsts: list[Any] = []  # an onlooker that leaves at each run's first event
+    inv.runs().pipe(ops.flat_map(lambda run: run.pipe(ops.take(1)))).subscribe(firsts.append)
+    streams = [inv.submit(request()) for _ in range(3)]
+    outs = await asyncio.wait_for(asyncio.gather(*(s.result for s in streams)), 30)
+    assert all(o.finish_reason == FinishReason.STOP for o in outs)  # none was cancelled
+    for _ in range(200):
+        if len(counted) == 3:
+            break
+        await asyncio.sleep(0.01)
+    stored = {
+        s.run_id: sum(e.type == "text_delta" for e in await store.read_events(s.run_id)) for s in streams
+    }
+    assert sorted(counted) == sorted((run_id, n, "east") for run_id, n in stored.items())
+    assert all(n > 0 for n in stored.values())
+    assert [e.type for e in firsts] == ["run_started"] * 3
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    await store.close()
+
+
 async def test_runs_submitted_at_once_are_queued_in_one_round_trip(
     transport: RedisTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:

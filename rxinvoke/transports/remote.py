@@ -308,6 +308,7 @@ class _Outcome:
         self._pending: list[PendingApproval] = []
         self.terminal: InvocationEvent | None = None
         self._session = ""  # run_started's
+        self.runtime: str | None = None  # run_started's: the worker's runtime
 
     def fold(self, segment: Segment, skip: int) -> None:
         """Add the events of ``segment`` after its first ``skip``."""
@@ -327,6 +328,8 @@ class _Outcome:
                 started = items[i]
                 if isinstance(started, dict) and isinstance(started.get("session_id"), str):
                     self._session = started["session_id"]
+                if isinstance(started, dict) and isinstance(started.get("runtime"), str):
+                    self.runtime = started["runtime"]
             elif kind in _READ:
                 event = INVOCATION_EVENT.validate_python(items[i])
                 self.add(event)
@@ -339,6 +342,7 @@ class _Outcome:
             self._text = []
         elif isinstance(event, RunStarted):
             self._session = event.session_id
+            self.runtime = event.runtime
         elif isinstance(event, TextDelta):
             self._text.append(event.delta)
         elif isinstance(event, UsageRecorded):
@@ -454,7 +458,8 @@ class RemoteRunStream(Observable[InvocationEvent]):
         self.session_id = session_id
         """The run's session."""
         self.runtime: str | None = None
-        """The runtime running it: a worker elsewhere (None here)."""
+        """The name of the worker's runtime running it (from its ``run_started``; None
+        until that arrived, or if unnamed)."""
         self._remote = remote
         self._events = _Lazy(_Replay(_report, run_id))
         self._loop = asyncio.get_running_loop()
@@ -500,6 +505,11 @@ class RemoteRunStream(Observable[InvocationEvent]):
 
         return Disposable(dispose)
 
+    def onlooker(self) -> _Onlooker:
+        """The run's events and result for someone who only watches (``inv.runs()``):
+        subscribing to it, and leaving, never cancel the run."""
+        return _Onlooker(self)
+
     def _cancelled_by(self, control: Control) -> None:
         """``control.cancel()`` (from any thread) cancels the run on its worker."""
         self._control_listener = control.add_cancel_listener(self._ask_cancel)
@@ -537,6 +547,7 @@ class RemoteRunStream(Observable[InvocationEvent]):
                 await transport.enqueue(self.run_id, request.model_dump_json().encode())
             async for segment, skip in _segments(transport, self.run_id, 0):
                 outcome.fold(segment, skip)
+                self.runtime = outcome.runtime
                 self._ending = outcome.terminal is not None
                 self._events.feed(segment, skip)
                 if outcome.terminal is not None:
@@ -573,6 +584,36 @@ class RemoteRunStream(Observable[InvocationEvent]):
     def __repr__(self) -> str:
         state = "finished" if self._is_ended else "running"
         return f"RemoteRunStream(run {self.run_id[:8]}, {state})"
+
+
+class _Onlooker(Observable[InvocationEvent]):
+    """A :class:`RemoteRunStream`'s events and result, without its ownership of the run."""
+
+    def __init__(self, stream: RemoteRunStream) -> None:
+        super().__init__()
+        self._stream = stream
+        self.run_id = stream.run_id
+        self.session_id = stream.session_id
+
+    @property
+    def runtime(self) -> str | None:
+        return self._stream.runtime
+
+    @property
+    def result(self) -> _Result:
+        return self._stream.result
+
+    @property
+    def is_finished(self) -> bool:
+        return self._stream.is_finished
+
+    def _subscribe_core(
+        self, observer: abc.ObserverBase[InvocationEvent], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        return self._stream._events.subscribe(observer)
+
+    def __repr__(self) -> str:
+        return repr(self._stream)
 
 
 class _Result:
