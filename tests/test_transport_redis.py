@@ -1069,7 +1069,7 @@ async def test_a_decision_given_up_before_a_worker_takes_it_is_not_recorded(
     (pending,) = paused.pending
     stop.set()
     await asyncio.wait_for(task, 20)  # no worker now: the decision waits in the queue
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # (not the builtin TimeoutError on 3.10)
         await asyncio.wait_for(inv.approve(paused.run_id, pending.call_id), 0.5)
     ((_, job),) = await transport.client.xrevrange(transport._queue, count=1)
     continuation = job[b"run_id"].decode()
