@@ -108,10 +108,7 @@ async def test_four_workers_two_hundred_runs_one_killed_mid_run(
 
         # a run the killed worker finished on its stream but not yet in the store (it died
         # between the two) is settled by the reaper a moment later, from what its stream showed
-        for _ in range(600):
-            if not any(r.status == "running" for r in await store.list_runs(limit=1000)):
-                break
-            await asyncio.sleep(0.05)
+        await _settled(store)
         resumed = []
         for stream in streams:
             log = await store.read_events(stream.run_id)
@@ -152,6 +149,16 @@ async def test_four_workers_two_hundred_runs_one_killed_mid_run(
     assert [w.returncode for w in workers[1:]] == [0, 0, 0], [w.log() for w in workers[1:]]
 
 
+async def _settled(store: PostgresStore) -> None:
+    """Wait (30 s at most) until the store records no run as running: a run's stream shows its
+    end as it is published, a moment before its worker's store commits it (or, for a run
+    whose end that store could not record, before the worker settles it from the stream)."""
+    for _ in range(600):
+        if not any(r.status == "running" for r in await store.list_runs(limit=1000)):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def _collect(stream: Any) -> list[Any]:
     items: list[Any] = []
     done = asyncio.get_running_loop().create_future()
@@ -185,6 +192,7 @@ async def test_a_worker_paused_past_its_leases_goes_on_with_its_runs(
         workers[0].send_signal(signal.SIGCONT)
         outcomes = await asyncio.wait_for(asyncio.gather(*(s.result for s in streams)), 120)
         assert {o.output_text for o in outcomes} == {"2 + 3 = 5."}  # none cancelled or failed
+        await _settled(store)
         records = {r.run_id: r for r in await store.list_runs(limit=2000)}
         paused = [s.run_id for s in streams if mine in (records[s.run_id].owner or "")]
         assert len(paused) >= 3  # w0's runs stayed w0's
