@@ -481,6 +481,29 @@ async def test_a_failed_write_is_written_first_at_the_next_attempt_within_the_bo
     assert [r.dropped for r in reports if isinstance(r, SubscriberOverflow)] == ([dropped] if dropped else [])
 
 
+async def test_a_held_end_is_written_after_the_runs_other_events_once_released() -> None:
+    flaky = _Flaky()  # its first write fails: what the held end follows is retried first
+    mirror = EventMirror(flaky, interval=0)  # type: ignore[arg-type]
+    mirror.attach(AgentRuntime(providers=[OfflineProvider()]))
+    mirror.hold_end("r")
+    _fragments(mirror, range(1, 3))
+    mirror.add(("r", uuid.uuid4(), 3, RunCompleted(run_id="r", iterations=1, finish_reason=FinishReason.STOP)))
+    await asyncio.wait_for(flaky.failed.wait(), 10)
+    await asyncio.wait_for(mirror.flush(), 10)
+    assert flaky.written == [("r", 1, 2)] and mirror.stats.buffered == 1  # the end held
+    mirror.release_end("r")
+    await asyncio.wait_for(mirror.flush(), 10)
+    assert flaky.written == [("r", 1, 2), ("r", 3, 3)] and mirror.stats.mirrored == 3
+    assert mirror.stats.buffered == 0
+    # an end still held when the mirror closes is written all the same (no stream left open)
+    mirror.hold_end("s")
+    mirror.add(("s", uuid.uuid4(), 1, RunCompleted(run_id="s", iterations=1, finish_reason=FinishReason.STOP)))
+    await asyncio.wait_for(mirror.flush(), 10)
+    assert flaky.written[-1] == ("r", 3, 3)
+    await asyncio.wait_for(mirror.aclose(), 10)
+    assert flaky.written[-1] == ("s", 1, 1) and mirror.stats.buffered == 0
+
+
 async def test_envelopes_in_a_write_that_has_not_returned_count_as_buffered() -> None:
     class Stalled:  # only what the mirror calls: a transport whose write hangs until released
         def __init__(self) -> None:
@@ -1707,3 +1730,31 @@ async def test_a_redis_restart_mid_run_the_worker_reconnects_and_nothing_is_lost
         await store.close()
         await transport.close()
         await submitter.close()
+
+
+class _SlowEnd(SqliteStore):
+    """A store whose commit of a run's end takes a while (a loaded PostgreSQL, say)."""
+
+    async def finish_run(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await super().finish_run(*args, **kwargs)
+
+
+async def test_a_submitted_runs_result_comes_once_the_workers_store_has_its_end(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    store = _SlowEnd(tmp_path / "slow.db")
+    _, stop, task = await worker_for(store, transport)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    streams = [inv.submit(request()) for _ in range(3)]
+    for stream in streams:
+        out = await asyncio.wait_for(stream.result, 20)
+        record = await store.get_run(out.run_id)  # as after a local emit: the end is durable
+        assert record is not None and record.status == "completed"
+        types = [e.type for e in await store.read_events(out.run_id)]
+        assert types[-1] == "run_completed"
+        streamed = [e.type for e in await asyncio.wait_for(collect(stream), 20)]
+        assert streamed == types  # the terminal once, last, on the stream too
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    await store.close()

@@ -6,13 +6,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
+from pydantic_core import from_json, to_json
+
 from ..events import InvocationEvent
 from ..stores._packed import cut
 from ..stores._rows import decode_segment, encode_typed
 from ..stores.base import EventEnvelope, LogEntry, Stretch, runs_in, stretches_of
 from .base import Segment
 
-__all__ = ("TERMINAL", "decode", "events_of", "segments_of", "stretch_segments")
+__all__ = ("TERMINAL", "decode", "events_of", "segments_of", "split_end", "stretch_segments")
 
 TERMINAL = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
@@ -39,6 +41,17 @@ def stretch_segments(stretches: Iterable[Stretch]) -> Iterator[tuple[str, Segmen
                 part = cut(items, start, start + MAX_SEGMENT)
                 events, types = encode_typed(part)
                 yield run_id, Segment(first + start, first + start + len(part) - 1, types, events)
+
+
+def split_end(segment: Segment) -> tuple[Segment | None, Segment]:
+    """``segment`` cut before its last event: (the events before it, or None if it has
+    none; a segment of its last event alone)."""
+    items = from_json(segment.events)
+    last = segment.last_seq
+    end = Segment(last, last, segment.types[-1:], to_json(items[-1:]))
+    if len(items) == 1:
+        return None, end
+    return Segment(segment.first_seq, last - 1, segment.types[:-1], to_json(items[:-1])), end
 
 
 def events_of(segment: Segment, skip: int = 0) -> list[InvocationEvent]:

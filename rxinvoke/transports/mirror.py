@@ -18,6 +18,9 @@ only those — most events: the GC does not track them while they wait; a text f
 as an alias of it), and a write's envelopes are encoded before it is sent (the events are not
 kept alive while it is away).
 
+:meth:`EventMirror.hold_end` keeps a run's terminal event back until
+:meth:`EventMirror.release_end` (a worker: until the store has committed the run's end); it is
+then written after the run's other events.
 A slow or unreachable transport never blocks a run: the buffer keeps up to ``max_buffer``
 envelopes; past that the oldest are dropped (a failed write's envelopes are kept encoded, as
 its segments, and dropped a segment at a time), counted in :attr:`EventMirror.stats` and reported
@@ -40,7 +43,7 @@ from .._eventlog import Collector
 from ..errors import SubscriberOverflow
 from ..runtime import AgentRuntime
 from ..stores.base import LogEntry
-from ._wire import stretch_segments
+from ._wire import TERMINAL, split_end, stretch_segments
 from .base import Segment, Transport
 
 __all__ = ("EventMirror", "MirrorStats")
@@ -93,6 +96,11 @@ class EventMirror:
         # a failed write's segments, encoded already (written first at the next attempt)
         self._retry: list[tuple[str, Segment]] = []
         self._retrying = 0  # the envelopes in them
+        # runs whose terminal event waits for release_end (hold_end), their held terminal
+        # segments, and the ones released (written after what is buffered now)
+        self._holding: set[str] = set()
+        self._held_ends: dict[str, tuple[str, Segment]] = {}
+        self._released: list[tuple[str, Segment]] = []
         self._mirrored = 0
         self._dropped = 0
         self._unreported = 0
@@ -114,7 +122,7 @@ class EventMirror:
             self._mirrored,
             self._dropped,
             self._failed,
-            len(self._buffer) + self._writing + self._retrying,
+            len(self._buffer) + self._writing + self._retrying + len(self._held_ends) + len(self._released),
         )
 
     def attach(self, runtime: AgentRuntime) -> abc.DisposableBase:
@@ -165,13 +173,19 @@ class EventMirror:
     async def _flush_loop(self) -> None:
         delay = 0.05
         try:
-            while len(self._buffer) or self._retry:
+            while self._pending():
                 self._report_drops()
                 taken = self._buffer.take()
                 # encoded before the write: the events are not kept alive while it is away
-                segments = [*self._retry, *stretch_segments(taken)]
+                fresh = list(stretch_segments(taken))
                 count = self._retrying + sum(len(stretch[3]) for stretch in taken)
                 del taken
+                if self._holding:
+                    fresh, held = self._hold_back(fresh)
+                    count -= held
+                released, self._released = self._released, []
+                segments = [*self._retry, *fresh, *released]
+                count += len(released)
                 self._retry = []
                 self._in_flight(count, 0)
                 try:
@@ -195,11 +209,49 @@ class EventMirror:
                     await self._paced()  # at most one write per interval
         finally:
             self._flusher = None
-            if (len(self._buffer) or self._retry) and self._loop is not None and not self._loop.is_closed():
+            if self._pending() and self._loop is not None and not self._loop.is_closed():
                 self._timer = self._later(self._loop)
             else:
                 self._hurry = False
                 self._idle.set()
+
+    def _pending(self) -> bool:
+        """Whether anything waits to be written."""
+        return bool(len(self._buffer) or self._retry or self._released)
+
+    def hold_end(self, run_id: str) -> None:
+        """Keep the run's terminal event off its stream until :meth:`release_end` (a worker
+        holds it until the store has committed the run's end, so that a submitter's result
+        never comes before the run's end is durable); its other events go as they come."""
+        self._holding.add(run_id)
+
+    def release_end(self, run_id: str) -> None:
+        """Let the run's terminal event go: written with the next write if it is held (after
+        the run's other events), as it comes otherwise."""
+        self._holding.discard(run_id)
+        end = self._held_ends.pop(run_id, None)
+        if end is None:
+            return
+        self._released.append(end)
+        if self._timer is None and self._flusher is None and self._loop is not None:
+            self._idle.clear()
+            self._timer = self._later(self._loop)
+
+    def _hold_back(self, segments: list[tuple[str, Segment]]) -> tuple[list[tuple[str, Segment]], int]:
+        """``segments`` without the terminal events of the runs held (kept until released),
+        and how many were kept."""
+        kept: list[tuple[str, Segment]] = []
+        held = 0
+        for run_id, segment in segments:
+            if run_id in self._holding and segment.types[-1] in TERMINAL:
+                rest, end = split_end(segment)
+                self._held_ends[run_id] = (run_id, end)
+                held += 1
+                if rest is None:
+                    continue
+                segment = rest
+            kept.append((run_id, segment))
+        return kept, held
 
     async def _paced(self) -> None:
         """Wait ``interval`` seconds, or less if :meth:`flush` asks for a write now."""
@@ -255,12 +307,12 @@ class EventMirror:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._flusher is None and not (len(self._buffer) or self._retry):
+        if self._flusher is None and not self._pending():
             return  # nothing to write (and no flusher to hurry)
         self._hurry = True
         if self._pace is not None:
             _settle(self._pace)  # a flusher waiting between two writes writes now
-        if (len(self._buffer) or self._retry) and self._flusher is None:
+        if self._pending() and self._flusher is None:
             self._start_flush()
         await self._idle.wait()
 
@@ -269,4 +321,7 @@ class EventMirror:
         if self._subscription is not None:
             self._subscription.dispose()
             self._subscription = None
+        for run_id in list(self._held_ends):  # no stream is left without its end
+            self.release_end(run_id)
+        self._holding.clear()
         await self.flush()

@@ -27,6 +27,9 @@ mirrors to the run's stream. Around each run:
   checks the markers of its runs at every heartbeat (a notice missed while reconnecting), and
   before it starts one. A run cancelled before it began, or whose request is invalid, gets a
   ``run_started`` and its terminal event on its stream (nothing is stored: it never began).
+- **Ends.** A run's terminal event goes on its stream once ``run()`` is over — the store has
+  committed the run's end (``EventMirror.hold_end``) — so a submitter's result, like a local
+  ``emit``, comes when the end is durable; its other events go as they come.
 - **Decisions.** A job may be a decision on a call of a paused run
   (:meth:`~rxinvoke.transports.remote.RemoteRuns.decide`): the worker records it on its
   store (``AgentRuntime.decide``) and answers the decider by the transport's replies; the
@@ -478,10 +481,17 @@ class Worker:
             await self.transport.ack(job.job_id)
             return
         held.control = _control_of(request)
+        # the run's end goes on its stream once the store has it: a submitter's result never
+        # comes before the run's end is durable (as a local emit returns after the commit)
+        self.mirror.hold_end(job.run_id)
         try:
-            with _tracing.entered(request.trace_context):  # the submitter's trace goes on
-                ran = (await self.runtime.run(request, held.control)).run_id
+            try:
+                with _tracing.entered(request.trace_context):  # the submitter's trace goes on
+                    ran = (await self.runtime.run(request, held.control)).run_id
+            finally:
+                self.mirror.release_end(job.run_id)
         except InvocationError as exc:  # the outcome is in the run's events (and the store)
+            await self.mirror.flush()  # its end on the stream before anything is settled
             if exc.run_id in (None, job.run_id):
                 if await self._settled_after(job, held, exc, request):
                     return
@@ -607,14 +617,19 @@ class Worker:
         await self._mirror_missing(run_id)  # what the dead worker stored but never mirrored
         request = _request_of(job)
         held.control = _control_of(request)
+        self.mirror.hold_end(run_id)  # as a run's end in _run_job: once the store has it
         try:
-            with _tracing.entered(request.trace_context if request is not None else None):
-                await self.runtime.resume_interrupted(run_id, salvage=salvage, control=held.control)
+            try:
+                with _tracing.entered(request.trace_context if request is not None else None):
+                    await self.runtime.resume_interrupted(run_id, salvage=salvage, control=held.control)
+            finally:
+                self.mirror.release_end(run_id)
         except InvalidRequest as exc:
             _log.warning("rxinvoke worker %s: cannot resume run %s: %s", self.name, run_id, exc)
             return "fail"
         except InvocationError:
             pass  # the outcome is in its events (and the store)
+        await self.mirror.flush()  # its end on the stream before anything is settled
         record = await self.runtime.store.get_run(run_id)
         return "ended" if record is not None and record.is_finished else "leave"
 
