@@ -1758,3 +1758,23 @@ async def test_a_submitted_runs_result_comes_once_the_workers_store_has_its_end(
     stop.set()
     await asyncio.wait_for(task, 20)
     await store.close()
+
+
+async def test_waiting_deciders_share_one_connection_and_no_answer_is_lost(redis_server: RedisServer) -> None:
+    # a pool of 2: twenty deciders waiting for their answers must not take it from the others
+    transport = RedisTransport(redis_server.url, prefix=f"w{uuid.uuid4().hex[:8]}:", max_connections=2, timeout=2.0)
+    waits = [asyncio.ensure_future(transport.replied(f"k{i}", 10)) for i in range(20)]
+    await asyncio.sleep(0.3)  # all waiting
+    await asyncio.wait_for(transport.announce("still-served"), 2)  # the pool is free
+    for i in range(20):
+        await transport.reply(f"k{i}", f"answer {i}".encode())
+    assert await asyncio.wait_for(asyncio.gather(*waits), 10) == [f"answer {i}".encode() for i in range(20)]
+    # an answer that comes after its waiter left is kept for the next one, taken once
+    assert await transport.replied("late", 0.3) is None
+    await transport.reply("late", b"kept")
+    await asyncio.sleep(0.5)
+    assert await transport.replied("late", 2) == b"kept"
+    assert await transport.replied("late", 0.3) is None
+    await transport.close()
+    with pytest.raises(TransportError, match="closed"):
+        await transport.replied("after", 0.1)

@@ -17,7 +17,8 @@ Keys (``prefix`` ``rx:`` unless told):
   request sets the marker *before* it publishes the notice, so a worker that subscribes late
   still finds it.
 - ``rx:reply:{key}``: a list holding a worker's answer to a job that asked for one (``RPUSH``,
-  expiring after ``cancel_ttl``), taken by the waiting submitter with ``BLPOP``.
+  expiring after ``cancel_ttl``), taken by the waiting submitter with ``BLPOP`` (one for all
+  the keys waited for in a process, on a connection of its own).
 
 Reclaiming a dead worker's jobs: a live worker ``XCLAIM``s its own jobs every heartbeat
 (``JUSTID``: idle time reset, delivery count untouched); :meth:`RedisTransport.reclaim`
@@ -81,6 +82,9 @@ end
 return #KEYS
 """
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
+_REPLY_BLOCK = 0.2
+"""Seconds the shared ``BLPOP`` of the waited answers blocks (a key waited for meanwhile joins
+the next one)."""
 _APPEND_CHUNK = 100
 """Segments one script call appends at most (a script holds the server while it runs)."""
 _RELEASE = """
@@ -251,6 +255,12 @@ class RedisTransport:
             url, socket_connect_timeout=5, health_check_interval=30
         )
         self._followers: set[_Follower] = set()
+        # decisions' waiters share one blocking read of their answers, on a connection of its own
+        self._reply_client: Any = aioredis.Redis.from_url(
+            url, socket_connect_timeout=5, health_check_interval=30
+        )
+        self._answers: dict[str, asyncio.Future[bytes]] = {}
+        self._answering: asyncio.Task[None] | None = None
         self._tail: asyncio.Future[None] | None = None
         # the mirror's appends go over a connection of their own, as pre-packed script calls:
         # redis-py's pipeline costs the run's loop more than the write itself
@@ -307,6 +317,11 @@ class RedisTransport:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._tail
         await self._tail_client.aclose()
+        if self._answering is not None:
+            self._answering.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._answering
+        await self._reply_client.aclose()
         if self._appender is not None:
             await self._appender.disconnect()
         await self._client.aclose(close_connection_pool=True)
@@ -680,12 +695,50 @@ class RedisTransport:
 
         await self._again(attempt)
 
-    @_translated
     async def replied(self, key: str, wait: float) -> bytes | None:
-        # BLPOP takes seconds as a float (Redis 6+); the pool's connections have no read
-        # timeout, so the wait is the server's
-        reply = await self._client.blpop([self._reply(key)], timeout=max(wait, 0.01))
-        return bytes(reply[1]) if reply else None
+        """The answer under ``key``, waiting up to ``wait`` seconds. Every waiter of this
+        transport shares one blocking ``BLPOP`` of all their keys, on a connection of its own:
+        many waiting deciders hold no pooled connection (a new key joins the next ``BLPOP``,
+        within ``_REPLY_BLOCK``). While the server is away it waits, and answers None."""
+        if self._closed:
+            raise TransportError(f"redis: the transport is closed (at {self.where})", where=self.where)
+        loop = asyncio.get_running_loop()
+        future = self._answers.get(key)
+        if future is None:
+            future = self._answers[key] = loop.create_future()
+        if self._answering is None or self._answering.done():
+            self._answering = loop.create_task(self._answer_all())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(wait, 0.0))
+        except asyncio.TimeoutError:
+            if future.done():  # answered as the wait ended
+                return future.result()
+            return None
+        finally:
+            if self._answers.get(key) is future and not future.done():
+                del self._answers[key]  # no one waits: an answer coming now is kept for the next
+
+    async def _answer_all(self) -> None:
+        """One blocking ``BLPOP`` of every waited key, handing each answer to its waiter (an
+        answer whose waiter left goes back to its list, for the next)."""
+        client = self._reply_client
+        prefix = self._reply("")
+        delay = 0.05
+        while self._answers and not self._closed:
+            try:
+                got = await client.blpop([prefix + key for key in self._answers], timeout=_REPLY_BLOCK)
+                if got:
+                    raw_key, value = got
+                    future = self._answers.pop(_text(raw_key)[len(prefix):], None)
+                    if future is not None and not future.done():
+                        future.set_result(bytes(value))
+                    else:
+                        await client.lpush(raw_key, value)
+            except Exception:  # the server is away: the waiters wait for it
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.05
 
     async def cancel_notices(self) -> AsyncIterator[str]:
         from redis.exceptions import ConnectionError as RedisConnectionError
