@@ -593,10 +593,7 @@ async def worker_for(store: Store, transport: Transport, runtime_tools: Any = ()
     runtime = AgentRuntime(
         providers=[provider or OfflineProvider()], tools=runtime_tools or builtin_tools(), store=store
     )
-    worker = Worker(runtime, transport, **kw)
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(worker.serve(stop))
-    return worker, stop, task
+    return await _serving(runtime, transport, **kw)
 
 
 async def test_submitted_runs_execute_on_a_worker_with_the_shape_of_a_local_stream(
