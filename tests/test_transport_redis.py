@@ -1065,11 +1065,12 @@ async def test_a_decision_queued_twice_is_decided_once_and_continued_once(
     if apart:
         await transport.enqueue(continuation, decision.wire())
     for _ in range(500):  # both jobs are done: nothing pending for the workers
-        pending_jobs = await transport.client.xpending(transport._queue, "workers")
-        info = await transport.client.xinfo_groups(transport._queue)
-        if pending_jobs["pending"] == 0 and info[0]["entries-read"] == 3:
+        pending_jobs = await transport.client.xpending(transport._urgent, "workers")
+        info = await transport.client.xinfo_groups(transport._urgent)
+        if pending_jobs["pending"] == 0 and info[0]["entries-read"] == 2:
             break
         await asyncio.sleep(0.02)
+    assert (await transport.client.xpending(transport._urgent, "workers"))["pending"] == 0
     assert (await transport.client.xpending(transport._queue, "workers"))["pending"] == 0
     assert await transport.replied(continuation, 0.1) is None  # answered once
     assert [r.run_id for r in await store.list_runs() if r.request.resumes == paused.run_id] == [continuation]
@@ -1091,7 +1092,7 @@ async def test_a_decision_given_up_before_a_worker_takes_it_is_not_recorded(
     await asyncio.wait_for(task, 20)  # no worker now: the decision waits in the queue
     with pytest.raises(asyncio.TimeoutError):  # (not the builtin TimeoutError on 3.10)
         await asyncio.wait_for(inv.approve(paused.run_id, pending.call_id), 0.5)
-    ((_, job),) = await transport.client.xrevrange(transport._queue, count=1)
+    ((_, job),) = await transport.client.xrevrange(transport._urgent, count=1)
     continuation = job[b"run_id"].decode()
     for _ in range(100):  # the cancel request is sent as the approve is given up
         if (await transport.cancel_requested([continuation]))[0]:
@@ -1112,6 +1113,63 @@ async def test_a_decision_given_up_before_a_worker_takes_it_is_not_recorded(
     await asyncio.wait_for(task, 20)
     assert worker.stats.cancelled_remotely == 1
     await store.close()
+
+
+async def test_a_decision_goes_before_the_runs_queued_ahead_of_it(
+    transport: RedisTransport, tmp_path: Path
+) -> None:
+    """A busy worker takes a decision (and so the paused run's continuation) before runs queued
+    earlier: an approval does not wait for the backlog, as a local approve does not."""
+    store = SqliteStore(tmp_path / "p.db")
+    release = asyncio.Event()
+    held = StuckOnce(release)
+
+    def turns(req: ChatRequest) -> Any:
+        if req.messages[-1].role == "user" and req.messages[-1].content == "hold":
+            return ScriptedProvider.tool_call_turn("wait_here", {}, call_id="h1")
+        return ScriptedProvider.text_turn("fine")
+
+    from rxinvoke import ApprovalPolicy, RuntimePolicy
+
+    runtime = AgentRuntime(
+        providers=[OfflineProvider(), ScriptedProvider(turns)], tools=[*builtin_tools(), held.tool],
+        store=store, policy=RuntimePolicy(approval=ApprovalPolicy(tools=frozenset({"calculate"}))),
+    )
+    worker, stop, task = await _serving(runtime, transport, concurrency=1)
+    inv = RuntimeInvocation(AgentRuntime(), remote=RemoteRuns(transport))
+    paused = await asyncio.wait_for(inv.submit(request()).result, 20)
+    (pending,) = paused.pending
+    holding = inv.submit(_scripted("hold"))  # the worker's one slot, until released
+    await asyncio.wait_for(held.entered.wait(), 20)
+    queued = [inv.submit(_scripted(f"run {i}")) for i in range(3)]
+    approving = asyncio.ensure_future(inv.approve(paused.run_id, pending.call_id))
+    for _ in range(500):  # every job queued: the decision last
+        if await _queued(transport) == (6, 1):
+            break
+        await asyncio.sleep(0.02)
+    release.set()
+    out = await asyncio.wait_for(approving, 20)
+    assert out is not None and "5" in out.output_text
+    await asyncio.wait_for(holding.result, 20)
+    later = [await asyncio.wait_for(s.result, 20) for s in queued]
+    continued = await store.get_run(out.run_id)
+    assert continued is not None
+    for run in later:
+        record = await store.get_run(run.run_id)
+        assert record is not None and continued.started_at < record.started_at
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    await store.close()
+
+
+async def _queued(transport: RedisTransport) -> tuple[int, int]:
+    """(jobs queued, of which decisions on paused runs) in either of the transport's queues."""
+    jobs = decisions = 0
+    for key in (transport._queue, getattr(transport, "_urgent", transport._queue + ":none")):
+        for _, fields in await transport.client.xrange(key):
+            jobs += 1
+            decisions += fields[b"request"].startswith(b'{"decide":')
+    return jobs, decisions
 
 
 async def test_an_approval_timeout_on_a_worker_queues_the_continuation_as_a_job(
@@ -1137,9 +1195,11 @@ async def test_an_approval_timeout_on_a_worker_queues_the_continuation_as_a_job(
     assert out.finish_reason == FinishReason.STOP
     decided = [e.event for e in await store.read_events(continuation.run_id) if e.type == "approval_decided"]
     assert [(d.approved, d.reason) for d in decided] == [(False, "approval timed out")]
-    # it ran as a job of the queue (under a lease, cancellable, recovered), not beside them
+    # it ran as a job (under a lease, cancellable, recovered), not beside them; urgent: before
+    # the runs not begun yet
     jobs = [fields[b"run_id"].decode() for _, fields in await transport.client.xrange(transport._queue)]
-    assert jobs == [paused.run_id, continuation.run_id]
+    urgent = [fields[b"run_id"].decode() for _, fields in await transport.client.xrange(transport._urgent)]
+    assert (jobs, urgent) == ([paused.run_id], [continuation.run_id])
     stop.set()
     await asyncio.wait_for(task, 20)
     assert worker.stats.executed == 2
@@ -1620,6 +1680,53 @@ async def test_a_job_delivered_too_often_goes_to_the_dead_letters(transport: Red
     stop.set()
     await task
     await store.close()
+
+
+async def test_urgent_jobs_are_taken_reclaimed_acknowledged_and_dead_lettered_from_their_own_stream(
+    transport: RedisTransport,
+) -> None:
+    normal = [await transport.enqueue(f"n{i}", b"{}") for i in range(3)]
+    urgent = await transport.enqueue("u0", b"{}", urgent=True)
+    assert urgent.startswith("u") and urgent != normal[0] and not normal[0].startswith("u")
+    # urgent first, though queued last; then the queue in order
+    assert [j.run_id for j in await transport.take("a", 2, wait=0.1)] == ["u0", "n0"]
+    # an urgent job queued between the two reads of a take: the blocking read of both streams
+    # delivers one of each; the one past the count is handed out by the next take, kept fresh
+    read = transport._client.xreadgroup
+    calls: list[int] = []
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            await transport.enqueue("u1", b"{}", urgent=True)
+        return await read(*args, **kw)
+
+    transport._client.xreadgroup = racing
+    try:
+        first = await transport.take("b", 1, wait=0.5)
+    finally:
+        transport._client.xreadgroup = read
+    assert [j.run_id for j in first] == ["u1"] and len(calls) == 2
+    await asyncio.sleep(0.2)
+
+    async def idle() -> int:  # ms since the surplus job was delivered (or claimed) to b
+        [pending] = await transport.client.xpending_range(transport._queue, "workers", "-", "+", 10, "b")
+        return int(pending["time_since_delivered"])
+
+    before = await idle()
+    await transport.heartbeat("b", [first[0].job_id])  # the surplus job's idle time too
+    assert before >= 200 and await idle() < before
+    assert [j.run_id for j in await transport.take("b", 5, wait=0.1)] == ["n1"]  # no read
+    assert [j.run_id for j in await transport.take("b", 5, wait=0.1)] == ["n2"]
+    # a dead worker's urgent job is reclaimed before its queued ones
+    [u0] = await transport.reclaim("c", 0, 1)
+    assert u0.run_id == "u0" and u0.deliveries == 2
+    await transport.dead_letter(u0, "test")  # acknowledged on its own stream
+    assert [d["run_id"] for d in await transport.dead_letters()] == ["u0"]
+    [u1] = first
+    await transport.ack(u1.job_id)
+    assert (await transport.client.xpending(transport._urgent, "workers"))["pending"] == 0
+    assert [j.run_id for j in await transport.reclaim("d", 0, 10)] == ["n0", "n1", "n2"]
 
 
 async def test_a_job_delivered_too_often_whose_owner_lives_is_left_to_it(

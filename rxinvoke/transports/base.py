@@ -90,12 +90,15 @@ class Transport(Protocol):
         ...
 
     # the run queue
-    async def enqueue(self, run_id: str, request: bytes) -> str:
-        """Queue a run; returns its job id."""
+    async def enqueue(self, run_id: str, request: bytes, *, urgent: bool = False) -> str:
+        """Queue a run; returns its job id. An ``urgent`` job is taken before every job queued
+        without it (a decision on a paused run, or its continuation: a run begun already goes
+        on before runs not begun yet, as it would in one process)."""
         ...
 
     async def take(self, worker: str, count: int, wait: float) -> list[Job]:
-        """Up to ``count`` new jobs for ``worker``, waiting up to ``wait`` seconds for one."""
+        """Up to ``count`` new jobs for ``worker`` (urgent ones first, each kind in queue
+        order), waiting up to ``wait`` seconds for one."""
         ...
 
     async def reclaim(self, worker: str, min_idle: float, count: int) -> list[Job]:

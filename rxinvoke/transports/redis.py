@@ -9,8 +9,10 @@ Keys (``prefix`` ``rx:`` unless told):
   in between: never less than 0.9 × ``retention`` after its last write);
   ``rx:run:{run_id}:meta`` (a hash, as long) says a submitted run exists before its first
   segment.
-- ``rx:runs``: the run queue, a stream read by the consumer group ``workers``; ``rx:dead``:
-  jobs delivered too often (dead letters).
+- ``rx:runs``: the run queue, a stream read by the consumer group ``workers``; ``rx:urgent``:
+  the jobs queued ``urgent`` (a decision on a paused run, an approval timeout's continuation),
+  a stream read by the same group before the queue (their job ids are their entry ids after
+  ``u``); ``rx:dead``: jobs delivered too often (dead letters).
 - ``rx:lease:{run_id}``: a worker's lease (``SET NX PX``), holding a fencing token; refreshed
   and released only by a script that checks the token.
 - ``rx:cancel:{run_id}`` (a marker, ``EX cancel_ttl``) and the channel ``rx:cancel``: a cancel
@@ -85,6 +87,8 @@ _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 _REPLY_BLOCK = 0.2
 """Seconds the shared ``BLPOP`` of the waited answers blocks (a key waited for meanwhile joins
 the next one)."""
+_URGENT = "u"
+"""What begins the job id of an urgent job (the rest: its entry id in ``rx:urgent``)."""
 _APPEND_CHUNK = 100
 """Segments one script call appends at most (a script holds the server while it runs)."""
 _RELEASE = """
@@ -270,12 +274,16 @@ class RedisTransport:
         self._refresh = self._client.register_script(_REFRESH)
         self._release = self._client.register_script(_RELEASE)
         self._queue = f"{prefix}runs"
+        self._urgent = f"{prefix}urgent"
+        # jobs a read delivered to a worker past the count it asked for (an urgent job queued
+        # while it blocked on both streams), handed out by its next take, kept fresh meanwhile
+        self._surplus: dict[str, list[Job]] = {}
         self._dead = f"{prefix}dead"
         self._channel = f"{prefix}cancel"
         self._group_ready = False
         self._closed = False
         # runs submitted at once (a burst of submit() calls) queued in one pipeline
-        self._enqueues: WriteBatcher[tuple[str, bytes]] = WriteBatcher(self._enqueue_batch)
+        self._enqueues: WriteBatcher[tuple[str, bytes, bool]] = WriteBatcher(self._enqueue_batch)
 
     def __repr__(self) -> str:
         return f"RedisTransport({self.where!r}, prefix={self.prefix!r})"
@@ -519,11 +527,12 @@ class RedisTransport:
             return
         from redis.exceptions import ResponseError
 
-        try:
-            await self._client.xgroup_create(self._queue, _GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in (self._urgent, self._queue):
+            try:
+                await self._client.xgroup_create(stream, _GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
         self._group_ready = True
 
     async def _again(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
@@ -543,49 +552,89 @@ class RedisTransport:
         return await attempt()
 
     @_translated
-    async def enqueue(self, run_id: str, request: bytes) -> str:
-        """Queue the run (announced first); runs queued at once share one round trip."""
-        return str(await self._enqueues.submit((run_id, request)))
+    async def enqueue(self, run_id: str, request: bytes, *, urgent: bool = False) -> str:
+        """Queue the run (announced first) on ``rx:runs``, or ``rx:urgent`` (taken first);
+        runs queued at once share one round trip."""
+        return str(await self._enqueues.submit((run_id, request, urgent)))
 
-    async def _enqueue_batch(self, jobs: Sequence[tuple[str, bytes]]) -> list[tuple[bool, Any]]:
+    async def _enqueue_batch(self, jobs: Sequence[tuple[str, bytes, bool]]) -> list[tuple[bool, Any]]:
         async def attempt() -> Any:
             await self._ensure_group()
             async with self._client.pipeline(transaction=False) as pipe:
-                for run_id, request in jobs:
+                for run_id, request, urgent in jobs:
                     self._announce(pipe, run_id)
-                    pipe.xadd(self._queue, {"run_id": run_id, "request": request})
+                    pipe.xadd(self._urgent if urgent else self._queue, {"run_id": run_id, "request": request})
                 return await pipe.execute()
 
         replies = await self._again(attempt)
         per_job = len(replies) // len(jobs)  # the announcement's replies, then the XADD's
-        return [(True, _text(entry_id)) for entry_id in replies[per_job - 1 :: per_job]]
+        return [
+            (True, self._job_id(urgent, entry_id))
+            for (_, _, urgent), entry_id in zip(jobs, replies[per_job - 1 :: per_job], strict=True)
+        ]
 
-    def _job(self, entry_id: Any, fields: dict[bytes, bytes], deliveries: int = 1) -> Job:
-        return Job(_text(entry_id), _text(fields[b"run_id"]), fields[b"request"], deliveries)
+    def _job_id(self, urgent: bool, entry_id: Any) -> str:
+        return f"{_URGENT}{_text(entry_id)}" if urgent else _text(entry_id)
+
+    def _entry(self, job_id: str) -> tuple[str, str]:
+        """(the stream, the entry id) of a job id."""
+        if job_id.startswith(_URGENT):
+            return self._urgent, job_id[len(_URGENT) :]
+        return self._queue, job_id
+
+    def _job(self, stream: Any, entry_id: Any, fields: dict[bytes, bytes], deliveries: int = 1) -> Job:
+        urgent = _text(stream) == self._urgent
+        return Job(self._job_id(urgent, entry_id), _text(fields[b"run_id"]), fields[b"request"], deliveries)
 
     @_translated
     async def take(self, worker: str, count: int, wait: float) -> list[Job]:
         from redis.exceptions import ResponseError
 
+        surplus = self._surplus.get(worker)
+        if surplus:
+            jobs = surplus[:count]
+            del surplus[:count]
+            return jobs
         await self._ensure_group()
         try:
-            reply = await self._client.xreadgroup(
-                _GROUP, worker, {self._queue: ">"}, count=count, block=max(1, int(wait * 1000))
-            )
+            # the urgent jobs first; then the rest from either stream (with none yet: waiting
+            # for whichever has one first)
+            replies = [await self._client.xreadgroup(_GROUP, worker, {self._urgent: ">"}, count=count)]
+            urgent = sum(len(entries) for _, entries in replies[0] or ())
+            if urgent < count:
+                replies.append(
+                    await self._client.xreadgroup(
+                        _GROUP, worker, {self._urgent: ">", self._queue: ">"}, count=count - urgent,
+                        block=None if urgent else max(1, int(wait * 1000)),
+                    )
+                )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._group_ready = False  # the server lost the group (a restart without data)
             return []
-        if not reply:
-            return []
-        return [self._job(entry_id, fields) for entry_id, fields in reply[0][1]]
+        jobs = [
+            self._job(stream, entry_id, fields)
+            for reply in replies
+            for stream, entries in sorted(reply or (), key=lambda s: _text(s[0]) != self._urgent)
+            for entry_id, fields in entries
+        ]
+        if len(jobs) > count:  # an urgent job came between the two reads: both answered
+            self._surplus.setdefault(worker, []).extend(jobs[count:])
+            del jobs[count:]
+        return jobs
 
     @_translated
     async def reclaim(self, worker: str, min_idle: float, count: int) -> list[Job]:
         await self._ensure_group()
+        jobs = await self._reclaim(self._urgent, worker, min_idle, count)
+        if len(jobs) < count:
+            jobs += await self._reclaim(self._queue, worker, min_idle, count - len(jobs))
+        return jobs
+
+    async def _reclaim(self, stream: str, worker: str, min_idle: float, count: int) -> list[Job]:
         reply = await self._client.execute_command(
-            "XAUTOCLAIM", self._queue, _GROUP, worker, int(min_idle * 1000), "0-0", "COUNT", count
+            "XAUTOCLAIM", stream, _GROUP, worker, int(min_idle * 1000), "0-0", "COUNT", count
         )
         _cursor, entries, _deleted = parse_autoclaim(reply)
         if not entries:
@@ -593,12 +642,12 @@ class RedisTransport:
         live = [(entry_id, fields) for entry_id, fields in entries if fields is not None]
         for entry_id, fields in entries:
             if fields is None:  # trimmed from the queue: nothing to run
-                await self._client.xack(self._queue, _GROUP, entry_id)
+                await self._client.xack(stream, _GROUP, entry_id)
         async with self._client.pipeline(transaction=False) as pipe:
             for _entry_id, fields in live:
                 pipe.exists(self._lease(_text(fields[b"run_id"])))
             for entry_id, _fields in live:
-                pipe.xpending_range(self._queue, _GROUP, min=entry_id, max=entry_id, count=1)
+                pipe.xpending_range(stream, _GROUP, min=entry_id, max=entry_id, count=1)
             replies = await pipe.execute()
         held, pending = replies[: len(live)], replies[len(live) :]
         jobs: list[Job] = []
@@ -607,22 +656,30 @@ class RedisTransport:
                 continue  # its worker is alive (its lease says so): not ours to run
             # a claim is at least its second delivery (the entry acknowledged meanwhile: no info)
             deliveries = int(info[0]["times_delivered"]) if info else 2
-            jobs.append(self._job(entry_id, fields, deliveries))
+            jobs.append(self._job(stream, entry_id, fields, deliveries))
         return jobs
 
     @_translated
     async def heartbeat(self, worker: str, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            await self._client.xclaim(
-                self._queue, _GROUP, worker, 0, list(job_ids), justid=True
-            )
+        per_stream: dict[str, list[str]] = {}
+        for job_id in [*job_ids, *(job.job_id for job in self._surplus.get(worker, ()))]:
+            stream, entry_id = self._entry(job_id)
+            per_stream.setdefault(stream, []).append(entry_id)
+        if not per_stream:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream, entry_ids in per_stream.items():
+                pipe.xclaim(stream, _GROUP, worker, 0, entry_ids, justid=True)
+            await pipe.execute()
 
     @_translated
     async def ack(self, job_id: str) -> None:
-        await self._again(lambda: self._client.xack(self._queue, _GROUP, job_id))
+        stream, entry_id = self._entry(job_id)
+        await self._again(lambda: self._client.xack(stream, _GROUP, entry_id))
 
     @_translated
     async def dead_letter(self, job: Job, reason: str) -> None:
+        stream, entry_id = self._entry(job.job_id)
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 self._dead,
@@ -634,7 +691,7 @@ class RedisTransport:
                     "reason": reason,
                 },
             )
-            pipe.xack(self._queue, _GROUP, job.job_id)
+            pipe.xack(stream, _GROUP, entry_id)
             await pipe.execute()
 
     @_translated

@@ -166,7 +166,8 @@ class RemoteRuns:
     ) -> RunOutput | None:
         """Decide the call ``call_id`` of the run ``run_id`` paused on the workers, as
         :meth:`~rxinvoke.runtime.AgentRuntime.approve` / ``deny`` decide one here: a worker
-        records the decision on the workers' store; when it was the batch's last, the run is
+        records the decision on the workers' store (decisions are queued urgent: a worker takes
+        them before the runs queued ahead of them); when it was the batch's last, the run is
         continued on a worker and the continuation's output returned (None while other calls
         still wait). ``control`` is the continuation's, enforced on its worker (as
         :meth:`submit`'s); cancelling the caller cancels the continuation there.
@@ -209,7 +210,7 @@ class RemoteRuns:
             trace_context=_tracing.current(),
         )
         try:
-            await self.transport.enqueue(continuation, decision.wire())
+            await self.transport.enqueue(continuation, decision.wire(), urgent=True)
             answer = await self._answer(continuation)
         except asyncio.CancelledError:
             task = asyncio.ensure_future(self.cancel(continuation))

@@ -232,8 +232,8 @@ class Worker:
 
     async def _queue_continuation(self, request: RunRequest) -> None:
         """Queue a continuation the runtime started by itself (a paused run's approval timed
-        out): a worker takes it as any job."""
-        await self.transport.enqueue(request.run_id or "", request.model_dump_json().encode())
+        out): a worker takes it as any job, before the runs not begun yet (urgent)."""
+        await self.transport.enqueue(request.run_id or "", request.model_dump_json().encode(), urgent=True)
 
     @property
     def stats(self) -> WorkerStats:
