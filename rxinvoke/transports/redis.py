@@ -11,8 +11,10 @@ Keys (``prefix`` ``rx:`` unless told):
   segment.
 - ``rx:runs``: the run queue, a stream read by the consumer group ``workers``; ``rx:urgent``:
   the jobs queued ``urgent`` (a decision on a paused run, an approval timeout's continuation),
-  a stream read by the same group before the queue (their job ids are their entry ids after
-  ``u``); ``rx:dead``: jobs delivered too often (dead letters).
+  a stream read by the same group, ahead of the queue: a take reads both in one round trip
+  (up to its count from each, waiting on both when both are empty; what is past the count is
+  handed out by that worker's next take, its idle time reset by the worker's heartbeats
+  meanwhile). Their job ids are their entry ids after ``u``. ``rx:dead``: jobs delivered too often (dead letters).
 - ``rx:lease:{run_id}``: a worker's lease (``SET NX PX``), holding a fencing token; refreshed
   and released only by a script that checks the token.
 - ``rx:cancel:{run_id}`` (a marker, ``EX cancel_ttl``) and the channel ``rx:cancel``: a cancel
@@ -275,8 +277,8 @@ class RedisTransport:
         self._release = self._client.register_script(_RELEASE)
         self._queue = f"{prefix}runs"
         self._urgent = f"{prefix}urgent"
-        # jobs a read delivered to a worker past the count it asked for (an urgent job queued
-        # while it blocked on both streams), handed out by its next take, kept fresh meanwhile
+        # jobs a read delivered to a worker past the count it asked for (both streams had
+        # some), handed out by its next take, kept fresh by its heartbeats meanwhile
         self._surplus: dict[str, list[Job]] = {}
         self._dead = f"{prefix}dead"
         self._channel = f"{prefix}cancel"
@@ -597,17 +599,12 @@ class RedisTransport:
             return jobs
         await self._ensure_group()
         try:
-            # the urgent jobs first; then the rest from either stream (with none yet: waiting
-            # for whichever has one first)
-            replies = [await self._client.xreadgroup(_GROUP, worker, {self._urgent: ">"}, count=count)]
-            urgent = sum(len(entries) for _, entries in replies[0] or ())
-            if urgent < count:
-                replies.append(
-                    await self._client.xreadgroup(
-                        _GROUP, worker, {self._urgent: ">", self._queue: ">"}, count=count - urgent,
-                        block=None if urgent else max(1, int(wait * 1000)),
-                    )
-                )
+            # both streams in one read (the urgent jobs first), waiting for whichever has a
+            # job first if neither has one
+            reply = await self._client.xreadgroup(
+                _GROUP, worker, {self._urgent: ">", self._queue: ">"}, count=count,
+                block=max(1, int(wait * 1000)),
+            )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -615,11 +612,10 @@ class RedisTransport:
             return []
         jobs = [
             self._job(stream, entry_id, fields)
-            for reply in replies
             for stream, entries in sorted(reply or (), key=lambda s: _text(s[0]) != self._urgent)
             for entry_id, fields in entries
         ]
-        if len(jobs) > count:  # an urgent job came between the two reads: both answered
+        if len(jobs) > count:  # both streams answered (each up to the count)
             self._surplus.setdefault(worker, []).extend(jobs[count:])
             del jobs[count:]
         return jobs
