@@ -678,6 +678,26 @@ async def test_runs_submitted_at_once_are_queued_in_one_round_trip(
         assert await transport.client.exists(f"{transport.prefix}run:run-{i}:meta") == 1
 
 
+async def test_the_queues_keep_only_the_jobs_not_done(transport: RedisTransport, tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.db")
+    worker, stop, task, inv, paused = await _paused_on_a_worker(transport, store)
+    (pending,) = paused.pending
+    assert await asyncio.wait_for(inv.approve(paused.run_id, pending.call_id), 20) is not None
+    for out in [await asyncio.wait_for(inv.submit(request(f"what is {i} + 1?")).result, 20) for i in range(2)]:
+        assert out.finish_reason == FinishReason.AWAITING_APPROVAL
+    for _ in range(500):  # every job acknowledged: both queues empty (not every run ever queued)
+        lengths = [await transport.client.xlen(key) for key in (transport._queue, transport._urgent)]
+        if lengths == [0, 0]:
+            break
+        await asyncio.sleep(0.02)
+    assert lengths == [0, 0]
+    read = [(await transport.client.xinfo_groups(key))[0]["entries-read"] for key in (transport._queue, transport._urgent)]
+    assert read == [3, 1] and worker.stats.executed == 4
+    stop.set()
+    await asyncio.wait_for(task, 20)
+    await store.close()
+
+
 @pytest.mark.parametrize("apart", [False, True])
 async def test_a_run_queued_twice_runs_once_and_both_jobs_are_acknowledged(
     transport: RedisTransport, tmp_path: Path, apart: bool
@@ -700,7 +720,7 @@ async def test_a_run_queued_twice_runs_once_and_both_jobs_are_acknowledged(
         await transport.enqueue(stream.run_id, queued[b"request"])
     for _ in range(500):
         pending = await transport.client.xpending(f"{transport.prefix}runs", "workers")
-        if pending["pending"] == 0 and await transport.client.xlen(f"{transport.prefix}runs") == 2:
+        if pending["pending"] == 0 and await transport.client.xlen(f"{transport.prefix}runs") == 0:
             info = await transport.client.xinfo_groups(f"{transport.prefix}runs")
             if info[0]["entries-read"] == 2:
                 break
@@ -1197,9 +1217,8 @@ async def test_an_approval_timeout_on_a_worker_queues_the_continuation_as_a_job(
     assert [(d.approved, d.reason) for d in decided] == [(False, "approval timed out")]
     # it ran as a job (under a lease, cancellable, recovered), not beside them; urgent: before
     # the runs not begun yet
-    jobs = [fields[b"run_id"].decode() for _, fields in await transport.client.xrange(transport._queue)]
-    urgent = [fields[b"run_id"].decode() for _, fields in await transport.client.xrange(transport._urgent)]
-    assert (jobs, urgent) == ([paused.run_id], [continuation.run_id])
+    added = [(await transport.client.xinfo_stream(key))["entries-added"] for key in (transport._queue, transport._urgent)]
+    assert added == [1, 1]
     stop.set()
     await asyncio.wait_for(task, 20)
     assert worker.stats.executed == 2
@@ -1677,6 +1696,7 @@ async def test_a_job_delivered_too_often_goes_to_the_dead_letters(transport: Red
         await asyncio.wait_for(stream.result, 20)
     letters = await transport.dead_letters()
     assert [(d["run_id"], d["deliveries"]) for d in letters] == [(stream.run_id, "4")]
+    assert await transport.client.xlen(transport._queue) == 0  # moved, not copied
     stop.set()
     await task
     await store.close()

@@ -14,7 +14,10 @@ Keys (``prefix`` ``rx:`` unless told):
   a stream read by the same group, ahead of the queue: a take reads both in one round trip
   (up to its count from each, waiting on both when both are empty; what is past the count is
   handed out by that worker's next take, its idle time reset by the worker's heartbeats
-  meanwhile). Their job ids are their entry ids after ``u``. ``rx:dead``: jobs delivered too often (dead letters).
+  meanwhile). Their job ids are their entry ids after ``u``. A job acknowledged (its run
+  ended) or dead-lettered is deleted from its stream (``XACK`` and ``XDEL`` at once, in a
+  script or a transaction): the queues keep what is queued or running, not every run ever submitted.
+  ``rx:dead``: jobs delivered too often (dead letters).
 - ``rx:lease:{run_id}``: a worker's lease (``SET NX PX``), holding a fencing token; refreshed
   and released only by a script that checks the token.
 - ``rx:cancel:{run_id}`` (a marker, ``EX cancel_ttl``) and the channel ``rx:cancel``: a cancel
@@ -93,6 +96,10 @@ _URGENT = "u"
 """What begins the job id of an urgent job (the rest: its entry id in ``rx:urgent``)."""
 _APPEND_CHUNK = 100
 """Segments one script call appends at most (a script holds the server while it runs)."""
+_ACK = """
+redis.call('xack', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('xdel', KEYS[1], ARGV[2])
+"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
@@ -275,6 +282,7 @@ class RedisTransport:
         self._no_script = NoScriptError
         self._refresh = self._client.register_script(_REFRESH)
         self._release = self._client.register_script(_RELEASE)
+        self._ack = self._client.register_script(_ACK)
         self._queue = f"{prefix}runs"
         self._urgent = f"{prefix}urgent"
         # jobs a read delivered to a worker past the count it asked for (both streams had
@@ -671,7 +679,9 @@ class RedisTransport:
     @_translated
     async def ack(self, job_id: str) -> None:
         stream, entry_id = self._entry(job_id)
-        await self._again(lambda: self._client.xack(stream, _GROUP, entry_id))
+
+        # done: acknowledged and deleted at once (the queue keeps only what is not)
+        await self._again(lambda: self._ack(keys=[stream], args=[_GROUP, entry_id]))
 
     @_translated
     async def dead_letter(self, job: Job, reason: str) -> None:
@@ -688,6 +698,7 @@ class RedisTransport:
                 },
             )
             pipe.xack(stream, _GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
             await pipe.execute()
 
     @_translated
