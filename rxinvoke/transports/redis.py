@@ -14,7 +14,8 @@ Keys (``prefix`` ``rx:`` unless told):
   a stream read by the same group, ahead of the queue: a take reads both in one round trip
   (up to its count from each, waiting on both when both are empty; what is past the count is
   handed out by that worker's next take, its idle time reset by the worker's heartbeats
-  meanwhile). Their job ids are their entry ids after ``u``. A job acknowledged (its run
+  meanwhile; a worker that stops before that leaves it to the reapers, as a dead worker's
+  jobs). Their job ids are their entry ids after ``u``. A job acknowledged (its run
   ended) or dead-lettered is deleted from its stream (``XACK`` and ``XDEL`` at once, in a
   script or a transaction): the queues keep what is queued or running, not every run ever submitted.
   ``rx:dead``: jobs delivered too often (dead letters).
