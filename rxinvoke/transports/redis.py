@@ -17,8 +17,8 @@ Keys (``prefix`` ``rx:`` unless told):
   meanwhile; a worker that stops before that leaves it to the reapers, as a dead worker's
   jobs). Their job ids are their entry ids after ``u``. A job acknowledged (its run
   ended) or dead-lettered is deleted from its stream (``XACK`` and ``XDEL`` at once, in a
-  script or a transaction): the queues keep what is queued or running, not every run ever submitted.
-  ``rx:dead``: jobs delivered too often (dead letters).
+  script or a transaction): the queues keep what is queued or running, not every run ever
+  submitted. ``rx:dead``: jobs delivered too often (dead letters).
 - ``rx:lease:{run_id}``: a worker's lease (``SET NX PX``), holding a fencing token; refreshed
   and released only by a script that checks the token.
 - ``rx:cancel:{run_id}`` (a marker, ``EX cancel_ttl``) and the channel ``rx:cancel``: a cancel
@@ -680,7 +680,6 @@ class RedisTransport:
     @_translated
     async def ack(self, job_id: str) -> None:
         stream, entry_id = self._entry(job_id)
-
         # done: acknowledged and deleted at once (the queue keeps only what is not)
         await self._again(lambda: self._ack(keys=[stream], args=[_GROUP, entry_id]))
 
