@@ -1163,10 +1163,11 @@ async def test_a_decision_goes_before_the_runs_queued_ahead_of_it(
     await asyncio.wait_for(held.entered.wait(), 20)
     queued = [inv.submit(_scripted(f"run {i}")) for i in range(3)]
     approving = asyncio.ensure_future(inv.approve(paused.run_id, pending.call_id))
-    for _ in range(500):  # every job queued: the decision last
-        if await _queued(transport) == (6, 1):
+    for _ in range(500):  # every job queued, the decision last (the paused run's job is done)
+        if await _queued(transport) == (5, 1):
             break
         await asyncio.sleep(0.02)
+    assert await _queued(transport) == (5, 1)
     release.set()
     out = await asyncio.wait_for(approving, 20)
     assert out is not None and "5" in out.output_text
@@ -1183,7 +1184,8 @@ async def test_a_decision_goes_before_the_runs_queued_ahead_of_it(
 
 
 async def _queued(transport: RedisTransport) -> tuple[int, int]:
-    """(jobs queued, of which decisions on paused runs) in either of the transport's queues."""
+    """(jobs in either of the transport's queues — queued or running —, of which decisions on
+    paused runs)."""
     jobs = decisions = 0
     for key in (transport._queue, getattr(transport, "_urgent", transport._queue + ":none")):
         for _, fields in await transport.client.xrange(key):
