@@ -1527,6 +1527,7 @@ async def test_a_remote_cancel_of_a_run_waiting_for_its_session_lands(
         if second.run_id in worker.active:
             break
         await asyncio.sleep(0.01)
+    assert second.run_id in worker.active  # (else this would test a cancel before the take)
     await inv.cancel(second.run_id)
     with pytest.raises(InvocationCancelled):
         await asyncio.wait_for(second.result, 20)
