@@ -1746,6 +1746,18 @@ async def test_urgent_jobs_are_taken_reclaimed_acknowledged_and_dead_lettered_fr
     assert [j.run_id for j in await transport.reclaim("d", 0, 10)] == ["n1", "n2"]
 
 
+async def test_the_dead_letters_keep_the_newest_maxlen(redis_server: RedisServer) -> None:
+    transport = RedisTransport(redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}:", maxlen=2)
+    try:
+        for i in range(3):
+            await transport.enqueue(f"poison-{i}", b"{}")
+        for job in await transport.take("w", 3, wait=0.1):
+            await transport.dead_letter(job, "test")
+        assert [d["run_id"] for d in await transport.dead_letters()] == ["poison-1", "poison-2"]
+    finally:
+        await transport.close()
+
+
 async def test_a_job_delivered_too_often_whose_owner_lives_is_left_to_it(
     transport: RedisTransport, tmp_path: Path
 ) -> None:

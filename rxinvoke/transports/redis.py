@@ -18,7 +18,8 @@ Keys (``prefix`` ``rx:`` unless told):
   jobs). Their job ids are their entry ids after ``u``. A job acknowledged (its run
   ended) or dead-lettered is deleted from its stream (``XACK`` and ``XDEL`` at once, in a
   script or a transaction): the queues keep what is queued or running, not every run ever
-  submitted. ``rx:dead``: jobs delivered too often (dead letters).
+  submitted. ``rx:dead``: jobs delivered too often (dead letters; the newest ``maxlen``
+  kept).
 - ``rx:lease:{run_id}``: a worker's lease (``SET NX PX``), holding a fencing token; refreshed
   and released only by a script that checks the token.
 - ``rx:cancel:{run_id}`` (a marker, ``EX cancel_ttl``) and the channel ``rx:cancel``: a cancel
@@ -206,7 +207,8 @@ class RedisTransport:
         url: ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``).
         prefix: the prefix of every key and channel (several deployments can share a server).
         maxlen: entries each run stream keeps at least (``MAXLEN ~``); older ones are trimmed
-            and a reader asking for them gets :class:`~rxinvoke.errors.ResumeGap`.
+            and a reader asking for them gets :class:`~rxinvoke.errors.ResumeGap`. The dead
+            letters keep the newest ``maxlen`` too.
         retention: seconds a run stream (and its meta key) lives after its last write.
         cancel_ttl: seconds a cancel marker lives.
         block: seconds one blocking read waits before it looks again.
@@ -696,6 +698,8 @@ class RedisTransport:
                     "deliveries": job.deliveries,
                     "reason": reason,
                 },
+                maxlen=self.maxlen,  # the newest kept (exactly: dead letters are rare)
+                approximate=False,
             )
             pipe.xack(stream, _GROUP, entry_id)
             pipe.xdel(stream, entry_id)
