@@ -1187,7 +1187,7 @@ async def _queued(transport: RedisTransport) -> tuple[int, int]:
     """(jobs in either of the transport's queues — queued or running —, of which decisions on
     paused runs)."""
     jobs = decisions = 0
-    for key in (transport._queue, getattr(transport, "_urgent", transport._queue + ":none")):
+    for key in (transport._queue, transport._urgent):
         for _, fields in await transport.client.xrange(key):
             jobs += 1
             decisions += fields[b"request"].startswith(b'{"decide":')
@@ -1725,7 +1725,9 @@ async def test_urgent_jobs_are_taken_reclaimed_acknowledged_and_dead_lettered_fr
     await transport.ack(normal[0])
     before = await idle()
     await transport.heartbeat("a", [])  # the surplus job's idle time too
-    assert before >= 200 and await idle() < before
+    # (it idled through the sleep — a margin for the server's millisecond clock — and the
+    # heartbeat reset it)
+    assert before >= 150 and await idle() < before
     # the surplus alone (no read: n2 waits for the take after)
     assert [j.run_id for j in await transport.take("a", 5, wait=0.1)] == ["n1"]
     assert [j.run_id for j in await transport.take("a", 5, wait=0.1)] == ["n2"]

@@ -16,8 +16,8 @@ Keys (``prefix`` ``rx:`` unless told):
   handed out by that worker's next take, its idle time reset by the worker's heartbeats
   meanwhile; a worker that stops before that leaves it to the reapers, as a dead worker's
   jobs). Their job ids are their entry ids after ``u``. A job acknowledged (its run
-  ended) or dead-lettered is deleted from its stream (``XACK`` and ``XDEL`` at once, in a
-  script or a transaction): the queues keep what is queued or running, not every run ever
+  ended) or dead-lettered is deleted from its stream (``XACK`` and ``XDEL`` in one script
+  call): the queues keep what is queued or running, not every run ever
   submitted. ``rx:dead``: jobs delivered too often (dead letters; the newest ``maxlen``
   kept).
 - ``rx:lease:{run_id}``: a worker's lease (``SET NX PX``), holding a fencing token; refreshed
@@ -701,8 +701,7 @@ class RedisTransport:
                 maxlen=self.maxlen,  # the newest kept (exactly: dead letters are rare)
                 approximate=False,
             )
-            pipe.xack(stream, _GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
+            await self._ack(keys=[stream], args=[_GROUP, entry_id], client=pipe)  # as ack()
             await pipe.execute()
 
     @_translated
