@@ -2,20 +2,67 @@
 deadline, provider timeout, tool timeout, retry backoff, scripted delays) goes through here,
 so a ``reactivex.testing.TestScheduler`` drives a whole run in virtual time. With the loop's
 ``AsyncIOScheduler`` these are plain loop timers.
+
+Events are stamped here too (:func:`stamp`): on the wall clock, except inside a run of a
+runtime on a virtual-time scheduler (a ``TestScheduler``, a ``HistoricalScheduler``), whose
+events carry its virtual time (:func:`on_clock`), so their timestamps agree with what it timed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
 from reactivex import abc
+from reactivex.scheduler import VirtualTimeScheduler
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from ._compat import DeadlineExceeded, uncancel
 
-__all__ = ("Deadline", "deadline", "loop_scheduler", "sleep")
+__all__ = ("Deadline", "deadline", "loop_scheduler", "off_clock", "on_clock", "sleep", "stamp", "virtual_of")
+
+
+_RUN_CLOCK: ContextVar[VirtualTimeScheduler | None] = ContextVar("rxinvoke_run_clock", default=None)
+
+
+def _stamper() -> Callable[[], datetime]:
+    get, now, utc = _RUN_CLOCK.get, datetime.now, timezone.utc
+
+    def stamp() -> datetime:
+        """Now, for an event's timestamp: timezone-aware UTC on the wall clock, or the virtual
+        time of the run being driven (see :func:`on_clock`)."""
+        clock = get()
+        if clock is None:
+            return now(utc)
+        at = clock.now
+        return at if at.tzinfo is not None else at.replace(tzinfo=utc)
+
+    return stamp
+
+
+stamp = _stamper()
+
+
+def virtual_of(scheduler: abc.SchedulerBase | None) -> VirtualTimeScheduler | None:
+    """``scheduler`` when it keeps virtual time (what :func:`on_clock` takes), else None."""
+    return scheduler if isinstance(scheduler, VirtualTimeScheduler) else None
+
+
+def on_clock(scheduler: VirtualTimeScheduler | None) -> Token[VirtualTimeScheduler | None] | None:
+    """Stamp the events made from here on, in this task and the tasks it starts, with
+    ``scheduler``'s virtual time (``scheduler`` None: the wall clock, nothing to do). The
+    token undoes it: :func:`off_clock`, in the same task."""
+    return None if scheduler is None else _RUN_CLOCK.set(scheduler)
+
+
+def off_clock(token: Token[VirtualTimeScheduler | None] | None) -> None:
+    """Undo :func:`on_clock`."""
+    if token is not None:
+        _RUN_CLOCK.reset(token)
 
 
 def loop_scheduler(scheduler: abc.SchedulerBase | None) -> abc.SchedulerBase:

@@ -67,7 +67,7 @@ def trusted_builder(
     """A function that builds :func:`trusted` ``cls`` models from its fields' values given
     positionally, in field order, but for the fields of ``constants`` (the ``type`` tag, say),
     which every model it builds shares, and those of ``computed``, each the result of its
-    function at every build (a timestamp: ``{"timestamp": utcnow}``): compiled once (as
+    function at every build (a timestamp: ``{"timestamp": stamp}``): compiled once (as
     ``dataclasses`` builds its methods), for the models the runtime builds on every run and
     every streamed fragment, whose generic :func:`trusted` call (a second frame, a class
     lookup, a size check) would cost a quarter more."""

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, TypeAdapter
 
+from ._clock import stamp
 from ._display import clip, clock, field_texts, short_id
 from ._frozen import Frozen, fill_trusted, trusted, trusted_builder
-from .messages import FinishReason, TokenUsage, ToolCall, utcnow
+from .messages import FinishReason, TokenUsage, ToolCall
 
 __all__ = (
     "ApprovalDecided",
@@ -82,8 +83,9 @@ class EventBase(Frozen):
 
     run_id: str | None = None
     """The run the event belongs to (chat events carry it once republished by the runtime)."""
-    timestamp: datetime = Field(default_factory=utcnow)
-    """When the event was created, UTC."""
+    timestamp: datetime = Field(default_factory=stamp)
+    """When the event was created, UTC: on the wall clock, or, in a run of a runtime on a
+    virtual-time scheduler (``TestScheduler``), that scheduler's virtual time."""
 
     terminal: ClassVar[bool] = False
 
@@ -139,7 +141,7 @@ class RunStarted(_AgentEventBase):
 def _stamped(cls: type[_E]) -> Callable[..., _E]:
     """The trusted builder of the event class ``cls`` (``_frozen.trusted_builder``): its
     fields' values positionally after ``run_id``, its ``type`` tag fixed, its timestamp now."""
-    return trusted_builder(cls, computed={"timestamp": utcnow}, type=cls.model_fields["type"].default)
+    return trusted_builder(cls, computed={"timestamp": stamp}, type=cls.model_fields["type"].default)
 
 
 run_started: Callable[[str, str, str, str, str | None, str | None], RunStarted] = _stamped(RunStarted)
@@ -462,11 +464,11 @@ class ChatTextDelta(EventBase):
             if type(delta) is str and type(self) is ChatTextDelta:
                 size = len(data)
                 if size == 1:
-                    fill_trusted(self, {"run_id": None, "timestamp": utcnow(), "type": "chat_text_delta", "delta": delta}, _DELTA_SET)
+                    fill_trusted(self, {"run_id": None, "timestamp": stamp(), "type": "chat_text_delta", "delta": delta}, _DELTA_SET)
                     return
                 run_id = data.get("run_id", _ABSENT)
                 if size == 2 and (run_id is None or type(run_id) is str):
-                    fill_trusted(self, {"run_id": run_id, "timestamp": utcnow(), "type": "chat_text_delta", "delta": delta}, _RUN_DELTA_SET)
+                    fill_trusted(self, {"run_id": run_id, "timestamp": stamp(), "type": "chat_text_delta", "delta": delta}, _RUN_DELTA_SET)
                     return
             super().__init__(**data)
 

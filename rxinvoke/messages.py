@@ -43,9 +43,8 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 
 utcnow: Callable[[], datetime] = functools.partial(datetime.now, timezone.utc)
-"""The current time, timezone-aware UTC (never the scheduler clock). A partial, not a
-function: every event's timestamp default calls it, and a partial runs no Python frame
-(a third fewer instructions)."""
+"""The current time, timezone-aware UTC (never the scheduler clock): messages' and records'
+times. Events are stamped by ``_clock.stamp`` (a virtual-time run's on its clock)."""
 
 
 def new_id() -> str:

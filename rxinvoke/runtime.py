@@ -49,6 +49,7 @@ from ._approval import (
 )
 from ._bus import EventBus
 from ._claim import claim as claim_run
+from ._clock import off_clock, on_clock, virtual_of
 from ._compaction import Compactor, is_context_overflow
 from ._compat import cancel_requested, uncancel
 from ._context import build_context
@@ -149,7 +150,8 @@ class AgentRuntime:
             :class:`~rxinvoke.stores.MemoryStore`, closed by :meth:`aclose`).
         scheduler: the clock of run deadlines (``Control.set_timeout``); default the
             ``AsyncIOScheduler`` of the running loop. Pass a
-            ``reactivex.testing.TestScheduler`` to drive deadlines in virtual time.
+            ``reactivex.testing.TestScheduler`` to drive deadlines in virtual time; the
+            events of a run on a virtual-time scheduler are stamped with its time.
         name: a name for this runtime, carried by ``run_started`` and every event's
             ``SessionContext`` (``runtime``), so merged streams say where a run came from.
         default_provider: the provider of requests that name none (default: the only
@@ -206,6 +208,7 @@ class AgentRuntime:
         self._expiring: set[asyncio.Future[None]] = set()
         self._is_closed = False
         self._scheduler = scheduler
+        self._virtual = virtual_of(scheduler)  # its runs' events are stamped on its time
         self._loop_scheduler: tuple[asyncio.AbstractEventLoop, AsyncIOScheduler] | None = None
 
     @property
@@ -567,6 +570,7 @@ class AgentRuntime:
         """Run ``drive`` (the run's task) to the run's outcome, as :meth:`run` describes."""
         run_id = run.run_id
         self._runs[run_id] = run
+        clock = on_clock(self._virtual)  # the run's task and this side of it
         task = run.start(drive, self.scheduler)
         try:
             output = await self._outcome(run, task)
@@ -583,6 +587,7 @@ class AgentRuntime:
             del self._runs[run_id]
             self.log.end(run_id)
             run.close()
+            off_clock(clock)
 
     def outcome_of(self, run_id: str) -> asyncio.Future[RunOutput] | None:
         """A future of the outcome of run ``run_id`` while this runtime runs it: its

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -232,11 +232,14 @@ def marbles_of(items: Iterable[Any], *, tick: float | None = None) -> str:
     """Items (events, or a TestScheduler's recorded messages) as a marble string whose
     values are event kinds: ``"run_started-text_delta-run_completed|"``.
 
-    Recorded messages keep their timing when ``tick`` is given (one ``-`` per tick between
-    items); otherwise items are separated by a single ``-``. ``|`` is completion, ``#`` an error.
+    With ``tick`` (seconds) the items keep their timing, one ``-`` per tick between two
+    (at least one): recorded messages by their virtual time from 0, events by their
+    timestamps from the first one's (a run on a ``TestScheduler`` is stamped with its virtual
+    time). Otherwise items are separated by a single ``-``. ``|`` is completion, ``#`` an error.
     """
     parts: list[str] = []
     last_time: float | None = None
+    last_stamp: datetime | None = None
     for item in items:
         notification = getattr(item, "value", None)
         time = getattr(item, "time", None)
@@ -252,8 +255,13 @@ def marbles_of(items: Iterable[Any], *, tick: float | None = None) -> str:
                 _label(notification.value) if kind == "N" else "|" if kind == "C" else "#"
             )
             continue
-        if parts:
+        stamp = getattr(item, "timestamp", None)
+        stamp = stamp if isinstance(stamp, datetime) else None
+        if tick is not None and stamp is not None and last_stamp is not None:
+            parts.append("-" * max(int(round((stamp - last_stamp).total_seconds() / tick)), 1))
+        elif parts:
             parts.append("-")
+        last_stamp = stamp or last_stamp
         parts.append(_label(item))
     text = "".join(parts)
     return text.replace("-|", "|").replace("-#", "#")

@@ -75,7 +75,7 @@ WITHIN: Mapping[str, Mapping[str, frozenset[str]]] = {
         "_futures": frozenset(),
         "errors": frozenset(),
         "messages": frozenset({"_display", "_frozen"}),
-        "events": frozenset({"_display", "_frozen", "errors", "messages"}),
+        "events": frozenset({"_clock", "_display", "_frozen", "errors", "messages"}),
         "request": frozenset({"_display", "_frozen", "messages"}),
         "policy": frozenset({"_frozen"}),
         "control": frozenset({"_frozen"}),

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from reactivex.testing import ReactiveTest, TestScheduler
 from rxinvoke import (
     Control,
     EmitRequest,
+    InvocationCancelled,
     InvocationTimedOut,
     ProviderHTTPError,
     RunCompleted,
@@ -30,9 +32,11 @@ from rxinvoke import (
 )
 from rxinvoke.messages import FinishReason
 from rxinvoke.providers import Pause, Refuse
+from rxinvoke.spans import spans
 from rxinvoke.testing import EventProbe, Scripted, advance, marbles_of, turn_from_marbles
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+VIRTUAL_ZERO = datetime(1970, 1, 1, tzinfo=timezone.utc)  # a TestScheduler's time 0
 
 
 # --- virtual time for whole runs ---------------------------------------------------------------
@@ -102,6 +106,68 @@ async def test_a_scripted_delay_paces_every_fragment(scripted: Any, virtual_cloc
     assert [e.delta for e in run.events if isinstance(e, TextDelta)] == ["a ", "b "]
     await advance(virtual_clock, 5.0)
     assert (await result).output_text == "a b c d"
+
+
+async def test_a_virtual_time_run_stamps_its_events_on_the_virtual_clock(
+    scripted: Any, virtual_clock: TestScheduler
+) -> None:
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        return key.upper()
+
+    run: Scripted = scripted(
+        [
+            [Refuse(ProviderHTTPError("scripted", "scripted", 503, "busy", retry_after=5.0))],
+            [Pause(2.0), *ScriptedProvider.tool_call_turn("lookup", {"key": "k"})],
+            [Pause(30.0), *ScriptedProvider.text_turn("done", pieces=2)],
+        ],
+        tools=[lookup],
+        scheduler=virtual_clock,
+    )
+    result = asyncio.ensure_future(run.inv.emit(EmitRequest("go")))
+    await advance(virtual_clock, 40.0)
+    assert (await result).output_text == "done"
+    at = [(e.type, (e.timestamp - VIRTUAL_ZERO).total_seconds()) for e in run.events]
+    assert all(0.0 <= seconds <= 40.0 for _, seconds in at), at  # none on the wall clock
+
+    def first(kind: str) -> float:
+        return next(seconds for type_, seconds in at if type_ == kind)
+
+    assert first("run_started") == first("model_retried") == 0.0
+    assert first("tool_call_started") == 7.0  # 5 s backoff, then 2 s until the call streams
+    assert first("tool_execution_finished") == 7.0
+    assert first("text_delta") == first("run_completed") == 37.0  # 30 s to the answer
+    model_calls = [s for s in spans(run.events) if s.kind == "model_call"]
+    assert [s.duration_ms for s in model_calls] == [7000.0, 30000.0]
+    (root,) = [s for s in spans(run.events) if s.kind == "run"]
+    assert root.duration_ms == 37000.0
+    kinds = [e for e in run.events if e.type in ("model_started", "tool_call_started", "run_completed")]
+    assert marbles_of(kinds, tick=1.0) == (
+        "model_started-------tool_call_started-model_started" + "-" * 30 + "run_completed"
+    )
+
+
+async def test_runs_on_the_wall_clock_are_not_stamped_by_a_virtual_run_beside_them(
+    scripted: Any, virtual_clock: TestScheduler
+) -> None:
+    virtual: Scripted = scripted(
+        [[Pause(60.0), *ScriptedProvider.text_turn("late")]], scheduler=virtual_clock
+    )
+    wall: Scripted = scripted([ScriptedProvider.text_turn("now")])
+    control = Control()
+    waiting = asyncio.ensure_future(virtual.inv.emit(EmitRequest("wait"), control))
+    await advance(virtual_clock, 1.0)
+    before = datetime.now(timezone.utc)
+    assert (await wall.inv.emit(EmitRequest("hi"))).output_text == "now"
+    assert wall.events and all(e.timestamp >= before for e in wall.events)
+    await advance(virtual_clock, 9.0)
+    control.cancel()  # the terminal event is published on the caller's side
+    with pytest.raises(InvocationCancelled):
+        await waiting
+    assert virtual.events[-1].type == "run_cancelled"
+    assert [(e.timestamp - VIRTUAL_ZERO).total_seconds() for e in virtual.events][-1] == 10.0
+    assert all(e.timestamp < before for e in virtual.events)
 
 
 def test_the_request_log_is_bounded() -> None:
@@ -200,6 +266,7 @@ def test_a_downstream_project_writes_a_virtual_time_run_test_in_ten_lines(tmp_pa
     )
     (tmp_path / "test_downstream.py").write_text(
         "import asyncio\n"
+        "from datetime import timedelta\n"
         "from rxinvoke import EmitRequest, ScriptedProvider\n"
         "from rxinvoke.providers import Pause\n"
         "from rxinvoke.testing import advance\n"
@@ -209,6 +276,7 @@ def test_a_downstream_project_writes_a_virtual_time_run_test_in_ten_lines(tmp_pa
         "    result = asyncio.ensure_future(run.inv.emit(EmitRequest('hello')))\n"
         "    await advance(virtual_clock, 31.0)\n"
         "    assert (await result).output_text == 'hi'\n"
+        "    assert run.events[-1].timestamp - run.events[0].timestamp == timedelta(seconds=30)\n"
     )
     env = dict(os.environ)
     env.pop("PYTEST_ADDOPTS", None)

@@ -25,7 +25,7 @@ from typing import Any, Union
 
 from reactivex import abc
 
-from .._clock import sleep
+from .._clock import sleep, stamp
 from .._frozen import trusted
 from ..errors import ProviderStreamError
 from ..events import (
@@ -37,7 +37,7 @@ from ..events import (
     ChatToolCallCompleted,
     ChatToolCallStarted,
 )
-from ..messages import ChatRequest, FinishReason, TokenUsage, ToolCall, new_id, utcnow
+from ..messages import ChatRequest, FinishReason, TokenUsage, ToolCall, new_id
 
 __all__ = ("Pause", "Refuse", "ScriptedProvider", "TurnItem")
 
@@ -135,7 +135,7 @@ class ScriptedProvider:
                 raise item.error
             else:
                 # stamped now, as a real provider's events are (the script was built earlier)
-                yield trusted(type(item), {**item.__dict__, "timestamp": utcnow()})
+                yield trusted(type(item), {**item.__dict__, "timestamp": stamp()})
 
     @property
     def requests(self) -> list[ChatRequest]:
