@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import reactivex
+from reactivex.scheduler import HistoricalScheduler
 from reactivex.subject import Subject
 from reactivex.testing import ReactiveTest, TestScheduler
 
@@ -168,6 +169,13 @@ async def test_runs_on_the_wall_clock_are_not_stamped_by_a_virtual_run_beside_th
     assert virtual.events[-1].type == "run_cancelled"
     assert [(e.timestamp - VIRTUAL_ZERO).total_seconds() for e in virtual.events][-1] == 10.0
     assert all(e.timestamp < before for e in virtual.events)
+
+
+async def test_a_historical_scheduler_stamps_its_runs_at_its_own_time_in_utc(scripted: Any) -> None:
+    clock = HistoricalScheduler(initial_clock=datetime(2030, 1, 2, 3, 4, 5))  # naive: read as UTC
+    run: Scripted = scripted([ScriptedProvider.text_turn("then")], scheduler=clock)
+    assert (await run.inv.emit(EmitRequest("when?"))).output_text == "then"
+    assert {e.timestamp for e in run.events} == {datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)}
 
 
 def test_the_request_log_is_bounded() -> None:
