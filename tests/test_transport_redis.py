@@ -1808,6 +1808,28 @@ def test_a_retrying_worker_needs_a_store_that_leaves_dead_runs_to_it(tmp_path: P
         Worker(AgentRuntime(store=SqliteStore(tmp_path / "c.db")), transport, on_worker_loss="later")  # type: ignore[arg-type]
 
 
+def test_a_transport_not_of_this_seam_is_refused_when_the_client_or_worker_is_made(tmp_path: Path) -> None:
+    class Older(RedisTransport):  # written against the seam before decisions became urgent
+        async def enqueue(self, run_id: str, request: bytes) -> str:  # type: ignore[override]
+            return await super().enqueue(run_id, request)
+
+    class Keywords(RedisTransport):  # forwards whatever it is given: fine
+        async def enqueue(self, run_id: str, request: bytes, **options: Any) -> str:
+            return await super().enqueue(run_id, request, **options)
+
+    older = Older("redis://127.0.0.1:1/0")
+    runtime = AgentRuntime(store=SqliteStore(tmp_path / "a.db"))
+    with pytest.raises(TypeError, match=r"Older.enqueue must accept the keyword urgent"):
+        RemoteRuns(older)
+    with pytest.raises(TypeError, match=r"Older.enqueue must accept the keyword urgent"):
+        Worker(runtime, older)
+    with pytest.raises(TypeError, match=r"object is not a Transport: it lacks append, read, .*close"):
+        RemoteRuns(object())  # type: ignore[arg-type]
+    forwarding = Keywords("redis://127.0.0.1:1/0")
+    assert RemoteRuns(forwarding).transport is forwarding
+    assert Worker(runtime, forwarding).transport is forwarding
+
+
 def test_submit_without_workers_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="submit needs workers"):
         RuntimeInvocation(AgentRuntime()).submit(request())

@@ -22,11 +22,12 @@ result, ``cancel`` and ``observe_run``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ("Job", "Lease", "Segment", "Transport")
+__all__ = ("Job", "Lease", "Segment", "Transport", "checked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +164,30 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+_METHODS = tuple(name for name, value in vars(Transport).items() if callable(value) and name[0] != "_")
+
+
+def checked(transport: object) -> Transport:
+    """``transport``, if it is a :class:`Transport` as this version's seam has it; TypeError
+    saying what is missing otherwise (what ``RemoteRuns`` and ``Worker`` check at
+    construction, rather than fail on the first call that needs it)."""
+    missing = [name for name in _METHODS if not callable(getattr(transport, name, None))]
+    if missing:
+        raise TypeError(
+            f"{type(transport).__name__} is not a Transport: it lacks {', '.join(missing)} "
+            "(see rxinvoke.transports.base.Transport)"
+        )
+    try:
+        parameters = inspect.signature(transport.enqueue).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # no signature to read (a builtin): taken on trust
+        return transport  # type: ignore[return-value]
+    if "urgent" not in parameters and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    ):
+        raise TypeError(
+            f"{type(transport).__name__}.enqueue must accept the keyword urgent "
+            "(enqueue(run_id, request, *, urgent=False): decisions on paused runs are urgent)"
+        )
+    return transport  # type: ignore[return-value]

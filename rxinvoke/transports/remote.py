@@ -64,7 +64,7 @@ from ..stores.base import EventEnvelope
 from . import _tracing
 from ._decisions import Answer, Decision
 from ._wire import TERMINAL, decode, events_of
-from .base import Segment, Transport
+from .base import Segment, Transport, checked
 
 __all__ = ("RemoteRunStream", "RemoteRuns")
 
@@ -83,7 +83,7 @@ class RemoteRuns:
     """Runs on workers, through ``transport`` (see the module docstring)."""
 
     def __init__(self, transport: Transport) -> None:
-        self.transport = transport
+        self.transport = checked(transport)
 
     def observe_run(
         self, run_id: str, after_seq: int | None = None, *, session_id: uuid.UUID | None = None

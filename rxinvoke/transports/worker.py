@@ -89,7 +89,7 @@ from ..stores.memory import MemoryStore
 from . import _tracing
 from ._decisions import Answer, Decision, decision_of
 from ._wire import TERMINAL, decode, segments_of
-from .base import Job, Lease, Transport
+from .base import Job, Lease, Transport, checked
 from .mirror import EventMirror
 
 __all__ = ("Worker", "WorkerStats")
@@ -201,6 +201,7 @@ class Worker:
             raise ValueError("concurrency, lease_ttl and max_deliveries must be positive")
         if on_worker_loss not in ("fail", "retry"):
             raise ValueError(f"on_worker_loss must be 'fail' or 'retry', got {on_worker_loss!r}")
+        transport = checked(transport)
         store = runtime.store
         mark = getattr(store, "mark_as_worker", None)
         if on_worker_loss == "retry" and (
