@@ -69,3 +69,6 @@ def test_the_saved_notebooks_hold_their_outputs() -> None:
         assert any('class="rxi-run-view"' in h and "<svg" in h for h in html_outputs(book)), name
     pipelines = nbformat.read(NOTEBOOKS / "pipelines.ipynb", as_version=4)
     assert sum('aria-label="marble diagram"' in h for h in html_outputs(pipelines)) == 5
+    testing = nbformat.read(NOTEBOOKS / "testing.ipynb", as_version=4)
+    (view,) = [h for h in html_outputs(testing) if 'class="rxi-run-view"' in h]
+    assert "35.00 s" in view  # the virtual-time run's timeline: saved since its events were stamped so
