@@ -43,6 +43,7 @@ from typing import Any as _Any
 
 from ._aiter import Dropped as Dropped
 from ._runstream import RunStream as RunStream
+from ._runstream import RunStreamLike as RunStreamLike
 from ._sink import Overflow as Overflow
 from ._sink import SubscriptionStats as SubscriptionStats
 from ._version import __version__ as __version__
@@ -229,6 +230,7 @@ __all__ = (
     "RunStarted",
     "RunStatus",
     "RunStream",
+    "RunStreamLike",
     "RuntimeInvocation",
     "RuntimePolicy",
     "RunView",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
@@ -29,6 +29,13 @@ from .request import RunOutput, RunRequest
 from .runtime import AgentRuntime
 
 __all__ = ("RunStream", "RunStreamLike", "SubmittedStream")
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_C = TypeVar("_C")
+_D = TypeVar("_D")
+_E = TypeVar("_E")
+_F = TypeVar("_F")
 
 
 @runtime_checkable
@@ -52,7 +59,53 @@ class RunStreamLike(Protocol):
 
     def subscribe(self, *args: Any, **kwargs: Any) -> abc.DisposableBase: ...
 
-    def pipe(self, *operators: Any) -> Any: ...
+    # an Observable[InvocationEvent]'s pipe, typed as reactivex types it (for up to six
+    # operators), so a typed pipeline over inv.runs() keeps its types
+    @overload
+    def pipe(self, op1: Callable[[Observable[InvocationEvent]], _A], /) -> _A: ...
+    @overload
+    def pipe(
+        self, op1: Callable[[Observable[InvocationEvent]], _A], op2: Callable[[_A], _B], /
+    ) -> _B: ...
+    @overload
+    def pipe(
+        self,
+        op1: Callable[[Observable[InvocationEvent]], _A],
+        op2: Callable[[_A], _B],
+        op3: Callable[[_B], _C],
+        /,
+    ) -> _C: ...
+    @overload
+    def pipe(
+        self,
+        op1: Callable[[Observable[InvocationEvent]], _A],
+        op2: Callable[[_A], _B],
+        op3: Callable[[_B], _C],
+        op4: Callable[[_C], _D],
+        /,
+    ) -> _D: ...
+    @overload
+    def pipe(
+        self,
+        op1: Callable[[Observable[InvocationEvent]], _A],
+        op2: Callable[[_A], _B],
+        op3: Callable[[_B], _C],
+        op4: Callable[[_C], _D],
+        op5: Callable[[_D], _E],
+        /,
+    ) -> _E: ...
+    @overload
+    def pipe(
+        self,
+        op1: Callable[[Observable[InvocationEvent]], _A],
+        op2: Callable[[_A], _B],
+        op3: Callable[[_B], _C],
+        op4: Callable[[_C], _D],
+        op5: Callable[[_D], _E],
+        op6: Callable[[_E], _F],
+        /,
+    ) -> _F: ...
+    def pipe(self, /, *operators: Callable[[Any], Any]) -> Any: ...
 
 
 class SubmittedStream(RunStreamLike, Protocol):

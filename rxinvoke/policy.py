@@ -3,7 +3,8 @@ runtime parts: retries in ``_model_call``, tool limits in ``_execute``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Set
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +29,16 @@ class ApprovalPolicy(Frozen):
     on_timeout: Literal["deny", "fail"] = "deny"
     """``"deny"``: the undecided calls are denied ("approval timed out") and the run goes on;
     ``"fail"``: the run that continues it fails with ``run_failed``."""
+
+    if TYPE_CHECKING:  # what validation takes: any set, list or tuple of names for tools
+
+        def __init__(
+            self,
+            *,
+            tools: Set[str] | list[str] | tuple[str, ...] = ...,
+            timeout: float | None = None,
+            on_timeout: Literal["deny", "fail"] = "deny",
+        ) -> None: ...
 
 
 class ModelLimits(Frozen):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, overload
 
 from pydantic import Field
 
@@ -12,6 +12,9 @@ from ._display import clip, short_id
 from ._frozen import Frozen as _Frozen
 from ._frozen import fill_trusted, trusted
 from .messages import FinishReason, ModelName, ProviderId, TokenUsage, ToolChoice
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ("EmitRequest", "PendingApproval", "RunOutput", "RunRequest")
 
@@ -59,6 +62,21 @@ class _RequestFields(_Frozen):
 class RunRequest(_RequestFields):
     """Everything the runtime needs to start a run."""
 
+    if TYPE_CHECKING:  # the positional forms, as EmitRequest's
+
+        @overload
+        def __init__(self, input: str, /, **options: Unpack[_RunOptions]) -> None: ...
+        @overload
+        def __init__(
+            self, provider: str, model: str, input: str, /, **options: Unpack[_RunOptions]
+        ) -> None: ...
+        @overload
+        def __init__(
+            self, /, *, input: str, provider: str | None = None, model: str | None = None,
+            **options: Unpack[_RunOptions],
+        ) -> None: ...
+        def __init__(self, /, *args: str, **data: Any) -> None: ...
+
     run_id: str | None = None
     """A caller-chosen run id; generated when None."""
     tool_choice: ToolChoice = Field(default_factory=ToolChoice.auto)
@@ -78,8 +96,44 @@ class RunRequest(_RequestFields):
     so its spans are children of the submitter's span."""
 
 
+class _EmitOptions(TypedDict, total=False):
+    """The keywords of an :class:`EmitRequest` besides provider, model and input (for type
+    checkers: the positional forms' signatures)."""
+
+    session_id: uuid.UUID | str | None
+    client_request_id: str | None
+    metadata: dict[str, Any] | None
+
+
+class _RunOptions(_EmitOptions, total=False):
+    """The keywords of a :class:`RunRequest` besides provider, model and input."""
+
+    run_id: str | None
+    tool_choice: ToolChoice
+    system_prompt: str | None
+    resumes: str | None
+    timeout: float | None
+    concurrency_limit: int | None
+    trace_context: dict[str, str] | None
+
+
 class EmitRequest(_RequestFields):
     """The request an ``emit`` build callback returns; fluent ``with_*`` copies refine it."""
+
+    if TYPE_CHECKING:  # the positional forms: a type checker's keyword-only __init__ lacks them
+
+        @overload
+        def __init__(self, input: str, /, **options: Unpack[_EmitOptions]) -> None: ...
+        @overload
+        def __init__(
+            self, provider: str, model: str, input: str, /, **options: Unpack[_EmitOptions]
+        ) -> None: ...
+        @overload
+        def __init__(
+            self, /, *, input: str, provider: str | None = None, model: str | None = None,
+            **options: Unpack[_EmitOptions],
+        ) -> None: ...
+        def __init__(self, /, *args: str, **data: Any) -> None: ...
 
     def with_session_id(self, session_id: uuid.UUID | str) -> EmitRequest:
         """A copy that continues the session ``session_id``."""

@@ -359,7 +359,9 @@ class RunOutcome(Frozen):
         return cls._with_output("awaiting_approval", output)
 
     @classmethod
-    def _with_output(cls, status: str, output: RunOutput) -> RunOutcome:
+    def _with_output(
+        cls, status: Literal["completed", "awaiting_approval"], output: RunOutput
+    ) -> RunOutcome:
         if cls is RunOutcome and type(output) is RunOutput:  # nothing to check: every run
             return trusted(cls, {"status": status, "output": output, "error": None})
         return cls(status=status, output=output)
@@ -502,8 +504,8 @@ def interrupted_envelopes(record: RunRecord, last_seq: int) -> list[EventEnvelop
         started = RunStarted(
             run_id=run_id,
             session_id=str(session_id),
-            provider=record.request.provider,
-            model=record.request.model,
+            provider=record.request.provider or "",  # a stored request's are resolved
+            model=record.request.model or "",
             timestamp=record.started_at,
         )
         envelopes.append(EventEnvelope.of(started, run_id, session_id, 1))

@@ -55,7 +55,7 @@ import functools
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -181,8 +181,8 @@ _R = TypeVar("_R")
 
 
 def _translated(
-    method: Callable[Concatenate[RedisTransport, _P], Awaitable[_R]],
-) -> Callable[Concatenate[RedisTransport, _P], Awaitable[_R]]:
+    method: Callable[Concatenate[RedisTransport, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[RedisTransport, _P], Coroutine[Any, Any, _R]]:
     """``method`` raising :class:`~rxinvoke.errors.TransportError` for redis-py's errors (the
     server away, a command refused), at the transport's boundary."""
 
