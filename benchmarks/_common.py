@@ -9,7 +9,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import reactivex
@@ -39,7 +39,7 @@ def cli(main: Callable[[bool], Coroutine[Any, Any, None]], doc: str | None) -> N
 
 
 async def paired(
-    variants: dict[str, Callable[[int], Awaitable[None]]], runs: int, rounds: int
+    variants: Mapping[str, Callable[[int], Awaitable[None]]], runs: int, rounds: int
 ) -> dict[str, tuple[float, float]]:
     """Per variant: (median µs per run, median of its per-round ratios to the first variant).
 

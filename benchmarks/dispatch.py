@@ -18,7 +18,7 @@ import statistics
 import time
 import tracemalloc
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from reactivex import operators as ops
@@ -53,7 +53,7 @@ class _Event(EventBase):
     type: str
 
 
-def _events(n: int, kinds: list[EventKind]) -> list[Any]:
+def _events(n: int, kinds: Sequence[EventKind]) -> list[Any]:
     return [_Event(run_id="bench", type=kinds[i % len(kinds)].value) for i in range(n)]
 
 
@@ -68,11 +68,15 @@ class _Naive:
         self.scheduler = AsyncIOScheduler(loop)
         self.loop = loop
 
-    async def subscribe(self, kind: EventKind, handler: Callable[..., Awaitable[None]]) -> Any:
+    async def subscribe(self, kind: EventKind, handler: Callable[..., Coroutine[Any, Any, None]]) -> Any:
         loop = self.loop
-        return self.subject.pipe(
-            ops.filter(kind.matches), ops.observe_on(self.scheduler)
-        ).subscribe(on_next=lambda event: loop.create_task(handler(event)))
+
+        def start(event: Any) -> None:
+            loop.create_task(handler(event))
+
+        return self.subject.pipe(ops.filter(kind.matches), ops.observe_on(self.scheduler)).subscribe(
+            on_next=start
+        )
 
     def publish(self, event: Any) -> None:
         self.subject.on_next(event)

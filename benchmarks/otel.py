@@ -50,7 +50,8 @@ async def sdk_floor(tracer_provider: Any, meter_provider: Any, count: int) -> tu
     run.session = events[0].session_id
     timed = []
     for providers in ((tracer_provider, meter_provider), (NoOpTracerProvider(), NoOpMeterProvider())):
-        exporter = otel._Exporter(runtime, *providers, capture_content=False)
+        tracing, meter = providers
+        exporter = otel._Exporter(runtime, tracing, meter, capture_content=False)
         for _ in range(count // 10):  # warm up
             exporter._emit(run, built)
         started = time.perf_counter()

@@ -57,7 +57,7 @@ def servers() -> Iterator[tuple[str, str]]:
     sys.path.insert(0, str(ROOT / "tests"))
     import tempfile
 
-    from tests_support_servers import postgres_server, redis_server
+    from tests_support_servers import postgres_server, redis_server  # type: ignore[import-not-found]
 
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis, postgres_server() as pg:
         yield redis.url, pg.dsn
@@ -75,7 +75,7 @@ async def mirror_throughput(url: str, runs: int, fragments: int) -> float:
     runtime = AgentRuntime()
     mirror = EventMirror(transport)
     mirror.attach(runtime)
-    session = uuid.uuid4()
+    session = str(uuid.uuid4())
     bursts = [
         [(f"r{r}", session, seq, TextDelta(run_id=f"r{r}", delta="word ")) for seq in range(b * 50 + 1, b * 50 + 51)]
         for b in range(fragments // 50)
@@ -121,7 +121,7 @@ async def latency(url: str, rate: int, seconds: float) -> tuple[float, float, fl
     runtime = AgentRuntime()
     mirror = EventMirror(transport)
     mirror.attach(runtime)
-    run_id, session = str(uuid.uuid4()), uuid.uuid4()
+    run_id, session = str(uuid.uuid4()), str(uuid.uuid4())
     await transport.announce(run_id)
     per_tick, tick = rate // 100, 0.01
     count = int(rate * seconds)
