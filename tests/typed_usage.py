@@ -251,3 +251,29 @@ async def durable() -> None:
         )
         envelopes = await inv.replay(out.run_id).pipe(ops.to_list())
         print(len(envelopes), inv.subscribe_run(out.run_id, after_seq=5))
+
+
+async def testing_kit(inv: RuntimeInvocation) -> None:
+    from rxinvoke.providers import Pause, Refuse
+    from rxinvoke.testing import EventProbe, advance, marbles_of, turn_from_marbles
+
+    clock = TestScheduler()
+    provider = ScriptedProvider(
+        [
+            [Refuse(rxinvoke.ProviderHTTPError("scripted", "scripted", 503, "busy", retry_after=5.0))],
+            [Pause(30.0), *ScriptedProvider.text_turn("hi")],
+            turn_from_marbles("Hel-lo-|", tick=0.1),
+        ],
+        scheduler=clock,
+    )
+    runtime = AgentRuntime(providers=[provider], scheduler=clock)
+    probe = EventProbe(RuntimeInvocation(runtime).observe())
+    started = await probe.next("run_started")
+    rest = await probe.until_terminal()
+    probe.expect_no_events()
+    await advance(clock, 31.0)
+    print(started.timestamp, marbles_of(rest, tick=1.0))
+    control = Control(timeout=60.0)
+    control.set_timeout(30.0)
+    control.cancel()
+    print(control.is_cancelled)
