@@ -624,10 +624,21 @@ class EventKind(str, enum.Enum):
     CHAT_FINISHED = "chat_finished"
 
     @classmethod
-    def parse(cls, kind: EventKind | str) -> EventKind:
-        """``kind`` as a member; an unknown string raises ValueError naming the valid kinds."""
+    def parse(cls, kind: EventKind | str | type[EventBase]) -> EventKind:
+        """``kind`` as a member: a member, its value, or an event class (``TextDelta``: the
+        kind of its ``type``). An unknown string, or a class that is not one kind's (a base
+        class), raises ValueError naming the valid kinds."""
         if isinstance(kind, EventKind):
             return kind
+        if isinstance(kind, type):
+            field = kind.model_fields.get("type") if issubclass(kind, EventBase) else None
+            tag = field.default if field is not None else None
+            if not isinstance(tag, str) or tag not in cls._value2member_map_:
+                raise ValueError(
+                    f"{kind.__name__} is not the class of one event kind (a concrete event "
+                    "class, such as TextDelta, or an EventKind)"
+                )
+            return cls(tag)
         try:
             return cls(kind)
         except ValueError:

@@ -17,7 +17,7 @@ import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, overload
 
 import pydantic
 import reactivex
@@ -29,7 +29,7 @@ from ._runstream import RunStream, RunStreamLike, SubmittedStream
 from ._sink import Handler, HandlerSink, Overflow, SubscriptionStats
 from .control import Control, SessionContext, session_context
 from .errors import InvalidRequest, InvocationCancelled, SubscriberError, UnknownRun, UserError
-from .events import EventKind, InvocationEvent, RunStarted
+from .events import EventBase, EventKind, InvocationEvent, RunStarted
 from .messages import new_id
 from .notebook.view import RunView
 from .request import EmitRequest, RunOutput, RunRequest
@@ -42,6 +42,7 @@ Build = Callable[[SessionContext, Control], EmitRequest | Awaitable[EmitRequest]
 """``build(ctx, control)`` returns (or resolves to) the EmitRequest to run."""
 
 _ids = itertools.count(1)
+_E = TypeVar("_E", bound=EventBase)
 
 
 class InvocationHandle(abc.DisposableBase):
@@ -174,6 +175,18 @@ class RuntimeInvocation:
         del context, request  # not kept alive for the whole run
         return await self.runtime.run(run_request, control)
 
+    @overload
+    async def on(
+        self,
+        kind: type[_E],
+        handler: Callable[[_E, SessionContext, Control], Awaitable[Any] | None],
+        control: Control | None = None,
+        *,
+        buffer: int = 10_000,
+        overflow: Overflow = "drop_oldest",
+        scheduler: abc.SchedulerBase | None = None,
+    ) -> InvocationHandle: ...
+    @overload
     async def on(
         self,
         kind: EventKind | str,
@@ -183,11 +196,23 @@ class RuntimeInvocation:
         buffer: int = 10_000,
         overflow: Overflow = "drop_oldest",
         scheduler: abc.SchedulerBase | None = None,
+    ) -> InvocationHandle: ...
+    async def on(
+        self,
+        kind: EventKind | str | type[EventBase],
+        handler: Callable[..., Awaitable[Any] | None],
+        control: Control | None = None,
+        *,
+        buffer: int = 10_000,
+        overflow: Overflow = "drop_oldest",
+        scheduler: abc.SchedulerBase | None = None,
     ) -> InvocationHandle:
         """Call ``handler(event, ctx, control)`` for every event of ``kind`` until disposed.
 
         Args:
-            kind: an :class:`EventKind` or its string value (``"text_delta"``); ``ANY`` for all.
+            kind: an :class:`EventKind` or its string value (``"text_delta"``); ``ANY`` for all;
+                or an event class (``ToolExecutionFinished``: its kind, and the handler's
+                event typed as that class).
             handler: sync or async; its exceptions and timeouts go to :attr:`errors`.
             control: cancel it to end the subscription; its timeout bounds each handler call,
                 its concurrency limit the calls in flight (default 1: strictly in order).
@@ -218,9 +243,15 @@ class RuntimeInvocation:
         sink.connect(runtime.bus, member)
         return InvocationHandle(sink, control)
 
-    def observe(self, kind: EventKind | str = EventKind.ANY) -> Observable[InvocationEvent]:
-        """The hot Observable of events of ``kind``, to compose with ``pipe(...)``."""
-        return self.runtime.bus.observe(kind)
+    @overload
+    def observe(self, kind: type[_E]) -> Observable[_E]: ...
+    @overload
+    def observe(self, kind: EventKind | str = EventKind.ANY) -> Observable[InvocationEvent]: ...
+    def observe(self, kind: EventKind | str | type[EventBase] = EventKind.ANY) -> Observable[Any]:
+        """The hot Observable of events of ``kind``, to compose with ``pipe(...)``: an
+        :class:`EventKind`, its value, or an event class (``observe(TextDelta)``, typed as an
+        Observable of that class)."""
+        return self.runtime.bus.observe(EventKind.parse(kind))
 
     def replay(self, run_id: str, after_seq: int | None = None) -> Observable[EventEnvelope]:
         """A cold Observable of the stored envelopes of ``run_id`` after ``after_seq``.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import reactivex
 from reactivex import Observable, abc
@@ -22,7 +22,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
 from ._aiter import to_async_iterator
-from .events import EventKind, InvocationEvent, TextDelta
+from .events import EventBase, EventKind, InvocationEvent, TextDelta
 
 __all__ = (
     "accumulate_text",
@@ -37,12 +37,18 @@ __all__ = (
 )
 
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=EventBase)
 
 EventOperator = Callable[[Observable[InvocationEvent]], Observable[InvocationEvent]]
 
 
-def of_kind(kind: EventKind | str) -> EventOperator:
-    """Keep the events of ``kind`` (``ANY`` keeps all).
+@overload
+def of_kind(kind: type[_E]) -> Callable[[Observable[InvocationEvent]], Observable[_E]]: ...
+@overload
+def of_kind(kind: EventKind | str) -> EventOperator: ...
+def of_kind(kind: EventKind | str | type[EventBase]) -> Callable[[Observable[Any]], Observable[Any]]:
+    """Keep the events of ``kind`` (``ANY`` keeps all). An event class (``of_kind(TextDelta)``)
+    is its kind, and types what comes out as that class.
 
     .. marble::
         :alt: of_kind

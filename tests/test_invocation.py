@@ -33,9 +33,10 @@ from rxinvoke import (
     SubscriberError,
     SubscriberOverflow,
     TextDelta,
+    ToolExecutionFinished,
     UserError,
 )
-from rxinvoke.events import InvocationEvent
+from rxinvoke.events import EventBase, InvocationEvent
 from rxinvoke.messages import ChatRequest, FinishReason
 from rxinvoke.providers.scripted import ScriptedProvider, TurnItem
 from rxinvoke.tools import tool
@@ -239,6 +240,43 @@ async def test_every_event_handler_gets_the_runs_session_and_run_ids() -> None:
         assert ctx.run_id == output.run_id, event.type
         assert ctx.session_id == output.session_id, event.type
     assert len(delivered) > 20
+
+
+async def test_an_event_class_names_its_kind_to_observe_on_and_of_kind() -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    _, inv, _ = setup(
+        [ScriptedProvider.tool_call_turn("add", {"a": 2, "b": 3}), ScriptedProvider.text_turn("5", pieces=2)],
+        tools=[add],
+    )
+    finished: list[ToolExecutionFinished] = []
+    inv.observe(ToolExecutionFinished).subscribe(on_next=finished.append)
+    fragments: list[str] = []
+    inv.observe().pipe(rxinvoke.of_kind(TextDelta), ops.map(lambda e: e.delta)).subscribe(fragments.append)
+    handled: list[tuple[str, str]] = []
+
+    def on_finished(event: ToolExecutionFinished, ctx: SessionContext, control: Control) -> None:
+        handled.append((event.tool_name, ctx.run_id or ""))
+
+    handle = await inv.on(ToolExecutionFinished, on_finished)
+    out = await inv.emit(request("2+3?"))
+    await handle.wait_idle()
+    assert [(e.type, e.tool_name) for e in finished] == [("tool_execution_finished", "add")]
+    assert fragments and "".join(fragments) == out.output_text == "5"
+    assert handled == [("add", out.run_id)]
+    assert EventKind.parse(ChatTextDelta) is EventKind.CHAT_TEXT_DELTA
+
+
+@pytest.mark.parametrize("cls", [EventBase, int])
+def test_a_class_that_is_not_one_kind_is_refused(cls: type) -> None:
+    with pytest.raises(ValueError, match=f"{cls.__name__} is not the class of one event kind"):
+        EventKind.parse(cls)
+    _, inv, _ = setup([])
+    with pytest.raises(ValueError, match="not the class of one event kind"):
+        inv.observe(cls)
 
 
 # --- 2. emit errors -------------------------------------------------------------------------

@@ -277,3 +277,23 @@ async def testing_kit(inv: RuntimeInvocation) -> None:
     control.set_timeout(30.0)
     control.cancel()
     print(control.is_cancelled)
+
+
+async def typed_kinds(inv: RuntimeInvocation) -> None:
+    from rxinvoke import ToolExecutionFinished
+
+    def on_finished(event: ToolExecutionFinished, ctx: SessionContext, control: Control) -> None:
+        print(event.tool_name, ctx.run_id)
+
+    def name_of(event: ToolExecutionFinished) -> str:
+        return event.tool_name
+
+    def fragment(event: TextDelta) -> str:
+        return event.delta
+
+    handle = await inv.on(ToolExecutionFinished, on_finished)
+    handle.dispose()
+    names: Observable[str] = inv.observe(ToolExecutionFinished).pipe(ops.map(name_of))
+    texts: Observable[str] = inv.observe().pipe(of_kind(TextDelta), ops.map(fragment))
+    print(names, texts)
+    await inv.on(TextDelta, on_finished)  # type: ignore[arg-type]
