@@ -32,6 +32,7 @@ from rxinvoke import (
     tool,
 )
 from rxinvoke.messages import FinishReason
+from rxinvoke.notebook import RunView
 from rxinvoke.providers import Pause, Refuse
 from rxinvoke.spans import spans
 from rxinvoke.testing import EventProbe, Scripted, advance, marbles_of, turn_from_marbles
@@ -143,6 +144,8 @@ async def test_a_virtual_time_run_stamps_its_events_on_the_virtual_clock(
     assert [s.duration_ms for s in model_calls] == [7000.0, 30000.0]
     (root,) = [s for s in spans(run.events) if s.kind == "run"]
     assert root.duration_ms == 37000.0
+    header = RunView(run.events).html().split('class="rxi-transcript"')[0]
+    assert "duration" in header and "37.00 s" in header  # the notebook's header, on that clock
     kinds = [e for e in run.events if e.type in ("model_started", "tool_call_started", "run_completed")]
     assert marbles_of(kinds, tick=1.0) == (
         "model_started-------tool_call_started-model_started" + "-" * 30 + "run_completed"

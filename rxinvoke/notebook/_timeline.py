@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..spans import Span
 from ._html import FAMILY_COLOURS, esc
 
-__all__ = ("FAILURE_COLOUR", "timeline_svg")
+__all__ = ("FAILURE_COLOUR", "duration_text", "timeline_svg")
 
 FAILURE_COLOUR = "#dc2626"
 RUNNING_COLOUR = "#9ca3af"
@@ -19,14 +19,15 @@ _ROW = 22
 _BAR = 14
 
 
-def _duration(ms: float | None) -> str:
+def duration_text(ms: float | None) -> str:
+    """A span's duration as the timeline labels it (``running`` while it lasts)."""
     if ms is None:
         return "running"
     return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
 
 def _title(span: Span) -> str:
-    parts = [span.name, _duration(span.duration_ms), span.status]
+    parts = [span.name, duration_text(span.duration_ms), span.status]
     attributes = span.attributes
     for key in ("first_fragment_ms", "streaming_ms"):
         if key in attributes:
@@ -97,7 +98,7 @@ def timeline_svg(spans: Sequence[Span]) -> str:
                 f'<rect class="rxi-first-fragment" x="{x:.1f}" y="{y:.1f}" '
                 f'width="{max(first * scale, 0.5):.1f}" height="{_BAR}" rx="3" fill="#ffffff" opacity="0.35"/>'
             )
-        label = _duration(span.duration_ms)
+        label = duration_text(span.duration_ms)
         if width > 7 * len(label):
             parts.append(
                 f'<text x="{x + 4:.1f}" y="{y + _BAR - 3:.1f}" fill="#ffffff">{esc(label)}</text>'
@@ -107,7 +108,7 @@ def timeline_svg(spans: Sequence[Span]) -> str:
     parts.append(
         f'<text x="{_LABEL_WIDTH}" y="{axis_y}" fill="#6b7280">0</text>'
         f'<text x="{_WIDTH - 10}" y="{axis_y}" fill="#6b7280" text-anchor="end">'
-        f"{esc(_duration(total_ms))}</text>"
+        f"{esc(duration_text(total_ms))}</text>"
     )
     parts.append("</svg>")
     return "".join(parts)

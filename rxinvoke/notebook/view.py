@@ -33,7 +33,7 @@ from ..messages import TokenUsage
 from ..spans import Span, spans
 from ..stores.base import EventEnvelope, RunRecord, Store
 from ._html import FAMILY_COLOURS, chip, esc, event_table
-from ._timeline import FAILURE_COLOUR, timeline_svg
+from ._timeline import FAILURE_COLOUR, duration_text, timeline_svg
 
 __all__ = ("Events", "RunView")
 
@@ -217,11 +217,10 @@ class RunView:
         status = data["status"]
         colour = {"completed": FAMILY_COLOURS["store"], "failed": FAILURE_COLOUR}.get(status, "#6b7280")
         tokens = data["tokens"]
-        wall = f"{data['wall_ms']:.1f} ms" if data["wall_ms"] is not None else "running"
         facts = [
             ("finish", data["finish_reason"] or "-"),
             ("iterations", data["iterations"]),
-            ("wall time", wall),
+            ("duration", duration_text(data["wall_ms"])),  # on the run's clock (virtual or not)
             ("tokens in/out/total", f"{tokens['input']} / {tokens['output']} / {tokens['total']}"),
             ("provider/model", f"{data['provider'] or '-'} / {data['model'] or '-'}"),
             ("session", data["session_id"] or "-"),
