@@ -24,7 +24,7 @@ from collections.abc import Coroutine, Generator
 from functools import partial
 from typing import Any, Generic, TypeVar, cast
 
-__all__ = ("retrieve", "shielded", "start_eagerly", "when_done")
+__all__ = ("retrieve", "shielded", "start_eagerly", "stopped", "when_done")
 
 _EAGER_TASKS = sys.version_info >= (3, 12)
 
@@ -36,6 +36,16 @@ def retrieve(future: asyncio.Future[Any]) -> None:
     "exception was never retrieved" for an outcome that was reported another way."""
     if not future.cancelled():
         future.exception()
+
+
+async def stopped(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, whatever its outcome (retrieved, not
+    raised). A cancellation of the caller while it waits is raised, not taken for the task's
+    own end (what ``task.cancel(); with suppress(CancelledError): await task`` would do)."""
+    task.cancel()
+    if not task.done():
+        await asyncio.wait((task,))
+    retrieve(task)
 
 
 def when_done(future: asyncio.Future[Any]) -> asyncio.Future[None]:

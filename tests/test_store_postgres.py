@@ -91,6 +91,20 @@ async def liveness_locks(server: PostgresServer, owner: str, *, until: int) -> i
     return held
 
 
+async def test_a_close_that_is_cancelled_is_cancelled_not_finished(postgres_server: PostgresServer, schema: str) -> None:
+    # the close stops the store's LISTEN task and waits for it: a cancel of the close itself
+    # while it waits is the caller's, and must reach the caller
+    store = await PostgresStore(postgres_server.dsn, schema=schema).open()
+    assert store._listener is not None and not store._listener.done()
+    closing = asyncio.ensure_future(store._close_own())
+    await asyncio.sleep(0)  # it cancelled the listener and waits for it
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(store.close(), 10)  # closing again finishes the job
+    assert store._listener is None
+
+
 # --- one run per session across processes --------------------------------------------------------
 
 

@@ -1845,6 +1845,25 @@ async def test_closing_a_transport_ends_its_live_followers(redis_server: RedisSe
     await asyncio.wait_for(ended.wait(), 10)
 
 
+async def test_a_close_that_is_cancelled_is_cancelled_not_finished(redis_server: RedisServer) -> None:
+    # close() stops its live tail and waits for it: a cancel of close() itself while it
+    # waits is the caller's, and must reach the caller (not be taken for the tail's own end)
+    transport = RedisTransport(redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}:", block=0.2)
+    await transport.announce("endless")
+    RemoteRuns(transport).observe_run("endless").subscribe(on_error=lambda e: None)
+    for _ in range(100):
+        if transport._tail is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert transport._tail is not None  # its live tail runs
+    closing = asyncio.ensure_future(transport.close())
+    await asyncio.sleep(0)  # close() cancelled the tail and waits for it
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(transport.close(), 10)  # closing again finishes the job
+
+
 async def test_a_redis_restart_mid_run_the_worker_reconnects_and_nothing_is_lost(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic_core
 
+from .._futures import stopped
 from ..errors import (
     MigrationError,
     RunAlreadyStored,
@@ -563,11 +564,7 @@ class PostgresStore:
 
     async def _close_own(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            try:
-                await self._listener
-            except (asyncio.CancelledError, Exception):
-                pass
+            await stopped(self._listener)  # a cancel of the close itself is raised, not swallowed
             self._listener = None
         if self._own is not None:
             await self._own.close()

@@ -59,6 +59,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from .._futures import stopped
 from ..errors import TransportError, UnknownRun
 from ..stores._batch import WriteBatcher
 from ._wire import TERMINAL
@@ -334,14 +335,10 @@ class RedisTransport:
         for follower in self._followers:
             follower.queue.put_nowait(None)
         if self._tail is not None:
-            self._tail.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._tail
+            await stopped(self._tail)  # a cancel of close() itself is raised, not swallowed
         await self._tail_client.aclose()
         if self._answering is not None:
-            self._answering.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._answering
+            await stopped(self._answering)
         await self._reply_client.aclose()
         if self._appender is not None:
             await self._appender.disconnect()
