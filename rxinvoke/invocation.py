@@ -45,6 +45,23 @@ _ids = itertools.count(1)
 _E = TypeVar("_E", bound=EventBase)
 
 
+def _check_arity(handler: Callable[..., Any]) -> None:
+    """Refuse a handler that cannot be called as ``handler(event, ctx, control)`` now, not at
+    every event (a signature that cannot be read is taken on trust)."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, None, None)
+    except TypeError as exc:
+        name = getattr(handler, "__qualname__", type(handler).__name__)
+        raise UserError(
+            f"handler {name} must take (event, ctx, control): {exc} "
+            "(a handler of the event alone: lambda event, ctx, control: handle(event))"
+        ) from None
+
+
 class InvocationHandle(abc.DisposableBase):
     """One ``on`` subscription: a reactivex disposable and a context manager."""
 
@@ -226,6 +243,7 @@ class RuntimeInvocation:
         member = EventKind.parse(kind)
         if not callable(handler):
             raise UserError(f"handler must be callable, got {handler!r}")
+        _check_arity(handler)
         control = control or Control()
         runtime = self.runtime
         name = f"on({member.value})#{next(_ids)}"

@@ -279,6 +279,38 @@ def test_a_class_that_is_not_one_kind_is_refused(cls: type) -> None:
         inv.observe(cls)
 
 
+async def test_a_handler_that_cannot_take_event_ctx_and_control_is_refused_by_on() -> None:
+    import functools
+
+    _, inv, _ = setup([ScriptedProvider.text_turn("hi")])
+    for wrong in (lambda event: None, lambda: None, lambda event, ctx, control, extra: None):
+        with pytest.raises(UserError, match=r"must take \(event, ctx, control\)"):
+            await inv.on("text_delta", wrong)
+    with pytest.raises(UserError, match="handler must be callable"):
+        await inv.on("text_delta", "print")  # type: ignore[call-overload]
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def __call__(self, event: Any, ctx: SessionContext, control: Control) -> None:
+            self.seen.append(event.type)
+
+    def flexible(event: Any, *rest: Any, limit: int = 3) -> None:
+        seen.append("flexible")
+
+    async def later(tag: str, event: Any, ctx: SessionContext, control: Control) -> None:
+        seen.append(tag)
+
+    seen: list[str] = []
+    recorder = Recorder()
+    handles = [await inv.on("run_completed", h) for h in (recorder, flexible, functools.partial(later, "partial"), print)]
+    await inv.emit(request())
+    for handle in handles:
+        await handle.wait_idle()
+    assert recorder.seen == ["run_completed"] and sorted(seen) == ["flexible", "partial"]
+
+
 # --- 2. emit errors -------------------------------------------------------------------------
 
 
