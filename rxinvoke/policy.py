@@ -35,7 +35,7 @@ class ApprovalPolicy(Frozen):
         def __init__(
             self,
             *,
-            tools: Set[str] | list[str] | tuple[str, ...] = ...,
+            tools: Set[str] | list[str] | tuple[str, ...] = frozenset(),
             timeout: float | None = None,
             on_timeout: Literal["deny", "fail"] = "deny",
         ) -> None: ...
