@@ -56,7 +56,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .._futures import stopped
@@ -177,24 +177,22 @@ def _without_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
+_Method = TypeVar("_Method", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 
-def _translated(
-    method: Callable[Concatenate[RedisTransport, _P], Coroutine[Any, Any, _R]],
-) -> Callable[Concatenate[RedisTransport, _P], Coroutine[Any, Any, _R]]:
+def _translated(method: _Method) -> _Method:
     """``method`` raising :class:`~rxinvoke.errors.TransportError` for redis-py's errors (the
-    server away, a command refused), at the transport's boundary."""
+    server away, a command refused), at the transport's boundary. Its type is the method's
+    own, as declared (so ``RedisTransport`` is a ``Transport`` to every type checker)."""
 
     @functools.wraps(method)
-    async def call(self: RedisTransport, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    async def call(self: RedisTransport, /, *args: Any, **kwargs: Any) -> Any:
         try:
             return await method(self, *args, **kwargs)
         except self._redis_errors as exc:
             raise self._failure(exc) from None
 
-    return call
+    return cast(_Method, call)
 
 
 class RedisTransport:
