@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
@@ -30,94 +30,41 @@ from .runtime import AgentRuntime
 
 __all__ = ("RunStream", "RunStreamLike", "SubmittedStream")
 
-_A = TypeVar("_A")
-_B = TypeVar("_B")
-_C = TypeVar("_C")
-_D = TypeVar("_D")
-_E = TypeVar("_E")
-_F = TypeVar("_F")
-
-
-@runtime_checkable
-class RunStreamLike(Protocol):
+class RunStreamLike(Observable[InvocationEvent]):
     """What every run stream offers, wherever its run executes: :class:`RunStream` (this
-    process) and :class:`~rxinvoke.transports.remote.RemoteRunStream` (a worker)."""
+    process) and :class:`~rxinvoke.transports.remote.RemoteRunStream` (a worker). An
+    ``Observable[InvocationEvent]`` itself, so its ``pipe`` keeps reactivex's types."""
 
     run_id: str
     session_id: uuid.UUID
+    _runtime_name: str | None = None
 
     @property
     def runtime(self) -> str | None:
         """The name of the runtime running it (None: unnamed, or not known yet)."""
-        ...
+        return self._runtime_name
 
     @property
-    def result(self) -> Awaitable[RunOutput]: ...
+    def result(self) -> Awaitable[RunOutput]:
+        """An awaitable of the run's ``RunOutput`` (raises the run's ``InvocationError``)."""
+        raise NotImplementedError
 
     @property
-    def is_finished(self) -> bool: ...
-
-    def subscribe(self, *args: Any, **kwargs: Any) -> abc.DisposableBase: ...
-
-    # an Observable[InvocationEvent]'s pipe, typed as reactivex types it (for up to six
-    # operators), so a typed pipeline over inv.runs() keeps its types
-    @overload
-    def pipe(self, op1: Callable[[Observable[InvocationEvent]], _A], /) -> _A: ...
-    @overload
-    def pipe(
-        self, op1: Callable[[Observable[InvocationEvent]], _A], op2: Callable[[_A], _B], /
-    ) -> _B: ...
-    @overload
-    def pipe(
-        self,
-        op1: Callable[[Observable[InvocationEvent]], _A],
-        op2: Callable[[_A], _B],
-        op3: Callable[[_B], _C],
-        /,
-    ) -> _C: ...
-    @overload
-    def pipe(
-        self,
-        op1: Callable[[Observable[InvocationEvent]], _A],
-        op2: Callable[[_A], _B],
-        op3: Callable[[_B], _C],
-        op4: Callable[[_C], _D],
-        /,
-    ) -> _D: ...
-    @overload
-    def pipe(
-        self,
-        op1: Callable[[Observable[InvocationEvent]], _A],
-        op2: Callable[[_A], _B],
-        op3: Callable[[_B], _C],
-        op4: Callable[[_C], _D],
-        op5: Callable[[_D], _E],
-        /,
-    ) -> _E: ...
-    @overload
-    def pipe(
-        self,
-        op1: Callable[[Observable[InvocationEvent]], _A],
-        op2: Callable[[_A], _B],
-        op3: Callable[[_B], _C],
-        op4: Callable[[_C], _D],
-        op5: Callable[[_D], _E],
-        op6: Callable[[_E], _F],
-        /,
-    ) -> _F: ...
-    def pipe(self, /, *operators: Callable[[Any], Any]) -> Any: ...
+    def is_finished(self) -> bool:
+        """True once the run's terminal event was delivered."""
+        raise NotImplementedError
 
 
-class SubmittedStream(RunStreamLike, Protocol):
+class SubmittedStream(RunStreamLike):
     """The stream of a run submitted to workers (``RuntimeInvocation.submit``)."""
 
     def onlooker(self) -> RunStreamLike:
         """The same run's events and result for someone who only watches (``inv.runs()``):
         subscribing to it, and leaving, never cancel the run."""
-        ...
+        raise NotImplementedError
 
 
-class RunStream(Observable[InvocationEvent]):
+class RunStream(RunStreamLike):
     """One run's events (completing after its terminal event), its ids and its result."""
 
     def __init__(
@@ -135,8 +82,7 @@ class RunStream(Observable[InvocationEvent]):
         """The run's id (known before it starts)."""
         self.session_id = session_id
         """The run's session."""
-        self.runtime = runtime.name
-        """The name of the runtime that runs it (``AgentRuntime(name=...)``), or None."""
+        self._runtime_name = runtime.name  # runtime: AgentRuntime(name=...), or None
         self._runtime = runtime
         self._request = request  # set: this stream owns its run and starts it
         self._control = control

@@ -34,7 +34,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
 from .._futures import retrieve
-from .._runstream import _Replay
+from .._runstream import RunStreamLike, SubmittedStream, _Replay
 from ..control import Control
 from ..errors import (
     InvalidRequest,
@@ -433,7 +433,7 @@ class _Lazy:
             self._replay.on_error(error)
 
 
-class RemoteRunStream(Observable[InvocationEvent]):
+class RemoteRunStream(SubmittedStream):
     """A run on a worker, as a :class:`~rxinvoke.RunStream` is a run in this process: an
     Observable of its events (every subscriber from the first, completing after the terminal
     event), ``run_id``, ``session_id`` and ``await stream.result``.
@@ -458,9 +458,7 @@ class RemoteRunStream(Observable[InvocationEvent]):
         """The run's id."""
         self.session_id = session_id
         """The run's session."""
-        self.runtime: str | None = None
-        """The name of the worker's runtime running it (from its ``run_started``; None
-        until that arrived, or if unnamed)."""
+        # runtime: the worker's runtime's name (from its run_started; None until then)
         self._remote = remote
         self._events = _Lazy(_Replay(_report, run_id))
         self._loop = asyncio.get_running_loop()
@@ -548,7 +546,7 @@ class RemoteRunStream(Observable[InvocationEvent]):
                 await transport.enqueue(self.run_id, request.model_dump_json().encode())
             async for segment, skip in _segments(transport, self.run_id, 0):
                 outcome.fold(segment, skip)
-                self.runtime = outcome.runtime
+                self._runtime_name = outcome.runtime
                 self._ending = outcome.terminal is not None
                 self._events.feed(segment, skip)
                 if outcome.terminal is not None:
@@ -587,7 +585,7 @@ class RemoteRunStream(Observable[InvocationEvent]):
         return f"RemoteRunStream(run {self.run_id[:8]}, {state})"
 
 
-class _Onlooker(Observable[InvocationEvent]):
+class _Onlooker(RunStreamLike):
     """A :class:`RemoteRunStream`'s events and result, without its ownership of the run."""
 
     def __init__(self, stream: RemoteRunStream) -> None:
